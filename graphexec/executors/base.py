@@ -1,0 +1,373 @@
+"""What every executor shares: binding inputs, running one task, freeing values, the loops.
+
+The call tree (override points marked ``*``)::
+
+    Executor.run(plan, *args, profile=False)
+      -> bind_inputs                 arity check, env = {input name: value}
+      -> *_execute(plan, env, rec)   the backend: fill env with every output value
+           LocalExecutor._execute    the shared loop for in-process backends:
+             levels:   for each level: start its tasks, wait for all of them
+             dataflow: start tasks as their deps finish (concurrent.futures.wait)
+             -> *_start(fn)          how a task is started (pool.submit, or run here)
+             -> run_task             one task's nodes in order, errors named, events recorded
+             -> release              drop values whose last consumer is done
+      -> collect_outputs             env -> the graph's output structure
+
+A backend that is not in-process (Dask) overrides ``_execute`` and reuses `run_task` on the
+worker side. Grad mode, inference mode and autocast are thread-local in torch: `capture_modes`
+reads them on the calling thread and `run_task` re-enters them on whichever thread runs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.utils._pytree as pytree
+
+from ..errors import ArityError, NodeError
+from ..graph import Graph, Node, Ref
+from ..planner import Plan, Task
+from ..planner import plan as make_plan
+from ..profile import TaskEvent, Trace
+
+__all__ = [
+    "Executor",
+    "LocalExecutor",
+    "Modes",
+    "bind_inputs",
+    "capture_modes",
+    "collect_outputs",
+    "run_task",
+    "SCHEDULES",
+]
+
+SCHEDULES = ("levels", "dataflow")
+
+
+# -- thread-local torch modes -----------------------------------------------------------------
+@dataclass(frozen=True)
+class Modes:
+    """The caller's thread-local torch modes, to be re-entered on worker threads."""
+
+    grad: bool
+    inference: bool
+    autocast: tuple[tuple[str, torch.dtype], ...]  # (device_type, dtype) where enabled
+
+    def enter(self) -> contextlib.ExitStack:
+        stack = contextlib.ExitStack()
+        if self.inference:
+            stack.enter_context(torch.inference_mode())
+        else:
+            stack.enter_context(torch.set_grad_enabled(self.grad))
+        for device, dtype in self.autocast:
+            stack.enter_context(torch.autocast(device, dtype=dtype))
+        return stack
+
+
+_AUTOCAST_DEVICES = ("cpu", "cuda")
+
+
+def capture_modes() -> Modes:
+    """Read grad mode, inference mode and autocast of the calling thread."""
+    autocast = tuple(
+        (d, torch.get_autocast_dtype(d)) for d in _AUTOCAST_DEVICES if torch.is_autocast_enabled(d)
+    )
+    return Modes(torch.is_grad_enabled(), torch.is_inference_mode_enabled(), autocast)
+
+
+# -- one task ---------------------------------------------------------------------------------
+def run_task(
+    task: Task,
+    nodes: Mapping[str, Node],
+    inputs: Mapping[str, Any],
+    modes: Modes | None = None,
+    events: list[TaskEvent] | None = None,
+    lane: str | None = None,
+) -> dict[str, Any]:
+    """Run a task's nodes in order; return the values other tasks or outputs need.
+
+    Parameters
+    ----------
+    task : Task
+    nodes : mapping of node name to Node
+        Must hold every node of the task (a remote worker may get just those).
+    inputs : mapping
+        The values named in ``task.inputs``.
+    modes : Modes, optional
+        Re-entered around the task when it runs on another thread than the caller's.
+    events : list, optional
+        When given, a `TaskEvent` is appended (``list.append`` is atomic: safe across threads).
+    lane : str, optional
+        Lane name for the event; defaults to the current thread's name.
+
+    Raises
+    ------
+    NodeError
+        Naming the node that raised, with the original exception as ``__cause__``.
+    """
+    start = time.time() if events is not None else 0.0
+    local: dict[str, Any] = {}
+    with modes.enter() if modes is not None else contextlib.nullcontext():
+        for name in task.nodes:
+            node = nodes[name]
+            args = [
+                r.resolve(local[r.node] if r.node in local else inputs[r.node]) for r in node.inputs
+            ]
+            try:
+                local[name] = node.fn(*args, **node.kwargs)
+            except Exception as exc:
+                raise NodeError(name, exc, task.name) from exc
+    if events is not None:
+        events.append(
+            TaskEvent(
+                task.name,
+                task.nodes,
+                task.level,
+                start,
+                time.time(),
+                lane or threading.current_thread().name,
+            )
+        )
+    return {k: local[k] for k in task.outputs}
+
+
+# -- binding and collecting ---------------------------------------------------------------------
+def bind_inputs(graph: Graph, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Map positional and keyword arguments to graph inputs, or raise `ArityError`."""
+    names = graph.inputs
+    if len(args) > len(names):
+        raise ArityError(
+            f"graph '{graph.name}' takes {len(names)} input{'s' * (len(names) != 1)} "
+            f"({', '.join(names) or 'none'}), got {len(args)}"
+        )
+    env = dict(zip(names, args, strict=False))
+    for k, v in kwargs.items():
+        if k not in names:
+            raise ArityError(
+                f"graph '{graph.name}' has no input '{k}' (inputs: {', '.join(names)})", k
+            )
+        if k in env:
+            raise ArityError(f"graph '{graph.name}': input '{k}' given twice", k)
+        env[k] = v
+    missing = [n for n in names if n not in env]
+    if missing:
+        raise ArityError(
+            f"graph '{graph.name}' takes {len(names)} inputs ({', '.join(names)}); "
+            f"missing {', '.join(missing)}",
+            missing[0],
+        )
+    return env
+
+
+def collect_outputs(graph: Graph, env: Mapping[str, Any]) -> Any:
+    """Build the graph's output structure from the computed values."""
+    return pytree.tree_map(
+        lambda r: r.resolve(env[r.node]) if isinstance(r, Ref) else r, graph.outputs
+    )
+
+
+# -- the executor protocol ----------------------------------------------------------------------
+class Executor:
+    """Base of all executors: ``run`` a plan (or a graph) on some inputs.
+
+    Subclasses implement ``_execute(plan, env, events)``. Executors are context managers;
+    ``close()`` releases what the executor created and may be called more than once.
+    """
+
+    name = "executor"
+
+    def __init__(self, schedule: str = "dataflow"):
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+        self.schedule = schedule
+        self._plans: dict[int, tuple[Graph, Plan]] = {}
+
+    def run(self, plan: Plan | Graph, *args: Any, profile: bool = False, **kwargs: Any) -> Any:
+        """Run ``plan`` on the given graph inputs.
+
+        Parameters
+        ----------
+        plan : Plan or Graph
+            A graph is planned once (estimated costs) and the plan cached.
+        *args, **kwargs
+            Graph inputs, by position (declaration order) or by name.
+        profile : bool
+            Also return a `Trace` of what ran where and when.
+
+        Returns
+        -------
+        The graph's outputs (one value, tuple or dict as declared); with ``profile=True``,
+        ``(outputs, trace)``.
+
+        Raises
+        ------
+        ArityError
+            If the inputs do not match the graph's.
+        NodeError
+            If a node raised; other in-flight tasks are cancelled or awaited first.
+        """
+        p = self._as_plan(plan)
+        env = bind_inputs(p.graph, args, kwargs)
+        events: list[TaskEvent] | None = [] if profile else None
+        start = time.time()
+        self._execute(p, env, events)
+        end = time.time()
+        out = collect_outputs(p.graph, env)
+        if not profile:
+            return out
+        trace = Trace(
+            p, self.name, self.schedule, tuple(sorted(events, key=lambda e: e.start)), start, end
+        )
+        return out, trace
+
+    def map(self, plan: Plan | Graph, inputs: Any, **kwargs: Any) -> Any:
+        """Run over an iterable of inputs (each a tuple of graph inputs, or one value)."""
+        p = self._as_plan(plan)
+        for item in inputs:
+            yield self.run(p, *(item if isinstance(item, tuple) else (item,)), **kwargs)
+
+    def _as_plan(self, plan: Plan | Graph) -> Plan:
+        if isinstance(plan, Plan):
+            return plan
+        cached = self._plans.get(id(plan))
+        if cached is None or cached[0] is not plan:
+            cached = (plan, make_plan(plan))
+            self._plans[id(plan)] = cached
+        return cached[1]
+
+    def _execute(self, plan: Plan, env: dict[str, Any], events: list[TaskEvent] | None) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what this executor created (idempotent)."""
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(schedule={self.schedule!r})"
+
+
+class LocalExecutor(Executor):
+    """The shared loop of in-process executors; a backend supplies ``_start``.
+
+    ``_start(fn)`` returns a ``concurrent.futures.Future`` of ``fn()``. The loop runs on the
+    calling thread and is the only code that touches ``env`` and the reference counts, so
+    they need no lock; tasks get their input values as a fresh dict.
+    """
+
+    def _start(self, fn: Callable[[], dict[str, Any]]) -> Future:
+        raise NotImplementedError
+
+    def _execute(self, plan: Plan, env: dict[str, Any], events: list[TaskEvent] | None) -> None:
+        state = _RunState(plan, env, events, capture_modes())
+        if self.schedule == "levels":
+            self._run_levels(state)
+        else:
+            self._run_dataflow(state)
+
+    def _run_here(self, state: _RunState, name: str) -> None:
+        state.finish(
+            name,
+            run_task(
+                state.plan.tasks[name], state.nodes, state.inputs_of(name), None, state.events
+            ),
+        )
+
+    def _submit(self, state: _RunState, name: str) -> Future:
+        task, inputs = state.plan.tasks[name], state.inputs_of(name)
+        return self._start(lambda: run_task(task, state.nodes, inputs, state.modes, state.events))
+
+    def _run_levels(self, state: _RunState) -> None:
+        for level in state.plan.levels:
+            here = [t for t in level if state.plan.tasks[t].inline]
+            away = [t for t in level if not state.plan.tasks[t].inline]
+            if len(away) == 1:  # a single-task level runs on the caller: no hand-off
+                here, away = here + away, []
+            running = {self._submit(state, t): t for t in away}
+            try:
+                for t in here:
+                    self._run_here(state, t)
+            finally:
+                done, _ = wait(running)
+            for fut in running:  # deterministic: the first failing task in level order
+                state.finish(running[fut], fut.result())
+
+    def _run_dataflow(self, state: _RunState) -> None:
+        ready = deque(t for t in state.plan.tasks if state.waiting[t] == 0)
+        running: dict[Future, str] = {}
+        try:
+            while ready or running:
+                inline = [t for t in ready if state.plan.tasks[t].inline]
+                if inline:
+                    ready = deque(t for t in ready if not state.plan.tasks[t].inline)
+                    for t in inline:
+                        ready.extend(self._finish_here(state, t))
+                    continue
+                if len(ready) == 1 and not running:  # a lone task runs on the caller
+                    ready.extend(self._finish_here(state, ready.popleft()))
+                    continue
+                while ready:
+                    t = ready.popleft()
+                    running[self._submit(state, t)] = t
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in sorted(done, key=lambda f: state.order[running[f]]):
+                    ready.extend(state.finish(running.pop(fut), fut.result()))
+        except BaseException:
+            for fut in running:
+                fut.cancel()
+            wait(running)  # nothing of this call may still run when it raises
+            raise
+
+    def _finish_here(self, state: _RunState, name: str) -> list[str]:
+        return state.finish(
+            name,
+            run_task(
+                state.plan.tasks[name], state.nodes, state.inputs_of(name), None, state.events
+            ),
+        )
+
+
+class _RunState:
+    """Per-call state of the local loop. Mutated only by the calling thread."""
+
+    def __init__(
+        self, plan: Plan, env: dict[str, Any], events: list[TaskEvent] | None, modes: Modes
+    ):
+        self.plan, self.env, self.events, self.modes = plan, env, events, modes
+        self.nodes = plan.graph.nodes
+        self.waiting = {t: len(task.deps) for t, task in plan.tasks.items()}
+        self.order = {t: i for i, t in enumerate(plan.tasks)}
+        self.refs = {v: len(c) for v, c in plan.consumers.items()}
+        self.dependents: dict[str, list[str]] = {t: [] for t in plan.tasks}
+        for t, task in plan.tasks.items():
+            for d in task.deps:
+                self.dependents[d].append(t)
+
+    def inputs_of(self, name: str) -> dict[str, Any]:
+        return {v: self.env[v] for v in self.plan.tasks[name].inputs}
+
+    def finish(self, name: str, values: Mapping[str, Any]) -> list[str]:
+        """Store a task's outputs, free what no one reads any more, return newly ready tasks."""
+        self.env.update(values)
+        for v in self.plan.tasks[name].inputs:
+            self.refs[v] -= 1
+            if self.refs[v] == 0 and v in self.plan.last_use:
+                del self.env[v]
+        ready = []
+        for t in self.dependents[name]:
+            self.waiting[t] -= 1
+            if self.waiting[t] == 0:
+                ready.append(t)
+        return ready

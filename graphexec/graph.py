@@ -1,0 +1,355 @@
+"""The model DAG a user declares: named nodes, each a callable over the outputs of others.
+
+What it decides
+---------------
+* A node is ``(name, fn, inputs)``: ``fn`` is an ``nn.Module`` or any callable, ``inputs`` are
+  references to graph inputs or other nodes' outputs, in call order. Names are unique in a
+  graph and are what every plan, trace, task key and error message speaks of.
+* A reference (`Ref`) points at a whole node output, or with ``ref[i]`` at one item of a
+  tuple/list/dict output: a node may return several values and consumers pick theirs.
+* Inputs may name a node that is declared later (``"tower_a"`` as a string), so a graph can be
+  written in any order; unknown names and cycles are therefore found by `Graph.validate`,
+  which `graphexec.plan` calls. Everything that can be checked when a node is added is checked
+  there: duplicate names, references from another graph, the callable's arity.
+* Insertion order is *program order*. It matters for nodes that mutate a tensor in place
+  (``mutates=``): the planner orders every other reader of that tensor before or after the
+  mutation as program order says, so concurrency never changes the result.
+* ``after=`` adds ordering-only dependencies (no data flows); `graphexec.trace` uses it for
+  the in-place hazards it finds in traced models.
+
+The graph is backed by a ``networkx.DiGraph`` (``graph.nx``) whose nodes are the node and
+input names, with an edge for every data or ordering dependency.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+import torch.utils._pytree as pytree
+
+from .errors import (
+    ArityError,
+    CycleError,
+    DuplicateNameError,
+    GraphError,
+    UnknownNodeError,
+    UnreachableOutputError,
+)
+
+__all__ = ["Graph", "Node", "Ref"]
+
+_graph_ids = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A reference to a graph input or to a node's output (``index``: one item of it).
+
+    Refs are plain, hashable and picklable; they travel to remote workers inside tasks.
+
+    Examples
+    --------
+    >>> g = Graph("g")
+    >>> x = g.input("x")
+    >>> x
+    Ref('x')
+    >>> g.node("split", lambda t: (t, t), x)[1]
+    Ref('split'[1])
+    """
+
+    node: str
+    index: int | str | None = None
+    graph_id: int = field(default=0, compare=False)
+
+    def __getitem__(self, index: int | str) -> Ref:
+        if self.index is not None:
+            raise GraphError(
+                f"'{self.node}'[{self.index!r}] is already one item; index the node once",
+                self.node,
+            )
+        return Ref(self.node, index, self.graph_id)
+
+    def __repr__(self) -> str:
+        return (
+            f"Ref({self.node!r})" if self.index is None else f"Ref({self.node!r}[{self.index!r}])"
+        )
+
+    def __str__(self) -> str:
+        return self.node if self.index is None else f"{self.node}[{self.index!r}]"
+
+    def resolve(self, value: Any) -> Any:
+        """Pick this reference's item out of the producing node's whole output."""
+        return value if self.index is None else value[self.index]
+
+
+@dataclass(frozen=True, eq=False)
+class Node:
+    """One node: ``fn(*inputs, **kwargs)``; ``mutates`` lists input positions changed in place."""
+
+    name: str
+    fn: Callable[..., Any]
+    inputs: tuple[Ref, ...]
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    mutates: tuple[int, ...] = ()
+    after: tuple[str, ...] = ()
+    order: int = 0
+
+    @property
+    def is_input(self) -> bool:
+        return self.fn is _graph_input
+
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(*args, **self.kwargs)
+
+
+def _graph_input() -> None:  # marker callable of graph-input nodes; never called
+    raise AssertionError("graph inputs are bound, not called")
+
+
+class Graph:
+    """A DAG of named nodes.
+
+    Parameters
+    ----------
+    name : str
+        Shown in plans, traces and pictures.
+
+    Examples
+    --------
+    >>> import torch, torch.nn as nn
+    >>> import graphexec as gx
+    >>> g = gx.Graph("two_towers")
+    >>> x = g.input("x")
+    >>> a = g.node("a", nn.Linear(4, 3), x)
+    >>> b = g.node("b", nn.Linear(4, 3), x)
+    >>> g.output(g.node("merge", gx.stack(dim=1), a, b))
+    >>> g
+    Graph('two_towers': 1 input, 3 nodes, 1 output)
+    """
+
+    def __init__(self, name: str = "graph"):
+        self.name = name
+        self.id = next(_graph_ids)
+        self._nodes: dict[str, Node] = {}
+        self._inputs: list[str] = []
+        self._outputs: Any = None
+        self._has_outputs = False
+        self._nx = nx.DiGraph()
+
+    # -- building ---------------------------------------------------------------------------
+    def input(self, name: str) -> Ref:
+        """Declare a graph input; runs bind positional arguments in declaration order."""
+        self._add(Node(name, _graph_input, (), order=len(self._nodes)))
+        self._inputs.append(name)
+        return Ref(name, None, self.id)
+
+    def node(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        *inputs: Ref | str,
+        kwargs: Mapping[str, Any] | None = None,
+        mutates: Iterable[int] = (),
+        after: Iterable[Ref | str] = (),
+    ) -> Ref:
+        """Add a node computing ``fn(*inputs, **kwargs)`` and return a reference to its output.
+
+        Parameters
+        ----------
+        name : str
+            Unique in the graph.
+        fn : callable
+            An ``nn.Module``, a merge op such as ``gx.stack(dim=1)``, or any callable.
+        *inputs : Ref or str
+            Other nodes' outputs (``ref`` or ``ref[i]``) or their names.
+        kwargs : mapping, optional
+            Constant keyword arguments passed on every call.
+        mutates : iterable of int, optional
+            Positions of inputs that ``fn`` changes in place. The planner orders every other
+            reader of those tensors by program order, and never drops this node.
+        after : iterable of Ref or str, optional
+            Nodes that must finish before this one starts, with no data passed.
+
+        Raises
+        ------
+        DuplicateNameError
+            If ``name`` is taken.
+        UnknownNodeError
+            If an input is a reference made by another graph.
+        ArityError
+            If ``fn``'s signature cannot take ``len(inputs)`` positional arguments.
+        """
+        if not callable(fn):
+            raise GraphError(f"node '{name}': fn must be callable, got {type(fn).__name__}", name)
+        refs = tuple(self._as_ref(name, r) for r in inputs)
+        mut = tuple(sorted(set(mutates)))
+        bad = [i for i in mut if not 0 <= i < len(refs)]
+        if bad:
+            raise GraphError(f"node '{name}': mutates={bad} but it has {len(refs)} inputs", name)
+        order_deps = tuple(self._as_ref(name, r).node for r in after)
+        _check_arity(name, fn, len(refs), kwargs or {})
+        node = Node(name, fn, refs, dict(kwargs or {}), mut, order_deps, order=len(self._nodes))
+        self._add(node)
+        for src in {r.node for r in refs} | set(order_deps):
+            self._nx.add_edge(src, name)
+        return Ref(name, None, self.id)
+
+    def output(self, *refs: Any, **named: Any) -> None:
+        """Declare the graph's outputs.
+
+        ``output(y)`` returns one value, ``output(y1, y2)`` a tuple, ``output(a=y1, b=y2)`` a
+        dict; a single nested tuple/list/dict of refs (as a traced model returns) is kept as
+        it is. Leaves that are not refs are returned as constants.
+        """
+        if refs and named:
+            raise GraphError(f"graph '{self.name}': give outputs positionally or by name, not both")
+        spec = named if named else (refs[0] if len(refs) == 1 else tuple(refs))
+        self._outputs = pytree.tree_map(
+            lambda r: self._as_ref("<output>", r) if isinstance(r, Ref | str) else r, spec
+        )
+        self._has_outputs = True
+
+    # -- reading ----------------------------------------------------------------------------
+    @property
+    def nodes(self) -> Mapping[str, Node]:
+        """Every node, graph inputs included, in program (insertion) order."""
+        return self._nodes
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return tuple(self._inputs)
+
+    @property
+    def outputs(self) -> Any:
+        """The output spec: a `Ref`, or a tuple/dict (possibly nested) of them."""
+        return self._outputs
+
+    def output_refs(self) -> list[Ref]:
+        return [r for r in pytree.tree_leaves(self._outputs) if isinstance(r, Ref)]
+
+    @property
+    def nx(self) -> nx.DiGraph:
+        """The dependency graph (data and ordering edges) as a ``networkx.DiGraph``."""
+        return self._nx
+
+    def __getitem__(self, name: str) -> Ref:
+        if name not in self._nodes:
+            raise UnknownNodeError(f"graph '{self.name}' has no node '{name}'", name)
+        return Ref(name, None, self.id)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._nodes
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(self._nodes.values())
+
+    def __len__(self) -> int:
+        return len(self._nodes) - len(self._inputs)
+
+    def __repr__(self) -> str:
+        n_in, n_out = len(self._inputs), len(self.output_refs())
+        return (
+            f"Graph({self.name!r}: {n_in} input{'s' * (n_in != 1)}, {len(self)} nodes, "
+            f"{n_out} output{'s' * (n_out != 1)})"
+        )
+
+    def __str__(self) -> str:
+        rows = [repr(self)]
+        for node in self._nodes.values():
+            if node.is_input:
+                rows.append(f"  {node.name:<24} <input>")
+                continue
+            args = ", ".join(map(str, node.inputs))
+            extra = f"  mutates {list(node.mutates)}" if node.mutates else ""
+            extra += f"  after {list(node.after)}" if node.after else ""
+            rows.append(f"  {node.name:<24} {_fn_name(node.fn)}({args}){extra}")
+        rows.append(f"  -> {pytree.tree_map(str, self._outputs)}")
+        return "\n".join(rows)
+
+    # -- validation -------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Check what can only be checked once the graph is complete.
+
+        Raises
+        ------
+        UnknownNodeError
+            If an input or ``after=`` names no node of this graph.
+        CycleError
+            If the graph has a cycle; the message lists it (``a -> b -> a``).
+        UnreachableOutputError
+            If no outputs were declared, or an output names nothing the graph produces.
+        """
+        for node in self._nodes.values():
+            for src in [r.node for r in node.inputs] + list(node.after):
+                if src not in self._nodes:
+                    raise UnknownNodeError(
+                        f"node '{node.name}': input '{src}' is not a node of graph '{self.name}'",
+                        node.name,
+                    )
+        try:
+            cycle = nx.find_cycle(self._nx)
+        except nx.NetworkXNoCycle:
+            cycle = None
+        if cycle:
+            names = [u for u, _ in cycle] + [cycle[0][0]]
+            raise CycleError(f"graph '{self.name}' has a cycle: {' -> '.join(names)}", names)
+        if not self._has_outputs:
+            raise UnreachableOutputError(f"graph '{self.name}' declares no output (g.output(...))")
+        for ref in self.output_refs():
+            if ref.node not in self._nodes:
+                raise UnreachableOutputError(
+                    f"output '{ref}': no node or input '{ref.node}' in graph '{self.name}'",
+                    ref.node,
+                )
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _add(self, node: Node) -> None:
+        if node.name in self._nodes:
+            kind = "an input" if self._nodes[node.name].is_input else "a node"
+            raise DuplicateNameError(
+                f"graph '{self.name}' already has {kind} named '{node.name}'", node.name
+            )
+        self._nodes[node.name] = node
+        self._nx.add_node(node.name)
+
+    def _as_ref(self, owner: str, ref: Ref | str) -> Ref:
+        if isinstance(ref, str):
+            return Ref(ref, None, self.id)
+        if not isinstance(ref, Ref):
+            raise GraphError(
+                f"node '{owner}': inputs must be refs or node names, got {type(ref).__name__} "
+                f"(pass constants with kwargs= or close over them)",
+                owner,
+            )
+        if ref.graph_id != self.id:
+            raise UnknownNodeError(
+                f"node '{owner}': input '{ref}' belongs to another graph, not '{self.name}'", owner
+            )
+        return ref
+
+
+def _fn_name(fn: Callable[..., Any]) -> str:
+    if hasattr(fn, "__name__"):
+        return fn.__name__
+    return type(fn).__name__ if not hasattr(fn, "describe") else fn.describe()
+
+
+def _check_arity(name: str, fn: Callable[..., Any], n: int, kwargs: Mapping[str, Any]) -> None:
+    """Raise ArityError if ``fn`` surely cannot take ``n`` positional arguments."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # builtins without a signature: nothing to check
+        return
+    try:
+        sig.bind(*range(n), **kwargs)
+    except TypeError as exc:
+        raise ArityError(
+            f"node '{name}': {_fn_name(fn)}{sig} cannot be called with {n} input"
+            f"{'s' * (n != 1)}: {exc}",
+            name,
+        ) from None

@@ -1,0 +1,111 @@
+"""`GraphModule`: a graph and an executor as one ``nn.Module``.
+
+The node modules are registered under ``nodes.<name>`` (dots in node names become ``__``),
+so ``parameters()``, ``state_dict()``, ``train()/eval()``, ``.to()`` and optimizers see them
+exactly as in any module. The graph keeps pointing at the same module objects, so what
+``.to()`` or an optimizer changes is what runs. Autograd flows through the thread executor
+(the autograd graph is not tied to a thread); worker threads run under the caller's grad,
+inference and autocast modes (see `graphexec.executors.base.capture_modes`).
+
+The plan is made on first use and kept; ``replan()`` makes a new one (e.g. with measured
+costs: ``gm.replan(example_inputs=(x,))``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch.nn as nn
+
+from .executors import Executor, make_executor
+from .graph import Graph
+from .planner import Plan
+from .planner import plan as make_plan
+
+__all__ = ["GraphModule"]
+
+
+class GraphModule(nn.Module):
+    """An ``nn.Module`` that runs a `Graph` with an executor.
+
+    Parameters
+    ----------
+    graph : Graph
+    executor : str or Executor
+        ``"threads"`` (default), ``"sequential"``, ``"dask"``, or an executor instance
+        (``gx.ThreadExecutor(schedule="levels")``). A name makes an executor that this
+        module owns and closes in `close`; an instance given stays the caller's.
+    example_inputs : sequence, optional
+        Plan with costs measured on these inputs instead of estimated.
+    **plan_kwargs
+        Passed to `graphexec.plan`.
+
+    Examples
+    --------
+    >>> import torch, torch.nn as nn, graphexec as gx
+    >>> g = gx.Graph("towers")
+    >>> x = g.input("x")
+    >>> g.output(g.node("sum", gx.add(), g.node("a", nn.Linear(4, 2), x),
+    ...                 g.node("b", nn.Linear(4, 2), x)))
+    >>> gm = gx.GraphModule(g)
+    >>> sorted(gm.state_dict())
+    ['nodes.a.bias', 'nodes.a.weight', 'nodes.b.bias', 'nodes.b.weight']
+    >>> gm(torch.randn(5, 4)).shape
+    torch.Size([5, 2])
+    >>> gm.close()
+    """
+
+    def __init__(
+        self,
+        graph: Graph,
+        executor: str | Executor = "threads",
+        *,
+        example_inputs: Sequence[Any] | None = None,
+        **plan_kwargs: Any,
+    ):
+        super().__init__()
+        self.graph = graph
+        self.nodes = nn.ModuleDict(
+            {_key(n.name): n.fn for n in graph if isinstance(n.fn, nn.Module)}
+        )
+        self._owns_executor = not isinstance(executor, Executor)
+        self.executor = make_executor(executor)
+        self._plan_kwargs = plan_kwargs
+        self._plan: Plan | None = None
+        if example_inputs is not None:
+            self.replan(example_inputs=example_inputs)
+
+    @property
+    def plan(self) -> Plan:
+        """The plan this module runs (made on first use)."""
+        if self._plan is None:
+            self._plan = make_plan(self.graph, **self._plan_kwargs)
+        return self._plan
+
+    def replan(self, example_inputs: Sequence[Any] | None = None, **plan_kwargs: Any) -> Plan:
+        """Plan again, e.g. with costs measured on ``example_inputs``."""
+        self._plan_kwargs.update(plan_kwargs)
+        self._plan = make_plan(self.graph, example_inputs, **self._plan_kwargs)
+        return self._plan
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.executor.run(self.plan, *args, **kwargs)
+
+    def close(self) -> None:
+        """Close the executor if this module made it."""
+        if self._owns_executor:
+            self.executor.close()
+
+    def __enter__(self) -> GraphModule:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def extra_repr(self) -> str:
+        return f"graph={self.graph.name!r}, executor={self.executor!r}"
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")

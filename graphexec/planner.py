@@ -1,0 +1,494 @@
+"""The planner: from a `Graph` to a frozen, printable `Plan` of tasks grouped by depth.
+
+What it decides, in order
+-------------------------
+1. **Program order and hazards.** A topological order that follows insertion order where it
+   can is the graph's program order. For every node that mutates an input in place, every
+   other reader of the same tensor (found through earlier in-place results, which alias their
+   input) is ordered before or after it as program order says, by an extra edge. Outputs are
+   collected after every task has finished, so they always see every write.
+2. **Liveness.** Nodes that no output depends on are reported (`DeadNodeWarning`) and left out,
+   except mutating nodes, which always run.
+3. **Chain fusion.** An edge ``u -> v`` where ``u`` has one consumer and ``v`` one producer
+   joins them in one task: a straight chain inside a branch is one dispatch, not one barrier
+   per layer. Fusion never removes parallelism: nothing else could run between them.
+4. **Costs.** Each node gets a cost in seconds: measured (``example_inputs=``: median of a few
+   sequential timed runs, under ``no_grad``) or estimated from its parameter count (merge ops
+   and parameter-free callables count as cheap). Estimates rank; measurements decide.
+5. **Cheap tasks.** A task cheaper than ``inline_below`` is not worth a thread hand-off. If all
+   its consumers are one task it is folded into that task (merge ops run inside the node that
+   reads them); otherwise it is marked ``inline`` and runs on the scheduling thread.
+6. **Levels and bounds.** Topological generations of the task DAG (ties broken by program order,
+   so lanes and pictures are reproducible); work (sum of costs), span (the costliest path),
+   the critical path, and the Amdahl bound work/span: the best speedup any executor can reach.
+7. **Freeing.** For each value, the tasks that read it (``consumers``: executors free a value
+   when the last of them is done) and, in sequential order, the task of its last use.
+
+The plan holds names only (plus the graph); executors look callables up in ``plan.graph``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import networkx as nx
+import torch
+
+from .errors import ArityError, DeadNodeWarning
+from .graph import Graph, Node, Ref
+from .merge import is_cheap
+
+__all__ = ["Plan", "Task", "plan"]
+
+#: Below this many seconds a task is not worth a thread hand-off (measured here: 20-50 µs).
+INLINE_BELOW = 50e-6
+#: Assumed throughput of the cost estimate: 64 rows at 20 GFLOP/s, 2 FLOPs per parameter.
+_EST_ROWS, _EST_FLOPS = 64, 20e9
+_EST_CHEAP, _EST_FUNCTION = 1e-6, 10e-6
+#: A convolution's work is its parameters times its output pixels: assume 14 x 14 of them.
+_EST_PIXELS = 196
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of dispatch: graph nodes run in order, in one call, on one lane.
+
+    Attributes
+    ----------
+    name : str
+        The task key (node names; what traces, pictures and Dask task keys show).
+    nodes : tuple of str
+        Node names, in the order they run.
+    level : int
+        Depth in the task DAG (0: depends on graph inputs only).
+    cost : float
+        Seconds, measured or estimated (see `Plan.measured`).
+    inline : bool
+        Too cheap to dispatch: run on the scheduling thread.
+    deps : tuple of str
+        Tasks that must finish first (data or ordering).
+    inputs : tuple of str
+        Values (node or graph-input names) read from outside the task.
+    outputs : tuple of str
+        Values produced here that other tasks or the graph outputs read.
+    """
+
+    name: str
+    nodes: tuple[str, ...]
+    level: int
+    cost: float
+    inline: bool
+    deps: tuple[str, ...]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A graph's schedule: tasks by level, costs, bounds and the freeing table.
+
+    Build one with `graphexec.plan`; print it to read it; executors run it.
+    """
+
+    graph: Graph
+    tasks: Mapping[str, Task]
+    levels: tuple[tuple[str, ...], ...]
+    node_costs: Mapping[str, float]
+    measured: bool
+    work: float
+    span: float
+    critical_path: tuple[str, ...]
+    consumers: Mapping[str, tuple[str, ...]]
+    last_use: Mapping[str, str]
+    hazard_edges: tuple[tuple[str, str], ...]
+    dead: tuple[str, ...]
+    inline_below: float
+    task_of: Mapping[str, str] = field(repr=False)
+
+    @property
+    def amdahl(self) -> float:
+        """work / span: the speedup bound of any schedule with unlimited lanes."""
+        return self.work / self.span if self.span > 0 else 1.0
+
+    @property
+    def max_width(self) -> int:
+        """The most tasks worth dispatching at one level."""
+        return max((sum(not self.tasks[t].inline for t in lv) for lv in self.levels), default=0)
+
+    @property
+    def parallel(self) -> bool:
+        """False when no two dispatchable tasks can ever run at once: run it inline."""
+        return self.max_width > 1
+
+    def __repr__(self) -> str:
+        return (
+            f"Plan({self.graph.name!r}: {sum(len(t.nodes) for t in self.tasks.values())} nodes "
+            f"in {len(self.tasks)} tasks, {len(self.levels)} levels, amdahl {self.amdahl:.2f}x)"
+        )
+
+    def __str__(self) -> str:
+        how = "measured" if self.measured else "estimated from parameters"
+        n_nodes = sum(len(t.nodes) for t in self.tasks.values())
+        rows = [
+            f"Plan '{self.graph.name}': {n_nodes} nodes in {len(self.tasks)} tasks, "
+            f"{len(self.levels)} levels (costs {how})",
+            f"{'level':>5}  {'cost':>9}  tasks (cost; * critical path, ~ inline)",
+        ]
+        critical = set(self.critical_path)
+        for i, level in enumerate(self.levels):
+            cells = []
+            for name in level:
+                t = self.tasks[name]
+                mark = ("*" if name in critical else "") + ("~" if t.inline else "")
+                fused = f" [{len(t.nodes)} nodes]" if len(t.nodes) > 1 else ""
+                cells.append(f"{mark}{name}{fused} ({_fmt_s(t.cost)})")
+            level_cost = sum(self.tasks[n].cost for n in level)
+            rows.append(f"{i:>5}  {_fmt_s(level_cost):>9}  " + ", ".join(cells))
+        rows.append(
+            f"work {_fmt_s(self.work)}, span {_fmt_s(self.span)}, "
+            f"amdahl bound {self.amdahl:.2f}x, widest level {self.max_width} dispatched tasks"
+            + ("" if self.parallel else " -> runs inline (nothing to overlap)")
+        )
+        rows.append("critical path: " + " -> ".join(self.critical_path))
+        if self.hazard_edges:
+            rows.append(
+                "in-place ordering: " + ", ".join(f"{a} before {b}" for a, b in self.hazard_edges)
+            )
+        if self.dead:
+            rows.append("not run (no output depends on them): " + ", ".join(self.dead))
+        return "\n".join(rows)
+
+    def draw(self, path: str | None = None, **kwargs: Any) -> Any:
+        """Draw the plan level by level (see `graphexec.viz.draw_plan`)."""
+        from .viz import draw_plan
+
+        return draw_plan(self, path, **kwargs)
+
+    def to_dot(self) -> str:
+        """Graphviz DOT text of the plan (see `graphexec.viz.plan_to_dot`)."""
+        from .viz import plan_to_dot
+
+        return plan_to_dot(self)
+
+
+def plan(
+    graph: Graph,
+    example_inputs: Sequence[Any] | None = None,
+    *,
+    inline_below: float = INLINE_BELOW,
+    fuse_chains: bool = True,
+    repeats: int = 3,
+) -> Plan:
+    """Plan a graph: validate it, order in-place hazards, fuse chains, cost and level the tasks.
+
+    Parameters
+    ----------
+    graph : Graph
+        A complete graph (outputs declared).
+    example_inputs : sequence, optional
+        Positional graph inputs. When given, each node is timed (median of ``repeats`` runs
+        after one warm-up, under ``torch.no_grad``) and costs are seconds measured here;
+        otherwise they are estimated from parameter counts.
+    inline_below : float
+        Tasks cheaper than this many seconds are folded into their consumer or run inline.
+    fuse_chains : bool
+        Fuse straight chains into one task (default). Off: one task per node.
+    repeats : int
+        Timed runs when measuring.
+
+    Returns
+    -------
+    Plan
+
+    Raises
+    ------
+    GraphError
+        Any of its subclasses, naming the node, if the graph is wrong (see `Graph.validate`),
+        or `ArityError` if ``example_inputs`` has the wrong length.
+
+    Examples
+    --------
+    >>> import torch.nn as nn, graphexec as gx
+    >>> g = gx.Graph("diamond")
+    >>> x = g.input("x")
+    >>> a = g.node("a", nn.Linear(8, 8), x)
+    >>> b = g.node("b", nn.Linear(8, 8), x)
+    >>> g.output(g.node("sum", gx.add(), a, b))
+    >>> p = gx.plan(g)
+    >>> p.levels
+    (('a', 'b'),)
+    >>> p.tasks["b"].nodes
+    ('sum', 'b')
+    """
+    graph.validate()
+    order = _program_order(graph)
+    deps = graph.nx.copy()
+    hazards = _hazard_edges(graph, order)
+    deps.add_edges_from(hazards)
+    live, dead = _live_nodes(graph, deps)
+    if dead:
+        warnings.warn(
+            f"graph '{graph.name}': no output depends on {', '.join(dead)}; they will not run",
+            DeadNodeWarning,
+            stacklevel=2,
+        )
+    compute = [n for n in order if n in live and not graph.nodes[n].is_input]
+    dag = deps.subgraph(compute).copy()
+    if example_inputs is not None:
+        costs = _measure(graph, compute, example_inputs, repeats)
+    else:
+        costs = {n: _estimate(graph.nodes[n]) for n in compute}
+    position = {n: i for i, n in enumerate(order)}
+    groups = _fuse_chains(dag, position) if fuse_chains else [[n] for n in compute]
+    groups = _fold_cheap(dag, groups, costs, inline_below, position)
+    return _assemble(
+        graph,
+        dag,
+        groups,
+        costs,
+        position,
+        hazards,
+        dead,
+        inline_below,
+        measured=example_inputs is not None,
+    )
+
+
+# -- steps ------------------------------------------------------------------------------------
+def _program_order(graph: Graph) -> list[str]:
+    nodes = graph.nodes
+    return list(nx.lexicographical_topological_sort(graph.nx, key=lambda n: nodes[n].order))
+
+
+def _alias_root(graph: Graph, ref: Ref) -> str:
+    """The node whose tensor ``ref`` is: an in-place node's output aliases its mutated input."""
+    node = graph.nodes[ref.node]
+    while node.mutates and ref.index is None:
+        ref = node.inputs[node.mutates[0]]
+        node = graph.nodes[ref.node]
+    return node.name
+
+
+def _hazard_edges(graph: Graph, order: list[str]) -> list[tuple[str, str]]:
+    mutators = [graph.nodes[n] for n in order if graph.nodes[n].mutates]
+    if not mutators:
+        return []
+    position = {n: i for i, n in enumerate(order)}
+    readers: dict[str, set[str]] = {}
+    for name in order:
+        for ref in graph.nodes[name].inputs:
+            readers.setdefault(_alias_root(graph, ref), set()).add(name)
+    edges: set[tuple[str, str]] = set()
+    for m in mutators:
+        for i in m.mutates:
+            root = _alias_root(graph, m.inputs[i])
+            for r in readers.get(root, ()):
+                if r == m.name or r in graph.nx.pred[m.name] or m.name in graph.nx.pred[r]:
+                    continue
+                edges.add((r, m.name) if position[r] < position[m.name] else (m.name, r))
+    return sorted(edges, key=lambda e: (position[e[0]], position[e[1]]))
+
+
+def _live_nodes(graph: Graph, deps: nx.DiGraph) -> tuple[set[str], tuple[str, ...]]:
+    keep = {r.node for r in graph.output_refs()} | {n.name for n in graph if n.mutates}
+    live = set(keep)
+    for n in keep:
+        live |= nx.ancestors(deps, n)
+    dead = tuple(n.name for n in graph if n.name not in live and not n.is_input)
+    return live, dead
+
+
+def _fuse_chains(dag: nx.DiGraph, position: Mapping[str, int]) -> list[list[str]]:
+    head: dict[str, str] = {}
+    for n in sorted(dag, key=position.__getitem__):
+        preds = list(dag.pred[n])
+        if len(preds) == 1 and dag.out_degree(preds[0]) == 1:
+            head[n] = head[preds[0]]
+        else:
+            head[n] = n
+    groups: dict[str, list[str]] = {}
+    for n in sorted(dag, key=position.__getitem__):
+        groups.setdefault(head[n], []).append(n)
+    return list(groups.values())
+
+
+def _fold_cheap(
+    dag: nx.DiGraph,
+    groups: list[list[str]],
+    costs: Mapping[str, float],
+    inline_below: float,
+    position: Mapping[str, int],
+) -> list[list[str]]:
+    """Fold each cheap group whose consumers all sit in one group into that group.
+
+    Safe: if every edge out of T enters C, any path from T passes through C first, so
+    merging T into C cannot close a cycle. Reverse topological order lets runs of cheap
+    groups (merge -> reshape -> ...) cascade into the consumer.
+    """
+    owner = {n: i for i, g in enumerate(groups) for n in g}
+    members = {i: list(g) for i, g in enumerate(groups)}
+    for i in sorted(members, key=lambda i: -position[groups[i][0]]):
+        g = members[i]
+        if sum(costs[n] for n in g) >= inline_below:
+            continue
+        targets = {owner[s] for n in g for s in dag.succ[n]} - {i}
+        if len(targets) != 1:
+            continue
+        (j,) = targets
+        members[j] = sorted(members[j] + g, key=position.__getitem__)
+        for n in g:
+            owner[n] = j
+        del members[i]
+    return sorted(members.values(), key=lambda g: position[g[0]])
+
+
+def _assemble(
+    graph: Graph,
+    dag: nx.DiGraph,
+    groups: list[list[str]],
+    costs: Mapping[str, float],
+    position: Mapping[str, int],
+    hazards: list[tuple[str, str]],
+    dead: tuple[str, ...],
+    inline_below: float,
+    measured: bool,
+) -> Plan:
+    names = [_task_name(g, costs) for g in groups]
+    task_of = {n: name for name, g in zip(names, groups, strict=True) for n in g}
+    tdag = nx.DiGraph()
+    tdag.add_nodes_from(names)
+    tdag.add_edges_from((task_of[u], task_of[v]) for u, v in dag.edges if task_of[u] != task_of[v])
+    first = {name: position[g[0]] for name, g in zip(names, groups, strict=True)}
+    levels = tuple(
+        tuple(sorted(gen, key=first.__getitem__)) for gen in nx.topological_generations(tdag)
+    )
+    level_of = {t: i for i, lv in enumerate(levels) for t in lv}
+    out_values = {r.node for r in graph.output_refs()}
+    readers: dict[str, set[str]] = {}
+    for name, g in zip(names, groups, strict=True):
+        for n in g:
+            for ref in graph.nodes[n].inputs:
+                if task_of.get(ref.node) != name:
+                    readers.setdefault(ref.node, set()).add(name)
+    tasks: dict[str, Task] = {}
+    for name, g in zip(names, groups, strict=True):
+        cost = sum(costs[n] for n in g)
+        inputs = sorted(
+            {r.node for n in g for r in graph.nodes[n].inputs} - set(g), key=position.__getitem__
+        )
+        outputs = [n for n in g if n in out_values or readers.get(n, set()) - {name}]
+        tasks[name] = Task(
+            name=name,
+            nodes=tuple(g),
+            level=level_of[name],
+            cost=cost,
+            inline=cost < inline_below,
+            deps=tuple(sorted(tdag.pred[name], key=first.__getitem__)),
+            inputs=tuple(inputs),
+            outputs=tuple(outputs),
+        )
+    ordered = [t for lv in levels for t in lv]
+    tasks = {t: tasks[t] for t in sorted(ordered, key=first.__getitem__)}
+    seq_index = {t: i for i, t in enumerate(tasks)}
+    consumers = {v: tuple(sorted(r, key=seq_index.__getitem__)) for v, r in readers.items()}
+    last_use = {v: c[-1] for v, c in consumers.items() if v not in out_values}
+    span, path = _critical_path(tdag, tasks)
+    return Plan(
+        graph=graph,
+        tasks=MappingProxyType(tasks),
+        levels=levels,
+        node_costs=MappingProxyType(dict(costs)),
+        measured=measured,
+        work=sum(t.cost for t in tasks.values()),
+        span=span,
+        critical_path=path,
+        consumers=MappingProxyType(consumers),
+        last_use=MappingProxyType(last_use),
+        hazard_edges=tuple(hazards),
+        dead=dead,
+        inline_below=inline_below,
+        task_of=MappingProxyType(task_of),
+    )
+
+
+def _task_name(group: list[str], costs: Mapping[str, float]) -> str:
+    if len(group) <= 2:
+        return "+".join(group)
+    return f"{group[0]}..{group[-1]}"
+
+
+def _critical_path(tdag: nx.DiGraph, tasks: Mapping[str, Task]) -> tuple[float, tuple[str, ...]]:
+    finish: dict[str, float] = {}
+    best_pred: dict[str, str | None] = {}
+    for t in tasks:  # tasks are in a topological order
+        pred = max(tdag.pred[t], key=finish.__getitem__, default=None)
+        finish[t] = tasks[t].cost + (finish[pred] if pred else 0.0)
+        best_pred[t] = pred
+    if not finish:
+        return 0.0, ()
+    end = max(finish, key=finish.__getitem__)
+    path = [end]
+    while best_pred[path[-1]] is not None:
+        path.append(best_pred[path[-1]])
+    return finish[end], tuple(reversed(path))
+
+
+# -- costs ------------------------------------------------------------------------------------
+def _estimate(node: Node) -> float:
+    if is_cheap(node.fn):
+        return _EST_CHEAP
+    params = (
+        sum(p.numel() for p in node.fn.parameters()) if isinstance(node.fn, torch.nn.Module) else 0
+    )
+    if params == 0:
+        return _EST_FUNCTION
+    rows = _EST_ROWS * (_EST_PIXELS if isinstance(node.fn, _CONV) or _has_conv(node.fn) else 1)
+    return 2 * params * rows / _EST_FLOPS
+
+
+_CONV = (torch.nn.modules.conv._ConvNd,)
+
+
+def _has_conv(module: torch.nn.Module) -> bool:
+    return any(isinstance(m, _CONV) for m in module.modules())
+
+
+def _measure(
+    graph: Graph, compute: list[str], example_inputs: Sequence[Any], repeats: int
+) -> dict[str, float]:
+    if len(example_inputs) != len(graph.inputs):
+        raise ArityError(
+            f"graph '{graph.name}' takes {len(graph.inputs)} inputs "
+            f"({', '.join(graph.inputs)}), example_inputs has {len(example_inputs)}"
+        )
+    samples: dict[str, list[float]] = {n: [] for n in compute}
+    with torch.no_grad():
+        for rep in range(repeats + 1):
+            env = dict(zip(graph.inputs, example_inputs, strict=True))
+            for name in compute:
+                node = graph.nodes[name]
+                args = [r.resolve(env[r.node]) for r in node.inputs]
+                if any(i in node.mutates for i in range(len(args))):
+                    args = [
+                        a.clone() if isinstance(a, torch.Tensor) and i in node.mutates else a
+                        for i, a in enumerate(args)
+                    ]
+                t0 = time.perf_counter()
+                env[name] = node(*args)
+                if rep:  # the first run warms caches and allocators
+                    samples[name].append(time.perf_counter() - t0)
+    return {n: statistics.median(s) for n, s in samples.items()}
+
+
+def _fmt_s(seconds: float) -> str:
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds * 1e6:.1f} µs"
