@@ -217,14 +217,16 @@ def plan(
     >>> import torch.nn as nn, graphexec as gx
     >>> g = gx.Graph("diamond")
     >>> x = g.input("x")
-    >>> a = g.node("a", nn.Linear(8, 8), x)
-    >>> b = g.node("b", nn.Linear(8, 8), x)
+    >>> a = g.node("a", nn.Linear(512, 512), x)
+    >>> b = g.node("b", nn.Linear(512, 512), x)
     >>> g.output(g.node("sum", gx.add(), a, b))
     >>> p = gx.plan(g)
     >>> p.levels
-    (('a', 'b'),)
-    >>> p.tasks["b"].nodes
-    ('sum', 'b')
+    (('a', 'b'), ('sum',))
+    >>> p.tasks["sum"].inline  # a merge op is not worth a thread hand-off
+    True
+    >>> gx.plan(g, inline_below=1.0).levels  # everything cheap: one task, run inline
+    (('a..sum',),)
     """
     graph.validate()
     order = _program_order(graph)

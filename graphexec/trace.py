@@ -94,7 +94,7 @@ def trace(
     ...         return {"sum": torch.relu(self.a(x)) + self.b(x)}
     >>> g = gx.trace(TwoTowers())
     >>> [n.name for n in g if not n.is_input]
-    ['a', 'b']
+    ['a', 'b', 'add']
     """
     gm = module if isinstance(module, fx.GraphModule) else _trace(module, leaves, concrete_args)
     graph_name = name or type(module).__name__

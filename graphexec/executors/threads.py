@@ -53,7 +53,8 @@ class ThreadExecutor(LocalExecutor):
     >>> import torch, torch.nn as nn, graphexec as gx
     >>> g = gx.Graph("pair")
     >>> x = g.input("x")
-    >>> g.output(g.node("s", gx.add(), g.node("a", nn.Linear(4, 4), x), g.node("b", nn.Linear(4, 4), x)))
+    >>> a, b = g.node("a", nn.Linear(4, 4), x), g.node("b", nn.Linear(4, 4), x)
+    >>> g.output(g.node("s", gx.add(), a, b))
     >>> with gx.ThreadExecutor() as ex:
     ...     ex.run(gx.plan(g), torch.randn(3, 4)).shape
     torch.Size([3, 4])
