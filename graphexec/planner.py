@@ -77,6 +77,9 @@ class Task:
         Values (node or graph-input names) read from outside the task.
     outputs : tuple of str
         Values produced here that other tasks or the graph outputs read.
+    release : tuple of tuple of str
+        For each node, the values made inside the task that nothing reads after it: the task
+        drops them there, so a long fused chain holds one activation at a time, as eager does.
     """
 
     name: str
@@ -87,6 +90,7 @@ class Task:
     deps: tuple[str, ...]
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
+    release: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -394,9 +398,10 @@ def _assemble(
             deps=tuple(sorted(tdag.pred[name], key=first.__getitem__)),
             inputs=tuple(inputs),
             outputs=tuple(outputs),
+            release=_releases(graph, g, outputs),
         )
-    ordered = [t for lv in levels for t in lv]
-    tasks = {t: tasks[t] for t in sorted(ordered, key=first.__getitem__)}
+    # Program order of tasks: topological, ties broken by where each task starts.
+    tasks = {t: tasks[t] for t in nx.lexicographical_topological_sort(tdag, key=first.__getitem__)}
     seq_index = {t: i for i, t in enumerate(tasks)}
     consumers = {v: tuple(sorted(r, key=seq_index.__getitem__)) for v, r in readers.items()}
     last_use = {v: c[-1] for v, c in consumers.items() if v not in out_values}
@@ -417,6 +422,19 @@ def _assemble(
         inline_below=inline_below,
         task_of=MappingProxyType(task_of),
     )
+
+
+def _releases(graph: Graph, group: list[str], outputs: list[str]) -> tuple[tuple[str, ...], ...]:
+    last = {n: i for i, n in enumerate(group)}  # a value nobody reads dies where it is made
+    for i, n in enumerate(group):
+        for ref in graph.nodes[n].inputs:
+            if ref.node in last:
+                last[ref.node] = i
+    drop: list[list[str]] = [[] for _ in group]
+    for v, i in last.items():
+        if v not in outputs:
+            drop[i].append(v)
+    return tuple(tuple(d) for d in drop)
 
 
 def _task_name(group: list[str], costs: Mapping[str, float]) -> str:

@@ -116,7 +116,7 @@ def run_task(
     start = time.time() if events is not None else 0.0
     local: dict[str, Any] = {}
     with modes.enter() if modes is not None else contextlib.nullcontext():
-        for name in task.nodes:
+        for name, release in zip(task.nodes, task.release, strict=True):
             node = nodes[name]
             args = [
                 r.resolve(local[r.node] if r.node in local else inputs[r.node]) for r in node.inputs
@@ -125,6 +125,9 @@ def run_task(
                 local[name] = node.fn(*args, **node.kwargs)
             except Exception as exc:
                 raise NodeError(name, exc, task.name) from exc
+            del args
+            for v in release:  # last use inside the task: free it now, as eager would
+                del local[v]
     if events is not None:
         events.append(
             TaskEvent(

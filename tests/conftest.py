@@ -1,0 +1,66 @@
+"""Shared fixtures: every executor and schedule, and a real Dask cluster for the conformance suite."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+import graphexec as gx
+
+LOCAL = [("sequential", "levels"), ("sequential", "dataflow"), ("threads", "levels"),
+         ("threads", "dataflow")]  # fmt: skip
+DASK = [("dask", "levels"), ("dask", "dataflow")]
+
+
+@pytest.fixture(scope="session")
+def dask_client():
+    """A real LocalCluster (2 worker processes, 1 thread each), shared by the session."""
+    distributed = pytest.importorskip("distributed")
+    try:
+        import graphexec.executors.dask  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f"DaskExecutor not available: {exc}")
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    client = distributed.Client(cluster)
+    yield client
+    client.close()
+    cluster.close()
+
+
+def make(kind: str, schedule: str, request: pytest.FixtureRequest) -> gx.Executor:
+    if kind == "dask":
+        client = request.getfixturevalue("dask_client")  # skips while Dask is unavailable
+        return gx.DaskExecutor(client=client, schedule=schedule)
+    return gx.make_executor(kind, schedule=schedule)
+
+
+@pytest.fixture(
+    params=LOCAL + [pytest.param(p, marks=pytest.mark.dask) for p in DASK],
+    ids=lambda p: f"{p[0]}-{p[1]}",
+)
+def executor(request):
+    """Each executor with each schedule (Dask on the shared cluster)."""
+    ex = make(*request.param, request)
+    yield ex
+    ex.close()
+
+
+@pytest.fixture(params=LOCAL, ids=lambda p: f"{p[0]}-{p[1]}")
+def local_executor(request):
+    """Each in-process executor with each schedule."""
+    ex = make(*request.param, request)
+    yield ex
+    ex.close()
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def graphexec_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("graphexec")]
