@@ -1,4 +1,4 @@
-"""Shared fixtures: every executor and schedule, and a real Dask cluster for the conformance suite."""
+"""Shared fixtures: every executor and schedule; a real Dask cluster for the conformance suite."""
 
 from __future__ import annotations
 

@@ -197,7 +197,7 @@ def build_random(n_inputs: int, specs: list) -> tuple[gx.Graph, callable]:
 
     def eager(*xs):
         vals = list(xs)
-        for i, (fn, srcs, pick) in enumerate(fns):
+        for fn, srcs, pick in fns:
             args = [vals[s][pick] if (s - n_inputs) in splits else vals[s] for s in srcs]
             vals.append(fn(*args))
         outs = [vals[j][0] if (j - n_inputs) in splits else vals[j] for j in sinks]
