@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
+import torch.nn as nn
 import torch.utils._pytree as pytree
 
 from .errors import (
@@ -341,8 +342,9 @@ def _fn_name(fn: Callable[..., Any]) -> str:
 
 def _check_arity(name: str, fn: Callable[..., Any], n: int, kwargs: Mapping[str, Any]) -> None:
     """Raise ArityError if ``fn`` surely cannot take ``n`` positional arguments."""
+    target = fn.forward if isinstance(fn, nn.Module) else fn  # Module.__call__ is (*args)
     try:
-        sig = inspect.signature(fn)
+        sig = inspect.signature(target)
     except (TypeError, ValueError):  # builtins without a signature: nothing to check
         return
     try:

@@ -1,0 +1,128 @@
+"""A wrong graph fails at build or plan time with an error naming the node."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+import graphexec as gx
+
+
+def test_duplicate_name():
+    g = gx.Graph("g")
+    x = g.input("x")
+    g.node("enc", nn.Linear(2, 2), x)
+    with pytest.raises(gx.DuplicateNameError, match="'enc'") as info:
+        g.node("enc", nn.Linear(2, 2), x)
+    assert info.value.node == "enc"
+    with pytest.raises(gx.DuplicateNameError, match="input named 'x'"):
+        g.node("x", nn.Linear(2, 2), x)
+
+
+def test_input_from_another_graph():
+    g, other = gx.Graph("g"), gx.Graph("other")
+    foreign = other.node("f", torch.relu, other.input("y"))
+    g.input("x")
+    with pytest.raises(gx.UnknownNodeError, match="node 'use'.*another graph"):
+        g.node("use", torch.relu, foreign)
+
+
+def test_unknown_name_found_at_plan_time():
+    g = gx.Graph("g")
+    g.output(g.node("use", torch.relu, "missing"))
+    with pytest.raises(gx.UnknownNodeError, match="node 'use': input 'missing'"):
+        gx.plan(g)
+
+
+def test_cycle_is_printed():
+    """a -> b -> c -> a, declared with forward references by name."""
+    g = gx.Graph("loop")
+    g.input("x")
+    g.node("a", gx.add(), "x", "c")
+    g.node("b", torch.relu, "a")
+    g.output(g.node("c", torch.relu, "b"))
+    with pytest.raises(gx.CycleError) as info:
+        gx.plan(g)
+    msg = str(info.value)
+    assert "cycle" in msg and all(n in msg for n in "abc")
+    assert info.value.cycle[0] == info.value.cycle[-1]
+    assert set(info.value.cycle) == {"a", "b", "c"}
+
+
+def test_output_nothing_produces():
+    g = gx.Graph("g")
+    g.node("a", torch.relu, g.input("x"))
+    with pytest.raises(gx.UnreachableOutputError, match="declares no output"):
+        gx.plan(g)
+    g.output("nowhere")
+    with pytest.raises(gx.UnreachableOutputError, match="'nowhere'"):
+        gx.plan(g)
+
+
+def test_node_arity_checked_at_build_time():
+    g = gx.Graph("g")
+    x = g.input("x")
+    with pytest.raises(gx.ArityError, match="node 'lin'.*2 inputs"):
+        g.node("lin", nn.Linear(2, 2), x, x)
+    with pytest.raises(gx.ArityError, match="node 'f'"):
+        g.node("f", lambda a, b: a + b, x)
+
+
+def test_run_with_wrong_number_of_inputs(local_executor):
+    g = gx.Graph("g")
+    g.output(g.node("a", torch.relu, g.input("x")))
+    p = gx.plan(g)
+    with pytest.raises(gx.ArityError, match="graph 'g' takes 1 input.*got 2"):
+        local_executor.run(p, torch.ones(1), torch.ones(1))
+    with pytest.raises(gx.ArityError, match="missing x"):
+        local_executor.run(p)
+    with pytest.raises(gx.ArityError, match="no input 'y'"):
+        local_executor.run(p, y=torch.ones(1))
+
+
+def test_dead_node_warns_and_is_not_run():
+    g = gx.Graph("g")
+    x = g.input("x")
+    ran = []
+    g.node("unused", lambda t: ran.append(t), x)
+    g.output(g.node("a", torch.relu, x))
+    with pytest.warns(gx.DeadNodeWarning, match="unused"):
+        p = gx.plan(g)
+    assert p.dead == ("unused",)
+    gx.SequentialExecutor().run(p, torch.ones(1))
+    assert ran == []
+
+
+def test_errors_are_graph_errors():
+    for cls in (
+        gx.DuplicateNameError,
+        gx.UnknownNodeError,
+        gx.CycleError,
+        gx.UnreachableOutputError,
+        gx.ArityError,
+    ):
+        assert issubclass(cls, gx.GraphError)
+
+
+def test_bad_inputs_and_fn():
+    g = gx.Graph("g")
+    x = g.input("x")
+    with pytest.raises(gx.GraphError, match="node 'c'.*refs or node names"):
+        g.node("c", torch.add, x, 3)
+    with pytest.raises(gx.GraphError, match="node 'n'.*callable"):
+        g.node("n", 42, x)
+    with pytest.raises(gx.GraphError, match="mutates"):
+        g.node("m", torch.relu, x, mutates=[1])
+
+
+def test_printing():
+    g = gx.Graph("pr")
+    x = g.input("x")
+    s = g.node(
+        "s", gx.stack(dim=1), g.node("a", nn.Linear(2, 2), x), g.node("b", nn.Linear(2, 2), x)
+    )
+    g.output(s)
+    text = str(g)
+    assert "stack(dim=1)(a, b)" in text and "Linear(x)" in text
+    assert repr(g) == "Graph('pr': 1 input, 3 nodes, 1 output)"

@@ -1,0 +1,177 @@
+"""The planner: levels, chain fusion, cheap folding, bounds, measured costs, freeing."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import networkx as nx
+import pytest
+import torch
+import torch.nn as nn
+
+import graphexec as gx
+
+
+def two_towers(depth: int = 3, width: int = 256) -> gx.Graph:
+    """x -> a0..a{depth-1} ; x -> b0..b{depth-1} ; add"""
+    g = gx.Graph("towers")
+    x = g.input("x")
+    ends = []
+    for t in "ab":
+        h = x
+        for i in range(depth):
+            h = g.node(f"{t}{i}", nn.Linear(width, width), h)
+        ends.append(h)
+    g.output(g.node("join", gx.add(), *ends))
+    return g
+
+
+def test_levels_are_topological_generations_in_program_order():
+    p = gx.plan(two_towers(), fuse_chains=False, inline_below=0)
+    assert p.levels[0] == ("a0", "b0")
+    assert p.levels[-1] == ("join",)
+    for task in p.tasks.values():
+        for dep in task.deps:
+            assert p.tasks[dep].level < task.level
+
+
+def test_chain_fusion_makes_one_task_per_branch():
+    p = gx.plan(two_towers(depth=4))
+    assert p.tasks["a0..a3"].nodes == ("a0", "a1", "a2", "a3")
+    assert p.levels[0] == ("a0..a3", "b0..b3")
+    assert p.tasks["join"].inline
+
+
+def test_long_chain_is_one_task_and_not_parallel():
+    g = gx.Graph("chain")
+    h = g.input("x")
+    for i in range(64):
+        h = g.node(f"l{i}", nn.Linear(16, 16), h)
+        h = g.node(f"r{i}", torch.relu, h)
+    g.output(h)
+    p = gx.plan(g)
+    assert len(p.tasks) == 1 and not p.parallel
+    assert "runs inline" in str(p)
+
+
+def test_cheap_nodes_fold_into_their_consumer():
+    """256 tiny branches feeding one stack: one task, nothing dispatched."""
+    g = gx.Graph("tiny")
+    x = g.input("x")
+    g.output(g.node("sum", gx.sum(), *(g.node(f"t{i}", nn.Linear(16, 16), x) for i in range(256))))
+    p = gx.plan(g)
+    assert len(p.tasks) == 1 and not p.parallel
+
+
+def test_work_span_and_amdahl_bound():
+    p = gx.plan(two_towers(depth=2), inline_below=0, fuse_chains=False)
+    costs = p.node_costs
+    assert p.work == pytest.approx(sum(costs.values()))
+    assert p.span == pytest.approx(costs["a0"] + costs["a1"] + costs["join"])
+    assert p.amdahl == pytest.approx(p.work / p.span)
+    assert p.critical_path[0] == "a0" and p.critical_path[-1] == "join"
+
+
+def test_measured_costs_rank_the_heavy_branch_first():
+    g = gx.Graph("uneven")
+    x = g.input("x")
+    heavy = g.node("heavy", nn.Sequential(*[nn.Linear(256, 256) for _ in range(8)]), x)
+    light = g.node("light", nn.Linear(256, 256), x)
+    g.output(g.node("join", gx.add(), heavy, light))
+    p = gx.plan(g, example_inputs=(torch.randn(64, 256),))
+    assert p.measured and "measured" in str(p)
+    assert p.node_costs["heavy"] > p.node_costs["light"] > 0
+    assert p.critical_path[0] == "heavy"
+    with pytest.raises(gx.ArityError):
+        gx.plan(g, example_inputs=())
+
+
+def test_plan_is_frozen_and_prints_one_row_per_level():
+    p = gx.plan(two_towers())
+    with pytest.raises(AttributeError):
+        p.work = 0  # type: ignore[misc]
+    rows = str(p).splitlines()
+    assert rows[0].startswith("Plan 'towers'")
+    level_rows = [r for r in rows if r.strip()[:1].isdigit()]
+    assert len(level_rows) == len(p.levels)
+    assert "amdahl bound" in str(p) and "critical path" in str(p)
+
+
+def test_consumers_and_last_use():
+    p = gx.plan(two_towers(depth=1), inline_below=0)
+    assert set(p.consumers["x"]) == {"a0", "b0"}
+    assert p.last_use["a0"] == "join" and "join" not in p.last_use  # outputs are never freed
+
+
+def test_random_100_node_plan_matches_networkx():
+    """Levels equal networkx's topological generations on a random DAG (no fusion)."""
+    rng = torch.Generator().manual_seed(3)
+    g = gx.Graph("rand")
+    names = [g.input("x")]
+    for i in range(100):
+        k = int(torch.randint(1, 4, (1,), generator=rng))
+        idx = torch.randint(0, len(names), (k,), generator=rng).tolist()
+        names.append(g.node(f"n{i}", gx.add(), *(names[j] for j in idx)))
+    consumed = {r.node for n in g for r in n.inputs}
+    g.output(*[r for r in names[1:] if r.node not in consumed])
+    p = gx.plan(g, fuse_chains=False, inline_below=0)
+    gens = [
+        sorted(lv)
+        for lv in nx.topological_generations(g.nx.subgraph([n.name for n in g if not n.is_input]))
+    ]
+    assert [sorted(lv) for lv in p.levels] == gens
+
+
+class _Track(nn.Module):
+    """A linear layer that remembers weak references to its outputs."""
+
+    def __init__(self, seen: dict, name: str):
+        super().__init__()
+        self.layer, self.seen, self.name = nn.Linear(64, 64), seen, name
+
+    def forward(self, x):
+        y = self.layer(x)
+        self.seen[self.name] = weakref.ref(y)
+        return y
+
+
+class _Check(nn.Module):
+    """Asserts that the listed values are already freed when it runs."""
+
+    def __init__(self, seen: dict, dead: list[str], log: list):
+        super().__init__()
+        self.layer, self.seen, self.dead, self.log = nn.Linear(64, 64), seen, dead, log
+
+    def forward(self, *xs):
+        gc.collect()
+        self.log.append({n: self.seen[n]() is None for n in self.dead})
+        return self.layer(sum(xs))
+
+
+def test_every_intermediate_is_released_at_last_use(local_executor):
+    """
+          x
+          |
+          a
+        /   \\
+      b1     b2        (b1 -> c1 and b2 -> c2 are fused chains)
+      |      |
+      c1     c2
+        \\   /
+        check          (runs after a, b1, b2 have no consumer left)
+    """
+    seen: dict = {}
+    log: list = []
+    g = gx.Graph("release")
+    a = g.node("a", _Track(seen, "a"), g.input("x"))
+    c = []
+    for i in (1, 2):
+        b = g.node(f"b{i}", _Track(seen, f"b{i}"), a)
+        c.append(g.node(f"c{i}", _Track(seen, f"c{i}"), b))
+    g.output(g.node("check", _Check(seen, ["a", "b1", "b2"], log), *c))
+    p = gx.plan(g, inline_below=0)
+    assert p.tasks["b1+c1"].nodes == ("b1", "c1")
+    with torch.no_grad():
+        local_executor.run(p, torch.randn(4, 64))
+    assert log == [{"a": True, "b1": True, "b2": True}]
