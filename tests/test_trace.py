@@ -1,0 +1,115 @@
+"""gx.trace: existing nn.Modules become graphs whose outputs equal the module's."""
+
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+import graphexec as gx
+
+
+class Inception(nn.Module):
+    """A small GoogLeNet-style block: four branches joined by cat, then a classifier."""
+
+    def __init__(self, c: int = 16):
+        super().__init__()
+        self.b1 = nn.Conv2d(c, 8, 1)
+        self.b2 = nn.Sequential(
+            nn.Conv2d(c, 4, 1), nn.ReLU(inplace=True), nn.Conv2d(4, 8, 3, padding=1)
+        )
+        self.b3 = nn.Sequential(nn.Conv2d(c, 4, 1), nn.ReLU(), nn.Conv2d(4, 8, 5, padding=2))
+        self.b4 = nn.Conv2d(c, 8, 1)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        y = torch.cat([self.b1(x), self.b2(x), self.b3(x), self.b4(F.max_pool2d(x, 3, 1, 1))], 1)
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(F.relu(y), 1), 1))
+
+
+class TwoTowers(nn.Module):
+    """Image and text towers; a dict output with a tuple inside."""
+
+    def __init__(self):
+        super().__init__()
+        self.image = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 16))
+        self.text = nn.Sequential(nn.Embedding(100, 16), nn.Linear(16, 16))
+        self.proj = nn.Linear(16, 16)
+
+    def forward(self, img, tokens):
+        i = F.normalize(self.image(img), dim=-1)
+        t = F.normalize(self.proj(self.text(tokens).mean(1)), dim=-1)
+        return {"logits": i @ t.T, "emb": (i, t)}
+
+
+def assert_tree_close(a, b):
+    if isinstance(b, dict):
+        assert a.keys() == b.keys()
+        for k in b:
+            assert_tree_close(a[k], b[k])
+    elif isinstance(b, tuple | list):
+        assert type(a) is type(b) and len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            assert_tree_close(x, y)
+    else:
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_inception_cnn(executor):
+    model = Inception().eval()
+    g = gx.trace(model)
+    names = [n.name for n in g if not n.is_input]
+    assert {"b1", "b2.0", "b2.2", "b3.0", "b4", "head"} <= set(names)
+    assert not any(n.startswith(("cat", "flatten", "relu")) for n in names), names  # folded
+    x = torch.randn(2, 16, 8, 8)
+    with torch.no_grad():
+        expected = model(x)
+        for p in (gx.plan(g), gx.plan(g, inline_below=0)):
+            assert_tree_close(executor.run(p, x), expected)
+
+
+def test_two_towers_with_dict_output(executor):
+    model = TwoTowers().eval()
+    g = gx.trace(model)
+    assert g.inputs == ("img", "tokens")
+    img, tokens = torch.randn(4, 32), torch.randint(0, 100, (4, 7))
+    with torch.no_grad():
+        expected = model(img, tokens)
+        out = executor.run(gx.plan(g, inline_below=0), img, tokens)
+    assert_tree_close(out, expected)
+
+
+def test_already_traced_graph_module_is_taken_as_is():
+    model = Inception().eval()
+    traced = fx.symbolic_trace(model)
+    traced.graph.eliminate_dead_code()
+    g = gx.trace(traced, name="pretraced")
+    assert g.name == "pretraced"
+    x = torch.randn(2, 16, 8, 8)
+    with torch.no_grad(), gx.ThreadExecutor() as ex:
+        assert_tree_close(ex.run(gx.plan(g), x), model(x))
+
+
+def test_coarser_granularity_whole_branches():
+    model = Inception().eval()
+    g = gx.trace(model, leaves=["b2", "b3"])
+    names = [n.name for n in g if not n.is_input]
+    assert "b2" in names and "b3" in names and "b2.0" not in names
+    x = torch.randn(2, 16, 8, 8)
+    with torch.no_grad():
+        assert_tree_close(gx.ThreadExecutor().run(gx.plan(g), x), model(x))
+
+
+def test_traced_graph_module_shares_the_models_parameters_and_trains():
+    model = TwoTowers()
+    gm = gx.GraphModule(gx.trace(model), "threads")
+    assert {id(p) for p in gm.parameters()} == {id(p) for p in model.parameters()}
+    img, tokens = torch.randn(4, 32), torch.randint(0, 100, (4, 7))
+    gm(img, tokens)["logits"].sum().backward()
+    got = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model(img, tokens)["logits"].sum().backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(got[n], p.grad, rtol=1e-4, atol=1e-6)
+    gm.close()
