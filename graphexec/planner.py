@@ -6,7 +6,9 @@ What it decides, in order
    can is the graph's program order. For every node that mutates an input in place, every
    other reader of the same tensor (found through earlier in-place results, which alias their
    input) is ordered before or after it as program order says, by an extra edge. Outputs are
-   collected after every task has finished, so they always see every write.
+   collected after every task has finished, so they always see every write. After fusion
+   (step 5), the tasks touching one written tensor are merged into one task that runs them in
+   program order: without shared memory (Dask), a write could not reach another task's copy.
 2. **Liveness.** Nodes that no output depends on are reported (`DeadNodeWarning`) and left out,
    except mutating nodes, which always run.
 3. **Chain fusion.** An edge ``u -> v`` where ``u`` has one consumer and ``v`` one producer
@@ -253,6 +255,7 @@ def plan(
     position = {n: i for i, n in enumerate(order)}
     groups = _fuse_chains(dag, position) if fuse_chains else [[n] for n in compute]
     groups = _fold_cheap(dag, groups, costs, inline_below, position)
+    groups = _isolate_mutations(graph, dag, groups, position)
     return _assemble(
         graph,
         dag,
@@ -351,6 +354,58 @@ def _fold_cheap(
         for n in g:
             owner[n] = j
         del members[i]
+    return sorted(members.values(), key=lambda g: position[g[0]])
+
+
+def _isolate_mutations(
+    graph: Graph, dag: nx.DiGraph, groups: list[list[str]], position: Mapping[str, int]
+) -> list[list[str]]:
+    """Merge tasks so that every tensor written in place is made, read and written in one task.
+
+    Ordering edges suffice where tasks share memory (threads), but a Dask worker gets its own
+    copy of a task's inputs, so a write in one task would never reach a reader in another.
+    For each written tensor, the tasks touching it and every task on a path between two of
+    them (the convex hull, so contracting it cannot close a cycle) become one task, whose
+    nodes run in program order: exactly what eager PyTorch does.
+    """
+    touched: dict[str, set[str]] = {}
+    for n in dag:
+        node = graph.nodes[n]
+        for i in node.mutates:
+            touched.setdefault(_alias_root(graph, node.inputs[i]), set())
+    if not touched:
+        return groups
+    for n in dag:
+        for ref in graph.nodes[n].inputs:
+            root = _alias_root(graph, ref)
+            if root in touched:
+                touched[root].add(n)
+    for root, nodes in touched.items():
+        if root in dag:
+            nodes.add(root)
+    owner = {n: i for i, g in enumerate(groups) for n in g}
+    members = {i: list(g) for i, g in enumerate(groups)}
+    changed = True
+    while changed:
+        changed = False
+        tdag = nx.DiGraph()
+        tdag.add_nodes_from(members)
+        tdag.add_edges_from((owner[u], owner[v]) for u, v in dag.edges if owner[u] != owner[v])
+        for nodes in touched.values():
+            spanned = {owner[n] for n in nodes}
+            if len(spanned) < 2:
+                continue
+            below = set().union(*(nx.descendants(tdag, t) for t in spanned))
+            above = set().union(*(nx.ancestors(tdag, t) for t in spanned))
+            hull = spanned | (below & above)
+            keep = min(hull, key=lambda i: position[members[i][0]])
+            for i in hull - {keep}:
+                members[keep] += members.pop(i)
+            members[keep].sort(key=position.__getitem__)
+            for n in members[keep]:
+                owner[n] = keep
+            changed = True
+            break  # the task DAG changed: recompute it before the next tensor
     return sorted(members.values(), key=lambda g: position[g[0]])
 
 

@@ -23,7 +23,7 @@ def dask_client():
     except ImportError as exc:
         pytest.skip(f"DaskExecutor not available: {exc}")
     cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
     )
     client = distributed.Client(cluster)
     yield client
