@@ -1,0 +1,74 @@
+"""What a user would pick instead of graphexec: TorchScript fork/wait, ONNX Runtime, torch.compile.
+
+Each builder returns ``(callable, setup_seconds)`` or raises; the suite records the error text
+in the table instead of a number. Setup (scripting, export + session creation, compilation) is
+timed separately from the runs.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+
+__all__ = ["torchscript_fork", "onnx_export", "onnxruntime_session", "torch_compile"]
+
+Fn = Callable[..., torch.Tensor]
+
+
+def torchscript_fork(fork_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[Fn, float]:
+    """``torch.jit.script`` of the fork/wait twin (branches run on the inter-op pool)."""
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript is deprecated in torch 2.13: still a peer
+        scripted = torch.jit.script(fork_module)
+        scripted = torch.jit.freeze(scripted.eval())
+    scripted(*inputs)
+    return scripted, time.perf_counter() - t0
+
+
+def onnx_export(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[bytes, float]:
+    """Export with the TorchScript-based exporter (the dynamo one needs ``onnxscript``)."""
+    t0 = time.perf_counter()
+    buf = io.BytesIO()
+    names = [f"in{i}" for i in range(len(inputs))]
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, inputs, buf, dynamo=False, input_names=names, output_names=["out"]
+        )
+    return buf.getvalue(), time.perf_counter() - t0
+
+
+def onnxruntime_session(model: bytes, parallel: bool, threads: int = 2) -> tuple[Fn, float]:
+    """An ``InferenceSession`` in ORT's sequential or parallel execution mode."""
+    import onnxruntime as ort
+
+    t0 = time.perf_counter()
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = threads
+    so.execution_mode = (
+        ort.ExecutionMode.ORT_PARALLEL if parallel else ort.ExecutionMode.ORT_SEQUENTIAL
+    )
+    sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+
+    def run(*xs: torch.Tensor) -> torch.Tensor:
+        out = sess.run(None, {n: x.numpy() for n, x in zip(names, xs, strict=True)})
+        return torch.from_numpy(out[0])
+
+    return run, time.perf_counter() - t0
+
+
+def torch_compile(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[Fn, float]:
+    """``torch.compile`` (inductor, default mode); setup time includes the first call."""
+    t0 = time.perf_counter()
+    compiled = torch.compile(module, dynamic=False)
+    with torch.inference_mode():
+        compiled(*inputs)
+    return compiled, time.perf_counter() - t0

@@ -1,0 +1,365 @@
+"""The measurements: interleaved timing of contenders, dispatch overhead, planning, memory.
+
+Timing discipline
+-----------------
+* Every contender is checked against eager (2 intra-op threads) before it is timed; a
+  mismatch is recorded, not timed.
+* All runs are under ``torch.inference_mode()``. Before each call the calling thread's
+  intra-op thread count is set to the contender's (``torch.set_num_threads`` is per thread
+  with the OpenMP backend, so pool threads keep their own budgets).
+* Runs are interleaved: repetition ``r`` runs every contender once, in an order rotated by
+  ``r``, so drift in machine load (this machine is shared) hits all contenders alike. The
+  figure is the median of ``reps`` runs after ``warmup`` untimed ones.
+
+Memory is the rise of resident memory during one run, measured in a fresh subprocess per
+(workload, contender): glibc is told to serve every allocation above 64 KiB with ``mmap``
+(``MALLOC_MMAP_THRESHOLD_=65536``) so freed tensors leave RSS at once, the kernel's
+high-water mark is reset (``/proc/self/clear_refs`` ← 5) after a warm-up run, and the peak
+is ``VmHWM`` after the measured run minus ``VmRSS`` before it. (tracemalloc does not see
+torch's CPU allocator; the torch profiler's memory view would, but RSS is what a user pays.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+import graphexec as gx
+from graphexec.hfuse import horizontal_fuse
+
+from . import peers
+from .workloads import Workload, build
+
+__all__ = ["Contender", "Result", "contenders_for", "time_workload", "dispatch_overhead",
+           "planning_time", "memory_peak"]  # fmt: skip
+
+REFERENCE = "eager 2 thr"
+
+
+@dataclass
+class Contender:
+    """One way of computing a workload."""
+
+    name: str
+    fn: Callable[..., Any] | None
+    threads: int = 2
+    setup_s: float = 0.0
+    error: str = ""
+    close: Callable[[], None] | None = None
+
+
+@dataclass
+class Result:
+    """Median seconds per contender of one workload, plus setup times and errors."""
+
+    workload: str
+    title: str
+    median: dict[str, float] = field(default_factory=dict)
+    setup: dict[str, float] = field(default_factory=dict)
+    error: dict[str, str] = field(default_factory=dict)
+    max_err: dict[str, float] = field(default_factory=dict)
+    reps: int = 0
+
+    def ratio(self, name: str) -> float | None:
+        ref = self.median.get(REFERENCE)
+        got = self.median.get(name)
+        return got / ref if ref and got else None
+
+
+def _guard(name: str, threads: int, make: Callable[[], tuple[Any, float]]) -> Contender:
+    try:
+        fn, setup = make()
+        return Contender(name, fn, threads, setup)
+    except Exception as exc:  # a peer that fails here is a result, not a crash
+        msg = f"{type(exc).__name__}: {exc}".splitlines()[0][:160]
+        return Contender(name, None, threads, error=msg)
+
+
+def _timed(make: Callable[[], Any]) -> Callable[[], tuple[Any, float]]:
+    def go() -> tuple[Any, float]:
+        t0 = time.perf_counter()
+        fn = make()
+        return fn, time.perf_counter() - t0
+
+    return go
+
+
+def contenders_for(
+    w: Workload, compile_peers: bool = True, backends: bool = True
+) -> list[Contender]:
+    """Every contender of one workload (built while the calling thread has 2 threads)."""
+    torch.set_num_threads(2)
+    x = w.inputs
+    out = [
+        Contender("eager 1 thr", w.eager, 1),
+        Contender(REFERENCE, w.eager, 2),
+    ]
+    gm = gx.GraphModule(w.graph)  # what a user gets without tuning
+    out.append(Contender("gx default", gm, 2, close=gm.close))
+    measured = gx.plan(w.graph, example_inputs=x)
+    for sched in ("levels", "dataflow"):
+        ex = gx.ThreadExecutor(schedule=sched)
+        out.append(
+            Contender(
+                f"gx threads {sched}",
+                lambda *a, ex=ex: ex.run(measured, *a),
+                2,
+                close=ex.close,
+            )
+        )
+
+    def fused() -> Any:
+        fg = horizontal_fuse(w.graph, x, costs=dict(measured.node_costs))
+        ex = gx.ThreadExecutor()
+        p = gx.plan(fg, example_inputs=x)
+        return lambda *a: ex.run(p, *a)
+
+    out.append(_guard("gx hfuse", 2, _timed(fused)))
+    if backends:
+        out.extend(_backend_contenders(w))
+    out.append(_guard("TorchScript fork", 2, lambda: peers.torchscript_fork(w.fork, x)))
+    try:
+        model, export_s = peers.onnx_export(w.eager, x)
+        for mode, par in (("seq", False), ("par", True)):
+
+            def sess(par: bool = par) -> tuple[Any, float]:
+                fn, s = peers.onnxruntime_session(model, par)
+                return fn, s + export_s
+
+            out.append(_guard(f"ORT {mode}", 2, sess))
+    except Exception as exc:
+        msg = f"{type(exc).__name__}: {exc}".splitlines()[0][:160]
+        out += [Contender(f"ORT {m}", None, error=msg) for m in ("seq", "par")]
+    if compile_peers:
+        out.append(_guard("torch.compile", 2, lambda: peers.torch_compile(w.eager, x)))
+    return out
+
+
+def _backend_contenders(w: Workload) -> list[Contender]:
+    try:
+        from graphexec.backends import CompiledRunner, compile_plan
+    except ImportError:
+        return []
+    out = []
+    for backend in ("onnxruntime",):
+
+        def make(backend: str = backend) -> tuple[Any, float]:
+            p = gx.plan(w.graph, example_inputs=w.inputs)
+            t0 = time.perf_counter()
+            compiled = compile_plan(p, backend=backend, example_inputs=w.inputs)
+            setup = time.perf_counter() - t0
+            runner = CompiledRunner(compiled)
+            return (lambda *a: runner.run(p, *a)), setup
+
+        out.append(_guard(f"gx tasks {backend}", 2, make))
+    return out
+
+
+def time_workload(
+    w: Workload, contenders: list[Contender], reps: int = 30, warmup: int = 3
+) -> Result:
+    """Check every contender against eager, then time them interleaved; medians in seconds."""
+    res = Result(w.key, w.title, reps=reps)
+    with torch.inference_mode():
+        torch.set_num_threads(2)
+        ref = w.eager(*w.inputs)
+        live = []
+        for c in contenders:
+            res.setup[c.name] = c.setup_s
+            if c.fn is None:
+                res.error[c.name] = c.error
+                continue
+            try:
+                torch.set_num_threads(c.threads)
+                got = c.fn(*w.inputs)
+                err = (got - ref).abs().max().item()
+                res.max_err[c.name] = err
+                if not torch.allclose(got, ref, rtol=1e-3, atol=1e-4):
+                    res.error[c.name] = f"output differs from eager (max abs err {err:.2e})"
+                    continue
+                for _ in range(warmup):
+                    c.fn(*w.inputs)
+                live.append(c)
+            except Exception as exc:
+                res.error[c.name] = f"{type(exc).__name__}: {exc}".splitlines()[0][:160]
+        samples: dict[str, list[float]] = {c.name: [] for c in live}
+        for r in range(reps):
+            k = r % max(1, len(live))
+            for c in live[k:] + live[:k]:
+                torch.set_num_threads(c.threads)
+                t0 = time.perf_counter()
+                c.fn(*w.inputs)
+                samples[c.name].append(time.perf_counter() - t0)
+        torch.set_num_threads(2)
+    res.median = {n: statistics.median(s) for n, s in samples.items()}
+    for c in contenders:
+        if c.close is not None:
+            c.close()
+    return res
+
+
+# -- dispatch overhead -------------------------------------------------------------------------
+def _noop(t: Any) -> Any:
+    return t
+
+
+def dispatch_overhead(n: int = 400, reps: int = 15) -> dict[str, float]:
+    """Seconds per task: inline and thread-dispatched no-op tasks, and the two peers.
+
+    The graph is ``n`` independent no-op nodes over one input, each a graph output, so each is
+    its own task; ``inline_below`` makes all of them inline (1 s) or all dispatched (0 s).
+    """
+    g = gx.Graph("noops")
+    x = g.input("x")
+    g.output(*[g.node(f"n{i}", _noop, x) for i in range(n)])
+    t = torch.zeros(1)
+    inline = gx.plan(g, inline_below=1.0)
+    away = gx.plan(g, inline_below=0.0)
+    ex = gx.ThreadExecutor()
+    pool = ThreadPoolExecutor(2)
+
+    def fork_all() -> Any:
+        return _fork_noops(t, n)
+
+    def pool_all() -> Any:
+        return [f.result() for f in [pool.submit(_noop, t) for _ in range(n)]]
+
+    cases = {
+        "inline task": lambda: ex.run(inline, t),
+        "thread task": lambda: ex.run(away, t),
+        "torch.jit.fork+wait": fork_all,
+        "ThreadPoolExecutor submit+result": pool_all,
+    }
+    samples: dict[str, list[float]] = {k: [] for k in cases}
+    with torch.inference_mode():
+        for fn in cases.values():
+            fn()
+        for _ in range(reps):
+            for k, fn in cases.items():
+                t0 = time.perf_counter()
+                fn()
+                samples[k].append((time.perf_counter() - t0) / n)
+    ex.close()
+    pool.shutdown()
+    return {k: statistics.median(s) for k, s in samples.items()}
+
+
+_FORK = None
+
+
+def _fork_noops(t: torch.Tensor, n: int) -> Any:
+    global _FORK
+    if _FORK is None:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+
+            def noop(x: torch.Tensor) -> torch.Tensor:
+                return x
+
+            def many(x: torch.Tensor, n: int) -> list[torch.Tensor]:
+                futs = [torch.jit.fork(noop, x) for _ in range(n)]
+                return [torch.jit.wait(f) for f in futs]
+
+            _FORK = torch.jit.script(many)
+    return _FORK(t, n)
+
+
+# -- planning time -----------------------------------------------------------------------------
+def random_dag(n: int, seed: int = 0, window: int = 64) -> gx.Graph:
+    """A random DAG: node ``i`` adds one or two of the ``window`` nodes before it."""
+    rng = random.Random(seed)
+    g = gx.Graph(f"random{n}")
+    names = [g.input("x").node]
+    consumed: set[str] = set()
+    op = gx.add()
+    for i in range(n):
+        k = rng.randint(1, 2)
+        lo = max(0, len(names) - window)
+        ins = {names[rng.randrange(lo, len(names))] for _ in range(k)}
+        consumed |= ins
+        names.append(g.node(f"v{i}", op, *sorted(ins)).node)
+    g.output(*[m for m in names[1:] if m not in consumed])
+    return g
+
+
+def planning_time(n: int = 100_000, seed: int = 0) -> dict[str, float]:
+    """Seconds to build and to plan a random ``n``-node DAG (best of two plans)."""
+    t0 = time.perf_counter()
+    g = random_dag(n, seed)
+    build_s = time.perf_counter() - t0
+    best = float("inf")
+    for _ in range(2):
+        t0 = time.perf_counter()
+        p = gx.plan(g)
+        best = min(best, time.perf_counter() - t0)
+    return {"nodes": n, "build_s": build_s, "plan_s": best, "tasks": len(p.tasks),
+            "levels": len(p.levels)}  # fmt: skip
+
+
+# -- memory ------------------------------------------------------------------------------------
+MEMORY_CONTENDERS = ("eager", "gx sequential", "gx default", "gx threads dataflow")
+
+
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _memory_child(key: str, contender: str) -> dict[str, float]:
+    torch.set_num_threads(2)
+    w = build(key)
+    if contender == "eager":
+        fn: Callable[..., Any] = w.eager
+    elif contender == "gx sequential":
+        p = gx.plan(w.graph)
+        fn = lambda *a: gx.SequentialExecutor().run(p, *a)  # noqa: E731
+    elif contender == "gx default":
+        fn = gx.GraphModule(w.graph)
+    else:
+        ex = gx.ThreadExecutor()
+        p = gx.plan(w.graph)
+        fn = lambda *a: ex.run(p, *a)  # noqa: E731
+    with torch.inference_mode():
+        out = fn(*w.inputs)
+        del out
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = _rss_kib("VmRSS")
+        out = fn(*w.inputs)
+        peak = _rss_kib("VmHWM")
+    return {"peak_mib": (peak - before) / 1024, "out_mib": out.numel() * 4 / 2**20}
+
+
+def memory_peak(key: str, contender: str) -> dict[str, float]:
+    """Peak RSS rise (MiB) of one run, in a fresh subprocess (see the module docstring)."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    code = (
+        "import json,sys; from benchmarks.suite import _memory_child as m; "
+        "print(json.dumps(m(sys.argv[1], sys.argv[2])))"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(
+        [sys.executable, "-c", code, key, contender],
+        capture_output=True, text=True, env=env, cwd=root, timeout=300,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        tail = (proc.stderr or traceback.format_exc()).strip().splitlines()[-1:]
+        return {"error": " ".join(tail)}  # type: ignore[dict-item]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
