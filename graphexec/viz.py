@@ -145,6 +145,9 @@ def _kind(fn: Any) -> str:
             elif n.op in ("call_function", "call_method"):
                 ops.append(getattr(n.target, "__name__", str(n.target)))
         return "+".join(dict.fromkeys(ops)) or "fx"
+    children = list(fn.children()) if hasattr(fn, "children") else []
+    if type(fn).__name__ == "Sequential" and children:
+        return "+".join(dict.fromkeys(type(c).__name__ for c in children))
     if hasattr(fn, "parameters") and hasattr(fn, "forward"):
         return type(fn).__name__
     return getattr(fn, "__name__", type(fn).__name__).strip("<>")
@@ -447,13 +450,13 @@ def _draw_task(
                 zorder=4,
             )
         )
-        text = "." + node[len(prefix) + 1 :] if prefix else node
-        text = f"{short_label(text, 10)} {short_label(_kind(plan.graph.nodes[node].fn), 12)}"
+        name_part = short_label("." + node[len(prefix) + 1 :] if prefix else node, 12)
+        text = short_label(f"{name_part} {_kind(plan.graph.nodes[node].fn)}", 19)
         cost = plan.node_costs.get(node, 0.0)
         ax.text(
             cx,
             y - line_h / 2,
-            f"{short_label(text, label_chars - 8)}  {_fmt_s(cost)}",
+            f"{text}  {_fmt_s(cost)}",
             ha="center",
             va="center",
             fontsize=font - 1.5,
