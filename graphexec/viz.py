@@ -244,9 +244,9 @@ def draw_plan(
     >>> fig.axes[0].get_title(loc="left")[:15]
     "Plan 'diamond':"
     """
+    _, new_figure = _matplotlib()
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch
 
-    _, new_figure = _matplotlib()
     rows, xs = _plan_layout(plan)
     has_inputs = bool(rows) and bool(rows[0]) and rows[0][0] not in plan.tasks
     critical = set(plan.critical_path)
@@ -672,10 +672,10 @@ def gantt(
     >>> len(gantt(trace).axes[0].patches) >= len(trace.events)
     True
     """
+    _, new_figure = _matplotlib()
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    _, new_figure = _matplotlib()
     fig = new_figure(width, 1.6 + 0.55 * max(len(trace.lanes), 1))
     ax = fig.add_subplot()
     _draw_lanes(ax, trace, label_chars, width)
