@@ -554,7 +554,7 @@ def _lane_label(lane: str) -> str:
     return lane.removeprefix("tcp://")
 
 
-def _draw_lanes(ax: Axes, trace: Trace, label_chars: int, fig_width_in: float) -> None:
+def _draw_lanes(ax: Axes, trace: Trace, label_chars: int, xlim_ms: float | None = None) -> None:
     """Bars of one trace on ``ax``: lanes top to bottom, ms from the run's start."""
     from matplotlib.patches import Rectangle
 
@@ -565,7 +565,9 @@ def _draw_lanes(ax: Axes, trace: Trace, label_chars: int, fig_width_in: float) -
     wall_ms = max(trace.wall * 1e3, 1e-6)
     for i in range(len(lanes)):  # idle shows as the grey between bars
         ax.add_patch(Rectangle((0, i - 0.4), wall_ms, 0.8, fc="#efefef", ec="none", zorder=0))
-    ms_per_char = wall_ms / max(fig_width_in * 72 / 5.2, 1)  # ~5.2 pt per 7 pt character
+    xmax = wall_ms if xlim_ms is None else xlim_ms
+    axis_in = ax.get_position().width * ax.get_figure().get_figwidth()
+    ms_per_char = xmax / max(axis_in * 72 / 5.5, 1)  # ~5.5 pt per 7 pt character
     for e in trace.events:
         x0, w = (e.start - trace.start) * 1e3, e.duration * 1e3
         hot = e.task in on_path
@@ -613,7 +615,7 @@ def _draw_lanes(ax: Axes, trace: Trace, label_chars: int, fig_width_in: float) -
         fontsize=7,
     )
     ax.set_ylim(len(lanes) - 0.5, -0.5)
-    ax.set_xlim(0, wall_ms * 1.01)
+    ax.set_xlim(0, (xlim_ms or wall_ms) * 1.01)
     ax.grid(axis="x", color="#dddddd", lw=0.5)
     ax.set_axisbelow(True)
 
@@ -678,7 +680,7 @@ def gantt(
 
     fig = new_figure(width, 1.6 + 0.55 * max(len(trace.lanes), 1))
     ax = fig.add_subplot()
-    _draw_lanes(ax, trace, label_chars, width)
+    _draw_lanes(ax, trace, label_chars)
     bound, idle = _trace_numbers(trace)
     ax.set_xlabel("ms since the run started")
     ax.set_title(
@@ -756,8 +758,7 @@ def compare(
     for i, (label, trace) in enumerate(traces.items()):
         ax = fig.add_subplot(grid[i, 0], sharex=first)
         first = first or ax
-        _draw_lanes(ax, trace, 18, width * 0.75)
-        ax.set_xlim(0, longest * 1.01)
+        _draw_lanes(ax, trace, 18, longest)
         ratio = traces[base].wall / trace.wall if trace.wall else 0.0
         ax.set_title(
             f"{label}: wall {_fmt_s(trace.wall)}, {ratio:.2f}x vs {base}", fontsize=9, loc="left"
