@@ -21,7 +21,11 @@ EXAMPLES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("script", "files"), EXAMPLES, ids=lambda p: str(p).split(".")[0])
+@pytest.mark.parametrize(
+    ("script", "files"),
+    EXAMPLES,
+    ids=lambda p: p.removesuffix(".py") if isinstance(p, str) else "files",
+)
 def test_example_runs(script, files, tmp_path):
     r = subprocess.run(
         [sys.executable, str(ROOT / "examples" / script), str(tmp_path)],
