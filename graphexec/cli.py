@@ -480,6 +480,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"graphexec {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `graphexec plan ... | head`: the reader left; say nothing
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as exc:
         if os.environ.get("GRAPHEXEC_TRACEBACK"):
             raise
