@@ -60,6 +60,7 @@ import uuid
 import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import CancelledError
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,7 +142,7 @@ def _make_jobs(plan: Plan) -> dict[str, _Job]:
         jobs[name] = _Job(
             name=name,
             tasks=tasks,
-            nodes=tuple(made),
+            nodes=tuple(n for t in tasks for n in t.nodes),
             inputs=inputs,
             outputs=task.outputs,
             after=after,
@@ -410,8 +411,37 @@ class DaskExecutor(Executor):
     # -- running ----------------------------------------------------------------------------
     def _execute(self, plan: Plan, env: dict[str, Any], events: list[TaskEvent] | None) -> None:
         _reject_cuda("a graph input", env)
-        call = self._submit_call(plan, env, profile=events is not None)
-        self._finish_call(call, env, events)
+        self._run_call(plan, env, events, self.schedule)
+
+    def _run_call(
+        self, plan: Plan, env: dict[str, Any], events: list[TaskEvent] | None, schedule: str
+    ) -> None:
+        """Submit and finish one call; once more if it failed because weights were lost."""
+        try:
+            self._finish_call(
+                self._submit_call(plan, env, events is not None, schedule), env, events
+            )
+        except CancelledError:
+            if not self._forget_lost_weights():
+                raise
+            if events is not None:
+                events.clear()
+            self._finish_call(
+                self._submit_call(plan, env, events is not None, schedule), env, events
+            )
+
+    def _forget_lost_weights(self) -> bool:
+        """Drop cached weights no worker holds any more (say which); they are sent again.
+
+        Scattered data cannot be recomputed: when the last worker holding a copy dies (Dask's
+        active memory manager keeps one replica of data no task is waiting for), the scheduler
+        forgets it and cancels the jobs that read it.
+        """
+        with self._lock:
+            lost = [node for node, (_, fut) in self._weights.items() if fut.status != "finished"]
+            for node in lost:
+                del self._weights[node]
+        return bool(lost)
 
     def _plan_jobs(self, plan: Plan) -> dict[str, _Job]:
         cached = self._jobs.get(id(plan))
@@ -508,7 +538,7 @@ class DaskExecutor(Executor):
         try:
             if not futures:
                 return
-            done = distributed.as_completed(futures)  # event-driven: no polling
+            done = distributed.as_completed(futures, loop=self.client.loop)  # no polling
             for fut in done:
                 if fut.status == "error":  # the first error; the rest are cancelled below
                     done.clear()
@@ -516,6 +546,9 @@ class DaskExecutor(Executor):
                     if isinstance(exc, _RemoteNodeError):
                         raise exc.to_node_error() from exc.cause
                     raise exc
+                if fut.status == "cancelled":  # e.g. it read weights that were lost
+                    done.clear()
+                    fut.result()
         except BaseException:
             self._cancel(call)
             raise
@@ -598,7 +631,12 @@ class DaskExecutor(Executor):
 
     def _yield_oldest(self, plan, flight, bar, collect_outputs) -> Any:
         call, env = flight.popleft()
-        self._finish_call(call, env, None)
+        try:
+            self._finish_call(call, env, None)
+        except CancelledError:
+            if not self._forget_lost_weights():
+                raise
+            self._run_call(plan, env, None, "dataflow")
         if bar is not None:
             bar.update(1)
         return collect_outputs(plan.graph, env)
