@@ -58,7 +58,7 @@ import threading
 import traceback
 import uuid
 import weakref
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import CancelledError
 from dataclasses import dataclass
@@ -86,7 +86,9 @@ from .base import Executor, Modes, capture_modes, run_task
 __all__ = ["DaskExecutor", "SchedulerUnreachableError", "SCATTER_ABOVE"]
 
 #: Graph inputs larger than this many bytes are scattered instead of embedded in the job.
-SCATTER_ABOVE = 1 << 20
+SCATTER_ABOVE = 8 << 20
+#: Graph inputs up to this size are embedded in every job that reads them.
+EMBED_BELOW = 16 << 10
 
 
 class SchedulerUnreachableError(ConnectionError):
@@ -149,6 +151,16 @@ def _make_jobs(plan: Plan) -> dict[str, _Job]:
             level=task.level,
         )
     return jobs
+
+
+def _whole_job(plan: Plan) -> dict[str, _Job]:
+    """The whole plan as one job: for `DaskExecutor.map`, where inputs, not branches, overlap."""
+    wanted = {r.node for r in plan.graph.output_refs()} - set(plan.graph.inputs)
+    tasks = tuple(plan.tasks.values())
+    inputs = tuple(dict.fromkeys(v for t in tasks for v in t.inputs if v in plan.graph.inputs))
+    name = plan.graph.name
+    nodes = tuple(n for t in tasks for n in t.nodes)
+    return {name: _Job(name, tasks, nodes, inputs, tuple(sorted(wanted)), (), 0)}
 
 
 # -- the worker side -------------------------------------------------------------------------------
@@ -224,6 +236,11 @@ def _run_job(
         with _EVENTS_LOCK:
             _EVENTS.setdefault(token, []).extend(events)
     return {v: values[v] for v in outputs}
+
+
+def _value(value: Any) -> Any:
+    """A graph input as a Dask task of its own: sent once, read by several jobs."""
+    return value
 
 
 def _pop_events(token: str) -> list[TaskEvent]:
@@ -356,7 +373,7 @@ class DaskExecutor(Executor):
         self._weights: weakref.WeakKeyDictionary[Node, tuple[Any, distributed.Future]] = (
             weakref.WeakKeyDictionary()
         )
-        self._jobs: dict[int, tuple[Plan, dict[str, _Job]]] = {}
+        self._jobs: dict[tuple[int, bool], tuple[Plan, dict[str, _Job]]] = {}
         self._lock = threading.Lock()
         self.scattered_nbytes = 0  # weight bytes scattered so far (each replica counted once)
         self.scatters = 0  # how many nodes were scattered so far
@@ -414,12 +431,17 @@ class DaskExecutor(Executor):
         self._run_call(plan, env, events, self.schedule)
 
     def _run_call(
-        self, plan: Plan, env: dict[str, Any], events: list[TaskEvent] | None, schedule: str
+        self,
+        plan: Plan,
+        env: dict[str, Any],
+        events: list[TaskEvent] | None,
+        schedule: str,
+        whole: bool = False,
     ) -> None:
         """Submit and finish one call; once more if it failed because weights were lost."""
         try:
             self._finish_call(
-                self._submit_call(plan, env, events is not None, schedule), env, events
+                self._submit_call(plan, env, events is not None, schedule, whole), env, events
             )
         except CancelledError:
             if not self._forget_lost_weights():
@@ -427,7 +449,7 @@ class DaskExecutor(Executor):
             if events is not None:
                 events.clear()
             self._finish_call(
-                self._submit_call(plan, env, events is not None, schedule), env, events
+                self._submit_call(plan, env, events is not None, schedule, whole), env, events
             )
 
     def _forget_lost_weights(self) -> bool:
@@ -443,11 +465,11 @@ class DaskExecutor(Executor):
                 del self._weights[node]
         return bool(lost)
 
-    def _plan_jobs(self, plan: Plan) -> dict[str, _Job]:
-        cached = self._jobs.get(id(plan))
+    def _plan_jobs(self, plan: Plan, whole: bool = False) -> dict[str, _Job]:
+        cached = self._jobs.get((id(plan), whole))
         if cached is None or cached[0] is not plan:
-            cached = (plan, _make_jobs(plan))
-            self._jobs[id(plan)] = cached
+            cached = (plan, _whole_job(plan) if whole else _make_jobs(plan))
+            self._jobs[(id(plan), whole)] = cached
         return cached[1]
 
     def _node_futures(self, graph: Graph, names: Iterable[str]) -> dict[str, distributed.Future]:
@@ -478,24 +500,43 @@ class DaskExecutor(Executor):
                     self.scatters += 1
             return futures
 
+    def _send_inputs(
+        self, call: _Call, env: Mapping[str, Any], graph_inputs: set[str]
+    ) -> dict[str, distributed.Future]:
+        """Graph inputs that are not embedded in their job: big ones, or ones read by several.
+
+        Up to `SCATTER_ABOVE` bytes an input read by several jobs becomes a Dask task of its
+        own (sent once, without blocking, so ``map`` keeps inputs in flight); above it, it is
+        scattered (Dask warns about task graphs over 10 MB).
+        """
+        readers = Counter(v for j in call.jobs.values() for v in j.inputs if v in graph_inputs)
+        scatter, sent = {}, {}
+        for v, n in readers.items():
+            size = _nbytes(env[v])
+            key = f"{v}-{call.token}"
+            if size > SCATTER_ABOVE:
+                scatter[key] = v
+            elif n > 1 and size > EMBED_BELOW:
+                sent[v] = self.client.submit(_value, env[v], key=key, retries=self.retries)
+        if scatter:
+            futures = self.client.scatter({k: env[v] for k, v in scatter.items()}, hash=False)
+            sent.update({v: futures[k] for k, v in scatter.items()})
+        call.inputs = list(sent.values())
+        return sent
+
     def _submit_call(
-        self, plan: Plan, env: Mapping[str, Any], profile: bool, schedule: str | None = None
+        self,
+        plan: Plan,
+        env: Mapping[str, Any],
+        profile: bool,
+        schedule: str | None = None,
+        whole: bool = False,
     ) -> _Call:
-        jobs = self._plan_jobs(plan)
+        jobs = self._plan_jobs(plan, whole)
         nodes = self._node_futures(plan.graph, {n for j in jobs.values() for n in j.nodes})
         call = _Call(uuid.uuid4().hex[:12], plan, jobs)
         graph_inputs = set(plan.graph.inputs)
-        big = {
-            v: env[v]
-            for v in dict.fromkeys(v for j in jobs.values() for v in j.inputs if v in graph_inputs)
-            if _nbytes(env[v]) > SCATTER_ABOVE
-        }
-        if big:
-            scattered = self.client.scatter(
-                {f"{v}-{call.token}": value for v, value in big.items()}, hash=False
-            )
-            call.inputs = list(scattered.values())
-            big = {v: scattered[f"{v}-{call.token}"] for v in big}
+        sent = self._send_inputs(call, env, graph_inputs)
         producer = {n: j.name for j in jobs.values() for n in j.outputs}
         remote = capture_modes()
         modes = Modes(False, remote.inference, remote.autocast)
@@ -507,7 +548,7 @@ class DaskExecutor(Executor):
             for level in sorted(levels):
                 for name in levels[level]:
                     job = jobs[name]
-                    given = {v: big.get(v, env[v]) for v in job.inputs if v in graph_inputs}
+                    given = {v: sent.get(v, env[v]) for v in job.inputs if v in graph_inputs}
                     produced = {
                         v: call.futures[producer[v]] for v in job.inputs if v not in graph_inputs
                     }
@@ -585,6 +626,7 @@ class DaskExecutor(Executor):
         *,
         window: int | None = None,
         progress: bool = True,
+        split: bool = False,
     ) -> Iterator[Any]:
         """Run over many inputs with several in flight; yield outputs in input order.
 
@@ -598,6 +640,11 @@ class DaskExecutor(Executor):
             Bounds memory on a long iterable.
         progress : bool
             Show a tqdm progress bar (when tqdm is installed).
+        split : bool
+            False (default): each input is one Dask task running the whole plan, so inputs
+            overlap across workers with no activation crossing between them (what throughput
+            wants). True: one Dask task per plan task, as `run` does (for branches too big
+            for one worker's time or memory, or pinned apart).
 
         Yields
         ------
@@ -611,6 +658,7 @@ class DaskExecutor(Executor):
         from .base import bind_inputs, collect_outputs
 
         p = self._as_plan(plan)
+        whole = not split
         window = window or max(2, 2 * sum(self.client.nthreads().values()))
         bar = _progress(inputs, progress)
         flight: deque[tuple[_Call, dict[str, Any]]] = deque()
@@ -618,25 +666,25 @@ class DaskExecutor(Executor):
             for item in inputs:
                 env = bind_inputs(p.graph, item if isinstance(item, tuple) else (item,), {})
                 _reject_cuda("a graph input", env)
-                flight.append((self._submit_call(p, env, False, "dataflow"), env))
+                flight.append((self._submit_call(p, env, False, "dataflow", whole), env))
                 while len(flight) >= window:
-                    yield self._yield_oldest(p, flight, bar, collect_outputs)
+                    yield self._yield_oldest(p, flight, bar, collect_outputs, whole)
             while flight:
-                yield self._yield_oldest(p, flight, bar, collect_outputs)
+                yield self._yield_oldest(p, flight, bar, collect_outputs, whole)
         finally:
             for call, _ in flight:
                 self._cancel(call)
             if bar is not None:
                 bar.close()
 
-    def _yield_oldest(self, plan, flight, bar, collect_outputs) -> Any:
+    def _yield_oldest(self, plan, flight, bar, collect_outputs, whole) -> Any:
         call, env = flight.popleft()
         try:
             self._finish_call(call, env, None)
         except CancelledError:
             if not self._forget_lost_weights():
                 raise
-            self._run_call(plan, env, None, "dataflow")
+            self._run_call(plan, env, None, "dataflow", whole)
         if bar is not None:
             bar.update(1)
         return collect_outputs(plan.graph, env)
