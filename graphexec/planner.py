@@ -306,9 +306,12 @@ def _hazard_edges(graph: Graph, order: list[str]) -> list[tuple[str, str]]:
 
 def _live_nodes(graph: Graph, deps: nx.DiGraph) -> tuple[set[str], tuple[str, ...]]:
     keep = {r.node for r in graph.output_refs()} | {n.name for n in graph if n.mutates}
-    live = set(keep)
-    for n in keep:
-        live |= nx.ancestors(deps, n)
+    live, stack = set(keep), list(keep)
+    while stack:  # one reverse walk for all outputs, not one ancestors() per output
+        for pred in deps.pred[stack.pop()]:
+            if pred not in live:
+                live.add(pred)
+                stack.append(pred)
     dead = tuple(n.name for n in graph if n.name not in live and not n.is_input)
     return live, dead
 
