@@ -31,17 +31,17 @@ Running: `CompiledRunner` (a `ThreadExecutor` whose tasks call the compiled call
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from .executors.base import LocalExecutor, bind_inputs, run_task
+from .executors.base import bind_inputs, run_task
 from .executors.threads import ThreadExecutor
 from .graph import Node
 from .planner import Plan, Task
@@ -261,11 +261,10 @@ def _inductor(module: _TaskModule, xs: tuple[torch.Tensor, ...]) -> Callable:
 
 
 class CompiledRunner(ThreadExecutor):
-    """A `ThreadExecutor` whose tasks call a `CompiledPlan`'s callables (eager where absent).
+    """Kept for old scripts: a `ThreadExecutor` that runs ``plan`` with ``compiled`` attached.
 
-    Same loop, schedules and freeing as `ThreadExecutor`; a plan without parallelism runs
-    its tasks on the calling thread through the same loop, so compiled tasks are used there
-    too.
+    Prefer ``gx.plan(graph, example_inputs, backend="onnxruntime")``: every executor then
+    runs the compiled tasks (see ``run_task``'s ``compiled``).
     """
 
     name = "threads+compiled"
@@ -274,26 +273,6 @@ class CompiledRunner(ThreadExecutor):
         super().__init__(**kwargs)
         self.compiled = compiled
 
-    def _call(self, state: Any, name: str, inputs: dict[str, Any], on_worker: bool) -> Any:
-        fn = self.compiled.tasks.get(name)
-        task = state.plan.tasks[name]
-        if fn is None:
-            return run_task(task, state.nodes, inputs, state.modes if on_worker else None,
-                            state.events)  # fmt: skip
-        if on_worker:
-            with state.modes.enter():
-                return fn(inputs)
-        return fn(inputs)
-
-    def _run_here(self, state: Any, name: str) -> None:
-        state.finish(name, self._call(state, name, state.inputs_of(name), False))
-
-    def _finish_here(self, state: Any, name: str) -> list[str]:
-        return state.finish(name, self._call(state, name, state.inputs_of(name), False))
-
-    def _submit(self, state: Any, name: str) -> Future:
-        inputs = state.inputs_of(name)
-        return self._start(lambda: self._call(state, name, inputs, True))
-
-    def _execute(self, plan: Plan, env: dict[str, Any], events: Any) -> None:
-        LocalExecutor._execute(self, plan, env, events)
+    def _as_plan(self, plan: Plan | Any) -> Plan:
+        p = super()._as_plan(plan)
+        return p if p.compiled is self.compiled else dataclasses.replace(p, compiled=self.compiled)

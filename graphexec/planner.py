@@ -31,10 +31,11 @@ The plan holds names only (plus the graph); executors look callables up in ``pla
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -116,6 +117,10 @@ class Plan:
     dead: tuple[str, ...]
     inline_below: float
     task_of: Mapping[str, str] = field(repr=False)
+    #: Task name -> compiled callable (``backend=`` of `plan`); None runs every task eagerly.
+    compiled: Mapping[str, Callable[[Mapping[str, Any]], dict[str, Any]]] | None = field(
+        default=None, repr=False
+    )
 
     @property
     def amdahl(self) -> float:
@@ -190,6 +195,8 @@ def plan(
     inline_below: float = INLINE_BELOW,
     fuse_chains: bool = True,
     repeats: int = 3,
+    hfuse: bool = False,
+    backend: str = "eager",
 ) -> Plan:
     """Plan a graph: validate it, order in-place hazards, fuse chains, cost and level the tasks.
 
@@ -207,6 +214,14 @@ def plan(
         Fuse straight chains into one task (default). Off: one task per node.
     repeats : int
         Timed runs when measuring.
+    hfuse : bool
+        Horizontal fusion (`graphexec.hfuse`): same-level nodes with identical module
+        structure run as one batched call; with ``example_inputs``, only groups whose members
+        measure below `graphexec.hfuse.FUSE_MEMBER_BELOW`. The plan then runs the fused graph
+        (``plan.graph``), which shares the original modules and parameters.
+    backend : {"eager", "inductor", "onnxruntime"}
+        Compile each dispatched task (`graphexec.backends.compile_plan`; needs
+        ``example_inputs``). ``"onnxruntime"`` is inference-only.
 
     Returns
     -------
@@ -235,6 +250,24 @@ def plan(
     (('a..sum',),)
     """
     graph.validate()
+    if hfuse:
+        from .hfuse import horizontal_fuse
+
+        costs = None
+        if example_inputs is not None:
+            costs = dict(plan(graph, example_inputs, inline_below=inline_below, repeats=1)
+                         .node_costs)  # fmt: skip
+        graph = horizontal_fuse(graph, example_inputs, costs=costs)
+    if backend != "eager":
+        if example_inputs is None:
+            raise ValueError(f"backend={backend!r} compiles tasks for example_inputs: give them")
+        from .backends import compile_plan
+
+        eager_plan = plan(graph, example_inputs, inline_below=inline_below,
+                          fuse_chains=fuse_chains, repeats=repeats)  # fmt: skip
+        return dataclasses.replace(
+            eager_plan, compiled=compile_plan(eager_plan, backend, example_inputs)
+        )
     order = _program_order(graph)
     deps = graph.nx.copy()
     hazards = _hazard_edges(graph, order)

@@ -175,3 +175,40 @@ def test_every_intermediate_is_released_at_last_use(local_executor):
     with torch.no_grad():
         local_executor.run(p, torch.randn(4, 64))
     assert log == [{"a": True, "b1": True, "b2": True}]
+
+
+def tiny_branches(n: int = 16) -> gx.Graph:
+    g = gx.Graph("tiny")
+    x = g.input("x")
+    g.output(g.node("sum", gx.sum(), *(g.node(f"t{i}", nn.Linear(16, 16), x) for i in range(n))))
+    return g
+
+
+def test_plan_with_horizontal_fusion_equals_unfused(local_executor):
+    g = tiny_branches()
+    x = torch.randn(4, 16)
+    fused = gx.plan(g, hfuse=True)
+    from graphexec.hfuse import HorizontalGroup
+
+    batched = [n for n in fused.graph if isinstance(n.fn, HorizontalGroup)]
+    assert len(batched) == 1  # one batched call replaced 16; pickers keep the 16 names
+    assert all(isinstance(fused.graph.nodes[f"t{i}"].fn, gx.getitem) for i in range(16))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            local_executor.run(fused, x), gx.SequentialExecutor().run(gx.plan(g), x)
+        )
+
+
+@pytest.mark.parametrize("kind", ["sequential", "threads"])
+def test_plan_with_onnxruntime_tasks_runs_on_plain_executors(kind):
+    pytest.importorskip("onnxruntime")
+    g = two_towers(depth=2, width=64)
+    x = torch.randn(8, 64)
+    p = gx.plan(g, example_inputs=(x,), backend="onnxruntime", inline_below=0)
+    assert p.compiled is not None and len(p.compiled) > 0
+    with torch.inference_mode(), gx.make_executor(kind) as ex:
+        torch.testing.assert_close(
+            ex.run(p, x), gx.SequentialExecutor().run(gx.plan(g), x), rtol=1e-4, atol=1e-5
+        )
+    with pytest.raises(ValueError, match="example_inputs"):
+        gx.plan(g, backend="onnxruntime")

@@ -91,6 +91,7 @@ def run_task(
     modes: Modes | None = None,
     events: list[TaskEvent] | None = None,
     lane: str | None = None,
+    compiled: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Run a task's nodes in order; return the values other tasks or outputs need.
 
@@ -107,6 +108,9 @@ def run_task(
         When given, a `TaskEvent` is appended (``list.append`` is atomic: safe across threads).
     lane : str, optional
         Lane name for the event; defaults to the current thread's name.
+    compiled : callable, optional
+        The task compiled by a backend (``plan.compiled``): called with ``inputs`` instead of
+        the nodes, returning the same output values.
 
     Raises
     ------
@@ -116,7 +120,12 @@ def run_task(
     start = time.time() if events is not None else 0.0
     local: dict[str, Any] = {}
     with modes.enter() if modes is not None else contextlib.nullcontext():
-        for name, release in zip(task.nodes, task.release, strict=True):
+        if compiled is not None:
+            try:
+                local = compiled(inputs)
+            except Exception as exc:
+                raise NodeError(task.nodes[0], exc, task.name) from exc
+        for name, release in zip(() if compiled else task.nodes, task.release, strict=False):
             node = nodes[name]
             args = [
                 r.resolve(local[r.node] if r.node in local else inputs[r.node]) for r in node.inputs
@@ -281,16 +290,11 @@ class LocalExecutor(Executor):
             self._run_dataflow(state)
 
     def _run_here(self, state: _RunState, name: str) -> None:
-        state.finish(
-            name,
-            run_task(
-                state.plan.tasks[name], state.nodes, state.inputs_of(name), None, state.events
-            ),
-        )
+        state.finish(name, state.run(name))
 
     def _submit(self, state: _RunState, name: str) -> Future:
-        task, inputs = state.plan.tasks[name], state.inputs_of(name)
-        return self._start(lambda: run_task(task, state.nodes, inputs, state.modes, state.events))
+        inputs = state.inputs_of(name)
+        return self._start(lambda: state.run(name, inputs, on_worker=True))
 
     def _run_levels(self, state: _RunState) -> None:
         for level in state.plan.levels:
@@ -334,12 +338,7 @@ class LocalExecutor(Executor):
             raise
 
     def _finish_here(self, state: _RunState, name: str) -> list[str]:
-        return state.finish(
-            name,
-            run_task(
-                state.plan.tasks[name], state.nodes, state.inputs_of(name), None, state.events
-            ),
-        )
+        return state.finish(name, state.run(name))
 
 
 class _RunState:
@@ -357,6 +356,20 @@ class _RunState:
         for t, task in plan.tasks.items():
             for d in task.deps:
                 self.dependents[d].append(t)
+
+    def run(
+        self, name: str, inputs: dict[str, Any] | None = None, on_worker: bool = False
+    ) -> dict[str, Any]:
+        """Run one task (on a worker thread: under the caller's modes)."""
+        compiled = self.plan.compiled.get(name) if self.plan.compiled else None
+        return run_task(
+            self.plan.tasks[name],
+            self.nodes,
+            self.inputs_of(name) if inputs is None else inputs,
+            self.modes if on_worker else None,
+            self.events,
+            compiled=compiled,
+        )
 
     def inputs_of(self, name: str) -> dict[str, Any]:
         return {v: self.env[v] for v in self.plan.tasks[name].inputs}

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..planner import Plan
 from ..profile import TaskEvent
-from .base import Executor, _RunState, run_task
+from .base import Executor, _RunState
 
 __all__ = ["SequentialExecutor"]
 
@@ -37,5 +37,4 @@ class SequentialExecutor(Executor):
         else:
             order = list(plan.tasks)
         for name in order:
-            task = plan.tasks[name]
-            state.finish(name, run_task(task, state.nodes, state.inputs_of(name), None, events))
+            state.finish(name, state.run(name))
