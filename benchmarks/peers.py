@@ -52,6 +52,9 @@ def onnxruntime_session(model: bytes, parallel: bool, threads: int = 2) -> tuple
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = threads
+    # Spinning pool threads would steal the cores from the contender timed next (interleaved).
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     so.execution_mode = (
         ort.ExecutionMode.ORT_PARALLEL if parallel else ort.ExecutionMode.ORT_SEQUENTIAL
     )

@@ -245,6 +245,9 @@ def _onnx(module: _TaskModule, xs: tuple[torch.Tensor, ...], threads: int) -> Ca
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
+    # ORT's pool threads spin after each run by default, taking the cores from the other
+    # tasks graphexec runs at the same time (and from torch between calls): let them sleep.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     sess = ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
     used = [i.name for i in sess.get_inputs()]  # the exporter drops inputs nothing reads
