@@ -7,18 +7,24 @@ exactly as in any module. The graph keeps pointing at the same module objects, s
 (the autograd graph is not tied to a thread); worker threads run under the caller's grad,
 inference and autocast modes (see `graphexec.executors.base.capture_modes`).
 
-The plan is made on first use and kept; ``replan()`` makes a new one (e.g. with measured
-costs: ``gm.replan(example_inputs=(x,))``).
+The plan is made on the first call and kept. By default (``measure=True``) it is made from
+that call's inputs: each node is timed with the caller's intra-op threads and with one thread
+(a few extra runs of the graph, under ``no_grad`` and with the modules briefly in ``eval()`` so
+that no running statistic moves), and the planner decides from those times what to inline and
+whether overlapping branches pays at all. ``measure=False`` plans from parameter counts;
+``replan()`` makes a new plan.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
 import torch.nn as nn
 
 from .executors import Executor, make_executor
+from .executors.base import bind_inputs
 from .graph import Graph
 from .planner import Plan
 from .planner import plan as make_plan
@@ -37,7 +43,10 @@ class GraphModule(nn.Module):
         (``gx.ThreadExecutor(schedule="levels")``). A name makes an executor that this
         module owns and closes in `close`; an instance given stays the caller's.
     example_inputs : sequence, optional
-        Plan with costs measured on these inputs instead of estimated.
+        Plan now, with costs measured on these inputs.
+    measure : bool
+        Without ``example_inputs``: measure costs on the first call's inputs (default), or
+        estimate them from parameter counts (False).
     **plan_kwargs
         Passed to `graphexec.plan`.
 
@@ -62,6 +71,7 @@ class GraphModule(nn.Module):
         executor: str | Executor = "threads",
         *,
         example_inputs: Sequence[Any] | None = None,
+        measure: bool = True,
         **plan_kwargs: Any,
     ):
         super().__init__()
@@ -73,6 +83,8 @@ class GraphModule(nn.Module):
         self.executor = make_executor(executor)
         self._plan_kwargs = plan_kwargs
         self._plan: Plan | None = None
+        self._measure = measure
+        self._lock = threading.Lock()  # several threads may make the first call at once
         if example_inputs is not None:
             self.replan(example_inputs=example_inputs)
 
@@ -90,7 +102,28 @@ class GraphModule(nn.Module):
         return self._plan
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self._plan is None and self._measure:
+            with self._lock:
+                if self._plan is None:
+                    env = bind_inputs(self.graph, args, kwargs)
+                    self._measured_plan([env[n] for n in self.graph.inputs])
         return self.executor.run(self.plan, *args, **kwargs)
+
+    def _measured_plan(self, example_inputs: Sequence[Any]) -> None:
+        modes = {m: m.training for m in self.modules()}
+        self.eval()  # timing only: BatchNorm must not update its running statistics
+        try:
+            self.replan(example_inputs=example_inputs)
+        finally:
+            for m, training in modes.items():
+                m.training = training
+
+    def __getstate__(self) -> dict[str, Any]:  # copy.deepcopy / pickle: locks do not copy
+        return {**self.__dict__, "_lock": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def close(self) -> None:
         """Close the executor if this module made it."""

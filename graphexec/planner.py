@@ -117,6 +117,8 @@ class Plan:
     dead: tuple[str, ...]
     inline_below: float
     task_of: Mapping[str, str] = field(repr=False)
+    #: Why the plan runs inline although levels have several tasks (measured: overlap loses).
+    serial_reason: str | None = None
     #: Task name -> compiled callable (``backend=`` of `plan`); None runs every task eagerly.
     compiled: Mapping[str, Callable[[Mapping[str, Any]], dict[str, Any]]] | None = field(
         default=None, repr=False
@@ -134,8 +136,9 @@ class Plan:
 
     @property
     def parallel(self) -> bool:
-        """False when no two dispatchable tasks can ever run at once: run it inline."""
-        return self.max_width > 1
+        """False when no two dispatchable tasks can ever run at once, or when measurements
+        say overlapping them loses to running them one by one with every core: run inline."""
+        return self.max_width > 1 and self.serial_reason is None
 
     def __repr__(self) -> str:
         return (
@@ -164,8 +167,14 @@ class Plan:
         rows.append(
             f"work {_fmt_s(self.work)}, span {_fmt_s(self.span)}, "
             f"amdahl bound {self.amdahl:.2f}x, widest level {self.max_width} dispatched tasks"
-            + ("" if self.parallel else " -> runs inline (nothing to overlap)")
+            + (
+                ""
+                if self.parallel or self.serial_reason
+                else " -> runs inline (nothing to overlap)"
+            )
         )
+        if self.serial_reason:
+            rows.append(f"runs inline: {self.serial_reason}")
         rows.append("critical path: " + " -> ".join(self.critical_path))
         if self.hazard_edges:
             rows.append(
@@ -281,15 +290,18 @@ def plan(
         )
     compute = [n for n in order if n in live and not graph.nodes[n].is_input]
     dag = deps.subgraph(compute).copy()
+    costs_1: dict[str, float] | None = None
     if example_inputs is not None:
         costs = _measure(graph, compute, example_inputs, repeats)
+        if torch.get_num_threads() > 1:  # what a pool thread (one intra-op thread) would take
+            costs_1 = _measure(graph, compute, example_inputs, repeats, threads=1)
     else:
         costs = {n: _estimate(graph.nodes[n]) for n in compute}
     position = {n: i for i, n in enumerate(order)}
     groups = _fuse_chains(dag, position) if fuse_chains else [[n] for n in compute]
     groups = _fold_cheap(dag, groups, costs, inline_below, position)
     groups = _isolate_mutations(graph, dag, groups, position)
-    return _assemble(
+    p = _assemble(
         graph,
         dag,
         groups,
@@ -300,6 +312,9 @@ def plan(
         inline_below,
         measured=example_inputs is not None,
     )
+    if costs_1 is not None and p.max_width > 1:
+        p = dataclasses.replace(p, serial_reason=_concurrency_pays(p, costs_1))
+    return p
 
 
 # -- steps ------------------------------------------------------------------------------------
@@ -571,8 +586,23 @@ def _has_conv(module: torch.nn.Module) -> bool:
 
 
 def _measure(
-    graph: Graph, compute: list[str], example_inputs: Sequence[Any], repeats: int
+    graph: Graph,
+    compute: list[str],
+    example_inputs: Sequence[Any],
+    repeats: int,
+    threads: int | None = None,
 ) -> dict[str, float]:
+    """Median seconds of each node over ``repeats`` sequential runs (after a warm-up run).
+
+    With ``threads``, the calling thread runs with that many intra-op threads meanwhile.
+    """
+    if threads is not None:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return _measure(graph, compute, example_inputs, repeats)
+        finally:
+            torch.set_num_threads(before)
     if len(example_inputs) != len(graph.inputs):
         raise ArityError(
             f"graph '{graph.name}' takes {len(graph.inputs)} inputs "
@@ -595,6 +625,38 @@ def _measure(
                 if rep:  # the first run warms caches and allocators
                     samples[name].append(time.perf_counter() - t0)
     return {n: statistics.median(s) for n, s in samples.items()}
+
+
+def _concurrency_pays(p: Plan, costs_1: Mapping[str, float]) -> str | None:
+    """None if overlapping branches should beat running every task with all cores, else why.
+
+    Torch already spreads one op over every core (intra-op threads). Branch concurrency gives
+    each concurrent task one core instead, so it pays only where ops scale badly across
+    cores (small ops) or the branches balance well. Estimate both schedules from the measured
+    costs: one by one with all threads (the measured ``cost``), against levels whose tasks
+    are packed longest-first on one lane per core at one thread each (a lone task keeps all
+    threads, as the executors run it on the calling thread).
+    """
+    lanes = torch.get_num_threads()
+    serial = overlap = 0.0
+    for level in p.levels:
+        here = [p.tasks[t].cost for t in level if p.tasks[t].inline]
+        away = [sum(costs_1[n] for n in p.tasks[t].nodes) for t in level
+                if not p.tasks[t].inline]  # fmt: skip
+        serial += sum(p.tasks[t].cost for t in level)
+        if len(away) <= 1:
+            overlap += sum(here) + sum(p.tasks[t].cost for t in level if not p.tasks[t].inline)
+            continue
+        load = [0.0] * lanes
+        for c in sorted(away, reverse=True):  # longest processing time first
+            load[load.index(min(load))] += c
+        overlap += max(load) + sum(here)
+    if overlap < 0.95 * serial:
+        return None
+    return (
+        f"overlapping branches on {lanes} one-thread lanes would take ~{_fmt_s(overlap)}, "
+        f"one by one with {lanes} intra-op threads ~{_fmt_s(serial)} (measured)"
+    )
 
 
 def _fmt_s(seconds: float) -> str:

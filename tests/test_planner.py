@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import gc
 import weakref
 
@@ -212,3 +214,38 @@ def test_plan_with_onnxruntime_tasks_runs_on_plain_executors(kind):
         )
     with pytest.raises(ValueError, match="example_inputs"):
         gx.plan(g, backend="onnxruntime")
+
+
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs 2 intra-op threads")
+def test_overlap_is_dropped_when_one_thread_lanes_would_lose():
+    """Same plan, two machines: ops that scale across cores (a one-thread run takes twice
+    as long) make overlap pointless; ops that don't scale make it pay."""
+    from graphexec.planner import _concurrency_pays
+
+    p = gx.plan(two_towers(depth=2), inline_below=0)
+    t = torch.get_num_threads()
+    scales = {n: c * t for n, c in p.node_costs.items()}
+    flat = dict(p.node_costs)
+    assert "one by one" in _concurrency_pays(p, scales)
+    assert _concurrency_pays(p, flat) is None
+    serial = dataclasses.replace(p, serial_reason=_concurrency_pays(p, scales))
+    assert not serial.parallel and "runs inline:" in str(serial)
+
+
+def test_graph_module_measures_on_first_call_without_touching_batchnorm():
+    g = gx.Graph("bn")
+    x = g.input("x")
+    bns = [nn.Sequential(nn.Linear(32, 32), nn.BatchNorm1d(32)) for _ in range(2)]
+    g.output(g.node("sum", gx.add(), *(g.node(f"b{i}", m, x) for i, m in enumerate(bns))))
+    twins = [copy.deepcopy(m) for m in bns]
+    gm = gx.GraphModule(g)  # training mode, measure=True
+    xs = torch.randn(16, 32)
+    out = gm(xs)
+    assert gm.plan.measured and gm.training and all(m.training for m in bns)
+    expected = sum(m(xs) for m in twins)  # one training step of BatchNorm, like gm's call
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    for m, twin in zip(bns, twins, strict=True):
+        torch.testing.assert_close(m[1].running_mean, twin[1].running_mean)
+        assert m[1].num_batches_tracked == twin[1].num_batches_tracked == 1
+    gm.close()
+    assert not gx.GraphModule(g, measure=False).plan.measured
