@@ -118,25 +118,24 @@ def run_task(
         Naming the node that raised, with the original exception as ``__cause__``.
     """
     start = time.time() if events is not None else 0.0
-    local: dict[str, Any] = {}
+    values = dict(inputs)  # the task's inputs, then what its nodes make
     with modes.enter() if modes is not None else contextlib.nullcontext():
         if compiled is not None:
             try:
-                local = compiled(inputs)
+                values = compiled(inputs)
             except Exception as exc:
                 raise NodeError(task.nodes[0], exc, task.name) from exc
         for name, release in zip(() if compiled else task.nodes, task.release, strict=False):
             node = nodes[name]
-            args = [
-                r.resolve(local[r.node] if r.node in local else inputs[r.node]) for r in node.inputs
-            ]
+            args = [values[r.node] if r.index is None else values[r.node][r.index]
+                    for r in node.inputs]  # fmt: skip
             try:
-                local[name] = node.fn(*args, **node.kwargs)
+                values[name] = node.fn(*args, **node.kwargs) if node.kwargs else node.fn(*args)
             except Exception as exc:
                 raise NodeError(name, exc, task.name) from exc
             del args
             for v in release:  # last use inside the task: free it now, as eager would
-                del local[v]
+                del values[v]
     if events is not None:
         events.append(
             TaskEvent(
@@ -148,7 +147,7 @@ def run_task(
                 lane or threading.current_thread().name,
             )
         )
-    return {k: local[k] for k in task.outputs}
+    return {k: values[k] for k in task.outputs}
 
 
 # -- binding and collecting ---------------------------------------------------------------------
