@@ -161,11 +161,11 @@ class Plan:
                 t = self.tasks[name]
                 mark = ("*" if name in critical else "") + ("~" if t.inline else "")
                 fused = f" [{len(t.nodes)} nodes]" if len(t.nodes) > 1 else ""
-                cells.append(f"{mark}{name}{fused} ({_fmt_s(t.cost)})")
+                cells.append(f"{mark}{name}{fused} ({format_seconds(t.cost)})")
             level_cost = sum(self.tasks[n].cost for n in level)
-            rows.append(f"{i:>5}  {_fmt_s(level_cost):>9}  " + ", ".join(cells))
+            rows.append(f"{i:>5}  {format_seconds(level_cost):>9}  " + ", ".join(cells))
         rows.append(
-            f"work {_fmt_s(self.work)}, span {_fmt_s(self.span)}, "
+            f"work {format_seconds(self.work)}, span {format_seconds(self.span)}, "
             f"amdahl bound {self.amdahl:.2f}x, widest level {self.max_width} dispatched tasks"
             + (
                 ""
@@ -654,12 +654,13 @@ def _concurrency_pays(p: Plan, costs_1: Mapping[str, float]) -> str | None:
     if overlap < 0.95 * serial:
         return None
     return (
-        f"overlapping branches on {lanes} one-thread lanes would take ~{_fmt_s(overlap)}, "
-        f"one by one with {lanes} intra-op threads ~{_fmt_s(serial)} (measured)"
+        f"overlapping branches on {lanes} one-thread lanes would take ~{format_seconds(overlap)}, "
+        f"one by one with {lanes} intra-op threads ~{format_seconds(serial)} (measured)"
     )
 
 
-def _fmt_s(seconds: float) -> str:
+def format_seconds(seconds: float) -> str:
+    """Seconds as a short human string: ``2.00 s``, ``1.50 ms``, ``12.0 µs``."""
     if seconds >= 1:
         return f"{seconds:.2f} s"
     if seconds >= 1e-3:

@@ -39,6 +39,8 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .planner import format_seconds
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -161,14 +163,6 @@ def _compact(title: str, width: int) -> str:
     return short_label(".".join(parts), width)
 
 
-def _fmt_s(seconds: float) -> str:
-    if seconds >= 1:
-        return f"{seconds:.2f} s"
-    if seconds >= 1e-3:
-        return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds * 1e6:.0f} µs"
-
-
 # -- the plan ---------------------------------------------------------------------------------
 def _plan_layout(plan: Plan) -> tuple[list[list[str]], dict[str, float]]:
     """Rows (inputs, then levels) and an x position per task or input, barycentre-ordered."""
@@ -289,7 +283,7 @@ def draw_plan(
         label = "inputs" if is_input_row else f"level {r - has_inputs}"
         if not is_input_row:
             cost = sum(plan.tasks[t].cost for t in row)
-            label += f"\n{_fmt_s(cost)}"
+            label += f"\n{format_seconds(cost)}"
         ax.text(xmin - 0.45, tops[r] - line_h, label, fontsize=font, color="#555555", va="top")
 
     for name, task in plan.tasks.items():  # edges first, under the boxes
@@ -355,7 +349,8 @@ def draw_plan(
     ax.set_title(
         title
         or f"Plan '{plan.graph.name}': {n_nodes} nodes in {len(plan.tasks)} tasks, "
-        f"{len(plan.levels)} levels\nwork {_fmt_s(plan.work)}, span {_fmt_s(plan.span)}, "
+        f"{len(plan.levels)} levels\nwork {format_seconds(plan.work)}, "
+        f"span {format_seconds(plan.span)}, "
         f"Amdahl bound {plan.amdahl:.2f}x (costs {how})",
         fontsize=10,
         loc="left",
@@ -418,10 +413,10 @@ def _draw_task(
         zorder=4,
     )
     if len(task.nodes) > 1:
-        info = f"{_fmt_s(task.cost)} · {len(task.nodes)} nodes"
+        info = f"{format_seconds(task.cost)} · {len(task.nodes)} nodes"
     else:
         kind = short_label(_kind(plan.graph.nodes[task.nodes[0]].fn), 14)
-        info = f"{kind} · {_fmt_s(task.cost)}"
+        info = f"{kind} · {format_seconds(task.cost)}"
     ax.text(
         cx,
         top - 1.5 * line_h,
@@ -456,7 +451,7 @@ def _draw_task(
         ax.text(
             cx,
             y - line_h / 2,
-            f"{text}  {_fmt_s(cost)}",
+            f"{text}  {format_seconds(cost)}",
             ha="center",
             va="center",
             fontsize=font - 1.5,
@@ -517,7 +512,7 @@ def plan_to_dot(plan: Plan) -> str:
         lines.append(f'  {_q(name)} [shape=ellipse, fillcolor="#eeeeee"];')
     for i, (name, task) in enumerate(plan.tasks.items()):
         hot = name in critical
-        label = f"{name}\\nlevel {task.level}, {_fmt_s(task.cost)}" + (
+        label = f"{name}\\nlevel {task.level}, {format_seconds(task.cost)}" + (
             ", inline" if task.inline else ""
         )
         lines.append(f"  subgraph cluster_{i} {{")
@@ -527,7 +522,7 @@ def plan_to_dot(plan: Plan) -> str:
         )
         for node in task.nodes:
             cost = plan.node_costs.get(node, 0.0)
-            node_label = _q(node + "\\n" + _fmt_s(cost))
+            node_label = _q(node + "\\n" + format_seconds(cost))
             lines.append(f"    {_q(node)} [label={node_label}];")
         lines.append("  }")
     live = {n for t in plan.tasks.values() for n in t.nodes} | set(plan.graph.inputs)
@@ -686,7 +681,7 @@ def gantt(
     ax.set_title(
         title
         or f"{trace.plan.graph.name} on {trace.executor} ({trace.schedule}): "
-        f"wall {_fmt_s(trace.wall)}, {len(trace.events)} tasks\n"
+        f"wall {format_seconds(trace.wall)}, {len(trace.events)} tasks\n"
         f"speedup {trace.speedup:.2f}x over the task sum (bound {bound:.2f}x), "
         f"idle {idle:.0%}",
         fontsize=9,
@@ -761,7 +756,9 @@ def compare(
         _draw_lanes(ax, trace, 18, longest)
         ratio = traces[base].wall / trace.wall if trace.wall else 0.0
         ax.set_title(
-            f"{label}: wall {_fmt_s(trace.wall)}, {ratio:.2f}x vs {base}", fontsize=9, loc="left"
+            f"{label}: wall {format_seconds(trace.wall)}, {ratio:.2f}x vs {base}",
+            fontsize=9,
+            loc="left",
         )
     ax.set_xlabel("ms since the run started")
     bars = fig.add_subplot(grid[:, 1])
