@@ -123,6 +123,8 @@ class Plan:
     compiled: Mapping[str, Callable[[Mapping[str, Any]], dict[str, Any]]] | None = field(
         default=None, repr=False
     )
+    #: Horizontal fusion: one line per group of identical modules found, fused or not and why.
+    fusion: tuple[str, ...] = ()
 
     @property
     def amdahl(self) -> float:
@@ -175,6 +177,7 @@ class Plan:
         )
         if self.serial_reason:
             rows.append(f"runs inline: {self.serial_reason}")
+        rows.extend(f"horizontal fusion: {line}" for line in self.fusion)
         rows.append("critical path: " + " -> ".join(self.critical_path))
         if self.hazard_edges:
             rows.append(
@@ -204,7 +207,7 @@ def plan(
     inline_below: float = INLINE_BELOW,
     fuse_chains: bool = True,
     repeats: int = 3,
-    hfuse: bool = False,
+    hfuse: bool | str = "auto",
     backend: str = "eager",
 ) -> Plan:
     """Plan a graph: validate it, order in-place hazards, fuse chains, cost and level the tasks.
@@ -223,11 +226,14 @@ def plan(
         Fuse straight chains into one task (default). Off: one task per node.
     repeats : int
         Timed runs when measuring.
-    hfuse : bool
+    hfuse : {"auto", True, False}
         Horizontal fusion (`graphexec.hfuse`): same-level nodes with identical module
-        structure run as one batched call; with ``example_inputs``, only groups whose members
-        measure below `graphexec.hfuse.FUSE_MEMBER_BELOW`. The plan then runs the fused graph
-        (``plan.graph``), which shares the original modules and parameters.
+        structure run as one batched call. ``"auto"`` (default): with ``example_inputs``, fuse
+        the groups whose members measure below `graphexec.hfuse.FUSE_MEMBER_BELOW` (small
+        members: overhead-bound); without them, fuse nothing. ``True``: fuse every group (by
+        the same rule when measured). The plan then runs the fused graph (``plan.graph``),
+        which shares the original modules and parameters; ``plan.fusion`` says what was
+        fused and why.
     backend : {"eager", "inductor", "onnxruntime"}
         Compile each dispatched task (`graphexec.backends.compile_plan`; needs
         ``example_inputs``). ``"onnxruntime"`` is inference-only.
@@ -259,21 +265,19 @@ def plan(
     (('a..sum',),)
     """
     graph.validate()
-    if hfuse:
-        from .hfuse import horizontal_fuse
-
-        costs = None
-        if example_inputs is not None:
-            costs = dict(plan(graph, example_inputs, inline_below=inline_below, repeats=1)
-                         .node_costs)  # fmt: skip
-        graph = horizontal_fuse(graph, example_inputs, costs=costs)
+    if hfuse not in (True, False, "auto"):
+        raise ValueError(f"hfuse must be True, False or 'auto', got {hfuse!r}")
+    fusion: list[str] = []
+    if hfuse is True or (hfuse == "auto" and example_inputs is not None):
+        graph = _fuse_horizontally(graph, example_inputs, fusion)
     if backend != "eager":
         if example_inputs is None:
             raise ValueError(f"backend={backend!r} compiles tasks for example_inputs: give them")
         from .backends import compile_plan
 
         eager_plan = plan(graph, example_inputs, inline_below=inline_below,
-                          fuse_chains=fuse_chains, repeats=repeats)  # fmt: skip
+                          fuse_chains=fuse_chains, repeats=repeats, hfuse=False)  # fmt: skip
+        eager_plan = dataclasses.replace(eager_plan, fusion=tuple(fusion))
         return dataclasses.replace(
             eager_plan, compiled=compile_plan(eager_plan, backend, example_inputs)
         )
@@ -312,12 +316,29 @@ def plan(
         inline_below,
         measured=example_inputs is not None,
     )
+    if fusion:
+        p = dataclasses.replace(p, fusion=tuple(fusion))
     if costs_1 is not None and p.max_width > 1:
         p = dataclasses.replace(p, serial_reason=_concurrency_pays(p, costs_1))
     return p
 
 
 # -- steps ------------------------------------------------------------------------------------
+def _fuse_horizontally(
+    graph: Graph, example_inputs: Sequence[Any] | None, notes: list[str]
+) -> Graph:
+    """The graph with small identical same-level modules fused (`graphexec.hfuse`)."""
+    from .hfuse import has_candidates, horizontal_fuse
+
+    if not has_candidates(graph):  # the common case: nothing to measure or rewrite
+        return graph
+    costs = None
+    if example_inputs is not None:
+        compute = [n for n in _program_order(graph) if not graph.nodes[n].is_input]
+        costs = _measure(graph, compute, example_inputs, repeats=1)
+    return horizontal_fuse(graph, example_inputs, costs=costs, notes=notes)
+
+
 def _program_order(graph: Graph) -> list[str]:
     nodes = graph.nodes
     return list(nx.lexicographical_topological_sort(graph.nx, key=lambda n: nodes[n].order))

@@ -14,7 +14,14 @@ import torch
 import torch.nn as nn
 
 import graphexec as gx
-from graphexec.hfuse import HorizontalGroup, horizontal_fuse, module_signature, should_fuse
+from graphexec.hfuse import (
+    HorizontalGroup,
+    horizontal_fuse,
+    member,
+    module_signature,
+    restack,
+    should_fuse,
+)
 
 
 def _fan(k: int = 6, width: int = 8) -> gx.Graph:
@@ -49,7 +56,8 @@ def test_fan_fuses_into_one_group_and_equals_unfused():
     f = horizontal_fuse(g)
     (grp,) = _groups(f)
     assert len(grp.members) == 6 and grp.shared == (True,)
-    assert all(f.nodes[f"b{i}"].fn == gx.getitem(i) for i in range(6))
+    assert f.nodes["sum"].fn == restack("sum")  # the merge of all members reads the group
+    assert not any(f"b{i}" in f.nodes for i in range(6))  # no member is split out
     x = torch.randn(3, 8)
     torch.testing.assert_close(_run(f, x), _run(g, x))
 
@@ -137,3 +145,88 @@ def test_cost_rule_keeps_large_members_unfused():
     costs = {n: 1e-6 for n in g.nodes}
     assert len(_groups(horizontal_fuse(g, costs=costs))) == 1
     assert should_fuse([1e-5, 2e-5]) and not should_fuse([])
+
+
+def _linear_graph(bias: bool, k: int = 5) -> gx.Graph:
+    """Level 0: k Linear on x (shared input); level 1: k Linear on those (stacked inputs);
+    merged by stack(1) of all members, and one member also read alone."""
+    g = gx.Graph("linears")
+    x = g.input("x")
+    ps = [g.node(f"p{i}", nn.Linear(6, 4, bias=bias), x) for i in range(k)]
+    qs = [g.node(f"q{i}", nn.Linear(4, 3, bias=bias), p) for i, p in enumerate(ps)]
+    g.output(stack=g.node("stack", gx.stack(-1), *qs), alone=g.node("relu", nn.ReLU(), qs[1]))
+    return g
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_path_outputs_and_gradients_equal_unfused(bias):
+    torch.manual_seed(int(bias))
+    g = _linear_graph(bias)
+    x = torch.randn(2, 3, 6)  # leading dims beyond the batch
+    f = horizontal_fuse(g, example_inputs=(x,))
+    groups = _groups(f)
+    assert [(grp._direct is not None, grp.shared) for grp in groups] == [
+        (True, (True,)),
+        (True, (False,)),
+    ]
+    assert f.nodes["stack"].fn == restack("stack", -1)
+    assert f.nodes["q1"].fn == member(1) and "q0" not in f.nodes  # only what is read alone
+    mods = [n.fn for n in g if isinstance(n.fn, nn.Linear)]
+
+    def grads(graph: gx.Graph) -> tuple[object, list[torch.Tensor]]:
+        for m in mods:
+            m.zero_grad(set_to_none=True)
+        xg = x.clone().requires_grad_()
+        out = _run(graph, xg)
+        (out["stack"].sin().sum() + out["alone"].sum()).backward()
+        return out, [xg.grad] + [p.grad for m in mods for p in m.parameters()]
+
+    (got, got_grads), (want, want_grads) = grads(f), grads(g)
+    torch.testing.assert_close(got, want)
+    assert got["stack"].is_contiguous() and got["alone"].is_contiguous()
+    for a, b in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_merge_rewrite_needs_every_member_in_order():
+    g = gx.Graph("partial")
+    x = g.input("x")
+    bs = [g.node(f"b{i}", nn.Linear(4, 4), x) for i in range(3)]
+    g.output(
+        all_=g.node("all", gx.mean(), *reversed(bs)),  # mean: any order
+        part=g.node("part", gx.stack(0), bs[0], bs[1]),  # not every member: unchanged
+        swapped=g.node("swapped", gx.stack(0), bs[1], bs[0], bs[2]),  # stack: order matters
+    )
+    f = horizontal_fuse(g)
+    assert f.nodes["all"].fn == restack("mean")
+    assert f.nodes["part"].fn == gx.stack(0) and f.nodes["swapped"].fn == gx.stack(0)
+    x0 = torch.randn(2, 4)
+    torch.testing.assert_close(_run(f, x0), _run(g, x0))
+
+
+def test_vmap_path_is_safe_from_many_threads():
+    """torch.func.vmap asserts when called from several threads at once: the group locks it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    mods = [nn.Sequential(nn.Linear(32, 32), nn.LayerNorm(32)) for _ in range(4)]
+    grp = HorizontalGroup(mods, shared=[True])
+    assert grp._direct is None  # LayerNorm: not elementwise, so vmap
+
+    def check(seed: int) -> None:
+        x = torch.randn(8, 32, generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            for _ in range(30):
+                torch.testing.assert_close(grp(x), torch.stack([m(x) for m in mods]))
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(check, range(8)))
+
+
+def test_direct_path_equals_vmap_path():
+    mods = [nn.Sequential(nn.Linear(6, 5), nn.GELU(), nn.Linear(5, 3), nn.Tanh()) for _ in range(3)]
+    direct = HorizontalGroup(mods, shared=[False])
+    via_vmap = HorizontalGroup(mods, shared=[False])
+    via_vmap._direct = None
+    xs = [torch.randn(4, 6) for _ in range(3)]
+    torch.testing.assert_close(direct(*xs), via_vmap(*xs))
+    torch.testing.assert_close(direct(*xs)[1], mods[1](xs[1]))

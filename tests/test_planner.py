@@ -193,11 +193,26 @@ def test_plan_with_horizontal_fusion_equals_unfused(local_executor):
     from graphexec.hfuse import HorizontalGroup
 
     batched = [n for n in fused.graph if isinstance(n.fn, HorizontalGroup)]
-    assert len(batched) == 1  # one batched call replaced 16; pickers keep the 16 names
-    assert all(isinstance(fused.graph.nodes[f"t{i}"].fn, gx.getitem) for i in range(16))
+    assert len(batched) == 1  # one batched call replaced 16, and the sum reads it directly
+    assert not any(f"t{i}" in fused.graph.nodes for i in range(16))
+    assert fused.fusion and fused.fusion[0].startswith("fused 16 x Linear")
     with torch.no_grad():
         torch.testing.assert_close(
             local_executor.run(fused, x), gx.SequentialExecutor().run(gx.plan(g), x)
+        )
+
+
+def test_default_measured_plan_fuses_small_branches_and_says_why():
+    """hfuse="auto": fused when measured members are small, never from estimates alone."""
+    g = tiny_branches()
+    x = torch.randn(4, 16)
+    assert gx.plan(g).graph is g and gx.plan(g).fusion == ()  # estimated: nothing fused
+    measured = gx.plan(g, example_inputs=(x,))
+    assert measured.graph is not g and "horizontal fusion: fused 16 x Linear" in str(measured)
+    assert gx.plan(g, example_inputs=(x,), hfuse=False).graph is g
+    with torch.no_grad():
+        torch.testing.assert_close(
+            gx.SequentialExecutor().run(measured, x), gx.SequentialExecutor().run(gx.plan(g), x)
         )
 
 
