@@ -23,6 +23,7 @@ input names, with an edge for every data or ordering dependency.
 
 from __future__ import annotations
 
+import heapq
 import inspect
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -140,7 +141,8 @@ class Graph:
         self._inputs: list[str] = []
         self._outputs: Any = None
         self._has_outputs = False
-        self._nx = nx.DiGraph()
+        self._nx: nx.DiGraph | None = None  # built on first use of .nx
+        self._order: list[str] | None = None  # program order, once computed
 
     # -- building ---------------------------------------------------------------------------
     def input(self, name: str) -> Ref:
@@ -196,8 +198,6 @@ class Graph:
         _check_arity(name, fn, len(refs), kwargs or {})
         node = Node(name, fn, refs, dict(kwargs or {}), mut, order_deps, order=len(self._nodes))
         self._add(node)
-        for src in {r.node for r in refs} | set(order_deps):
-            self._nx.add_edge(src, name)
         return Ref(name, None, self.id)
 
     def output(self, *refs: Any, **named: Any) -> None:
@@ -235,8 +235,63 @@ class Graph:
 
     @property
     def nx(self) -> nx.DiGraph:
-        """The dependency graph (data and ordering edges) as a ``networkx.DiGraph``."""
+        """The dependency graph (data and ordering edges) as a ``networkx.DiGraph``.
+
+        Built on first use and kept until a node is added; the planner does not need it.
+        """
+        if self._nx is None:
+            dag = nx.DiGraph()
+            dag.add_nodes_from(self._nodes)
+            dag.add_edges_from((src, n) for n, deps in self.deps().items() for src in deps)
+            self._nx = dag
         return self._nx
+
+    def deps(self) -> dict[str, tuple[str, ...]]:
+        """Node name -> the nodes it waits for (its inputs' nodes, then ``after=``), each once."""
+        return {
+            n.name: tuple(dict.fromkeys([*(r.node for r in n.inputs), *n.after]))
+            for n in self._nodes.values()
+        }
+
+    def program_order(self) -> list[str]:
+        """Every node in the order eager code would run them: topological, ties broken by
+        declaration order (so a graph declared inputs-first runs in declaration order).
+
+        Raises
+        ------
+        UnknownNodeError, CycleError
+            As `validate`.
+        """
+        if self._order is None:
+            self._check_refs()
+            self._order = self._topological_order()
+        return list(self._order)
+
+    def _topological_order(self) -> list[str]:
+        deps = self.deps()
+        nodes = self._nodes
+        if all(nodes[d].order < nodes[n].order for n, ds in deps.items() for d in ds):
+            return list(nodes)  # declared inputs-first: the declaration order is topological
+        waiting = {n: len(ds) for n, ds in deps.items()}
+        users: dict[str, list[str]] = {n: [] for n in nodes}
+        for n, ds in deps.items():
+            for d in ds:
+                users[d].append(n)
+        ready = [(nodes[n].order, n) for n, k in waiting.items() if k == 0]
+        heapq.heapify(ready)
+        order: list[str] = []
+        while ready:
+            _, n = heapq.heappop(ready)
+            order.append(n)
+            for u in users[n]:
+                waiting[u] -= 1
+                if waiting[u] == 0:
+                    heapq.heappush(ready, (nodes[u].order, u))
+        if len(order) < len(nodes):
+            cycle = nx.find_cycle(self.nx)
+            names = [u for u, _ in cycle] + [cycle[0][0]]
+            raise CycleError(f"graph '{self.name}' has a cycle: {' -> '.join(names)}", names)
+        return order
 
     def __getitem__(self, name: str) -> Ref:
         if name not in self._nodes:
@@ -285,20 +340,7 @@ class Graph:
         UnreachableOutputError
             If no outputs were declared, or an output names nothing the graph produces.
         """
-        for node in self._nodes.values():
-            for src in [r.node for r in node.inputs] + list(node.after):
-                if src not in self._nodes:
-                    raise UnknownNodeError(
-                        f"node '{node.name}': input '{src}' is not a node of graph '{self.name}'",
-                        node.name,
-                    )
-        try:
-            cycle = nx.find_cycle(self._nx)
-        except nx.NetworkXNoCycle:
-            cycle = None
-        if cycle:
-            names = [u for u, _ in cycle] + [cycle[0][0]]
-            raise CycleError(f"graph '{self.name}' has a cycle: {' -> '.join(names)}", names)
+        self.program_order()  # unknown references and cycles
         if not self._has_outputs:
             raise UnreachableOutputError(f"graph '{self.name}' declares no output (g.output(...))")
         for ref in self.output_refs():
@@ -309,6 +351,15 @@ class Graph:
                 )
 
     # -- helpers ----------------------------------------------------------------------------
+    def _check_refs(self) -> None:
+        for node in self._nodes.values():
+            for src in [r.node for r in node.inputs] + list(node.after):
+                if src not in self._nodes:
+                    raise UnknownNodeError(
+                        f"node '{node.name}': input '{src}' is not a node of graph '{self.name}'",
+                        node.name,
+                    )
+
     def _add(self, node: Node) -> None:
         if node.name in self._nodes:
             kind = "an input" if self._nodes[node.name].is_input else "a node"
@@ -316,7 +367,7 @@ class Graph:
                 f"graph '{self.name}' already has {kind} named '{node.name}'", node.name
             )
         self._nodes[node.name] = node
-        self._nx.add_node(node.name)
+        self._nx = self._order = None
 
     def _as_ref(self, owner: str, ref: Ref | str) -> Ref:
         if isinstance(ref, str):

@@ -343,7 +343,7 @@ def horizontal_fuse(
 def _value_shapes(graph: Graph, example_inputs: Sequence[Any]) -> dict[Ref, Any]:
     """Shape/dtype of every referenced value, from one sequential no-grad run."""
     env = dict(zip(graph.inputs, example_inputs, strict=True))
-    order = list(nx.lexicographical_topological_sort(graph.nx, key=lambda n: graph.nodes[n].order))
+    order = graph.program_order()
     with torch.no_grad():
         for name in order:
             node = graph.nodes[name]

@@ -31,11 +31,14 @@ The plan holds names only (plus the graph); executors look callables up in ``pla
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
+import heapq
 import statistics
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -264,6 +267,32 @@ def plan(
     >>> gx.plan(g, inline_below=1.0).levels  # everything cheap: one task, run inline
     (('a..sum',),)
     """
+    with _no_gc():
+        return _plan(graph, example_inputs, inline_below, fuse_chains, repeats, hfuse, backend)
+
+
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    """Planning allocates ~10 objects per node and frees nothing cyclic: the collector's full
+    passes over the graph cost a third of a 100k-node plan. Restored on every path."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _plan(
+    graph: Graph,
+    example_inputs: Sequence[Any] | None,
+    inline_below: float,
+    fuse_chains: bool,
+    repeats: int,
+    hfuse: bool | str,
+    backend: str,
+) -> Plan:
     graph.validate()
     if hfuse not in (True, False, "auto"):
         raise ValueError(f"hfuse must be True, False or 'auto', got {hfuse!r}")
@@ -281,19 +310,21 @@ def plan(
         return dataclasses.replace(
             eager_plan, compiled=compile_plan(eager_plan, backend, example_inputs)
         )
-    order = _program_order(graph)
-    deps = graph.nx.copy()
+    order = graph.program_order()
     hazards = _hazard_edges(graph, order)
-    deps.add_edges_from(hazards)
-    live, dead = _live_nodes(graph, deps)
+    pred = {n: list(ds) for n, ds in graph.deps().items()}  # the DAG as flat lists: fast
+    for a, b in hazards:
+        pred[b].append(a)
+    live, dead = _live_nodes(graph, pred)
     if dead:
         warnings.warn(
             f"graph '{graph.name}': no output depends on {', '.join(dead)}; they will not run",
             DeadNodeWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    compute = [n for n in order if n in live and not graph.nodes[n].is_input]
-    dag = deps.subgraph(compute).copy()
+    nodes = graph.nodes
+    compute = [n for n in order if n in live and not nodes[n].is_input]
+    dag = _Dag(compute, pred)
     costs_1: dict[str, float] | None = None
     if example_inputs is not None:
         costs = _measure(graph, compute, example_inputs, repeats)
@@ -302,7 +333,7 @@ def plan(
     else:
         costs = {n: _estimate(graph.nodes[n]) for n in compute}
     position = {n: i for i, n in enumerate(order)}
-    groups = _fuse_chains(dag, position) if fuse_chains else [[n] for n in compute]
+    groups = _fuse_chains(dag) if fuse_chains else [[n] for n in compute]
     groups = _fold_cheap(dag, groups, costs, inline_below, position)
     groups = _isolate_mutations(graph, dag, groups, position)
     p = _assemble(
@@ -334,14 +365,67 @@ def _fuse_horizontally(
         return graph
     costs = None
     if example_inputs is not None:
-        compute = [n for n in _program_order(graph) if not graph.nodes[n].is_input]
+        compute = [n for n in graph.program_order() if not graph.nodes[n].is_input]
         costs = _measure(graph, compute, example_inputs, repeats=1)
     return horizontal_fuse(graph, example_inputs, costs=costs, notes=notes)
 
 
-def _program_order(graph: Graph) -> list[str]:
-    nodes = graph.nodes
-    return list(nx.lexicographical_topological_sort(graph.nx, key=lambda n: nodes[n].order))
+class _Dag:
+    """The compute nodes' dependencies as flat lists (networkx is too slow for 100k nodes).
+
+    ``nodes`` are in program order; ``pred``/``succ`` hold only edges between them.
+    """
+
+    def __init__(self, nodes: list[str], pred: Mapping[str, list[str]]):
+        self.nodes = nodes
+        inside = set(nodes)
+        self.pred = {n: [p for p in pred[n] if p in inside] for n in nodes}
+        self.succ: dict[str, list[str]] = {n: [] for n in nodes}
+        for n in nodes:
+            for p in self.pred[n]:
+                self.succ[p].append(n)
+
+    def edges(self) -> Iterator[tuple[str, str]]:
+        return ((p, n) for n in self.nodes for p in self.pred[n])
+
+
+def _topological(
+    items: Sequence[str], pred: Mapping[str, Sequence[str]], key: Mapping[str, int]
+) -> list[str]:
+    """``items`` in topological order, ties broken by smallest ``key`` (lexicographic)."""
+    ranked = sorted(items, key=key.__getitem__)
+    rank = {t: i for i, t in enumerate(ranked)}
+    if all(rank[p] < rank[t] for t in ranked for p in pred[t]):
+        return ranked  # the common case: sorting by key is already topological
+    waiting = {t: len(pred[t]) for t in items}
+    users: dict[str, list[str]] = {t: [] for t in items}
+    for t in items:
+        for p in pred[t]:
+            users[p].append(t)
+    ready = [(key[t], t) for t in items if waiting[t] == 0]
+    heapq.heapify(ready)
+    out: list[str] = []
+    while ready:
+        _, t = heapq.heappop(ready)
+        out.append(t)
+        for u in users[t]:
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                heapq.heappush(ready, (key[u], u))
+    return out
+
+
+def _generations(order: Sequence[str], pred: Mapping[str, Sequence[str]]) -> list[list[str]]:
+    """Depth levels (``networkx.topological_generations``) of items in a topological order."""
+    depth: dict[str, int] = {}
+    levels: list[list[str]] = []
+    for t in order:
+        d = max((depth[p] + 1 for p in pred[t]), default=0)
+        depth[t] = d
+        if d == len(levels):
+            levels.append([])
+        levels[d].append(t)
+    return levels
 
 
 def _alias_root(graph: Graph, ref: Ref) -> str:
@@ -358,6 +442,7 @@ def _hazard_edges(graph: Graph, order: list[str]) -> list[tuple[str, str]]:
     if not mutators:
         return []
     position = {n: i for i, n in enumerate(order)}
+    deps = graph.deps()
     readers: dict[str, set[str]] = {}
     for name in order:
         for ref in graph.nodes[name].inputs:
@@ -367,17 +452,17 @@ def _hazard_edges(graph: Graph, order: list[str]) -> list[tuple[str, str]]:
         for i in m.mutates:
             root = _alias_root(graph, m.inputs[i])
             for r in readers.get(root, ()):
-                if r == m.name or r in graph.nx.pred[m.name] or m.name in graph.nx.pred[r]:
+                if r == m.name or r in deps[m.name] or m.name in deps[r]:
                     continue
                 edges.add((r, m.name) if position[r] < position[m.name] else (m.name, r))
     return sorted(edges, key=lambda e: (position[e[0]], position[e[1]]))
 
 
-def _live_nodes(graph: Graph, deps: nx.DiGraph) -> tuple[set[str], tuple[str, ...]]:
+def _live_nodes(graph: Graph, deps: Mapping[str, list[str]]) -> tuple[set[str], tuple[str, ...]]:
     keep = {r.node for r in graph.output_refs()} | {n.name for n in graph if n.mutates}
     live, stack = set(keep), list(keep)
     while stack:  # one reverse walk for all outputs, not one ancestors() per output
-        for pred in deps.pred[stack.pop()]:
+        for pred in deps[stack.pop()]:
             if pred not in live:
                 live.add(pred)
                 stack.append(pred)
@@ -385,22 +470,19 @@ def _live_nodes(graph: Graph, deps: nx.DiGraph) -> tuple[set[str], tuple[str, ..
     return live, dead
 
 
-def _fuse_chains(dag: nx.DiGraph, position: Mapping[str, int]) -> list[list[str]]:
+def _fuse_chains(dag: _Dag) -> list[list[str]]:
     head: dict[str, str] = {}
-    for n in sorted(dag, key=position.__getitem__):
-        preds = list(dag.pred[n])
-        if len(preds) == 1 and dag.out_degree(preds[0]) == 1:
-            head[n] = head[preds[0]]
-        else:
-            head[n] = n
     groups: dict[str, list[str]] = {}
-    for n in sorted(dag, key=position.__getitem__):
-        groups.setdefault(head[n], []).append(n)
+    for n in dag.nodes:  # program order
+        preds = dag.pred[n]
+        h = head[preds[0]] if len(preds) == 1 and len(dag.succ[preds[0]]) == 1 else n
+        head[n] = h
+        groups.setdefault(h, []).append(n)
     return list(groups.values())
 
 
 def _fold_cheap(
-    dag: nx.DiGraph,
+    dag: _Dag,
     groups: list[list[str]],
     costs: Mapping[str, float],
     inline_below: float,
@@ -430,7 +512,7 @@ def _fold_cheap(
 
 
 def _isolate_mutations(
-    graph: Graph, dag: nx.DiGraph, groups: list[list[str]], position: Mapping[str, int]
+    graph: Graph, dag: _Dag, groups: list[list[str]], position: Mapping[str, int]
 ) -> list[list[str]]:
     """Merge tasks so that every tensor written in place is made, read and written in one task.
 
@@ -441,19 +523,19 @@ def _isolate_mutations(
     nodes run in program order: exactly what eager PyTorch does.
     """
     touched: dict[str, set[str]] = {}
-    for n in dag:
+    for n in dag.nodes:
         node = graph.nodes[n]
         for i in node.mutates:
             touched.setdefault(_alias_root(graph, node.inputs[i]), set())
     if not touched:
         return groups
-    for n in dag:
+    for n in dag.nodes:
         for ref in graph.nodes[n].inputs:
             root = _alias_root(graph, ref)
             if root in touched:
                 touched[root].add(n)
     for root, nodes in touched.items():
-        if root in dag:
+        if root in dag.pred:
             nodes.add(root)
     owner = {n: i for i, g in enumerate(groups) for n in g}
     members = {i: list(g) for i, g in enumerate(groups)}
@@ -462,7 +544,7 @@ def _isolate_mutations(
         changed = False
         tdag = nx.DiGraph()
         tdag.add_nodes_from(members)
-        tdag.add_edges_from((owner[u], owner[v]) for u, v in dag.edges if owner[u] != owner[v])
+        tdag.add_edges_from((owner[u], owner[v]) for u, v in dag.edges() if owner[u] != owner[v])
         for nodes in touched.values():
             spanned = {owner[n] for n in nodes}
             if len(spanned) < 2:
@@ -483,7 +565,7 @@ def _isolate_mutations(
 
 def _assemble(
     graph: Graph,
-    dag: nx.DiGraph,
+    dag: _Dag,
     groups: list[list[str]],
     costs: Mapping[str, float],
     position: Mapping[str, int],
@@ -494,45 +576,54 @@ def _assemble(
 ) -> Plan:
     names = [_task_name(g, costs) for g in groups]
     task_of = {n: name for name, g in zip(names, groups, strict=True) for n in g}
-    tdag = nx.DiGraph()
-    tdag.add_nodes_from(names)
-    tdag.add_edges_from((task_of[u], task_of[v]) for u, v in dag.edges if task_of[u] != task_of[v])
+    nodes = graph.nodes
+    tpred: dict[str, list[str]] = {}  # task -> the tasks it waits for
+    readers: dict[str, list[str]] = {}  # value -> the other tasks that read it
+    task_inputs: dict[str, list[str]] = {}
+    for name, g in zip(names, groups, strict=True):  # one pass over every edge
+        waits: list[str] = []
+        for n in g:
+            for p in dag.pred[n]:
+                t = task_of[p]
+                if t != name and t not in waits:
+                    waits.append(t)
+        tpred[name] = waits
+        ins: dict[str, None] = {}
+        for n in g:
+            for ref in nodes[n].inputs:
+                v = ref.node
+                if v not in ins and task_of.get(v) != name:  # made elsewhere, or a graph input
+                    ins[v] = None
+                    readers.setdefault(v, []).append(name)
+        task_inputs[name] = sorted(ins, key=position.__getitem__) if len(ins) > 1 else list(ins)
     first = {name: position[g[0]] for name, g in zip(names, groups, strict=True)}
-    levels = tuple(
-        tuple(sorted(gen, key=first.__getitem__)) for gen in nx.topological_generations(tdag)
-    )
+    # Program order of tasks: topological, ties broken by where each task starts.
+    order = _topological(names, tpred, first)
+    levels = tuple(tuple(sorted(gen, key=first.__getitem__)) for gen in _generations(order, tpred))
     level_of = {t: i for i, lv in enumerate(levels) for t in lv}
     out_values = {r.node for r in graph.output_refs()}
-    readers: dict[str, set[str]] = {}
-    for name, g in zip(names, groups, strict=True):
-        for n in g:
-            for ref in graph.nodes[n].inputs:
-                if task_of.get(ref.node) != name:
-                    readers.setdefault(ref.node, set()).add(name)
     tasks: dict[str, Task] = {}
     for name, g in zip(names, groups, strict=True):
         cost = sum(costs[n] for n in g)
-        inputs = sorted(
-            {r.node for n in g for r in graph.nodes[n].inputs} - set(g), key=position.__getitem__
-        )
-        outputs = [n for n in g if n in out_values or readers.get(n, set()) - {name}]
+        outputs = [n for n in g if n in out_values or n in readers]
+        tp = tpred[name]
         tasks[name] = Task(
             name=name,
             nodes=tuple(g),
             level=level_of[name],
             cost=cost,
             inline=cost < inline_below,
-            deps=tuple(sorted(tdag.pred[name], key=first.__getitem__)),
-            inputs=tuple(inputs),
+            deps=tuple(sorted(tp, key=first.__getitem__) if len(tp) > 1 else tp),
+            inputs=tuple(task_inputs[name]),
             outputs=tuple(outputs),
             release=_releases(graph, g, outputs),
         )
     # Program order of tasks: topological, ties broken by where each task starts.
-    tasks = {t: tasks[t] for t in nx.lexicographical_topological_sort(tdag, key=first.__getitem__)}
+    tasks = {t: tasks[t] for t in order}
     seq_index = {t: i for i, t in enumerate(tasks)}
     consumers = {v: tuple(sorted(r, key=seq_index.__getitem__)) for v, r in readers.items()}
     last_use = {v: c[-1] for v, c in consumers.items() if v not in out_values}
-    span, path = _critical_path(tdag, tasks)
+    span, path = _critical_path(tpred, tasks)
     return Plan(
         graph=graph,
         tasks=MappingProxyType(tasks),
@@ -552,6 +643,8 @@ def _assemble(
 
 
 def _releases(graph: Graph, group: list[str], outputs: list[str]) -> tuple[tuple[str, ...], ...]:
+    if len(group) == 1:  # the common case, fast: the value dies at once unless someone reads it
+        return ((),) if outputs else (tuple(group),)
     last = {n: i for i, n in enumerate(group)}  # a value nobody reads dies where it is made
     for i, n in enumerate(group):
         for ref in graph.nodes[n].inputs:
@@ -570,11 +663,13 @@ def _task_name(group: list[str], costs: Mapping[str, float]) -> str:
     return f"{group[0]}..{group[-1]}"
 
 
-def _critical_path(tdag: nx.DiGraph, tasks: Mapping[str, Task]) -> tuple[float, tuple[str, ...]]:
+def _critical_path(
+    tpred: Mapping[str, list[str]], tasks: Mapping[str, Task]
+) -> tuple[float, tuple[str, ...]]:
     finish: dict[str, float] = {}
     best_pred: dict[str, str | None] = {}
     for t in tasks:  # tasks are in a topological order
-        pred = max(tdag.pred[t], key=finish.__getitem__, default=None)
+        pred = max(tpred[t], key=finish.__getitem__, default=None)
         finish[t] = tasks[t].cost + (finish[pred] if pred else 0.0)
         best_pred[t] = pred
     if not finish:
