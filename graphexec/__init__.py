@@ -1,8 +1,8 @@
 """graphexec: a dataflow graph executor for neural-network model DAGs.
 
 Declare a model as a DAG of layer nodes (or import an ``nn.Module`` with `trace`), `plan` it
-by depth, and run same-depth branches concurrently on threads or Dask workers, with results
-equal to eager PyTorch.
+by depth, and run same-depth branches concurrently on threads, CUDA streams or Dask workers,
+with results equal to eager PyTorch.
 
 >>> import torch, torch.nn as nn, graphexec as gx
 >>> g = gx.Graph("two_towers")
@@ -28,7 +28,13 @@ from .errors import (
     UnknownNodeError,
     UnreachableOutputError,
 )
-from .executors import Executor, SequentialExecutor, ThreadExecutor, make_executor
+from .executors import (
+    CudaStreamExecutor,
+    Executor,
+    SequentialExecutor,
+    ThreadExecutor,
+    make_executor,
+)
 from .graph import Graph, Node, Ref
 from .merge import MergeOp, add, cat, getitem, identity, mean, stack, sum, tuple_
 from .module import GraphModule
@@ -43,7 +49,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Graph", "Node", "Ref",
     "plan", "Plan", "Task",
-    "Executor", "SequentialExecutor", "ThreadExecutor", "DaskExecutor", "make_executor",
+    "Executor", "SequentialExecutor", "ThreadExecutor", "CudaStreamExecutor", "DaskExecutor",
+    "make_executor",
     "GraphModule", "trace",
     "Trace", "TaskEvent",
     "MergeOp", "stack", "cat", "add", "sum", "mean", "identity", "tuple", "getitem",

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..graph import Graph
 from .base import Executor, LocalExecutor, run_task
+from .cuda import CudaStreamExecutor, auto_choice
 from .sequential import SequentialExecutor
 from .threads import ThreadExecutor
 
@@ -13,13 +15,14 @@ __all__ = [
     "LocalExecutor",
     "SequentialExecutor",
     "ThreadExecutor",
+    "CudaStreamExecutor",
     "DaskExecutor",
     "make_executor",
     "run_task",
     "EXECUTORS",
 ]
 
-EXECUTORS = ("sequential", "threads", "dask")
+EXECUTORS = ("sequential", "threads", "cuda", "dask")
 
 
 def __getattr__(name: str) -> Any:
@@ -30,16 +33,36 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-def make_executor(spec: str | Executor, **kwargs: Any) -> Executor:
-    """An executor from a name (``"sequential"``, ``"threads"``, ``"dask"``) or as given."""
+def make_executor(spec: str | Executor, *, graph: Graph | None = None, **kwargs: Any) -> Executor:
+    """An executor from a name (``"sequential"``, ``"threads"``, ``"cuda"``, ``"dask"``,
+    ``"auto"``) or as given.
+
+    ``"auto"`` needs ``graph``: a `CudaStreamExecutor` on the device of the graph's parameters
+    when they are on a GPU, a `ThreadExecutor` otherwise (see `cuda.auto_choice`). ``kwargs``
+    go to the executor's constructor.
+
+    Raises
+    ------
+    ValueError
+        If the name is unknown, or ``"auto"`` is given without ``graph``.
+    CudaUnavailableError
+        For ``"cuda"`` where torch sees no CUDA device.
+    """
     if isinstance(spec, Executor):
         return spec
+    if spec == "auto":
+        if graph is None:
+            raise ValueError("executor 'auto' picks by where a graph's parameters are: pass graph=")
+        spec, device = auto_choice(graph)
+        kwargs = {**device, **kwargs}
     if spec == "sequential":
         return SequentialExecutor(**kwargs)
     if spec == "threads":
         return ThreadExecutor(**kwargs)
+    if spec == "cuda":
+        return CudaStreamExecutor(**kwargs)
     if spec == "dask":
         from .dask import DaskExecutor
 
         return DaskExecutor(**kwargs)
-    raise ValueError(f"unknown executor {spec!r}; choose one of {', '.join(EXECUTORS)}")
+    raise ValueError(f"unknown executor {spec!r}; choose one of {', '.join(EXECUTORS)}, auto")
