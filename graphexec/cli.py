@@ -8,8 +8,13 @@ What it decides
   imported under its own module name with its folder put first on ``sys.path`` (before any
   Dask cluster starts, so embedded worker processes can import it too).
 * **Inputs.** ``--input-shape 8,3,32,32`` (repeat it once per graph input) makes random
-  ``float32`` inputs; otherwise the target module's ``example_inputs`` attribute is used: a
-  tensor, a tuple of graph inputs, or a function with no arguments returning one of those.
+  ``float32`` inputs (on the device of the graph's parameters); otherwise the target module's
+  ``example_inputs`` attribute is used: a tensor, a tuple of graph inputs, or a function with
+  no arguments returning one of those.
+* **Executors.** ``--executor auto`` is ``cuda`` when the graph's parameters are on a GPU (the
+  target put them there), ``threads`` otherwise. ``cuda`` runs on plans made from parameter
+  counts (host timings of GPU nodes measure launches); ``--workers`` is its stream count. Times
+  synchronize the GPU, when one is in use, after each run.
 * **Eager reference.** When ``attr`` is an ``nn.Module``, ``run``, ``bench`` and ``demo`` also
   run it eagerly, check the outputs agree and report times relative to it.
 * **Errors.** Bad input (missing file, unknown attribute, bad executor, bad shape, a graph
@@ -44,6 +49,7 @@ import torch.nn as nn
 
 from .executors import EXECUTORS, make_executor
 from .executors.base import SCHEDULES, Executor
+from .executors.cuda import INLINE_BELOW, auto_choice
 from .graph import Graph
 from .planner import Plan
 from .planner import plan as make_plan
@@ -203,7 +209,8 @@ def _inputs(args: argparse.Namespace, target: Target, required: bool = True) -> 
                 f"got {len(shapes)} --input-shape"
             )
         gen = torch.Generator().manual_seed(0)
-        return tuple(torch.randn(s, generator=gen) for s in shapes)
+        device = auto_choice(target.graph)[1].get("device", "cpu")
+        return tuple(torch.randn(s, generator=gen).to(device) for s in shapes)
     if target.example_inputs is not None:
         return target.example_inputs
     if required:
@@ -215,10 +222,19 @@ def _inputs(args: argparse.Namespace, target: Target, required: bool = True) -> 
 
 
 # -- running and timing -------------------------------------------------------------------------
-def _executor(name: str, args: argparse.Namespace) -> Executor:
+def _resolve(name: str, graph: Graph) -> str:
+    """``auto`` -> ``cuda`` or ``threads``, by where the graph's parameters are."""
+    return auto_choice(graph)[0] if name == "auto" else name
+
+
+def _executor(name: str, args: argparse.Namespace, graph: Graph | None = None) -> Executor:
     kw: dict[str, Any] = {"schedule": getattr(args, "schedule", "dataflow")}
     if name == "threads" and getattr(args, "workers", None):
         kw["workers"] = args.workers
+    if name == "cuda":
+        kw.update(auto_choice(graph)[1] if graph is not None else {})
+        if getattr(args, "workers", None):
+            kw["streams"] = args.workers
     if name == "dask":
         if getattr(args, "address", None):
             kw["address"] = args.address
@@ -228,16 +244,23 @@ def _executor(name: str, args: argparse.Namespace) -> Executor:
 
 
 def _time(fn: Callable[[], Any], repeat: int, tick: Callable[[], None] | None = None) -> float:
-    """Median seconds of ``repeat`` calls after one warm-up call."""
+    """Median seconds of ``repeat`` calls after one warm-up call (GPU work included)."""
     fn()
     samples = []
     for _ in range(repeat):
+        _sync()
         t0 = time.perf_counter()
         fn()
+        _sync()
         samples.append(time.perf_counter() - t0)
         if tick:
             tick()
     return statistics.median(samples)
+
+
+def _sync() -> None:
+    if torch.cuda.is_initialized():  # GPU work is asynchronous: wait for it before reading a clock
+        torch.cuda.synchronize()
 
 
 def _check(got: Any, expected: Any) -> str:
@@ -298,26 +321,33 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plan(target: Target, inputs: tuple | None, args: argparse.Namespace) -> Plan:
+def _plan(
+    target: Target, inputs: tuple | None, args: argparse.Namespace, executor: str = "threads"
+) -> Plan:
+    fuse = not getattr(args, "no_fuse", False)
     with torch.no_grad():
-        return make_plan(target.graph, inputs, fuse_chains=not getattr(args, "no_fuse", False))
+        if executor == "cuda":  # host timings of GPU nodes measure launches: estimate instead
+            return make_plan(target.graph, fuse_chains=fuse, inline_below=INLINE_BELOW)
+        return make_plan(target.graph, inputs, fuse_chains=fuse)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     target = load_target(args.target)
     inputs = _inputs(args, target)
-    plan = _plan(target, None, args)
-    with torch.no_grad(), _executor(args.executor, args) as ex:
+    name = _resolve(args.executor, target.graph)
+    plan = _plan(target, None, args, name)
+    with torch.no_grad(), _executor(name, args, target.graph) as ex:
         out, trace = ex.run(plan, *inputs, profile=True)
         seconds = _time(lambda: ex.run(plan, *inputs), args.repeat) if args.repeat else trace.wall
         expected = target.module(*inputs) if target.module is not None else None
-    print(f"{target.graph.name} on {args.executor} ({args.schedule}): {_shape(out)}")
+    picked = f"{args.executor} -> {name}" if name != args.executor else name
+    print(f"{target.graph.name} on {picked} ({args.schedule}): {_shape(out)}")
     print(f"  wall {seconds * 1e3:.2f} ms" + (f" (median of {args.repeat})" if args.repeat else ""))
     if expected is not None:
         print("  " + _check(out, expected))
     if args.profile:
         print(trace.summary())
-        files = _save_trace(trace, Path(args.profile), args.executor)
+        files = _save_trace(trace, Path(args.profile), name)
         print("profile: " + ", ".join(str(f) for f in files))
     return 0
 
@@ -327,15 +357,16 @@ def _cmd_viz(args: argparse.Namespace) -> int:
     inputs = _inputs(args, target)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    plan = _plan(target, inputs, args)  # costs measured on the inputs
+    name = _resolve(args.executor, target.graph)
+    plan = _plan(target, inputs, args, name)  # costs measured on the inputs (CPU executors)
     plan.draw(out / "plan.png")
     (out / "plan.dot").write_text(plan.to_dot(), encoding="utf-8")
-    with torch.no_grad(), _executor(args.executor, args) as ex:
+    with torch.no_grad(), _executor(name, args, target.graph) as ex:
         ex.run(plan, *inputs)  # warm-up: pools, caches, weights on workers
         _, trace = ex.run(plan, *inputs, profile=True)
     print(plan)
     print(trace.summary())
-    files = [out / "plan.png", out / "plan.dot", *_save_trace(trace, out, args.executor)]
+    files = [out / "plan.png", out / "plan.dot", *_save_trace(trace, out, name)]
     print("wrote: " + ", ".join(str(f) for f in files))
     return 0
 
@@ -347,9 +378,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     inputs = _inputs(args, target)
     names = [n.strip() for n in args.executors.split(",") if n.strip()]
     for n in names:
-        if n not in EXECUTORS:
-            raise CLIError(f"unknown executor {n!r}; choose from {', '.join(EXECUTORS)}")
-    plan = _plan(target, inputs, args)
+        if n not in (*EXECUTORS, "auto"):
+            raise CLIError(f"unknown executor {n!r}; choose from {', '.join(EXECUTORS)}, auto")
+    names = list(dict.fromkeys(_resolve(n, target.graph) for n in names))
+    plans: dict[bool, Plan] = {}  # CUDA streams run on an estimated plan, the others measured
+
+    def plan_for(name: str) -> Plan:
+        cuda = name == "cuda"
+        if cuda not in plans:
+            plans[cuda] = _plan(target, inputs, args, name)
+        return plans[cuda]
+
+    plan = plan_for(names[0]) if names else _plan(target, inputs, args)
     rows: list[tuple[str, float]] = []
     traces: dict[str, Trace] = {}
     bar = _progress((len(names) + (target.module is not None)) * args.repeat, "graphexec bench")
@@ -361,14 +401,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                     ("eager PyTorch", _time(lambda: target.module(*inputs), args.repeat, tick))
                 )
             for name in names:
-                with _executor(name, args) as ex:
+                p = plan_for(name)
+                with _executor(name, args, target.graph) as ex:
                     rows.append(
                         (
                             f"{name} ({args.schedule})",
-                            _time(lambda ex=ex: ex.run(plan, *inputs), args.repeat, tick),
+                            _time(lambda ex=ex, p=p: ex.run(p, *inputs), args.repeat, tick),
                         )
                     )
-                    traces[name] = ex.run(plan, *inputs, profile=True)[1]
+                    traces[name] = ex.run(p, *inputs, profile=True)[1]
     finally:
         if bar is not None:
             bar.close()
@@ -419,10 +460,12 @@ def _parser() -> argparse.ArgumentParser:
 
     def executing(p: argparse.ArgumentParser, many: bool = False) -> None:
         if not many:
-            p.add_argument("--executor", choices=EXECUTORS, default="threads")
+            p.add_argument("--executor", choices=(*EXECUTORS, "auto"), default="threads")
         p.add_argument("--schedule", choices=SCHEDULES, default="dataflow")
         p.add_argument("--address", help="Dask scheduler to join (default: a local cluster)")
-        p.add_argument("--workers", type=int, help="threads, or local Dask worker processes")
+        p.add_argument(
+            "--workers", type=int, help="threads, CUDA streams, or local Dask worker processes"
+        )
 
     p = command("plan", "print the plan of TARGET (and draw it with --out)", _cmd_plan)
     target(p)

@@ -13,6 +13,15 @@ that call's inputs: each node is timed with the caller's intra-op threads and wi
 that no running statistic moves), and the planner decides from those times what to inline and
 whether overlapping branches pays at all. ``measure=False`` plans from parameter counts;
 ``replan()`` makes a new plan.
+
+On CUDA streams (`CudaStreamExecutor`) the plan is made from parameter counts, with that
+executor's `plan_defaults`: the planner times nodes on the host, which for GPU work measures
+kernel launches, not kernels.
+
+``executor="auto"`` picks `CudaStreamExecutor` on the parameters' GPU when the graph's first
+parameter (or buffer) is on one, `ThreadExecutor` otherwise. It decides at construction and
+checks again at every call, so ``gm.to("cuda")`` after construction switches to streams on the
+next call (closing the executor it made before, and planning again).
 """
 
 from __future__ import annotations
@@ -23,8 +32,9 @@ from typing import Any
 
 import torch.nn as nn
 
-from .executors import Executor, make_executor
+from .executors import CudaStreamExecutor, Executor, make_executor
 from .executors.base import bind_inputs
+from .executors.cuda import auto_choice
 from .graph import Graph
 from .planner import Plan
 from .planner import plan as make_plan
@@ -39,9 +49,11 @@ class GraphModule(nn.Module):
     ----------
     graph : Graph
     executor : str or Executor
-        ``"threads"`` (default), ``"sequential"``, ``"dask"``, or an executor instance
-        (``gx.ThreadExecutor(schedule="levels")``). A name makes an executor that this
-        module owns and closes in `close`; an instance given stays the caller's.
+        ``"threads"`` (default), ``"sequential"``, ``"cuda"``, ``"dask"``, ``"auto"`` (CUDA
+        streams when the parameters are on a GPU, threads otherwise; checked at every call), or
+        an executor instance (``gx.ThreadExecutor(schedule="levels")``). A name makes an
+        executor that this module owns and closes in `close`; an instance given stays the
+        caller's.
     example_inputs : sequence, optional
         Plan now, with costs measured on these inputs.
     measure : bool
@@ -80,7 +92,8 @@ class GraphModule(nn.Module):
             {_key(n.name): n.fn for n in graph if isinstance(n.fn, nn.Module)}
         )
         self._owns_executor = not isinstance(executor, Executor)
-        self.executor = make_executor(executor)
+        self._auto = auto_choice(graph) if executor == "auto" else None
+        self.executor = make_executor(executor, graph=graph)
         self._plan_kwargs = plan_kwargs
         self._plan: Plan | None = None
         self._measure = measure
@@ -92,22 +105,39 @@ class GraphModule(nn.Module):
     def plan(self) -> Plan:
         """The plan this module runs (made on first use)."""
         if self._plan is None:
-            self._plan = make_plan(self.graph, **self._plan_kwargs)
+            self._plan = make_plan(self.graph, **self._planning())
         return self._plan
 
     def replan(self, example_inputs: Sequence[Any] | None = None, **plan_kwargs: Any) -> Plan:
         """Plan again, e.g. with costs measured on ``example_inputs``."""
         self._plan_kwargs.update(plan_kwargs)
-        self._plan = make_plan(self.graph, example_inputs, **self._plan_kwargs)
+        self._plan = make_plan(self.graph, example_inputs, **self._planning())
         return self._plan
 
+    def _planning(self) -> dict[str, Any]:
+        return {**getattr(self.executor, "plan_defaults", {}), **self._plan_kwargs}
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        if self._plan is None and self._measure:
+        if self._auto is not None:
+            self._follow_parameters()
+        measure = self._measure and not isinstance(self.executor, CudaStreamExecutor)
+        if self._plan is None and measure:
             with self._lock:
                 if self._plan is None:
                     env = bind_inputs(self.graph, args, kwargs)
                     self._measured_plan([env[n] for n in self.graph.inputs])
         return self.executor.run(self.plan, *args, **kwargs)
+
+    def _follow_parameters(self) -> None:
+        """``executor="auto"``: switch executors when the parameters moved to or from a GPU."""
+        choice = auto_choice(self.graph)
+        if choice == self._auto:
+            return
+        with self._lock:
+            if choice != self._auto:
+                old, self.executor = self.executor, make_executor(choice[0], **choice[1])
+                self._auto, self._plan = choice, None
+                old.close()
 
     def _measured_plan(self, example_inputs: Sequence[Any]) -> None:
         modes = {m: m.training for m in self.modules()}
