@@ -28,6 +28,7 @@ import inspect
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import networkx as nx
@@ -143,6 +144,7 @@ class Graph:
         self._has_outputs = False
         self._nx: nx.DiGraph | None = None  # built on first use of .nx
         self._order: list[str] | None = None  # program order, once computed
+        self._deps: Mapping[str, tuple[str, ...]] | None = None
 
     # -- building ---------------------------------------------------------------------------
     def input(self, name: str) -> Ref:
@@ -246,12 +248,14 @@ class Graph:
             self._nx = dag
         return self._nx
 
-    def deps(self) -> dict[str, tuple[str, ...]]:
+    def deps(self) -> Mapping[str, tuple[str, ...]]:
         """Node name -> the nodes it waits for (its inputs' nodes, then ``after=``), each once."""
-        return {
-            n.name: tuple(dict.fromkeys([*(r.node for r in n.inputs), *n.after]))
-            for n in self._nodes.values()
-        }
+        if self._deps is None:
+            self._deps = MappingProxyType({
+                n.name: tuple(dict.fromkeys([*(r.node for r in n.inputs), *n.after]))
+                for n in self._nodes.values()
+            })  # fmt: skip
+        return self._deps
 
     def program_order(self) -> list[str]:
         """Every node in the order eager code would run them: topological, ties broken by
@@ -367,7 +371,7 @@ class Graph:
                 f"graph '{self.name}' already has {kind} named '{node.name}'", node.name
             )
         self._nodes[node.name] = node
-        self._nx = self._order = None
+        self._nx = self._order = self._deps = None
 
     def _as_ref(self, owner: str, ref: Ref | str) -> Ref:
         if isinstance(ref, str):

@@ -312,9 +312,11 @@ def _plan(
         )
     order = graph.program_order()
     hazards = _hazard_edges(graph, order)
-    pred = {n: list(ds) for n, ds in graph.deps().items()}  # the DAG as flat lists: fast
-    for a, b in hazards:
-        pred[b].append(a)
+    pred: Mapping[str, Sequence[str]] = graph.deps()  # the DAG as flat lists: fast
+    if hazards:
+        pred = {n: list(ds) for n, ds in pred.items()}
+        for a, b in hazards:
+            pred[b].append(a)
     live, dead = _live_nodes(graph, pred)
     if dead:
         warnings.warn(
@@ -376,7 +378,7 @@ class _Dag:
     ``nodes`` are in program order; ``pred``/``succ`` hold only edges between them.
     """
 
-    def __init__(self, nodes: list[str], pred: Mapping[str, list[str]]):
+    def __init__(self, nodes: list[str], pred: Mapping[str, Sequence[str]]):
         self.nodes = nodes
         inside = set(nodes)
         self.pred = {n: [p for p in pred[n] if p in inside] for n in nodes}
@@ -393,7 +395,9 @@ def _topological(
     items: Sequence[str], pred: Mapping[str, Sequence[str]], key: Mapping[str, int]
 ) -> list[str]:
     """``items`` in topological order, ties broken by smallest ``key`` (lexicographic)."""
-    ranked = sorted(items, key=key.__getitem__)
+    ranked = list(items)
+    if any(key[a] > key[b] for a, b in zip(ranked, ranked[1:], strict=False)):
+        ranked.sort(key=key.__getitem__)
     rank = {t: i for i, t in enumerate(ranked)}
     if all(rank[p] < rank[t] for t in ranked for p in pred[t]):
         return ranked  # the common case: sorting by key is already topological
