@@ -14,6 +14,14 @@ c. ``inception``: three GoogLeNet inception blocks (3a, 3b, 4a channel counts) o
    ``[8,192,28,28]``.
 d. ``chain``: 64 x ``Linear(256,256)+ReLU`` on ``[32,256]`` (no parallelism at all).
 e. ``tiny``: 256 ``Linear(16,16)`` branches on ``[4,16]``, stacked and summed.
+
+And two architectures written as plain modules and imported with `gx.trace` (what a user with
+an existing model does):
+
+f. ``cnn``: a multi-branch CNN (conv-BN-ReLU stem, two four-branch blocks, pooling, classifier)
+   on ``[16,3,64,64]``.
+g. ``encoder``: a 2-layer post-norm transformer encoder (d 256, 4 heads, ff 1024) whose q, k
+   and v projections are separate branches, on ``[4,128,256]``.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import graphexec as gx
 
@@ -180,12 +189,149 @@ def tiny() -> Workload:
     return _branchy("tiny", "(e) 256 tiny branches [4,16]", block, torch.randn(4, 16))
 
 
+# -- traced architectures: written as plain nn.Modules, imported with gx.trace ----------------
+def _conv_bn(cin: int, cout: int, k: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU()
+    )
+
+
+class MultiBranchCNN(nn.Module):
+    """A small multi-branch CNN: stem, two 4-branch blocks (conv-BN-ReLU), pooling, classifier."""
+
+    def __init__(self, width: int = 64, classes: int = 100):
+        super().__init__()
+        self.stem = _conv_bn(3, width, 3)
+        self.blocks = nn.ModuleList(
+            Branches(
+                [  # out channels: w/4 + w/2 + w/8 + w/8 = w
+                    _conv_bn(width, width // 4, 1),
+                    nn.Sequential(
+                        _conv_bn(width, width // 4, 1), _conv_bn(width // 4, width // 2, 3)
+                    ),
+                    nn.Sequential(
+                        _conv_bn(width, width // 8, 1), _conv_bn(width // 8, width // 8, 5)
+                    ),
+                    nn.Sequential(nn.MaxPool2d(3, 1, 1), _conv_bn(width, width // 8, 1)),
+                ],
+                "cat",
+            )
+            for _ in range(2)
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+class ForkCNN(nn.Module):
+    """TorchScript twin of `MultiBranchCNN`: each block's branches forked."""
+
+    def __init__(self, cnn: MultiBranchCNN):
+        super().__init__()
+        self.stem, self.pool, self.fc = cnn.stem, cnn.pool, cnn.fc
+        self.blocks = nn.ModuleList(ForkBranches(b) for b in cnn.blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+class EncoderLayer(nn.Module):
+    """Post-norm transformer encoder layer with q, k, v as separate projections (branches)."""
+
+    def __init__(self, d: int, heads: int, ff: int):
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.out = nn.Linear(d, d)
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.ff = nn.Sequential(nn.Linear(d, ff), nn.GELU(), nn.Linear(ff, d))
+
+    def _split(self, t: torch.Tensor) -> torch.Tensor:
+        b, n, d = t.shape
+        return t.view(b, n, self.heads, d // self.heads).transpose(1, 2)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        b, n, d = q.shape
+        a = F.scaled_dot_product_attention(self._split(q), self._split(k), self._split(v))
+        return self.out(a.transpose(1, 2).reshape(b, n, d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm1(x + self.attend(self.q(x), self.k(x), self.v(x)))
+        return self.norm2(x + self.ff(x))
+
+
+class Encoder(nn.Module):
+    """A small transformer encoder: ``layers`` x `EncoderLayer`."""
+
+    def __init__(self, d: int = 256, heads: int = 4, ff: int = 1024, layers: int = 2):
+        super().__init__()
+        self.layers = nn.ModuleList(EncoderLayer(d, heads, ff) for _ in range(layers))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class ForkEncoderLayer(nn.Module):
+    """TorchScript twin of `EncoderLayer`: the q, k, v projections forked."""
+
+    def __init__(self, layer: EncoderLayer):
+        super().__init__()
+        self.heads = layer.heads
+        self.q, self.k, self.v, self.out = layer.q, layer.k, layer.v, layer.out
+        self.norm1, self.norm2, self.ff = layer.norm1, layer.norm2, layer.ff
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fq, fk = torch.jit.fork(self.q, x), torch.jit.fork(self.k, x)
+        v = self.v(x)
+        q, k = torch.jit.wait(fq), torch.jit.wait(fk)
+        b, n, d = q.shape
+        h = self.heads
+        a = F.scaled_dot_product_attention(
+            q.view(b, n, h, d // h).transpose(1, 2),
+            k.view(b, n, h, d // h).transpose(1, 2),
+            v.view(b, n, h, d // h).transpose(1, 2),
+        )
+        x = self.norm1(x + self.out(a.transpose(1, 2).reshape(b, n, d)))
+        return self.norm2(x + self.ff(x))
+
+
+def cnn() -> Workload:
+    """(f) traced multi-branch CNN on [16,3,64,64] (stem, 2 four-branch blocks, classifier)."""
+    model = MultiBranchCNN().eval()
+    x = torch.randn(16, 3, 64, 64)
+    g = gx.trace(model, name="cnn")
+    return Workload(
+        "cnn", "(f) traced multi-branch CNN [16,3,64,64]", g, model, ForkCNN(model), (x,)
+    )
+
+
+def encoder() -> Workload:
+    """(g) traced 2-layer transformer encoder (d 256, 4 heads, ff 1024) on [4,128,256]."""
+    model = Encoder().eval()
+    fork = nn.Sequential(*[ForkEncoderLayer(layer) for layer in model.layers])
+    g = gx.trace(model, name="encoder")
+    x = torch.randn(4, 128, 256)
+    return Workload("encoder", "(g) traced transformer encoder [4,128,256]", g, model, fork, (x,))
+
+
 WORKLOADS: dict[str, Callable[[], Workload]] = {
     "wide": wide,
     "ensemble": ensemble,
     "inception": inception,
     "chain": chain,
     "tiny": tiny,
+    "cnn": cnn,
+    "encoder": encoder,
 }
 
 

@@ -97,6 +97,9 @@ class Task:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     release: tuple[tuple[str, ...], ...] = ()
+    #: Cost of the longest path from this task's start to the plan's end: executors start
+    #: ready tasks highest first (critical path first, then longest first).
+    bottom: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -606,9 +609,14 @@ def _assemble(
     levels = tuple(tuple(sorted(gen, key=first.__getitem__)) for gen in _generations(order, tpred))
     level_of = {t: i for i, lv in enumerate(levels) for t in lv}
     out_values = {r.node for r in graph.output_refs()}
+    task_cost = {
+        name: sum(costs[n] for n in g) if len(g) > 1 else costs[g[0]]
+        for name, g in zip(names, groups, strict=True)
+    }
+    bottom = _bottom_levels(order, tpred, task_cost)
     tasks: dict[str, Task] = {}
     for name, g in zip(names, groups, strict=True):
-        cost = sum(costs[n] for n in g)
+        cost = task_cost[name]
         outputs = [n for n in g if n in out_values or n in readers]
         tp = tpred[name]
         tasks[name] = Task(
@@ -621,6 +629,7 @@ def _assemble(
             inputs=tuple(task_inputs[name]),
             outputs=tuple(outputs),
             release=_releases(graph, g, outputs),
+            bottom=bottom[name],
         )
     # Program order of tasks: topological, ties broken by where each task starts.
     tasks = {t: tasks[t] for t in order}
@@ -665,6 +674,20 @@ def _task_name(group: list[str], costs: Mapping[str, float]) -> str:
     if len(group) <= 2:
         return "+".join(group)
     return f"{group[0]}..{group[-1]}"
+
+
+def _bottom_levels(
+    order: list[str], tpred: Mapping[str, list[str]], cost: Mapping[str, float]
+) -> dict[str, float]:
+    """Each task's cost plus the costliest path after it (``order`` is topological)."""
+    after: dict[str, float] = dict.fromkeys(order, 0.0)
+    bottom: dict[str, float] = {}
+    for t in reversed(order):
+        bottom[t] = cost[t] + after[t]
+        for p in tpred[t]:
+            if bottom[t] > after[p]:
+                after[p] = bottom[t]
+    return bottom
 
 
 def _critical_path(
@@ -747,6 +770,10 @@ def _measure(
     return {n: statistics.median(s) for n, s in samples.items()}
 
 
+#: Overlap is chosen when its estimate is below this share of running tasks one by one.
+OVERLAP_GAIN = 0.95
+
+
 def _concurrency_pays(p: Plan, costs_1: Mapping[str, float]) -> str | None:
     """None if overlapping branches should beat running every task with all cores, else why.
 
@@ -771,11 +798,12 @@ def _concurrency_pays(p: Plan, costs_1: Mapping[str, float]) -> str | None:
         for c in sorted(away, reverse=True):  # longest processing time first
             load[load.index(min(load))] += c
         overlap += max(load) + sum(here)
-    if overlap < 0.95 * serial:
+    if overlap < OVERLAP_GAIN * serial:
         return None
     return (
         f"overlapping branches on {lanes} one-thread lanes would take ~{format_seconds(overlap)}, "
-        f"one by one with {lanes} intra-op threads ~{format_seconds(serial)} (measured)"
+        f"one by one with {lanes} intra-op threads ~{format_seconds(serial)} (measured); "
+        f"overlap must save {1 - OVERLAP_GAIN:.0%} to beat hand-off costs and noise"
     )
 
 

@@ -8,6 +8,7 @@ The call tree (override points marked ``*``)::
            LocalExecutor._execute    the shared loop for in-process backends:
              levels:   for each level: start its tasks, wait for all of them
              dataflow: start tasks as their deps finish (concurrent.futures.wait)
+             (ready tasks start critical path first: highest ``Task.bottom``)
              -> *_start(fn)          how a task is started (pool.submit, or run here)
              -> run_task             one task's nodes in order, errors named, events recorded
              -> release              drop values whose last consumer is done
@@ -301,6 +302,7 @@ class LocalExecutor(Executor):
             away = [t for t in level if not state.plan.tasks[t].inline]
             if len(away) == 1:  # a single-task level runs on the caller: no hand-off
                 here, away = here + away, []
+            away.sort(key=state.priority)  # critical path first, then longest first
             running = {self._submit(state, t): t for t in away}
             try:
                 for t in here:
@@ -324,9 +326,9 @@ class LocalExecutor(Executor):
                 if len(ready) == 1 and not running:  # a lone task runs on the caller
                     ready.extend(self._finish_here(state, ready.popleft()))
                     continue
-                while ready:
-                    t = ready.popleft()
+                for t in sorted(ready, key=state.priority):  # critical path first
                     running[self._submit(state, t)] = t
+                ready.clear()
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for fut in sorted(done, key=lambda f: state.order[running[f]]):
                     ready.extend(state.finish(running.pop(fut), fut.result()))
@@ -350,6 +352,7 @@ class _RunState:
         self.nodes = plan.graph.nodes
         self.waiting = {t: len(task.deps) for t, task in plan.tasks.items()}
         self.order = {t: i for i, t in enumerate(plan.tasks)}
+        self.bottom = {t: task.bottom for t, task in plan.tasks.items()}
         self.refs = {v: len(c) for v, c in plan.consumers.items()}
         self.dependents: dict[str, list[str]] = {t: [] for t in plan.tasks}
         for t, task in plan.tasks.items():
@@ -369,6 +372,10 @@ class _RunState:
             self.events,
             compiled=compiled,
         )
+
+    def priority(self, name: str) -> tuple[float, int]:
+        """Sort key: the longest remaining path first, then program order."""
+        return (-self.bottom[name], self.order[name])
 
     def inputs_of(self, name: str) -> dict[str, Any]:
         return {v: self.env[v] for v in self.plan.tasks[name].inputs}
