@@ -236,11 +236,7 @@ class ForkCNN(nn.Module):
         self.stem, self.pool, self.fc = cnn.stem, cnn.pool, cnn.fc
         self.blocks = nn.ModuleList(ForkBranches(b) for b in cnn.blocks)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        for block in self.blocks:
-            x = block(x)
-        return self.fc(torch.flatten(self.pool(x), 1))
+    forward = MultiBranchCNN.forward
 
 
 class EncoderLayer(nn.Module):

@@ -266,15 +266,20 @@ def test_graph_module_measures_on_first_call_without_touching_batchnorm():
     assert not gx.GraphModule(g, measure=False).plan.measured
 
 
-def test_bottom_level_is_the_longest_path_to_the_end():
+def uneven() -> gx.Graph:
+    """x -> short ; x -> long0..long3 ; join(short, long3)"""
     g = gx.Graph("uneven")
     x = g.input("x")
     short = g.node("short", nn.Linear(16, 16), x)
     h = x
     for i in range(4):
         h = g.node(f"long{i}", nn.Linear(16, 16), h)
-    g.output(g.node("join", gx.add(), short, h, g.node("other", nn.Linear(16, 16), x)))
-    p = gx.plan(g, inline_below=0)
+    g.output(g.node("join", gx.add(), short, h))
+    return g
+
+
+def test_bottom_level_is_the_longest_path_to_the_end():
+    p = gx.plan(uneven(), inline_below=0)
     long_task, join = p.task_of["long0"], p.task_of["join"]
     assert p.tasks[join].bottom == p.tasks[join].cost
     assert p.tasks[long_task].bottom == pytest.approx(p.tasks[long_task].cost + p.tasks[join].cost)
@@ -284,14 +289,7 @@ def test_bottom_level_is_the_longest_path_to_the_end():
 @pytest.mark.parametrize("schedule", ["levels", "dataflow"])
 def test_executors_start_the_critical_path_first(schedule):
     """With one pool thread, tasks run in the order they are started: longest path first."""
-    g = gx.Graph("uneven")
-    x = g.input("x")
-    short = g.node("short", nn.Linear(16, 16), x)
-    h = x
-    for i in range(4):
-        h = g.node(f"long{i}", nn.Linear(16, 16), h)
-    g.output(g.node("join", gx.add(), short, h))
-    p = gx.plan(g, inline_below=0)
+    p = gx.plan(uneven(), inline_below=0)
     assert p.parallel and list(p.levels[0]) == ["short", "long0..long3"]  # program order
     with gx.ThreadExecutor(workers=1, schedule=schedule) as ex:
         _, trace = ex.run(p, torch.randn(2, 16), profile=True)
