@@ -294,3 +294,28 @@ def test_executors_start_the_critical_path_first(schedule):
     with gx.ThreadExecutor(workers=1, schedule=schedule) as ex:
         _, trace = ex.run(p, torch.randn(2, 16), profile=True)
     assert [e.task for e in trace.events][:2] == ["long0..long3", "short"]
+
+
+class _PythonBound(nn.Module):
+    """Holds the GIL for its whole run: two of them can never overlap on threads."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = 0
+        for i in range(40_000):
+            total += i
+        return x + total % 2
+
+
+def test_overlap_is_checked_on_the_real_plan():
+    """Per-node times say 4 branches overlap on 2 lanes; running them shows they cannot."""
+    g = gx.Graph("gil")
+    x = g.input("x")
+    g.output(g.node("sum", gx.add(), *[g.node(f"b{i}", _PythonBound(), x) for i in range(4)]))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the overlap decision is only made with several intra-op threads
+    try:
+        p = gx.plan(g, example_inputs=(torch.zeros(3),))
+    finally:
+        torch.set_num_threads(before)
+    assert p.max_width == 4 and not p.parallel
+    assert "measured on the example inputs" in p.serial_reason
