@@ -7,9 +7,12 @@ Timing discipline
 * All runs are under ``torch.inference_mode()``. Before each call the calling thread's
   intra-op thread count is set to the contender's (``torch.set_num_threads`` is per thread
   with the OpenMP backend, so pool threads keep their own budgets).
-* Runs are interleaved: repetition ``r`` runs every contender once, in an order rotated by
-  ``r``, so drift in machine load (this machine is shared) hits all contenders alike. The
-  figure is the median of ``reps`` runs after ``warmup`` untimed ones.
+* Runs are interleaved: every repetition runs every contender once, in a freshly shuffled
+  order (seeded), so drift in machine load hits all contenders alike and no contender always
+  runs right after the same one. That matters: after a run at 2 intra-op threads, libgomp's
+  worker thread spins for a while and takes a core from whatever runs next (measured: a
+  contender always placed after eager ran about 30% slower than in isolation; a rotated order kept
+  that adjacency). The figure is the median of ``reps`` runs after ``warmup`` untimed ones.
 
 Memory is the rise of resident memory during one run, measured in a fresh subprocess per
 (workload, contender): glibc is told to serve every allocation above 64 KiB with ``mmap``
@@ -189,9 +192,11 @@ def time_workload(
             except Exception as exc:
                 res.error[c.name] = f"{type(exc).__name__}: {exc}".splitlines()[0][:160]
         samples: dict[str, list[float]] = {c.name: [] for c in live}
-        for r in range(reps):
-            k = r % max(1, len(live))
-            for c in live[k:] + live[:k]:
+        rng = random.Random(0)
+        for _ in range(reps):
+            order = live[:]
+            rng.shuffle(order)  # who runs after whom changes: see the module docstring
+            for c in order:
                 torch.set_num_threads(c.threads)
                 t0 = time.perf_counter()
                 c.fn(*w.inputs)
