@@ -26,7 +26,7 @@ from __future__ import annotations
 import heapq
 import inspect
 import itertools
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -272,25 +272,10 @@ class Graph:
         return list(self._order)
 
     def _topological_order(self) -> list[str]:
-        deps = self.deps()
         nodes = self._nodes
-        if all(nodes[d].order < nodes[n].order for n, ds in deps.items() for d in ds):
-            return list(nodes)  # declared inputs-first: the declaration order is topological
-        waiting = {n: len(ds) for n, ds in deps.items()}
-        users: dict[str, list[str]] = {n: [] for n in nodes}
-        for n, ds in deps.items():
-            for d in ds:
-                users[d].append(n)
-        ready = [(nodes[n].order, n) for n, k in waiting.items() if k == 0]
-        heapq.heapify(ready)
-        order: list[str] = []
-        while ready:
-            _, n = heapq.heappop(ready)
-            order.append(n)
-            for u in users[n]:
-                waiting[u] -= 1
-                if waiting[u] == 0:
-                    heapq.heappush(ready, (nodes[u].order, u))
+        order = lexicographic_order(
+            list(nodes), self.deps(), {n: v.order for n, v in nodes.items()}
+        )
         if len(order) < len(nodes):
             cycle = nx.find_cycle(self.nx)
             names = [u for u, _ in cycle] + [cycle[0][0]]
@@ -387,6 +372,37 @@ class Graph:
                 f"node '{owner}': input '{ref}' belongs to another graph, not '{self.name}'", owner
             )
         return ref
+
+
+def lexicographic_order(
+    items: list[str], pred: Mapping[str, Sequence[str]], key: Mapping[str, int]
+) -> list[str]:
+    """``items`` in topological order, ties broken by smallest ``key`` (as
+    ``networkx.lexicographical_topological_sort``, on plain lists). Items on a cycle, and
+    everything after them, are left out: a result shorter than ``items`` means a cycle.
+    """
+    ranked = list(items)
+    if any(key[a] > key[b] for a, b in zip(ranked, ranked[1:], strict=False)):
+        ranked.sort(key=key.__getitem__)
+    rank = {t: i for i, t in enumerate(ranked)}
+    if all(rank[p] < rank[t] for t in ranked for p in pred[t]):
+        return ranked  # the common case: ordered by key is already topological
+    waiting = {t: len(pred[t]) for t in items}
+    users: dict[str, list[str]] = {t: [] for t in items}
+    for t in items:
+        for p in pred[t]:
+            users[p].append(t)
+    ready = [(key[t], t) for t in items if waiting[t] == 0]
+    heapq.heapify(ready)
+    out: list[str] = []
+    while ready:
+        _, t = heapq.heappop(ready)
+        out.append(t)
+        for u in users[t]:
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                heapq.heappush(ready, (key[u], u))
+    return out
 
 
 def _fn_name(fn: Callable[..., Any]) -> str:

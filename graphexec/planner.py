@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import heapq
 import statistics
 import time
 import warnings
@@ -47,7 +46,7 @@ import networkx as nx
 import torch
 
 from .errors import ArityError, DeadNodeWarning
-from .graph import Graph, Node, Ref
+from .graph import Graph, Node, Ref, lexicographic_order
 from .merge import is_cheap
 
 __all__ = ["Plan", "Task", "plan"]
@@ -397,34 +396,6 @@ class _Dag:
         return ((p, n) for n in self.nodes for p in self.pred[n])
 
 
-def _topological(
-    items: Sequence[str], pred: Mapping[str, Sequence[str]], key: Mapping[str, int]
-) -> list[str]:
-    """``items`` in topological order, ties broken by smallest ``key`` (lexicographic)."""
-    ranked = list(items)
-    if any(key[a] > key[b] for a, b in zip(ranked, ranked[1:], strict=False)):
-        ranked.sort(key=key.__getitem__)
-    rank = {t: i for i, t in enumerate(ranked)}
-    if all(rank[p] < rank[t] for t in ranked for p in pred[t]):
-        return ranked  # the common case: sorting by key is already topological
-    waiting = {t: len(pred[t]) for t in items}
-    users: dict[str, list[str]] = {t: [] for t in items}
-    for t in items:
-        for p in pred[t]:
-            users[p].append(t)
-    ready = [(key[t], t) for t in items if waiting[t] == 0]
-    heapq.heapify(ready)
-    out: list[str] = []
-    while ready:
-        _, t = heapq.heappop(ready)
-        out.append(t)
-        for u in users[t]:
-            waiting[u] -= 1
-            if waiting[u] == 0:
-                heapq.heappush(ready, (key[u], u))
-    return out
-
-
 def _generations(order: Sequence[str], pred: Mapping[str, Sequence[str]]) -> list[list[str]]:
     """Depth levels (``networkx.topological_generations``) of items in a topological order."""
     depth: dict[str, int] = {}
@@ -608,7 +579,7 @@ def _assemble(
         task_inputs[name] = sorted(ins, key=position.__getitem__) if len(ins) > 1 else list(ins)
     first = {name: position[g[0]] for name, g in zip(names, groups, strict=True)}
     # Program order of tasks: topological, ties broken by where each task starts.
-    order = _topological(names, tpred, first)
+    order = lexicographic_order(names, tpred, first)
     levels = tuple(tuple(sorted(gen, key=first.__getitem__)) for gen in _generations(order, tpred))
     level_of = {t: i for i, lv in enumerate(levels) for t in lv}
     out_values = {r.node for r in graph.output_refs()}
