@@ -349,7 +349,9 @@ def test_node_error_names_node_with_remote_traceback_and_next_call_works(dask_cl
 
 def _slow_identity(t, marker: str):
     """Say (by a file) which worker runs this, then work long enough to be killed."""
-    Path(marker).write_text(str(os.getpid()))
+    part = Path(marker + ".part")  # written, then renamed: the test never reads a half file
+    part.write_text(str(os.getpid()))
+    part.replace(marker)
     time.sleep(3)
     return t * 2
 
