@@ -35,14 +35,25 @@ from .executors import (
     ThreadExecutor,
     make_executor,
 )
+from .fx_import import trace
 from .graph import Graph, Node, Ref
-from .merge import MergeOp, add, cat, getitem, identity, mean, stack, sum, tuple_
+from .merge import MergeOp, add, cat, getitem, identity, mean, stack, tuple_
+from .merge import sum as sum  # noqa: A004 - gx.sum(), not exported by *: see __all__
 from .module import GraphModule
-from .planner import Plan, Task, plan
-from .profile import TaskEvent, Trace
-from .trace import trace
+from .plans import Plan, Task
+from .profile import TaskEvent, Timeline
+from .tune import plan
+from .viz import draw_plan, gantt, plan_to_dot, to_chrome
 
 tuple = tuple_  # noqa: A001 - gx.tuple() is the public name of the gathering merge op
+Trace = Timeline  # the run record's name before 0.2 (it read too much like gx.trace)
+
+# Rendering lives at the edge: Plan and Timeline are plain data and import no drawing code;
+# the package wires the picture methods users call onto them here.
+Plan.draw = draw_plan
+Plan.to_dot = plan_to_dot
+Timeline.gantt = gantt
+Timeline.to_chrome = to_chrome
 
 __version__ = "0.1.0"
 
@@ -52,8 +63,9 @@ __all__ = [
     "Executor", "SequentialExecutor", "ThreadExecutor", "CudaStreamExecutor", "DaskExecutor",
     "make_executor",
     "GraphModule", "trace",
-    "Trace", "TaskEvent",
-    "MergeOp", "stack", "cat", "add", "sum", "mean", "identity", "tuple", "getitem",
+    "Timeline", "TaskEvent",
+    # gx.sum and gx.tuple are left out: `from graphexec import *` must not shadow the builtins
+    "MergeOp", "stack", "cat", "add", "mean", "identity", "getitem",
     "GraphError", "DuplicateNameError", "UnknownNodeError", "CycleError",
     "UnreachableOutputError", "ArityError", "NodeError", "DeadNodeWarning",
 ]  # fmt: skip

@@ -41,10 +41,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .executors.base import bind_inputs, run_task
 from .executors.threads import ThreadExecutor
 from .graph import Node
-from .planner import Plan, Task
+from .interpret import program_values
+from .plans import Plan, Task
 
 __all__ = ["BACKENDS", "CompileFallbackWarning", "CompiledPlan", "CompiledRunner", "compile_plan"]
 
@@ -210,11 +210,8 @@ def compile_plan(
 
 
 def _example_values(plan: Plan, example_inputs: Sequence[Any]) -> dict[str, Any]:
-    env = bind_inputs(plan.graph, example_inputs, {})
-    with torch.no_grad():
-        for task in plan.tasks.values():
-            env.update(run_task(task, plan.graph.nodes, {v: env[v] for v in task.inputs}))
-    return env
+    order = [n for task in plan.tasks.values() for n in task.nodes]  # topological
+    return program_values(plan.graph, example_inputs, order)
 
 
 def _compile_task(

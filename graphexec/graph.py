@@ -14,7 +14,7 @@ What it decides
 * Insertion order is *program order*. It matters for nodes that mutate a tensor in place
   (``mutates=``): the planner orders every other reader of that tensor before or after the
   mutation as program order says, so concurrency never changes the result.
-* ``after=`` adds ordering-only dependencies (no data flows); `graphexec.trace` uses it for
+* ``after=`` adds ordering-only dependencies (no data flows); `graphexec.fx_import` uses it for
   the in-place hazards it finds in traced models.
 
 The graph is backed by a ``networkx.DiGraph`` (``graph.nx``) whose nodes are the node and
@@ -23,18 +23,19 @@ input names, with an edge for every data or ordering dependency.
 
 from __future__ import annotations
 
-import heapq
 import inspect
 import itertools
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 import networkx as nx
+import torch
 import torch.nn as nn
 import torch.utils._pytree as pytree
 
+from .dag import lexicographic_order
 from .errors import (
     ArityError,
     CycleError,
@@ -374,35 +375,11 @@ class Graph:
         return ref
 
 
-def lexicographic_order(
-    items: list[str], pred: Mapping[str, Sequence[str]], key: Mapping[str, int]
-) -> list[str]:
-    """``items`` in topological order, ties broken by smallest ``key`` (as
-    ``networkx.lexicographical_topological_sort``, on plain lists). Items on a cycle, and
-    everything after them, are left out: a result shorter than ``items`` means a cycle.
-    """
-    ranked = list(items)
-    if any(key[a] > key[b] for a, b in zip(ranked, ranked[1:], strict=False)):
-        ranked.sort(key=key.__getitem__)
-    rank = {t: i for i, t in enumerate(ranked)}
-    if all(rank[p] < rank[t] for t in ranked for p in pred[t]):
-        return ranked  # the common case: ordered by key is already topological
-    waiting = {t: len(pred[t]) for t in items}
-    users: dict[str, list[str]] = {t: [] for t in items}
-    for t in items:
-        for p in pred[t]:
-            users[p].append(t)
-    ready = [(key[t], t) for t in items if waiting[t] == 0]
-    heapq.heapify(ready)
-    out: list[str] = []
-    while ready:
-        _, t = heapq.heappop(ready)
-        out.append(t)
-        for u in users[t]:
-            waiting[u] -= 1
-            if waiting[u] == 0:
-                heapq.heappush(ready, (key[u], u))
-    return out
+def state_tensors(fn: Any) -> Iterator[torch.Tensor]:
+    """The parameters, then the buffers, of a node's callable (nothing if it is no module)."""
+    if isinstance(fn, nn.Module):
+        yield from fn.parameters()
+        yield from fn.buffers()
 
 
 def _fn_name(fn: Callable[..., Any]) -> str:

@@ -55,7 +55,9 @@ import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
 from .graph import Graph, Node, Ref
+from .interpret import program_values
 from .merge import MergeOp, add, mean, stack
+from .units import format_seconds
 
 __all__ = [
     "HorizontalGroup",
@@ -342,13 +344,7 @@ def horizontal_fuse(
 
 def _value_shapes(graph: Graph, example_inputs: Sequence[Any]) -> dict[Ref, Any]:
     """Shape/dtype of every referenced value, from one sequential no-grad run."""
-    env = dict(zip(graph.inputs, example_inputs, strict=True))
-    order = graph.program_order()
-    with torch.no_grad():
-        for name in order:
-            node = graph.nodes[name]
-            if not node.is_input:
-                env[name] = node(*[r.resolve(env[r.node]) for r in node.inputs])
+    env = program_values(graph, example_inputs)
     out: dict[Ref, Any] = {}
     for node in graph:
         for r in node.inputs:
@@ -404,8 +400,6 @@ def _find_groups(
 
 
 def _describe(graph: Graph, members: list[str], costs: dict[str, float] | None, fuse: bool) -> str:
-    from .planner import format_seconds
-
     what = f"{len(members)} x {type(graph.nodes[members[0]].fn).__name__} ({members[0]}, ...)"
     if costs is None:
         return f"fused {what}: identical modules on the same inputs"

@@ -33,11 +33,11 @@ from typing import Any
 import torch.nn as nn
 
 from .executors import CudaStreamExecutor, Executor, make_executor
-from .executors.base import bind_inputs
 from .executors.cuda import auto_choice
 from .graph import Graph
-from .planner import Plan
-from .planner import plan as make_plan
+from .interpret import bind_inputs
+from .plans import Plan
+from .tune import plan as make_plan
 
 __all__ = ["GraphModule"]
 

@@ -1,4 +1,8 @@
-"""The planner: from a `Graph` to a frozen, printable `Plan` of tasks grouped by depth.
+"""The planner: from a `Graph` and its node costs to a frozen, printable `Plan` by depth.
+
+It is a pure pass: it runs no model and imports no executor, backend or picture code. What
+is measured, and every decision that needs a trial on real inputs (horizontal fusion,
+overlap, compiled tasks), is made one layer up, in `graphexec.tune` (``gx.plan``).
 
 What it decides, in order
 -------------------------
@@ -14,9 +18,9 @@ What it decides, in order
 3. **Chain fusion.** An edge ``u -> v`` where ``u`` has one consumer and ``v`` one producer
    joins them in one task: a straight chain inside a branch is one dispatch, not one barrier
    per layer. Fusion never removes parallelism: nothing else could run between them.
-4. **Costs.** Each node gets a cost in seconds: measured (``example_inputs=``: median of a few
-   sequential timed runs, under ``no_grad``) or estimated from its parameter count (merge ops
-   and parameter-free callables count as cheap). Estimates rank; measurements decide.
+4. **Costs.** Each node gets a cost in seconds: given (measured by `graphexec.tune`) or
+   estimated from its parameter count (`estimate`: merge ops and parameter-free callables
+   count as cheap). Estimates rank; measurements decide.
 5. **Cheap tasks.** A task cheaper than ``inline_below`` is not worth a thread hand-off. If all
    its consumers are one task it is folded into that task (merge ops run inside the node that
    reads them); otherwise it is marked ``inline`` and runs on the scheduling thread.
@@ -31,25 +35,21 @@ The plan holds names only (plus the graph); executors look callables up in ``pla
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import gc
-import statistics
-import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any
 
 import networkx as nx
 import torch
 
-from .errors import ArityError, DeadNodeWarning
-from .graph import Graph, Node, Ref, lexicographic_order
+from .dag import bottom_levels, generations, lexicographic_order, longest_path
+from .errors import DeadNodeWarning
+from .graph import Graph, Node, Ref
 from .merge import is_cheap
+from .plans import Plan, Task
 
-__all__ = ["Plan", "Task", "plan"]
+__all__ = ["INLINE_BELOW", "Plan", "Task", "arrange", "estimate"]
 
 #: Below this many seconds a task is not worth a thread hand-off (measured here: 20-50 µs).
 INLINE_BELOW = 50e-6
@@ -60,258 +60,41 @@ _EST_CHEAP, _EST_FUNCTION = 1e-6, 10e-6
 _EST_PIXELS = 196
 
 
-@dataclass(frozen=True)
-class Task:
-    """One unit of dispatch: graph nodes run in order, in one call, on one lane.
-
-    Attributes
-    ----------
-    name : str
-        The task key (node names; what traces, pictures and Dask task keys show).
-    nodes : tuple of str
-        Node names, in the order they run.
-    level : int
-        Depth in the task DAG (0: depends on graph inputs only).
-    cost : float
-        Seconds, measured or estimated (see `Plan.measured`).
-    inline : bool
-        Too cheap to dispatch: run on the scheduling thread.
-    deps : tuple of str
-        Tasks that must finish first (data or ordering).
-    inputs : tuple of str
-        Values (node or graph-input names) read from outside the task.
-    outputs : tuple of str
-        Values produced here that other tasks or the graph outputs read.
-    release : tuple of tuple of str
-        For each node, the values made inside the task that nothing reads after it: the task
-        drops them there, so a long fused chain holds one activation at a time, as eager does.
-    """
-
-    name: str
-    nodes: tuple[str, ...]
-    level: int
-    cost: float
-    inline: bool
-    deps: tuple[str, ...]
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-    release: tuple[tuple[str, ...], ...] = ()
-    #: Cost of the longest path from this task's start to the plan's end: executors start
-    #: ready tasks highest first (critical path first, then longest first).
-    bottom: float = 0.0
-
-
-@dataclass(frozen=True)
-class Plan:
-    """A graph's schedule: tasks by level, costs, bounds and the freeing table.
-
-    Build one with `graphexec.plan`; print it to read it; executors run it.
-    """
-
-    graph: Graph
-    tasks: Mapping[str, Task]
-    levels: tuple[tuple[str, ...], ...]
-    node_costs: Mapping[str, float]
-    measured: bool
-    work: float
-    span: float
-    critical_path: tuple[str, ...]
-    consumers: Mapping[str, tuple[str, ...]]
-    last_use: Mapping[str, str]
-    hazard_edges: tuple[tuple[str, str], ...]
-    dead: tuple[str, ...]
-    inline_below: float
-    task_of: Mapping[str, str] = field(repr=False)
-    #: Why the plan runs inline although levels have several tasks (measured: overlap loses).
-    serial_reason: str | None = None
-    #: Task name -> compiled callable (``backend=`` of `plan`); None runs every task eagerly.
-    compiled: Mapping[str, Callable[[Mapping[str, Any]], dict[str, Any]]] | None = field(
-        default=None, repr=False
-    )
-    #: Horizontal fusion: one line per group of identical modules found, fused or not and why.
-    fusion: tuple[str, ...] = ()
-
-    @property
-    def amdahl(self) -> float:
-        """work / span: the speedup bound of any schedule with unlimited lanes."""
-        return self.work / self.span if self.span > 0 else 1.0
-
-    @property
-    def max_width(self) -> int:
-        """The most tasks worth dispatching at one level."""
-        return max((sum(not self.tasks[t].inline for t in lv) for lv in self.levels), default=0)
-
-    @property
-    def parallel(self) -> bool:
-        """False when no two dispatchable tasks can ever run at once, or when measurements
-        say overlapping them loses to running them one by one with every core: run inline."""
-        return self.max_width > 1 and self.serial_reason is None
-
-    def __repr__(self) -> str:
-        return (
-            f"Plan({self.graph.name!r}: {sum(len(t.nodes) for t in self.tasks.values())} nodes "
-            f"in {len(self.tasks)} tasks, {len(self.levels)} levels, amdahl {self.amdahl:.2f}x)"
-        )
-
-    def __str__(self) -> str:
-        how = "measured" if self.measured else "estimated from parameters"
-        n_nodes = sum(len(t.nodes) for t in self.tasks.values())
-        rows = [
-            f"Plan '{self.graph.name}': {n_nodes} nodes in {len(self.tasks)} tasks, "
-            f"{len(self.levels)} levels (costs {how})",
-            f"{'level':>5}  {'cost':>9}  tasks (cost; * critical path, ~ inline)",
-        ]
-        critical = set(self.critical_path)
-        for i, level in enumerate(self.levels):
-            cells = []
-            for name in level:
-                t = self.tasks[name]
-                mark = ("*" if name in critical else "") + ("~" if t.inline else "")
-                fused = f" [{len(t.nodes)} nodes]" if len(t.nodes) > 1 else ""
-                cells.append(f"{mark}{name}{fused} ({format_seconds(t.cost)})")
-            level_cost = sum(self.tasks[n].cost for n in level)
-            rows.append(f"{i:>5}  {format_seconds(level_cost):>9}  " + ", ".join(cells))
-        rows.append(
-            f"work {format_seconds(self.work)}, span {format_seconds(self.span)}, "
-            f"amdahl bound {self.amdahl:.2f}x, widest level {self.max_width} dispatched tasks"
-            + (
-                ""
-                if self.parallel or self.serial_reason
-                else " -> runs inline (nothing to overlap)"
-            )
-        )
-        if self.serial_reason:
-            rows.append(f"runs inline: {self.serial_reason}")
-        rows.extend(f"horizontal fusion: {line}" for line in self.fusion)
-        rows.append("critical path: " + " -> ".join(self.critical_path))
-        if self.hazard_edges:
-            rows.append(
-                "in-place ordering: " + ", ".join(f"{a} before {b}" for a, b in self.hazard_edges)
-            )
-        if self.dead:
-            rows.append("not run (no output depends on them): " + ", ".join(self.dead))
-        return "\n".join(rows)
-
-    def draw(self, path: str | None = None, **kwargs: Any) -> Any:
-        """Draw the plan level by level (see `graphexec.viz.draw_plan`)."""
-        from .viz import draw_plan
-
-        return draw_plan(self, path, **kwargs)
-
-    def to_dot(self) -> str:
-        """Graphviz DOT text of the plan (see `graphexec.viz.plan_to_dot`)."""
-        from .viz import plan_to_dot
-
-        return plan_to_dot(self)
-
-
-def plan(
+def arrange(
     graph: Graph,
-    example_inputs: Sequence[Any] | None = None,
+    costs: Mapping[str, float] | None = None,
     *,
     inline_below: float = INLINE_BELOW,
     fuse_chains: bool = True,
-    repeats: int = 3,
-    hfuse: bool | str = "auto",
-    backend: str = "eager",
+    warn_dead: bool = True,
 ) -> Plan:
-    """Plan a graph: validate it, order in-place hazards, fuse chains, cost and level the tasks.
+    """Arrange a graph into tasks and levels for the given node costs; run nothing.
 
     Parameters
     ----------
     graph : Graph
-        A complete graph (outputs declared).
-    example_inputs : sequence, optional
-        Positional graph inputs. When given, each node is timed (median of ``repeats`` runs
-        after one warm-up, under ``torch.no_grad``) and costs are seconds measured here;
-        otherwise they are estimated from parameter counts.
+        A complete graph (outputs declared); validated here.
+    costs : mapping of node name to seconds, optional
+        Measured costs (`graphexec.tune` times them); without them, costs are estimated
+        from parameter counts and the plan says so.
     inline_below : float
         Tasks cheaper than this many seconds are folded into their consumer or run inline.
     fuse_chains : bool
         Fuse straight chains into one task (default). Off: one task per node.
-    repeats : int
-        Timed runs when measuring.
-    hfuse : {"auto", True, False}
-        Horizontal fusion (`graphexec.hfuse`): same-level nodes with identical module
-        structure run as one batched call. ``"auto"`` (default): with ``example_inputs``, fuse
-        the groups whose members measure below `graphexec.hfuse.FUSE_MEMBER_BELOW` (small
-        members: overhead-bound); without them, fuse nothing. ``True``: fuse every group (by
-        the same rule when measured). The plan then runs the fused graph (``plan.graph``),
-        which shares the original modules and parameters; ``plan.fusion`` says what was
-        fused and why.
-    backend : {"eager", "inductor", "onnxruntime"}
-        Compile each dispatched task (`graphexec.backends.compile_plan`; needs
-        ``example_inputs``). ``"onnxruntime"`` is inference-only.
-
-    Returns
-    -------
-    Plan
-
-    Raises
-    ------
-    GraphError
-        Any of its subclasses, naming the node, if the graph is wrong (see `Graph.validate`),
-        or `ArityError` if ``example_inputs`` has the wrong length.
+    warn_dead : bool
+        Warn (`DeadNodeWarning`) about nodes no output depends on.
 
     Examples
     --------
     >>> import torch.nn as nn, graphexec as gx
     >>> g = gx.Graph("diamond")
     >>> x = g.input("x")
-    >>> a = g.node("a", nn.Linear(512, 512), x)
-    >>> b = g.node("b", nn.Linear(512, 512), x)
+    >>> a, b = g.node("a", nn.Linear(8, 8), x), g.node("b", nn.Linear(8, 8), x)
     >>> g.output(g.node("sum", gx.add(), a, b))
-    >>> p = gx.plan(g)
-    >>> p.levels
-    (('a', 'b'), ('sum',))
-    >>> p.tasks["sum"].inline  # a merge op is not worth a thread hand-off
-    True
-    >>> gx.plan(g, inline_below=1.0).levels  # everything cheap: one task, run inline
-    (('a..sum',),)
+    >>> arrange(g, {"a": 1e-3, "b": 2e-3, "sum": 1e-6}).critical_path
+    ('b', 'sum')
     """
-    with _no_gc():
-        return _plan(graph, example_inputs, inline_below, fuse_chains, repeats, hfuse, backend)
-
-
-@contextlib.contextmanager
-def _no_gc() -> Iterator[None]:
-    """Planning allocates ~10 objects per node and frees nothing cyclic: the collector's full
-    passes over the graph cost a third of a 100k-node plan. Restored on every path."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-
-
-def _plan(
-    graph: Graph,
-    example_inputs: Sequence[Any] | None,
-    inline_below: float,
-    fuse_chains: bool,
-    repeats: int,
-    hfuse: bool | str,
-    backend: str,
-) -> Plan:
     graph.validate()
-    if hfuse not in (True, False, "auto"):
-        raise ValueError(f"hfuse must be True, False or 'auto', got {hfuse!r}")
-    fusion: list[str] = []
-    if hfuse is True or (hfuse == "auto" and example_inputs is not None):
-        graph = _fuse_horizontally(graph, example_inputs, fusion)
-    if backend != "eager":
-        if example_inputs is None:
-            raise ValueError(f"backend={backend!r} compiles tasks for example_inputs: give them")
-        from .backends import compile_plan
-
-        eager_plan = plan(graph, example_inputs, inline_below=inline_below,
-                          fuse_chains=fuse_chains, repeats=repeats, hfuse=False)  # fmt: skip
-        eager_plan = dataclasses.replace(eager_plan, fusion=tuple(fusion))
-        return dataclasses.replace(
-            eager_plan, compiled=compile_plan(eager_plan, backend, example_inputs)
-        )
     order = graph.program_order()
     hazards = _hazard_edges(graph, order)
     pred: Mapping[str, Sequence[str]] = graph.deps()  # the DAG as flat lists: fast
@@ -320,7 +103,7 @@ def _plan(
         for a, b in hazards:
             pred[b].append(a)
     live, dead = _live_nodes(graph, pred)
-    if dead:
+    if dead and warn_dead:
         warnings.warn(
             f"graph '{graph.name}': no output depends on {', '.join(dead)}; they will not run",
             DeadNodeWarning,
@@ -329,54 +112,17 @@ def _plan(
     nodes = graph.nodes
     compute = [n for n in order if n in live and not nodes[n].is_input]
     dag = _Dag(compute, pred)
-    costs_1: dict[str, float] | None = None
-    if example_inputs is not None:
-        costs = _measure(graph, compute, example_inputs, repeats)
-        if torch.get_num_threads() > 1:  # what a pool thread (one intra-op thread) would take
-            costs_1 = _measure(graph, compute, example_inputs, repeats, threads=1)
-    else:
-        costs = {n: _estimate(graph.nodes[n]) for n in compute}
+    measured = costs is not None
+    if costs is None:
+        costs = {n: estimate(graph.nodes[n]) for n in compute}
     position = {n: i for i, n in enumerate(order)}
     groups = _fuse_chains(dag) if fuse_chains else [[n] for n in compute]
     groups = _fold_cheap(dag, groups, costs, inline_below, position)
     groups = _isolate_mutations(graph, dag, groups, position)
-    p = _assemble(
-        graph,
-        dag,
-        groups,
-        costs,
-        position,
-        hazards,
-        dead,
-        inline_below,
-        measured=example_inputs is not None,
-    )
-    if fusion:
-        p = dataclasses.replace(p, fusion=tuple(fusion))
-    if costs_1 is not None and p.max_width > 1:
-        reason = _concurrency_pays(p, costs_1)
-        if reason is None:  # the estimate says overlap pays: check it on the real thing
-            reason = _overlap_trial(p, example_inputs, max(1, repeats))
-        p = dataclasses.replace(p, serial_reason=reason)
-    return p
-
+    p = _assemble(graph, dag, groups, costs, position, inline_below, measured)
+    return dataclasses.replace(p, hazard_edges=tuple(hazards), dead=dead)
 
 # -- steps ------------------------------------------------------------------------------------
-def _fuse_horizontally(
-    graph: Graph, example_inputs: Sequence[Any] | None, notes: list[str]
-) -> Graph:
-    """The graph with small identical same-level modules fused (`graphexec.hfuse`)."""
-    from .hfuse import has_candidates, horizontal_fuse
-
-    if not has_candidates(graph):  # the common case: nothing to measure or rewrite
-        return graph
-    costs = None
-    if example_inputs is not None:
-        compute = [n for n in graph.program_order() if not graph.nodes[n].is_input]
-        costs = _measure(graph, compute, example_inputs, repeats=1)
-    return horizontal_fuse(graph, example_inputs, costs=costs, notes=notes)
-
-
 class _Dag:
     """The compute nodes' dependencies as flat lists (networkx is too slow for 100k nodes).
 
@@ -394,19 +140,6 @@ class _Dag:
 
     def edges(self) -> Iterator[tuple[str, str]]:
         return ((p, n) for n in self.nodes for p in self.pred[n])
-
-
-def _generations(order: Sequence[str], pred: Mapping[str, Sequence[str]]) -> list[list[str]]:
-    """Depth levels (``networkx.topological_generations``) of items in a topological order."""
-    depth: dict[str, int] = {}
-    levels: list[list[str]] = []
-    for t in order:
-        d = max((depth[p] + 1 for p in pred[t]), default=0)
-        depth[t] = d
-        if d == len(levels):
-            levels.append([])
-        levels[d].append(t)
-    return levels
 
 
 def _alias_root(graph: Graph, ref: Ref) -> str:
@@ -550,8 +283,6 @@ def _assemble(
     groups: list[list[str]],
     costs: Mapping[str, float],
     position: Mapping[str, int],
-    hazards: list[tuple[str, str]],
-    dead: tuple[str, ...],
     inline_below: float,
     measured: bool,
 ) -> Plan:
@@ -580,14 +311,14 @@ def _assemble(
     first = {name: position[g[0]] for name, g in zip(names, groups, strict=True)}
     # Program order of tasks: topological, ties broken by where each task starts.
     order = lexicographic_order(names, tpred, first)
-    levels = tuple(tuple(sorted(gen, key=first.__getitem__)) for gen in _generations(order, tpred))
+    levels = tuple(tuple(sorted(gen, key=first.__getitem__)) for gen in generations(order, tpred))
     level_of = {t: i for i, lv in enumerate(levels) for t in lv}
     out_values = {r.node for r in graph.output_refs()}
     task_cost = {
         name: sum(costs[n] for n in g) if len(g) > 1 else costs[g[0]]
         for name, g in zip(names, groups, strict=True)
     }
-    bottom = _bottom_levels(order, tpred, task_cost)
+    bottom = bottom_levels(order, tpred, task_cost)
     tasks: dict[str, Task] = {}
     for name, g in zip(names, groups, strict=True):
         cost = task_cost[name]
@@ -610,7 +341,7 @@ def _assemble(
     seq_index = {t: i for i, t in enumerate(tasks)}
     consumers = {v: tuple(sorted(r, key=seq_index.__getitem__)) for v, r in readers.items()}
     last_use = {v: c[-1] for v, c in consumers.items() if v not in out_values}
-    span, path = _critical_path(tpred, tasks)
+    span, path = longest_path(tasks, tpred.__getitem__, lambda t: tasks[t].cost)
     return Plan(
         graph=graph,
         tasks=MappingProxyType(tasks),
@@ -622,8 +353,8 @@ def _assemble(
         critical_path=path,
         consumers=MappingProxyType(consumers),
         last_use=MappingProxyType(last_use),
-        hazard_edges=tuple(hazards),
-        dead=dead,
+        hazard_edges=(),
+        dead=(),
         inline_below=inline_below,
         task_of=MappingProxyType(task_of),
     )
@@ -650,40 +381,8 @@ def _task_name(group: list[str], costs: Mapping[str, float]) -> str:
     return f"{group[0]}..{group[-1]}"
 
 
-def _bottom_levels(
-    order: list[str], tpred: Mapping[str, list[str]], cost: Mapping[str, float]
-) -> dict[str, float]:
-    """Each task's cost plus the costliest path after it (``order`` is topological)."""
-    after: dict[str, float] = dict.fromkeys(order, 0.0)
-    bottom: dict[str, float] = {}
-    for t in reversed(order):
-        bottom[t] = cost[t] + after[t]
-        for p in tpred[t]:
-            if bottom[t] > after[p]:
-                after[p] = bottom[t]
-    return bottom
-
-
-def _critical_path(
-    tpred: Mapping[str, list[str]], tasks: Mapping[str, Task]
-) -> tuple[float, tuple[str, ...]]:
-    finish: dict[str, float] = {}
-    best_pred: dict[str, str | None] = {}
-    for t in tasks:  # tasks are in a topological order
-        pred = max(tpred[t], key=finish.__getitem__, default=None)
-        finish[t] = tasks[t].cost + (finish[pred] if pred else 0.0)
-        best_pred[t] = pred
-    if not finish:
-        return 0.0, ()
-    end = max(finish, key=finish.__getitem__)
-    path = [end]
-    while best_pred[path[-1]] is not None:
-        path.append(best_pred[path[-1]])
-    return finish[end], tuple(reversed(path))
-
-
 # -- costs ------------------------------------------------------------------------------------
-def _estimate(node: Node) -> float:
+def estimate(node: Node) -> float:
     if is_cheap(node.fn):
         return _EST_CHEAP
     params = (
@@ -700,121 +399,3 @@ _CONV = (torch.nn.modules.conv._ConvNd,)
 
 def _has_conv(module: torch.nn.Module) -> bool:
     return any(isinstance(m, _CONV) for m in module.modules())
-
-
-def _measure(
-    graph: Graph,
-    compute: list[str],
-    example_inputs: Sequence[Any],
-    repeats: int,
-    threads: int | None = None,
-) -> dict[str, float]:
-    """Median seconds of each node over ``repeats`` sequential runs (after a warm-up run).
-
-    With ``threads``, the calling thread runs with that many intra-op threads meanwhile.
-    """
-    if threads is not None:
-        before = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            return _measure(graph, compute, example_inputs, repeats)
-        finally:
-            torch.set_num_threads(before)
-    if len(example_inputs) != len(graph.inputs):
-        raise ArityError(
-            f"graph '{graph.name}' takes {len(graph.inputs)} inputs "
-            f"({', '.join(graph.inputs)}), example_inputs has {len(example_inputs)}"
-        )
-    samples: dict[str, list[float]] = {n: [] for n in compute}
-    with torch.no_grad():
-        for rep in range(repeats + 1):
-            env = dict(zip(graph.inputs, example_inputs, strict=True))
-            for name in compute:
-                node = graph.nodes[name]
-                args = [r.resolve(env[r.node]) for r in node.inputs]
-                if any(i in node.mutates for i in range(len(args))):
-                    args = [
-                        a.clone() if isinstance(a, torch.Tensor) and i in node.mutates else a
-                        for i, a in enumerate(args)
-                    ]
-                t0 = time.perf_counter()
-                env[name] = node(*args)
-                if rep:  # the first run warms caches and allocators
-                    samples[name].append(time.perf_counter() - t0)
-    return {n: statistics.median(s) for n, s in samples.items()}
-
-
-#: Overlap is chosen when its estimate is below this share of running tasks one by one.
-OVERLAP_GAIN = 0.95
-
-
-def _concurrency_pays(p: Plan, costs_1: Mapping[str, float]) -> str | None:
-    """None if overlapping branches should beat running every task with all cores, else why.
-
-    Torch already spreads one op over every core (intra-op threads). Branch concurrency gives
-    each concurrent task one core instead, so it pays only where ops scale badly across
-    cores (small ops) or the branches balance well. Estimate both schedules from the measured
-    costs: one by one with all threads (the measured ``cost``), against levels whose tasks
-    are packed longest-first on one lane per core at one thread each (a lone task keeps all
-    threads, as the executors run it on the calling thread).
-    """
-    lanes = torch.get_num_threads()
-    serial = overlap = 0.0
-    for level in p.levels:
-        here = [p.tasks[t].cost for t in level if p.tasks[t].inline]
-        away = [sum(costs_1[n] for n in p.tasks[t].nodes) for t in level
-                if not p.tasks[t].inline]  # fmt: skip
-        serial += sum(p.tasks[t].cost for t in level)
-        if len(away) <= 1:
-            overlap += sum(here) + sum(p.tasks[t].cost for t in level if not p.tasks[t].inline)
-            continue
-        load = [0.0] * lanes
-        for c in sorted(away, reverse=True):  # longest processing time first
-            load[load.index(min(load))] += c
-        overlap += max(load) + sum(here)
-    if overlap < OVERLAP_GAIN * serial:
-        return None
-    return (
-        f"overlapping branches on {lanes} one-thread lanes would take ~{format_seconds(overlap)}, "
-        f"one by one with {lanes} intra-op threads ~{format_seconds(serial)} (measured); "
-        f"overlap must save {1 - OVERLAP_GAIN:.0%} to beat hand-off costs and noise"
-    )
-
-
-def _overlap_trial(p: Plan, example_inputs: Sequence[Any], repeats: int) -> str | None:
-    """Run the plan overlapped on threads and inline, interleaved; None if overlap wins.
-
-    Per-node times cannot see what only shows when branches really run together: memory
-    bandwidth, and OpenMP worker threads that spin for a while after each parallel region
-    (libgomp's default), taking a core from the other lane. Measured here: 8 wide branches
-    estimated 0.8x of inline ran 1.2x. So the decision is checked on the real plan.
-    """
-    from .executors import SequentialExecutor, ThreadExecutor
-
-    samples: dict[str, list[float]] = {"overlap": [], "inline": []}
-    with torch.no_grad(), ThreadExecutor() as threads:
-        runners = {"overlap": threads, "inline": SequentialExecutor()}
-        for rep in range(2 * repeats + 1):
-            for name, ex in runners.items():
-                t0 = time.perf_counter()
-                ex.run(p, *example_inputs)
-                if rep:  # the first round warms the pool and the allocator
-                    samples[name].append(time.perf_counter() - t0)
-    overlap = statistics.median(samples["overlap"])
-    inline = statistics.median(samples["inline"])
-    if overlap < OVERLAP_GAIN * inline:
-        return None
-    return (
-        f"overlapping branches ran in {format_seconds(overlap)}, one by one with "
-        f"{torch.get_num_threads()} intra-op threads in {format_seconds(inline)} (measured on "
-        f"the example inputs); overlap must save {1 - OVERLAP_GAIN:.0%} to be chosen"
-    )
-
-
-def format_seconds(seconds: float) -> str:
-    """Seconds as a short human string: ``2.00 s``, ``1.50 ms``, ``12.0 µs``."""
-    if seconds >= 1:
-        return f"{seconds:.2f} s"
-    if seconds >= 1e-3:
-        return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds * 1e6:.1f} µs"

@@ -1,11 +1,11 @@
 """What really ran where and when: per-task events of one run, and their summary.
 
-A `Trace` is plain frozen data (like Dask's profiler records): one `TaskEvent` per task with
+A `Timeline` is plain frozen data (like Dask's profiler records): one `TaskEvent` per task with
 wall-clock start and end (``time.time()`` seconds, so events from worker processes on one
 machine line up) and the lane it ran on (a thread name, CUDA stream or Dask worker). Pictures
 and files are made from it by `graphexec.viz`; nothing here draws.
 
-Numbers in `Trace.summary`:
+Numbers in `Timeline.summary`:
 
 * wall: first start to last end of the run.
 * busy: the sum of task times (what one lane would need with no overhead).
@@ -19,12 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .dag import longest_path
 
 if TYPE_CHECKING:
-    from .planner import Plan
+    from .plans import Plan
 
-__all__ = ["TaskEvent", "Trace"]
+__all__ = ["TaskEvent", "Timeline"]
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ class TaskEvent:
 
 
 @dataclass(frozen=True)
-class Trace:
+class Timeline:
     """The events of one run of a plan on one executor."""
 
     plan: Plan
@@ -79,19 +81,8 @@ class Trace:
     def measured_span(self) -> tuple[float, tuple[str, ...]]:
         """The costliest dependency path through the measured task durations."""
         dur = {e.task: e.duration for e in self.events}
-        finish: dict[str, float] = {}
-        prev: dict[str, str | None] = {}
-        for name, task in self.plan.tasks.items():
-            best = max(task.deps, key=lambda d: finish.get(d, 0.0), default=None)
-            finish[name] = dur.get(name, 0.0) + (finish.get(best, 0.0) if best else 0.0)
-            prev[name] = best
-        if not finish:
-            return 0.0, ()
-        end = max(finish, key=finish.__getitem__)
-        path = [end]
-        while prev[path[-1]] is not None:
-            path.append(prev[path[-1]])  # type: ignore[arg-type]
-        return finish[end], tuple(reversed(path))
+        tasks = self.plan.tasks
+        return longest_path(tasks, lambda t: tasks[t].deps, lambda t: dur.get(t, 0.0))
 
     def summary(self, slowest: int = 5) -> str:
         """A text report: wall, busy, speedup, bound, idle share, lanes, slowest tasks."""
@@ -125,21 +116,9 @@ class Trace:
 
     def __repr__(self) -> str:
         return (
-            f"Trace({self.plan.graph.name!r} on {self.executor}: {len(self.events)} events, "
+            f"Timeline({self.plan.graph.name!r} on {self.executor}: {len(self.events)} events, "
             f"wall {_ms(self.wall)}, speedup {self.speedup:.2f}x)"
         )
-
-    def gantt(self, path: str | None = None, **kwargs: Any) -> Any:
-        """Lanes x time picture of the run (see `graphexec.viz.gantt`)."""
-        from .viz import gantt
-
-        return gantt(self, path, **kwargs)
-
-    def to_chrome(self, path: str | None = None) -> dict[str, Any]:
-        """Chrome Trace Event JSON for Perfetto / chrome://tracing (see `graphexec.viz`)."""
-        from .viz import to_chrome
-
-        return to_chrome(self, path)
 
 
 def _ms(seconds: float) -> str:

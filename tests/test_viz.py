@@ -123,6 +123,20 @@ def test_compare_png(tmp_path, run_trace):
         viz.compare({})
 
 
+def test_compare_takes_a_list_of_traces(tmp_path, run_trace):
+    """Unlabelled traces are labelled by executor name, repeats numbered, in the given order."""
+    _, seq = gx.SequentialExecutor().run(run_trace.plan, torch.randn(32, 64), profile=True)
+    fig = viz.compare([seq, run_trace, run_trace], tmp_path / "cmp.png", baseline="threads")
+    assert_picture(tmp_path / "cmp.png", min_size=(600, 250))
+    *rows, bars = fig.axes
+    titles = [ax.get_title(loc="left").split(":")[0] for ax in rows]
+    assert titles == ["sequential", "threads", "threads #2"]
+    assert [t.get_text() for t in bars.get_yticklabels()] == titles
+    assert bars.get_title() == "speedup vs threads"
+    with pytest.raises(ValueError):
+        viz.compare([])
+
+
 def validate_chrome(doc: dict) -> list[dict]:
     """Checks of the Trace Event format; returns the complete events."""
     assert isinstance(doc["traceEvents"], list)

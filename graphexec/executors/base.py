@@ -3,14 +3,14 @@
 The call tree (override points marked ``*``)::
 
     Executor.run(plan, *args, profile=False)
-      -> bind_inputs                 arity check, env = {input name: value}
+      -> bind_inputs                 arity check, env = {input name: value} (`interpret`)
       -> *_execute(plan, env, rec)   the backend: fill env with every output value
            LocalExecutor._execute    the shared loop for in-process backends:
              levels:   for each level: start its tasks, wait for all of them
              dataflow: start tasks as their deps finish (concurrent.futures.wait)
              (ready tasks start critical path first: highest ``Task.bottom``)
              -> *_start(fn)          how a task is started (pool.submit, or run here)
-             -> run_task             one task's nodes in order, errors named, events recorded
+             -> run_task             one task (`interpret.run_nodes`), events recorded
              -> release              drop values whose last consumer is done
       -> collect_outputs             env -> the graph's output structure
 
@@ -25,22 +25,25 @@ import contextlib
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Generic, TypeVar
 
 import torch
 import torch.utils._pytree as pytree
 
-from ..errors import ArityError, NodeError
+from ..errors import NodeError
 from ..graph import Graph, Node, Ref
-from ..planner import Plan, Task
-from ..planner import plan as make_plan
-from ..profile import TaskEvent, Trace
+from ..interpret import bind_inputs, run_nodes
+from ..planner import arrange
+from ..plans import Plan, Task
+from ..profile import TaskEvent, Timeline
 
 __all__ = [
     "Executor",
+    "IdCache",
     "LocalExecutor",
     "Modes",
     "bind_inputs",
@@ -119,24 +122,14 @@ def run_task(
         Naming the node that raised, with the original exception as ``__cause__``.
     """
     start = time.time() if events is not None else 0.0
-    values = dict(inputs)  # the task's inputs, then what its nodes make
     with modes.enter() if modes is not None else contextlib.nullcontext():
         if compiled is not None:
             try:
                 values = compiled(inputs)
             except Exception as exc:
                 raise NodeError(task.nodes[0], exc, task.name) from exc
-        for name, release in zip(() if compiled else task.nodes, task.release, strict=False):
-            node = nodes[name]
-            args = [values[r.node] if r.index is None else values[r.node][r.index]
-                    for r in node.inputs]  # fmt: skip
-            try:
-                values[name] = node.fn(*args, **node.kwargs) if node.kwargs else node.fn(*args)
-            except Exception as exc:
-                raise NodeError(name, exc, task.name) from exc
-            del args
-            for v in release:  # last use inside the task: free it now, as eager would
-                del values[v]
+        else:
+            values = run_nodes(nodes, task.nodes, dict(inputs), task.release, task.name)
     if events is not None:
         events.append(
             TaskEvent(
@@ -152,38 +145,45 @@ def run_task(
 
 
 # -- binding and collecting ---------------------------------------------------------------------
-def bind_inputs(graph: Graph, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """Map positional and keyword arguments to graph inputs, or raise `ArityError`."""
-    names = graph.inputs
-    if len(args) > len(names):
-        raise ArityError(
-            f"graph '{graph.name}' takes {len(names)} input{'s' * (len(names) != 1)} "
-            f"({', '.join(names) or 'none'}), got {len(args)}"
-        )
-    env = dict(zip(names, args, strict=False))
-    for k, v in kwargs.items():
-        if k not in names:
-            raise ArityError(
-                f"graph '{graph.name}' has no input '{k}' (inputs: {', '.join(names)})", k
-            )
-        if k in env:
-            raise ArityError(f"graph '{graph.name}': input '{k}' given twice", k)
-        env[k] = v
-    missing = [n for n in names if n not in env]
-    if missing:
-        raise ArityError(
-            f"graph '{graph.name}' takes {len(names)} inputs ({', '.join(names)}); "
-            f"missing {', '.join(missing)}",
-            missing[0],
-        )
-    return env
-
-
 def collect_outputs(graph: Graph, env: Mapping[str, Any]) -> Any:
     """Build the graph's output structure from the computed values."""
     return pytree.tree_map(
         lambda r: r.resolve(env[r.node]) if isinstance(r, Ref) else r, graph.outputs
     )
+
+
+# -- caches ---------------------------------------------------------------------------------------
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class IdCache(Generic[K, V]):
+    """What ``make`` derives from an object, made once per object (plans per graph, stream
+    programs or Dask jobs per plan). Keyed by ``id``; the object is kept so the id stays its own.
+
+    >>> calls = []
+    >>> cache = IdCache(lambda key: calls.append(key) or len(calls))
+    >>> obj = object()
+    >>> cache(obj), cache(obj), calls == [obj]
+    (1, 1, True)
+    """
+
+    def __init__(self, make: Callable[[K], V]):
+        self._make = make
+        self._items: dict[int, tuple[K, V]] = {}
+
+    def __call__(self, key: K) -> V:
+        hit = self._items.get(id(key))
+        if hit is None or hit[0] is not key:
+            hit = (key, self._make(key))
+            self._items[id(key)] = hit
+        return hit[1]
+
+    def values(self) -> list[V]:
+        return [v for _, v in self._items.values()]
+
+    def clear(self) -> None:
+        self._items.clear()
 
 
 # -- the executor protocol ----------------------------------------------------------------------
@@ -200,7 +200,7 @@ class Executor:
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
         self.schedule = schedule
-        self._plans: dict[int, tuple[Graph, Plan]] = {}
+        self._plans = IdCache(lambda graph: arrange(graph, **self.plan_defaults))
 
     def run(self, plan: Plan | Graph, *args: Any, profile: bool = False, **kwargs: Any) -> Any:
         """Run ``plan`` on the given graph inputs.
@@ -212,7 +212,7 @@ class Executor:
         *args, **kwargs
             Graph inputs, by position (declaration order) or by name.
         profile : bool
-            Also return a `Trace` of what ran where and when.
+            Also return a `Timeline` of what ran where and when.
 
         Returns
         -------
@@ -235,7 +235,7 @@ class Executor:
         out = collect_outputs(p.graph, env)
         if not profile:
             return out
-        trace = Trace(
+        trace = Timeline(
             p, self.name, self.schedule, tuple(sorted(events, key=lambda e: e.start)), start, end
         )
         return out, trace
@@ -246,14 +246,11 @@ class Executor:
         for item in inputs:
             yield self.run(p, *(item if isinstance(item, tuple) else (item,)), **kwargs)
 
+    #: Settings of the plans this executor makes itself (``run(graph)``, `GraphModule`).
+    plan_defaults: Mapping[str, Any] = MappingProxyType({})
+
     def _as_plan(self, plan: Plan | Graph) -> Plan:
-        if isinstance(plan, Plan):
-            return plan
-        cached = self._plans.get(id(plan))
-        if cached is None or cached[0] is not plan:
-            cached = (plan, make_plan(plan))
-            self._plans[id(plan)] = cached
-        return cached[1]
+        return plan if isinstance(plan, Plan) else self._plans(plan)
 
     def _execute(self, plan: Plan, env: dict[str, Any], events: list[TaskEvent] | None) -> None:
         raise NotImplementedError

@@ -2,41 +2,29 @@
 
 What it decides
 ---------------
-Everything the host does is decided ahead, as plain data: `stream_program` turns a `Plan` into
-a frozen, printable `StreamProgram`; `run_program` only enqueues what it says. The program is
-checked on the CPU (`StreamProgram.check` simulates stream order and events); the GPU tests run
-the same program on a device.
+Which stream runs each task, which events order them and which values are marked for which
+stream is decided ahead, as data, by `graphexec.executors.streams` (`stream_program`, checked
+on the CPU by `StreamProgram.check`). This module only enqueues what a program says, and owns
+what needs a device: streams, events, the allocator, CUDA graphs.
 
-* **Streams.** Stream 0 is the caller's current stream: inputs are ready there, outputs are
-  used there, and the critical path runs there (so a chain, or the longest branch, runs exactly
-  as eager PyTorch would). Other tasks are list-scheduled in order of their estimated ready
-  time onto streams ``1..N-1``, each to the stream that is free first (estimated from task
-  costs; ties go to a stream one of its inputs was made on, which saves an event, then to the
-  lowest index). Inline (cheap) tasks follow the input that is estimated to finish last. With
-  one stream, or a plan no two tasks of which share a level, everything runs on stream 0.
-* **Host order.** One host thread enqueues every task, in the order the list schedule started
-  them (a topological order); kernels launch asynchronously, so the caller's grad mode,
-  inference mode and autocast apply as they are. There is no host synchronization in a run.
-* **Events.** A task waits only for dependencies made on another stream, and only for those
-  not already ordered before it through earlier waits (vector clocks; the latest task of each
-  stream suffices, and a wait implied by another wait of the same task is dropped). An event
-  is recorded after a task only when someone waits for it. Side streams first wait for a fork
-  event recorded on stream 0 at the start of the run (inputs, and parameters an optimizer just
-  stepped, are ready there). At the end, stream 0 waits for the last task of every side stream
-  it is not already ordered after (the join), so the caller's later work, ``backward()``
-  included, sees every result. ``schedule="levels"`` adds a barrier: every task of a level is
-  ordered after every task of the level before, again as waits.
-* **Memory.** A value made on one stream and read on another is marked with
-  ``Tensor.record_stream(reader)`` once per (value, reader stream), before the reader's task
-  is enqueued; graph outputs made on a side stream are marked for stream 0. The caching
-  allocator then keeps the block out of reuse until those streams have passed that point, so
-  values can be freed at their last use (the plan's ``last_use``) without host waits.
+* **Host order.** One host thread enqueues every task, in program order (a topological
+  order); kernels launch asynchronously, so the caller's grad mode, inference mode and
+  autocast apply as they are. There is no host synchronization in a run. The executor's lock
+  makes concurrent calls take turns: they share the side streams.
+* **Memory.** Before a task is enqueued, each value it reads that was made on another stream
+  gets ``Tensor.record_stream(reader)`` (the program lists them once per value and reader
+  stream); graph outputs made on a side stream get it for stream 0. The caching allocator then
+  keeps the block out of reuse until those streams have passed that point, so values can be
+  freed at their last use (the plan's ``last_use``) without host waits.
+* **Errors.** A failing node raises `NodeError` after stream 0 is made to wait for every side
+  stream: what was enqueued before still runs, but the caller's later work cannot race it.
 * **Capture.** ``capture=True`` records the whole multi-stream program into one
   ``torch.cuda.CUDAGraph`` per (plan, input shapes/dtypes, modes): warm-up runs on the capture
   stream first, side streams fork from and join into it through the same events, inputs are
   copied into static buffers and outputs cloned out after each replay. A new input signature
   captures again and warns (`CaptureWarning`). Calls with grad enabled run without the graph
   (a replayed graph records no autograd graph), and say so once.
+* **Choice.** `auto_choice` picks this executor for a graph whose parameters are on a GPU.
 
 The call tree::
 
@@ -48,25 +36,22 @@ The call tree::
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import threading
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-import networkx as nx
 import torch
 import torch.utils._pytree as pytree
 
-from ..graph import Graph
-from ..planner import Plan
-from ..planner import plan as make_plan
+from ..graph import Graph, state_tensors
+from ..plans import Plan
 from ..profile import TaskEvent
-from .base import SCHEDULES, Executor, Modes, _RunState, capture_modes
+from .base import Executor, IdCache, Modes, _RunState, capture_modes
+from .streams import INPUTS, StreamOp, StreamProgram, stream_program
 
 __all__ = [
     "CudaStreamExecutor",
@@ -82,8 +67,6 @@ __all__ = [
     "INLINE_BELOW",
 ]
 
-#: Event name of the fork point: recorded on stream 0 before the first task.
-INPUTS = "<inputs>"
 #: Plans made for this executor inline only tasks estimated below this (merge ops): a stream
 #: hand-off costs an event record and wait (a few µs of host time), not a thread hand-off.
 INLINE_BELOW = 2e-6
@@ -95,370 +78,6 @@ class CudaUnavailableError(RuntimeError):
 
 class CaptureWarning(UserWarning):
     """A CUDA graph was captured again (new input signature) or could not be used."""
-
-
-# -- the program: pure data ---------------------------------------------------------------------
-@dataclass(frozen=True)
-class StreamOp:
-    """One task as the host enqueues it.
-
-    Attributes
-    ----------
-    task : str
-    stream : int
-        0 is the caller's current stream; 1..N-1 the executor's side streams.
-    waits : tuple of str
-        Events this stream waits for first: task names (the event recorded after that task) or
-        `INPUTS` (the fork event).
-    record : bool
-        Record this task's event after it (someone waits for it).
-    record_stream : tuple of str
-        Values read here that were made on another stream: ``record_stream(this stream)``.
-    """
-
-    task: str
-    stream: int
-    waits: tuple[str, ...] = ()
-    record: bool = False
-    record_stream: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class StreamProgram:
-    """What the host enqueues for one run of a plan: ops in order, the fork and the join.
-
-    Build one with `stream_program`; check it against its plan with `check`.
-    """
-
-    streams: int
-    schedule: str
-    ops: tuple[StreamOp, ...]
-    #: Record the `INPUTS` event on stream 0 first (some side stream waits for it).
-    fork: bool
-    #: Events stream 0 waits for after the last op.
-    join: tuple[str, ...]
-    #: Graph outputs made on a side stream: ``record_stream(stream 0)`` before returning them.
-    to_caller: tuple[str, ...]
-    stream_of: Mapping[str, int] = field(repr=False, compare=False)
-
-    @property
-    def lanes(self) -> tuple[tuple[str, ...], ...]:
-        """The tasks of each stream, in stream order."""
-        lanes: list[list[str]] = [[] for _ in range(self.streams)]
-        for op in self.ops:
-            lanes[op.stream].append(op.task)
-        return tuple(tuple(lane) for lane in lanes)
-
-    @property
-    def n_waits(self) -> int:
-        return sum(len(op.waits) for op in self.ops) + len(self.join)
-
-    def __str__(self) -> str:
-        used = sum(bool(lane) for lane in self.lanes)
-        rows = [
-            f"StreamProgram ({self.schedule}): {len(self.ops)} tasks on {used} of {self.streams} "
-            f"streams, {self.n_waits} waits for {sum(op.record for op in self.ops) + self.fork} "
-            "recorded events",
-        ]
-        if self.fork:
-            rows.append("   -  s0  record <inputs>")
-        for i, op in enumerate(self.ops):
-            parts = [f"{i:>4}  s{op.stream}  {op.task}"]
-            if op.waits:
-                parts.append("wait " + ", ".join(op.waits))
-            if op.record_stream:
-                parts.append("record_stream " + ", ".join(op.record_stream))
-            if op.record:
-                parts.append("record")
-            rows.append(" | ".join(parts))
-        if self.join:
-            rows.append("join: s0 waits for " + ", ".join(self.join))
-        if self.to_caller:
-            rows.append("record_stream(s0) for outputs " + ", ".join(self.to_caller))
-        return "\n".join(rows)
-
-    def check(self, plan: Plan) -> None:
-        """Simulate stream order and events; raise unless the program runs ``plan`` safely.
-
-        Checked, independently of how the program was built: every task runs once; the host
-        enqueues each task after its dependencies and each event record before its waits;
-        every dependency happens before its task (through stream order and event waits); side
-        streams start after the fork; the join orders every task before stream 0's later work;
-        with ``schedule="levels"`` every task of a level happens before every task of the next;
-        every value read on another stream than its own is marked with ``record_stream`` at or
-        before its first reader there, and side-stream outputs are marked for stream 0.
-
-        Raises
-        ------
-        ValueError
-            Listing what is wrong, naming the tasks.
-        """
-        problems = _problems(self, plan)
-        if problems:
-            raise ValueError(
-                f"stream program for '{plan.graph.name}' is unsafe:\n  " + "\n  ".join(problems)
-            )
-
-
-def stream_program(plan: Plan, streams: int = 4, schedule: str = "dataflow") -> StreamProgram:
-    """Assign a plan's tasks to CUDA streams and wire them with events (no GPU needed).
-
-    Parameters
-    ----------
-    plan : Plan
-    streams : int
-        Streams to use, the caller's current stream included (1: everything on it).
-    schedule : {"dataflow", "levels"}
-        ``"levels"`` adds a barrier between levels (as event waits).
-
-    Returns
-    -------
-    StreamProgram
-
-    Raises
-    ------
-    ValueError
-        If ``streams < 1`` or ``schedule`` is unknown.
-
-    Examples
-    --------
-    >>> import torch.nn as nn, graphexec as gx
-    >>> from graphexec.executors.cuda import stream_program
-    >>> g = gx.Graph("diamond")
-    >>> x = g.input("x")
-    >>> a = g.node("a", nn.Linear(512, 512), x)
-    >>> b = g.node("b", nn.Linear(256, 512), g.node("half", lambda t: t[:, :256], x))
-    >>> g.output(g.node("sum", gx.add(), a, b))
-    >>> p = stream_program(gx.plan(g), streams=2)
-    >>> p.lanes  # the critical path keeps the caller's stream
-    (('a', 'sum'), ('half+b',))
-    >>> print(p)
-    StreamProgram (dataflow): 3 tasks on 2 of 2 streams, 2 waits for 2 recorded events
-       -  s0  record <inputs>
-       0  s0  a
-       1  s1  half+b | wait <inputs> | record_stream x | record
-       2  s0  sum | wait half+b | record_stream b
-    >>> p.check(gx.plan(g))
-    """
-    if streams < 1:
-        raise ValueError(f"streams must be >= 1, got {streams}")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
-    barrier = _barriers(plan) if schedule == "levels" else {}
-    order, stream_of = _assign(plan, streams, barrier)
-    return _wire(plan, streams, schedule, order, stream_of, barrier)
-
-
-def _barriers(plan: Plan) -> dict[str, tuple[str, ...]]:
-    """``levels``: each task also depends on every task of the level before its own."""
-    return {t: prev for prev, level in itertools.pairwise(plan.levels) for t in level}
-
-
-def _assign(
-    plan: Plan, streams: int, barrier: Mapping[str, tuple[str, ...]]
-) -> tuple[list[str], dict[str, int]]:
-    """List-schedule the tasks on estimated times: host order and a stream for each task."""
-    tasks = plan.tasks
-    index = {t: i for i, t in enumerate(tasks)}
-    critical = set(plan.critical_path)
-    spread = streams > 1 and plan.max_width > 1
-    needs = {t: set(task.deps) | set(barrier.get(t, ())) for t, task in tasks.items()}
-    dependents: dict[str, list[str]] = {t: [] for t in tasks}
-    for t in tasks:
-        for d in needs[t]:
-            dependents[d].append(t)
-    waiting = {t: len(needs[t]) for t in tasks}
-    ready_at = dict.fromkeys(tasks, 0.0)
-    heap = [(0.0, index[t], t) for t in tasks if not waiting[t]]
-    free = [0.0] * streams
-    finish: dict[str, float] = {}
-    stream_of: dict[str, int] = {}
-    order: list[str] = []
-    while heap:  # earliest estimated ready time first; ties in program order
-        ready, _, t = heapq.heappop(heap)
-        task = tasks[t]
-        if not spread or t in critical:
-            s = 0
-        elif task.inline:  # follow the input expected last: no wait for it
-            s = stream_of[max(task.deps, key=finish.__getitem__)] if task.deps else 0
-        else:
-            near = {stream_of[d] for d in task.deps}
-            s = min(range(1, streams), key=lambda s: (max(ready, free[s]), s not in near, s))
-        finish[t] = max(ready, free[s]) + task.cost
-        free[s] = finish[t]
-        stream_of[t] = s
-        order.append(t)
-        for d in dependents[t]:
-            ready_at[d] = max(ready_at[d], finish[t])
-            waiting[d] -= 1
-            if not waiting[d]:
-                heapq.heappush(heap, (ready_at[d], index[d], d))
-    return order, stream_of
-
-
-def _wire(
-    plan: Plan,
-    streams: int,
-    schedule: str,
-    order: list[str],
-    stream_of: dict[str, int],
-    barrier: Mapping[str, tuple[str, ...]],
-) -> StreamProgram:
-    """Events for the cross-stream dependencies, dropping those already implied (vector clocks).
-
-    ``clock[s][m]``: the position on stream ``m`` of the latest op that stream ``s`` has
-    (so far) been ordered after; ``after[t]``: stream ``stream_of[t]``'s clock just after ``t``.
-    Stream 0's position 0 is the fork point.
-    """
-    where = {**stream_of, INPUTS: 0}
-    clock = [[-1] * streams for _ in range(streams)]
-    clock[0][0] = 0
-    length = [1] + [0] * (streams - 1)
-    pos = {INPUTS: 0}
-    after = {INPUTS: tuple(clock[0])}
-    recorded: set[str] = set()
-    marked: set[tuple[str, int]] = set()
-    made_on = {v: stream_of[plan.task_of[v]] if v in plan.task_of else 0 for v in plan.consumers}
-    rows = []
-    for t in order:
-        s, task = stream_of[t], plan.tasks[t]
-        needs = [*task.deps, *barrier.get(t, ()), *((INPUTS,) if s else ())]
-        waits = _waits(needs, s, clock[s], where, pos, after)
-        for w in waits:
-            clock[s] = [max(a, b) for a, b in zip(clock[s], after[w], strict=True)]
-        recorded.update(waits)
-        pos[t] = length[s]
-        length[s] += 1
-        clock[s][s] = pos[t]
-        after[t] = tuple(clock[s])
-        marks = [v for v in task.inputs if made_on[v] != s and (v, s) not in marked]
-        marked.update((v, s) for v in marks)
-        rows.append((t, s, waits, marks))
-    last = {stream_of[t]: t for t in order}
-    join = _waits([last[s] for s in range(1, streams) if s in last], 0, clock[0], where, pos, after)
-    recorded.update(join)
-    outputs = dict.fromkeys(r.node for r in plan.graph.output_refs())
-    return StreamProgram(
-        streams=streams,
-        schedule=schedule,
-        ops=tuple(StreamOp(t, s, tuple(w), t in recorded, tuple(m)) for t, s, w, m in rows),
-        fork=INPUTS in recorded,
-        join=tuple(join),
-        to_caller=tuple(v for v in outputs if v in plan.task_of and where[plan.task_of[v]]),
-        stream_of=MappingProxyType(dict(stream_of)),
-    )
-
-
-def _waits(
-    needs: Sequence[str],
-    s: int,
-    known: Sequence[int],
-    where: Mapping[str, int],
-    pos: Mapping[str, int],
-    after: Mapping[str, tuple[int, ...]],
-) -> list[str]:
-    """The events stream ``s`` must wait for so that every task in ``needs`` happens first."""
-    latest: dict[int, str] = {}  # per stream, the latest needed task not yet ordered before s
-    for d in needs:
-        m = where[d]
-        if m == s or known[m] >= pos[d]:
-            continue
-        if m not in latest or pos[d] > pos[latest[m]]:
-            latest[m] = d
-    found = list(latest.values())
-    keep = [c for c in found if not any(after[o][where[c]] >= pos[c] for o in found if o != c)]
-    return sorted(keep, key=lambda d: (where[d], pos[d]))
-
-
-def _problems(program: StreamProgram, plan: Plan) -> list[str]:
-    """Everything `StreamProgram.check` finds wrong (an independent happens-before simulation)."""
-    problems: list[str] = []
-    index: dict[str, int] = {}
-    for i, op in enumerate(program.ops):
-        if op.task in index:
-            problems.append(f"task {op.task!r} is enqueued twice")
-        if not 0 <= op.stream < program.streams:
-            problems.append(f"task {op.task!r} is on stream {op.stream} of {program.streams}")
-        index[op.task] = i
-    for t in sorted(set(plan.tasks) - set(index)):
-        problems.append(f"task {t!r} is never enqueued")
-    for t in sorted(set(index) - set(plan.tasks)):
-        problems.append(f"task {t!r} is not in the plan")
-    if problems:
-        return problems
-    start, end = ("<start>",), ("<end>",)
-    hb = nx.DiGraph()  # happens-before: stream order plus event edges
-    for s, lane in enumerate(program.lanes):
-        nx.add_path(hb, [start, *lane, end] if s == 0 else lane)
-
-    def event_edge(event: str, dst: Any, at: int, what: str) -> None:
-        if event == INPUTS:
-            if not program.fork:
-                problems.append(f"{what} waits for the fork event, which is never recorded")
-            hb.add_edge(start, dst)
-        elif event not in index:
-            problems.append(f"{what} waits for {event!r}, which is not a task")
-        elif not program.ops[index[event]].record:
-            problems.append(f"{what} waits for {event!r}'s event, which is never recorded")
-        elif index[event] >= at:
-            problems.append(f"{what} waits for {event!r}'s event before it is recorded")
-        else:
-            hb.add_edge(event, dst)
-
-    for i, op in enumerate(program.ops):
-        for w in op.waits:
-            event_edge(w, op.task, i, f"task {op.task!r}")
-    for w in program.join:
-        event_edge(w, end, len(program.ops), "the join")
-    if not nx.is_directed_acyclic_graph(hb):
-        return [*problems, "the streams wait for each other in a cycle"]
-    before = {t: nx.ancestors(hb, t) for t in index}
-    joined = nx.ancestors(hb, end)
-    s_of = {op.task: op.stream for op in program.ops}
-    for t, task in plan.tasks.items():
-        for d in task.deps:
-            if index[d] > index[t]:
-                problems.append(f"task {t!r} is enqueued before its dependency {d!r}")
-            elif d not in before[t]:
-                problems.append(
-                    f"task {t!r} (stream {s_of[t]}) may start before its dependency {d!r} "
-                    f"(stream {s_of[d]}) ends"
-                )
-        if s_of[t] and start not in before[t]:
-            problems.append(f"task {t!r} (stream {s_of[t]}) may start before the fork")
-        if t not in joined:
-            problems.append(f"task {t!r} (stream {s_of[t]}) is not joined into stream 0")
-    if program.schedule == "levels":
-        for prev, level in itertools.pairwise(plan.levels):
-            problems += [f"levels: task {t!r} may start before {p!r} of the level before ends"
-                         for t in level for p in prev if p not in before[t]]  # fmt: skip
-    problems += _unmarked(program, plan, index, s_of)
-    return problems
-
-
-def _unmarked(
-    program: StreamProgram, plan: Plan, index: Mapping[str, int], s_of: Mapping[str, int]
-) -> list[str]:
-    """Values read on another stream than their own without ``record_stream`` there first."""
-    made_on = {v: s_of[plan.task_of[v]] if v in plan.task_of else 0 for v in plan.consumers}
-    first_mark: dict[tuple[str, int], int] = {}
-    for i, op in enumerate(program.ops):
-        for v in op.record_stream:
-            first_mark.setdefault((v, op.stream), i)
-    problems = []
-    for t, task in plan.tasks.items():
-        for v in task.inputs:
-            s = s_of[t]
-            if made_on[v] != s and first_mark.get((v, s), len(program.ops)) > index[t]:
-                problems.append(
-                    f"value {v!r} (made on stream {made_on[v]}) is read by {t!r} on stream {s} "
-                    "without record_stream"
-                )
-    for r in plan.graph.output_refs():
-        v = r.node
-        if v in plan.task_of and s_of[plan.task_of[v]] and v not in program.to_caller:
-            problems.append(f"output {v!r} is made on a side stream without record_stream(s0)")
-    return problems
 
 
 # -- enqueueing ---------------------------------------------------------------------------------
@@ -582,10 +201,9 @@ def auto_choice(graph: Graph) -> tuple[str, dict[str, Any]]:
     ('threads', {})
     """
     for node in graph:
-        if isinstance(node.fn, torch.nn.Module):
-            first = next(itertools.chain(node.fn.parameters(), node.fn.buffers()), None)
-            if first is not None:
-                return ("cuda", {"device": str(first.device)}) if first.is_cuda else ("threads", {})
+        first = next(state_tensors(node.fn), None)
+        if first is not None:
+            return ("cuda", {"device": str(first.device)}) if first.is_cuda else ("threads", {})
     return "threads", {}
 
 
@@ -661,26 +279,13 @@ class CudaStreamExecutor(Executor):
         self._lock = threading.Lock()  # one host thread enqueues at a time: streams are shared
         self._side: list[Any] | None = None
         self._capture_stream: Any = None
-        self._programs: dict[int, tuple[Plan, StreamProgram]] = {}
+        self._programs = IdCache(lambda plan: stream_program(plan, self.streams, self.schedule))
         self._graphs: dict[tuple, _Captured] = {}
         self._said_grad = False
 
     def program(self, plan: Plan) -> StreamProgram:
         """The stream program this executor runs for ``plan`` (made once per plan)."""
-        cached = self._programs.get(id(plan))
-        if cached is None or cached[0] is not plan:
-            cached = (plan, stream_program(plan, self.streams, self.schedule))
-            self._programs[id(plan)] = cached
-        return cached[1]
-
-    def _as_plan(self, plan: Plan | Graph) -> Plan:
-        if isinstance(plan, Plan):
-            return plan
-        cached = self._plans.get(id(plan))
-        if cached is None or cached[0] is not plan:
-            cached = (plan, make_plan(plan, **self.plan_defaults))
-            self._plans[id(plan)] = cached
-        return cached[1]
+        return self._programs(plan)
 
     def _execute(self, plan: Plan, env: dict[str, Any], events: list[TaskEvent] | None) -> None:
         program = self.program(plan)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..planner import Plan
+from ..plans import Plan
 from ..profile import TaskEvent
 from .base import Executor, _RunState
 

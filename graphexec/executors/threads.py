@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from ..planner import Plan
+from ..plans import Plan
 from ..profile import TaskEvent
 from .base import LocalExecutor
 from .sequential import SequentialExecutor

@@ -1,0 +1,152 @@
+r"""What the planner makes: a `Plan` of `Task`\ s, plain frozen data that prints as a table.
+
+A plan holds names only (plus the graph it runs); executors look callables up in
+``plan.graph``. `graphexec.planner.arrange` builds plans from a graph and its costs;
+`graphexec.plan` (in `graphexec.tune`) also measures costs and records its measured decisions
+(``serial_reason``, ``fusion``, ``compiled``) here, so ``print(plan)`` says why.
+Pictures of a plan are drawn by `graphexec.viz` (``plan.draw()`` is wired there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .graph import Graph
+from .units import format_seconds
+
+__all__ = ["Plan", "Task"]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of dispatch: graph nodes run in order, in one call, on one lane.
+
+    Attributes
+    ----------
+    name : str
+        The task key (node names; what traces, pictures and Dask task keys show).
+    nodes : tuple of str
+        Node names, in the order they run.
+    level : int
+        Depth in the task DAG (0: depends on graph inputs only).
+    cost : float
+        Seconds, measured or estimated (see `Plan.measured`).
+    inline : bool
+        Too cheap to dispatch: run on the scheduling thread.
+    deps : tuple of str
+        Tasks that must finish first (data or ordering).
+    inputs : tuple of str
+        Values (node or graph-input names) read from outside the task.
+    outputs : tuple of str
+        Values produced here that other tasks or the graph outputs read.
+    release : tuple of tuple of str
+        For each node, the values made inside the task that nothing reads after it: the task
+        drops them there, so a long fused chain holds one activation at a time, as eager does.
+    """
+
+    name: str
+    nodes: tuple[str, ...]
+    level: int
+    cost: float
+    inline: bool
+    deps: tuple[str, ...]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    release: tuple[tuple[str, ...], ...] = ()
+    #: Cost of the longest path from this task's start to the plan's end: executors start
+    #: ready tasks highest first (critical path first, then longest first).
+    bottom: float = 0.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A graph's schedule: tasks by level, costs, bounds and the freeing table.
+
+    Build one with `graphexec.plan`; print it to read it; executors run it.
+    """
+
+    graph: Graph
+    tasks: Mapping[str, Task]
+    levels: tuple[tuple[str, ...], ...]
+    node_costs: Mapping[str, float]
+    measured: bool
+    work: float
+    span: float
+    critical_path: tuple[str, ...]
+    consumers: Mapping[str, tuple[str, ...]]
+    last_use: Mapping[str, str]
+    hazard_edges: tuple[tuple[str, str], ...]
+    dead: tuple[str, ...]
+    inline_below: float
+    task_of: Mapping[str, str] = field(repr=False)
+    #: Why the plan runs inline although levels have several tasks (measured: overlap loses).
+    serial_reason: str | None = None
+    #: Task name -> compiled callable (``backend=`` of `plan`); None runs every task eagerly.
+    compiled: Mapping[str, Callable[[Mapping[str, Any]], dict[str, Any]]] | None = field(
+        default=None, repr=False
+    )
+    #: Horizontal fusion: one line per group of identical modules found, fused or not and why.
+    fusion: tuple[str, ...] = ()
+
+    @property
+    def amdahl(self) -> float:
+        """work / span: the speedup bound of any schedule with unlimited lanes."""
+        return self.work / self.span if self.span > 0 else 1.0
+
+    @property
+    def max_width(self) -> int:
+        """The most tasks worth dispatching at one level."""
+        return max((sum(not self.tasks[t].inline for t in lv) for lv in self.levels), default=0)
+
+    @property
+    def parallel(self) -> bool:
+        """False when no two dispatchable tasks can ever run at once, or when measurements
+        say overlapping them loses to running them one by one with every core: run inline."""
+        return self.max_width > 1 and self.serial_reason is None
+
+    def __repr__(self) -> str:
+        return (
+            f"Plan({self.graph.name!r}: {sum(len(t.nodes) for t in self.tasks.values())} nodes "
+            f"in {len(self.tasks)} tasks, {len(self.levels)} levels, amdahl {self.amdahl:.2f}x)"
+        )
+
+    def __str__(self) -> str:
+        how = "measured" if self.measured else "estimated from parameters"
+        n_nodes = sum(len(t.nodes) for t in self.tasks.values())
+        rows = [
+            f"Plan '{self.graph.name}': {n_nodes} nodes in {len(self.tasks)} tasks, "
+            f"{len(self.levels)} levels (costs {how})",
+            f"{'level':>5}  {'cost':>9}  tasks (cost; * critical path, ~ inline)",
+        ]
+        critical = set(self.critical_path)
+        for i, level in enumerate(self.levels):
+            cells = []
+            for name in level:
+                t = self.tasks[name]
+                mark = ("*" if name in critical else "") + ("~" if t.inline else "")
+                fused = f" [{len(t.nodes)} nodes]" if len(t.nodes) > 1 else ""
+                cells.append(f"{mark}{name}{fused} ({format_seconds(t.cost)})")
+            level_cost = sum(self.tasks[n].cost for n in level)
+            rows.append(f"{i:>5}  {format_seconds(level_cost):>9}  " + ", ".join(cells))
+        rows.append(
+            f"work {format_seconds(self.work)}, span {format_seconds(self.span)}, "
+            f"amdahl bound {self.amdahl:.2f}x, widest level {self.max_width} dispatched tasks"
+            + (
+                ""
+                if self.parallel or self.serial_reason
+                else " -> runs inline (nothing to overlap)"
+            )
+        )
+        if self.serial_reason:
+            rows.append(f"runs inline: {self.serial_reason}")
+        rows.extend(f"horizontal fusion: {line}" for line in self.fusion)
+        rows.append("critical path: " + " -> ".join(self.critical_path))
+        if self.hazard_edges:
+            rows.append(
+                "in-place ordering: " + ", ".join(f"{a} before {b}" for a, b in self.hazard_edges)
+            )
+        if self.dead:
+            rows.append("not run (no output depends on them): " + ", ".join(self.dead))
+        return "\n".join(rows)

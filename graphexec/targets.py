@@ -1,0 +1,306 @@
+"""What the command line runs and what it compares a run with: targets, inputs, eager PyTorch.
+
+What it decides
+---------------
+* **Targets.** ``TARGET`` is ``path/to/file.py:attr`` or ``package.module:attr``. ``attr`` is a
+  `Graph`, an ``nn.Module`` (instance or class with no required arguments; traced with
+  `graphexec.fx_import`), or a function with no required arguments returning either. A file is
+  imported under its own module name with its folder put first on ``sys.path`` and on
+  ``PYTHONPATH`` (before any Dask cluster starts, so embedded worker processes can import it
+  too).
+* **Inputs.** ``--input-shape 8,3,32,32`` (once per graph input) makes random ``float32``
+  inputs, seeded, on the device of the graph's parameters; otherwise the target module's
+  ``example_inputs`` attribute is used: a tensor, a tuple of graph inputs, or a function with
+  no arguments returning one of those.
+* **Eager reference.** When ``attr`` is an ``nn.Module``, commands also run it eagerly: outputs
+  must agree (`check_outputs`) and times are reported relative to it (`ratio_table`). Every
+  clock read waits for the GPU first (`sync`): GPU work is asynchronous. `time_against`
+  alternates the run with the reference, so both see the same machine state.
+* **Errors.** Every user mistake here is a `CLIError`: the command line prints it in one line.
+
+Used by `graphexec.cli` (the commands) and `graphexec.demo` (the walk-through).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .executors.cuda import auto_choice
+from .fx_import import trace as fx_trace
+from .graph import Graph
+from .profile import Timeline
+
+__all__ = [
+    "CLIError",
+    "Target",
+    "load_target",
+    "parse_shape",
+    "target_inputs",
+    "check_outputs",
+    "time_median",
+    "time_against",
+    "sync",
+    "ratio_table",
+    "save_trace",
+]
+
+
+class CLIError(Exception):
+    """A user mistake the CLI reports in one line (exit status 1)."""
+
+
+@dataclass
+class Target:
+    """What a TARGET names: the graph, the eager module (if any) and its example inputs."""
+
+    graph: Graph
+    module: nn.Module | None
+    example_inputs: tuple[Any, ...] | None
+    spec: str
+
+
+# -- targets ------------------------------------------------------------------------------------
+def load_target(spec: str) -> Target:
+    """Load ``path/to/file.py:attr`` or ``package.module:attr`` as a graph.
+
+    Parameters
+    ----------
+    spec : str
+        The target. ``attr`` may be dotted (``module:Model.small``).
+
+    Returns
+    -------
+    Target
+        The graph, the ``nn.Module`` it was traced from (or None) and the module's
+        ``example_inputs`` (or None).
+
+    Raises
+    ------
+    CLIError
+        If the file or module cannot be found or imported, the attribute is missing, or it is
+        not a Graph, an nn.Module or a function returning one.
+
+    Examples
+    --------
+    >>> t = load_target("graphexec.demo:demo_graph")
+    >>> t.graph.name, t.module is None
+    ('demo', True)
+    """
+    where, sep, attr = spec.rpartition(":")
+    if not sep or not where or not attr:
+        raise CLIError(f"TARGET must be path/to/file.py:attr or package.module:attr, got {spec!r}")
+    module = _import(where)
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            names = sorted(n for n in vars(module) if not n.startswith("_"))[:12]
+            raise CLIError(
+                f"{where} has no attribute {attr!r} (it has: {', '.join(names) or 'nothing'})"
+            )
+        obj = getattr(obj, part)
+    graph, eager = _as_graph(obj, spec)
+    return Target(graph, eager, _example_inputs(module, spec), spec)
+
+
+def _import(where: str) -> Any:
+    if where.endswith(".py") or "/" in where or os.sep in where:
+        path = Path(where)
+        if not path.is_file():
+            raise CLIError(f"no such file: {where}")
+        folder = str(path.resolve().parent)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)  # spawned Dask workers inherit sys.path
+            os.environ["PYTHONPATH"] = os.pathsep.join(
+                p for p in (folder, os.environ.get("PYTHONPATH")) if p
+            )
+        name = path.stem
+    else:
+        name = where
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name and name.startswith(exc.name):
+            raise CLIError(f"no module named {name!r}") from exc
+        raise CLIError(f"cannot import {where}: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        raise CLIError(f"cannot import {where}: {type(exc).__name__}: {exc}") from exc
+
+
+def _as_graph(obj: Any, spec: str) -> tuple[Graph, nn.Module | None]:
+    if isinstance(obj, type) and issubclass(obj, nn.Module):
+        obj = _call(obj, spec)
+    if isinstance(obj, Graph):
+        return obj, None
+    if isinstance(obj, nn.Module):
+        module = obj.eval()
+        try:
+            return fx_trace(module), module
+        except Exception as exc:
+            raise CLIError(f"cannot trace {spec}: {type(exc).__name__}: {exc}") from exc
+    if callable(obj):
+        result = _call(obj, spec)
+        if isinstance(result, (Graph, nn.Module)):
+            return _as_graph(result, spec)
+        raise CLIError(f"{spec}() returned a {type(result).__name__}, not a Graph or nn.Module")
+    raise CLIError(
+        f"{spec} is a {type(obj).__name__}, not a Graph, nn.Module or function returning one"
+    )
+
+
+def _call(fn: Callable[[], Any], spec: str) -> Any:
+    try:
+        return fn()
+    except TypeError as exc:
+        raise CLIError(f"cannot call {spec} without arguments: {exc}") from exc
+
+
+def _example_inputs(module: Any, spec: str) -> tuple[Any, ...] | None:
+    value = getattr(module, "example_inputs", None)
+    if value is None:
+        return None
+    if callable(value):
+        value = _call(value, f"{spec.rpartition(':')[0]}:example_inputs")
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+
+
+# -- inputs -------------------------------------------------------------------------------------
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``"8,3,32,32"`` -> ``(8, 3, 32, 32)``.
+
+    Raises
+    ------
+    CLIError
+        Unless ``text`` is comma-separated positive integers.
+
+    Examples
+    --------
+    >>> parse_shape("8, 3,32,32")
+    (8, 3, 32, 32)
+    """
+    try:
+        shape = tuple(int(p) for p in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or any(s <= 0 for s in shape):
+        raise CLIError(f"bad --input-shape {text!r}: expected positive integers like 8,3,32,32")
+    return shape
+
+
+def target_inputs(
+    target: Target, shapes: Sequence[str] | None, required: bool = True
+) -> tuple | None:
+    """Random inputs of the ``--input-shape`` ``shapes``, else the target's example inputs.
+
+    Raises
+    ------
+    CLIError
+        If the number of shapes is not the graph's number of inputs, a shape is malformed, or
+        there are no inputs at all and ``required`` is set.
+    """
+    names = target.graph.inputs
+    if shapes:
+        parsed = [parse_shape(s) for s in shapes]
+        if len(parsed) != len(names):
+            raise CLIError(
+                f"graph '{target.graph.name}' takes {len(names)} input(s) ({', '.join(names)}); "
+                f"got {len(parsed)} --input-shape"
+            )
+        gen = torch.Generator().manual_seed(0)
+        device = auto_choice(target.graph)[1].get("device", "cpu")
+        return tuple(torch.randn(s, generator=gen).to(device) for s in parsed)
+    if target.example_inputs is not None:
+        return target.example_inputs
+    if required:
+        raise CLIError(
+            f"no inputs for {target.spec}: give --input-shape (once per input: "
+            f"{', '.join(names)}) or define example_inputs next to it"
+        )
+    return None
+
+
+# -- against eager PyTorch ----------------------------------------------------------------------
+def check_outputs(got: Any, expected: Any) -> str:
+    """``"outputs match eager PyTorch"``, or a `CLIError` naming the first difference."""
+    try:
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    except AssertionError as exc:
+        raise CLIError(f"outputs differ from eager PyTorch: {str(exc).splitlines()[0]}") from exc
+    return "outputs match eager PyTorch"
+
+
+def time_median(
+    fn: Callable[[], Any], repeat: int, tick: Callable[[], None] | None = None
+) -> float:
+    """Median seconds of ``repeat`` calls after one warm-up call (GPU work included)."""
+    fn()
+    samples = []
+    for _ in range(repeat):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        samples.append(time.perf_counter() - t0)
+        if tick:
+            tick()
+    return statistics.median(samples)
+
+
+def time_against(
+    fn: Callable[[], Any], reference: Callable[[], Any], repeat: int, ref_samples: list[float]
+) -> float:
+    """Median seconds of ``fn``, timed alternately with ``reference`` (whose times are added
+    to ``ref_samples``), so that both see the same machine state: each run follows the other
+    as often as not (a run at all intra-op threads leaves OpenMP workers spinning)."""
+    fn()
+    samples = []
+    for i in range(repeat):
+        for which in (fn, reference) if i % 2 else (reference, fn):
+            sync()
+            t0 = time.perf_counter()
+            which()
+            sync()
+            (samples if which is fn else ref_samples).append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
+def sync() -> None:
+    """Wait for queued GPU work, if CUDA is in use: it is asynchronous, a clock would lie."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def ratio_table(rows: Sequence[tuple[str, float]], base: str) -> str:
+    """One row per ``(label, seconds)``: the time and how many times faster than ``base``.
+
+    >>> print(ratio_table([("eager", 0.002), ("threads", 0.001)], "eager"))
+                                 median  vs eager
+    ----------------------------------------------------
+    eager                       2.00 ms    1.00x
+    threads                     1.00 ms    2.00x
+    """
+    ref = dict(rows)[base]
+    lines = [f"{'':<24}{'median':>11}  vs {base}", "-" * (47 + len(base))]
+    for label, seconds in rows:
+        lines.append(f"{label:<24}{seconds * 1e3:>8.2f} ms  {ref / seconds:>6.2f}x")
+    return "\n".join(lines)
+
+
+def save_trace(trace: Timeline, out: Path, tag: str) -> list[Path]:
+    """Write a run's Gantt chart, Chrome trace and summary into ``out``; return the files."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / f"gantt_{tag}.png", out / f"trace_{tag}.json", out / f"summary_{tag}.txt"]
+    trace.gantt(files[0])
+    trace.to_chrome(files[1])
+    files[2].write_text(trace.summary() + "\n", encoding="utf-8")
+    return files

@@ -1,0 +1,18 @@
+"""How graphexec writes numbers for people: one formatter for plan text, summaries and pictures."""
+
+from __future__ import annotations
+
+__all__ = ["format_seconds"]
+
+
+def format_seconds(seconds: float) -> str:
+    """Seconds as a short human string: ``2.00 s``, ``1.50 ms``, ``12.0 µs``.
+
+    >>> format_seconds(0.0015), format_seconds(12e-6), format_seconds(2)
+    ('1.50 ms', '12.0 µs', '2.00 s')
+    """
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds * 1e6:.1f} µs"
