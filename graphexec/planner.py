@@ -286,28 +286,9 @@ def _assemble(
     inline_below: float,
     measured: bool,
 ) -> Plan:
-    names = [_task_name(g, costs) for g in groups]
+    names = [_task_name(g) for g in groups]
     task_of = {n: name for name, g in zip(names, groups, strict=True) for n in g}
-    nodes = graph.nodes
-    tpred: dict[str, list[str]] = {}  # task -> the tasks it waits for
-    readers: dict[str, list[str]] = {}  # value -> the other tasks that read it
-    task_inputs: dict[str, list[str]] = {}
-    for name, g in zip(names, groups, strict=True):  # one pass over every edge
-        waits: list[str] = []
-        for n in g:
-            for p in dag.pred[n]:
-                t = task_of[p]
-                if t != name and t not in waits:
-                    waits.append(t)
-        tpred[name] = waits
-        ins: dict[str, None] = {}
-        for n in g:
-            for ref in nodes[n].inputs:
-                v = ref.node
-                if v not in ins and task_of.get(v) != name:  # made elsewhere, or a graph input
-                    ins[v] = None
-                    readers.setdefault(v, []).append(name)
-        task_inputs[name] = sorted(ins, key=position.__getitem__) if len(ins) > 1 else list(ins)
+    tpred, readers, task_inputs = _task_edges(graph, dag, names, groups, task_of, position)
     first = {name: position[g[0]] for name, g in zip(names, groups, strict=True)}
     # Program order of tasks: topological, ties broken by where each task starts.
     order = lexicographic_order(names, tpred, first)
@@ -336,7 +317,6 @@ def _assemble(
             release=_releases(graph, g, outputs),
             bottom=bottom[name],
         )
-    # Program order of tasks: topological, ties broken by where each task starts.
     tasks = {t: tasks[t] for t in order}
     seq_index = {t: i for i, t in enumerate(tasks)}
     consumers = {v: tuple(sorted(r, key=seq_index.__getitem__)) for v, r in readers.items()}
@@ -360,6 +340,39 @@ def _assemble(
     )
 
 
+def _task_edges(
+    graph: Graph,
+    dag: _Dag,
+    names: list[str],
+    groups: list[list[str]],
+    task_of: Mapping[str, str],
+    position: Mapping[str, int],
+) -> tuple[dict[str, list[str]], dict[str, list[str]], dict[str, list[str]]]:
+    """In one pass over every edge: for each task the tasks it waits for, for each value the
+    tasks that read it from outside, and each task's inputs in program order."""
+    nodes = graph.nodes
+    tpred: dict[str, list[str]] = {}
+    readers: dict[str, list[str]] = {}
+    task_inputs: dict[str, list[str]] = {}
+    for name, g in zip(names, groups, strict=True):
+        waits: list[str] = []
+        for n in g:
+            for p in dag.pred[n]:
+                t = task_of[p]
+                if t != name and t not in waits:
+                    waits.append(t)
+        tpred[name] = waits
+        ins: dict[str, None] = {}
+        for n in g:
+            for ref in nodes[n].inputs:
+                v = ref.node
+                if v not in ins and task_of.get(v) != name:  # made elsewhere, or a graph input
+                    ins[v] = None
+                    readers.setdefault(v, []).append(name)
+        task_inputs[name] = sorted(ins, key=position.__getitem__) if len(ins) > 1 else list(ins)
+    return tpred, readers, task_inputs
+
+
 def _releases(graph: Graph, group: list[str], outputs: list[str]) -> tuple[tuple[str, ...], ...]:
     if len(group) == 1:  # the common case, fast: the value dies at once unless someone reads it
         return ((),) if outputs else (tuple(group),)
@@ -375,7 +388,7 @@ def _releases(graph: Graph, group: list[str], outputs: list[str]) -> tuple[tuple
     return tuple(tuple(d) for d in drop)
 
 
-def _task_name(group: list[str], costs: Mapping[str, float]) -> str:
+def _task_name(group: list[str]) -> str:
     if len(group) <= 2:
         return "+".join(group)
     return f"{group[0]}..{group[-1]}"
