@@ -34,6 +34,7 @@ from typing import Any, Generic, TypeVar
 import torch
 import torch.utils._pytree as pytree
 
+from ..codegen import Program, plan_program, task_program
 from ..errors import NodeError
 from ..graph import Graph, Node, Ref
 from ..interpret import bind_inputs, run_nodes
@@ -113,8 +114,9 @@ def run_task(
     lane : str, optional
         Lane name for the event; defaults to the current thread's name.
     compiled : callable, optional
-        The task compiled by a backend (``plan.compiled``): called with ``inputs`` instead of
-        the nodes, returning the same output values.
+        Called with ``inputs`` instead of the node loop, returning the same output values:
+        the task compiled by a backend (``plan.compiled``), or its straight-line
+        `graphexec.codegen.task_program`.
 
     Raises
     ------
@@ -126,6 +128,8 @@ def run_task(
         if compiled is not None:
             try:
                 values = compiled(inputs)
+            except NodeError:
+                raise  # a generated task program names its node itself
             except Exception as exc:
                 raise NodeError(task.nodes[0], exc, task.name) from exc
         else:
@@ -182,6 +186,12 @@ class IdCache(Generic[K, V]):
     def values(self) -> list[V]:
         return [v for _, v in self._items.values()]
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> IdCache[K, V]:
+        return IdCache(self._make)  # a copy's keys are new objects: derive anew
+
+    def __getstate__(self) -> dict[str, Any]:  # pickled empty, for the same reason
+        return {"_make": self._make, "_items": {}}
+
     def clear(self) -> None:
         self._items.clear()
 
@@ -201,6 +211,7 @@ class Executor:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
         self.schedule = schedule
         self._plans = IdCache(lambda graph: arrange(graph, **self.plan_defaults))
+        self._schedules: IdCache[Plan, Schedule] = IdCache(Schedule)
 
     def run(self, plan: Plan | Graph, *args: Any, profile: bool = False, **kwargs: Any) -> Any:
         """Run ``plan`` on the given graph inputs.
@@ -227,6 +238,12 @@ class Executor:
             If a node raised; other in-flight tasks are cancelled or awaited first.
         """
         p = self._as_plan(plan)
+        if not profile and self._inline(p):  # one generated function, one call per node
+            program = self._schedules(p).straight
+            if kwargs or len(args) != len(p.graph.inputs):
+                env = bind_inputs(p.graph, args, kwargs)
+                args = tuple(env[n] for n in p.graph.inputs)
+            return program(*args)
         env = bind_inputs(p.graph, args, kwargs)
         events: list[TaskEvent] | None = [] if profile else None
         start = time.time()
@@ -251,6 +268,11 @@ class Executor:
 
     def _as_plan(self, plan: Plan | Graph) -> Plan:
         return plan if isinstance(plan, Plan) else self._plans(plan)
+
+    def _inline(self, plan: Plan) -> bool:
+        """True when this executor would run ``plan`` task after task on the calling thread:
+        `run` then calls the plan's straight-line program instead of the task loop."""
+        return False
 
     def _execute(self, plan: Plan, env: dict[str, Any], events: list[TaskEvent] | None) -> None:
         raise NotImplementedError
@@ -280,7 +302,7 @@ class LocalExecutor(Executor):
         raise NotImplementedError
 
     def _execute(self, plan: Plan, env: dict[str, Any], events: list[TaskEvent] | None) -> None:
-        state = _RunState(plan, env, events, capture_modes())
+        state = _RunState(self._schedules(plan), env, events, capture_modes())
         if self.schedule == "levels":
             self._run_levels(state)
         else:
@@ -339,13 +361,13 @@ class LocalExecutor(Executor):
         return state.finish(name, state.run(name))
 
 
-class _RunState:
-    """Per-call state of the local loop. Mutated only by the calling thread."""
+class Schedule:
+    """What every run of one plan shares, made once per plan: the dependency counts, the
+    critical-path priorities, the freeing counts and the generated programs (task by task,
+    and `straight`: the whole plan as one function, for plans that run inline)."""
 
-    def __init__(
-        self, plan: Plan, env: dict[str, Any], events: list[TaskEvent] | None, modes: Modes
-    ):
-        self.plan, self.env, self.events, self.modes = plan, env, events, modes
+    def __init__(self, plan: Plan):
+        self.plan = plan
         self.nodes = plan.graph.nodes
         self.waiting = {t: len(task.deps) for t, task in plan.tasks.items()}
         self.order = {t: i for i, t in enumerate(plan.tasks)}
@@ -355,12 +377,47 @@ class _RunState:
         for t, task in plan.tasks.items():
             for d in task.deps:
                 self.dependents[d].append(t)
+        self._programs: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {}
+        self._straight: Program | None = None
+
+    @property
+    def straight(self) -> Program:
+        if self._straight is None:
+            order = [n for task in self.plan.tasks.values() for n in task.nodes]
+            self._straight = plan_program(self.plan.graph, order)
+        return self._straight
+
+    def program(self, name: str) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+        """The task's compiled callable (``plan.compiled``), else its generated program."""
+        fn = self._programs.get(name)
+        if fn is None:
+            compiled = self.plan.compiled.get(name) if self.plan.compiled else None
+            t = self.plan.tasks[name]
+            fn = compiled or task_program(self.nodes, t.nodes, t.inputs, t.outputs, t.release,
+                                          t.name)  # fmt: skip
+            self._programs[name] = fn
+        return fn
+
+
+class _RunState:
+    """Per-call state of the local loop. Mutated only by the calling thread."""
+
+    def __init__(
+        self, schedule: Schedule, env: dict[str, Any], events: list[TaskEvent] | None,
+        modes: Modes | None,
+    ):  # fmt: skip
+        self.schedule, self.plan, self.nodes = schedule, schedule.plan, schedule.nodes
+        self.env, self.events, self.modes = env, events, modes
+        self.waiting = schedule.waiting.copy()
+        self.refs = schedule.refs.copy()
+        self.order, self.bottom = schedule.order, schedule.bottom
+        self.dependents = schedule.dependents
 
     def run(
         self, name: str, inputs: dict[str, Any] | None = None, on_worker: bool = False
     ) -> dict[str, Any]:
         """Run one task (on a worker thread: under the caller's modes)."""
-        compiled = self.plan.compiled.get(name) if self.plan.compiled else None
+        compiled = self.schedule.program(name)
         return run_task(
             self.plan.tasks[name],
             self.nodes,

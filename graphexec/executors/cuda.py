@@ -19,11 +19,8 @@ what needs a device: streams, events, the allocator, CUDA graphs.
 * **Errors.** A failing node raises `NodeError` after stream 0 is made to wait for every side
   stream: what was enqueued before still runs, but the caller's later work cannot race it.
 * **Capture.** ``capture=True`` records the whole multi-stream program into one
-  ``torch.cuda.CUDAGraph`` per (plan, input shapes/dtypes, modes): warm-up runs on the capture
-  stream first, side streams fork from and join into it through the same events, inputs are
-  copied into static buffers and outputs cloned out after each replay. A new input signature
-  captures again and warns (`CaptureWarning`). Calls with grad enabled run without the graph
-  (a replayed graph records no autograd graph), and say so once.
+  ``torch.cuda.CUDAGraph`` per input signature and replays it; how it is keyed, checked,
+  warmed up and replayed is decided in `graphexec.executors.capture`.
 * **Choice.** `auto_choice` picks this executor for a graph whose parameters are on a GPU.
 
 The call tree::
@@ -31,7 +28,8 @@ The call tree::
     Executor.run -> CudaStreamExecutor._execute(plan, env, events)
       -> program(plan)              stream_program(plan, streams, schedule), cached per plan
       -> run_program(...)           enqueue: waits, record_stream, run_task, events; join
-      or _replay(...)               capture once per input signature, copy inputs in, replay
+      or _replay(...)               capture.captured_for (capture once per input signature),
+                                    then capture.replay (copy inputs in, replay, clone out)
 """
 
 from __future__ import annotations
@@ -40,7 +38,6 @@ import threading
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
@@ -50,7 +47,16 @@ import torch.utils._pytree as pytree
 from ..graph import Graph, state_tensors
 from ..plans import Plan
 from ..profile import TaskEvent
-from .base import Executor, IdCache, Modes, _RunState, capture_modes
+from .base import Executor, IdCache, Schedule, _RunState
+from .capture import (
+    CaptureWarning,
+    _Captured,
+    _check_capturable,  # noqa: F401  (importable from here, as the tests do)
+    capture,
+    capture_key,
+    captured_for,
+    replay,
+)
 from .streams import INPUTS, StreamOp, StreamProgram, stream_program
 
 __all__ = [
@@ -74,10 +80,6 @@ INLINE_BELOW = 2e-6
 
 class CudaUnavailableError(RuntimeError):
     """CUDA streams were asked for where torch sees no CUDA device."""
-
-
-class CaptureWarning(UserWarning):
-    """A CUDA graph was captured again (new input signature) or could not be used."""
 
 
 # -- enqueueing ---------------------------------------------------------------------------------
@@ -115,7 +117,7 @@ def run_program(
     clock = _Clock(cuda, caller) if events is not None else None
     if program.fork:
         marks[INPUTS] = _record(cuda, caller)
-    state = _RunState(plan, env, None, None)  # this thread runs every task: no mode re-entry
+    state = _RunState(Schedule(plan), env, None, None)  # this thread runs every task: no re-entry
     try:
         for op in program.ops:
             stream = streams[op.stream]
@@ -225,17 +227,6 @@ def _cuda_device(device: str | int | torch.device) -> torch.device:
 
 
 # -- the executor -------------------------------------------------------------------------------
-@dataclass
-class _Captured:
-    """One captured CUDA graph: its static input buffers and the static outputs it writes."""
-
-    plan: Plan  # kept alive so that id(plan) in the cache key stays unique
-    graph: Any  # torch.cuda.CUDAGraph
-    inputs: dict[str, torch.Tensor]
-    outputs: dict[str, Any]
-    done: Any  # torch.cuda.Event recorded after each replay
-
-
 class CudaStreamExecutor(Executor):
     """Run concurrent tasks on CUDA streams, ordered by events, optionally as one CUDA graph.
 
@@ -315,50 +306,23 @@ class CudaStreamExecutor(Executor):
             )
         return False
 
-    # -- capture and replay: mutates self._graphs; runs under self._lock --------------------------
+    # -- capture and replay (see .capture): mutates self._graphs; runs under self._lock -----------
     def _replay(self, plan: Plan, program: StreamProgram, env: dict[str, Any]) -> None:
-        key = capture_key(plan, env, capture_modes())
-        cap = self._graphs.get(key)
-        if cap is None:
-            if any(k[0] == key[0] for k in self._graphs):
-                warnings.warn(
-                    f"graph '{plan.graph.name}': new input signature {key[2]}; capturing "
-                    f"another CUDA graph ({len(self._graphs) + 1} kept)",
-                    CaptureWarning,
-                    stacklevel=4,
-                )
-            cap = self._graphs[key] = self._capture(plan, program, env)
-        caller = torch.cuda.current_stream(self.device)
-        caller.wait_event(cap.done)  # a replay enqueued on another stream may still read them
-        for name, buffer in cap.inputs.items():
-            buffer.copy_(env[name])
-        cap.graph.replay()
-        for name, value in cap.outputs.items():  # the next replay overwrites the static ones
-            env[name] = pytree.tree_map(
-                lambda t: t.clone() if isinstance(t, torch.Tensor) else t, value
-            )
-        cap.done.record(caller)
+        cap = captured_for(self._graphs, plan, env, lambda: self._capture(plan, program, env))
+        replay(cap, env, self.device)
 
     def _capture(self, plan: Plan, program: StreamProgram, env: dict[str, Any]) -> _Captured:
-        _check_capturable(plan, env, self.device)
-        static = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in env.items()}
         if self._capture_stream is None:
             self._capture_stream = torch.cuda.Stream(self.device)
-        stream = self._capture_stream
-        streams = self._streams(stream)
-        # Warm up on the streams the capture uses: lazy library handles, workspaces and
-        # autotuning must happen outside the capture.
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            for _ in range(self.warmup):
-                run_program(plan, program, dict(static), streams)
-        graph = torch.cuda.CUDAGraph()
-        run_env = dict(static)
-        with torch.cuda.graph(graph, stream=stream):  # synchronizes the device first
-            run_program(plan, program, run_env, streams)
-        outputs = {v: run_env[v] for v in _output_values(plan) if v in plan.task_of}
-        inputs = {k: v for k, v in static.items() if isinstance(v, torch.Tensor)}
-        return _Captured(plan, graph, inputs, outputs, torch.cuda.Event())
+        streams = self._streams(self._capture_stream)
+        return capture(
+            plan,
+            env,
+            self.device,
+            self._capture_stream,
+            self.warmup,
+            lambda run_env: run_program(plan, program, run_env, streams),
+        )
 
     def close(self) -> None:
         """Drop the CUDA graphs, streams and cached programs (idempotent)."""
@@ -377,74 +341,3 @@ class CudaStreamExecutor(Executor):
             f"CudaStreamExecutor(device='{self.device}', streams={self.streams}, "
             f"schedule={self.schedule!r}, capture={self.capture})"
         )
-
-
-def _output_values(plan: Plan) -> list[str]:
-    return list(dict.fromkeys(r.node for r in plan.graph.output_refs()))
-
-
-def capture_key(plan: Plan, env: Mapping[str, Any], modes: Modes) -> tuple:
-    """What a captured CUDA graph is specialised to: the plan, the modes, each input's
-    shape, dtype and device (tensors) or value (anything else, which must be hashable).
-
-    Raises
-    ------
-    TypeError
-        If a graph input is neither a tensor nor hashable.
-
-    Examples
-    --------
-    >>> import torch, graphexec as gx
-    >>> g = gx.Graph("g")
-    >>> g.output(g.node("neg", torch.neg, g.input("x")))
-    >>> p, modes = gx.plan(g), capture_modes()
-    >>> key = capture_key(p, {"x": torch.ones(2, 3)}, modes)
-    >>> key[2]
-    (('x', (2, 3), torch.float32, device(type='cpu')),)
-    >>> key == capture_key(p, {"x": torch.zeros(2, 3)}, modes)
-    True
-    """
-    sig = []
-    for name in plan.graph.inputs:
-        v = env[name]
-        if isinstance(v, torch.Tensor):
-            sig.append((name, tuple(v.shape), v.dtype, v.device))
-            continue
-        try:
-            hash(v)
-        except TypeError as exc:
-            raise TypeError(
-                f"capture=True: graph input '{name}' is a {type(v).__name__}; a CUDA graph bakes "
-                "non-tensor inputs in, so they must be hashable (or use capture=False)"
-            ) from exc
-        sig.append((name, v))
-    return (id(plan), modes, tuple(sig))
-
-
-def _check_capturable(plan: Plan, env: Mapping[str, Any], device: torch.device) -> None:
-    for name in plan.graph.inputs:
-        v = env[name]
-        if isinstance(v, torch.Tensor) and v.device != device:
-            raise ValueError(
-                f"capture=True: graph input '{name}' is on {v.device}, not {device}; a CUDA graph "
-                "only replays GPU work (move the input, or use capture=False)"
-            )
-    inputs = set(plan.graph.inputs)
-    for node in plan.graph:
-        for i in node.mutates:
-            root = _input_root(plan.graph, node.inputs[i].node, inputs)
-            if root is not None:
-                raise ValueError(
-                    f"capture=True: node '{node.name}' writes graph input '{root}' in place; a "
-                    "CUDA graph would write its static copy instead (use capture=False)"
-                )
-
-
-def _input_root(graph: Graph, name: str, inputs: set[str]) -> str | None:
-    """The graph input a value is, or aliases through in-place results; None if none."""
-    while name not in inputs:
-        node = graph.nodes[name]
-        if not node.mutates:
-            return None
-        name = node.inputs[node.mutates[0]].node
-    return name

@@ -30,8 +30,11 @@ class SequentialExecutor(Executor):
 
     name = "sequential"
 
+    def _inline(self, plan: Plan) -> bool:
+        return plan.compiled is None
+
     def _execute(self, plan: Plan, env: dict[str, Any], events: list[TaskEvent] | None) -> None:
-        state = _RunState(plan, env, events, modes=None)
+        state = _RunState(self._schedules(plan), env, events, modes=None)
         if self.schedule == "levels":
             order = [t for level in plan.levels for t in level]
         else:

@@ -382,10 +382,8 @@ def _enqueue_problems(program: StreamProgram, plan: Plan) -> tuple[list[str], di
         if not 0 <= op.stream < program.streams:
             problems.append(f"task {op.task!r} is on stream {op.stream} of {program.streams}")
         index[op.task] = i
-    for t in sorted(set(plan.tasks) - set(index)):
-        problems.append(f"task {t!r} is never enqueued")
-    for t in sorted(set(index) - set(plan.tasks)):
-        problems.append(f"task {t!r} is not in the plan")
+    problems += [f"task {t!r} is never enqueued" for t in sorted(set(plan.tasks) - set(index))]
+    problems += [f"task {t!r} is not in the plan" for t in sorted(set(index) - set(plan.tasks))]
     return problems, index
 
 
@@ -430,15 +428,14 @@ def _unmarked(
             first_mark.setdefault((v, op.stream), i)
     problems = []
     for t, task in plan.tasks.items():
+        s = s_of[t]
         for v in task.inputs:
-            s = s_of[t]
             if made_on[v] != s and first_mark.get((v, s), len(program.ops)) > index[t]:
                 problems.append(
                     f"value {v!r} (made on stream {made_on[v]}) is read by {t!r} on stream {s} "
                     "without record_stream"
                 )
-    for r in plan.graph.output_refs():
-        v = r.node
+    for v in dict.fromkeys(r.node for r in plan.graph.output_refs()):
         if v in plan.task_of and s_of[plan.task_of[v]] and v not in program.to_caller:
             problems.append(f"output {v!r} is made on a side stream without record_stream(s0)")
     return problems

@@ -88,6 +88,9 @@ class ThreadExecutor(LocalExecutor):
                 pool = self._pool
         return pool.submit(fn)
 
+    def _inline(self, plan: Plan) -> bool:
+        return not plan.parallel and plan.compiled is None
+
     def _execute(self, plan: Plan, env: dict[str, Any], events: list[TaskEvent] | None) -> None:
         if not plan.parallel:  # nothing to overlap: a hand-off could only cost time
             SequentialExecutor._execute(self, plan, env, events)
