@@ -89,6 +89,9 @@ class Plan:
     )
     #: Horizontal fusion: one line per group of identical modules found, fused or not and why.
     fusion: tuple[str, ...] = ()
+    #: The measured end-to-end decisions (`graphexec.tune`), one line each: what was tried
+    #: against what, the measured ratio, and whether it was kept.
+    decisions: tuple[str, ...] = ()
 
     @property
     def amdahl(self) -> float:
@@ -142,6 +145,7 @@ class Plan:
         if self.serial_reason:
             rows.append(f"runs inline: {self.serial_reason}")
         rows.extend(f"horizontal fusion: {line}" for line in self.fusion)
+        rows.extend(f"decision: {line}" for line in self.decisions)
         rows.append("critical path: " + " -> ".join(self.critical_path))
         if self.hazard_edges:
             rows.append(

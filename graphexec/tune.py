@@ -4,22 +4,31 @@ The planner (`graphexec.planner.arrange`) is a pure pass from a graph and node c
 plan. Everything that needs the model run on real inputs happens here, in this order:
 
 1. **Measure** each node (`graphexec.interpret.time_nodes`: the median of ``repeats`` timed
-   sequential runs after a warm-up, under ``no_grad``), with the caller's intra-op threads and
-   with one (what a pool thread gets).
-2. **Horizontal fusion** (`graphexec.hfuse`): groups of small identical same-level modules
-   become one batched call, by the rule in `graphexec.hfuse.should_fuse`.
-3. **Arrange** (`graphexec.planner.arrange`) with the measured costs.
+   sequential runs after a warm-up, under ``no_grad``).
+2. **Arrange** (`graphexec.planner.arrange`) with the measured costs: chain fusion and
+   inlining never lose (they remove hand-offs, never parallelism). This plan, run inline,
+   is *the plan as it is*: the graph's nodes one after another on the calling thread, as
+   one generated function (`graphexec.codegen`), like the ``torch.fx`` module it may come from.
+3. **Horizontal fusion** (`graphexec.hfuse`): groups of small identical same-level modules
+   become one batched call, by the rule in `graphexec.hfuse.should_fuse`; the fused plan is
+   kept only if it beats the plain one side by side (`trial`). Measured on real models
+   (GoogLeNet, CLIP), fusing two small convolutions or q/k/v projections made them slower.
 4. **Overlap.** Torch already spreads one op over every core, and branch concurrency gives each
    concurrent task one core instead. `_concurrency_pays` estimates both schedules from the
-   per-node times; where the estimate says overlap pays, `_overlap_trial` runs the plan both
-   ways, interleaved, and keeps overlap only if it saves `OVERLAP_GAIN`. Per-node times
+   per-node times at one and at all intra-op threads; where the estimate says overlap pays,
+   `_overlap_trial` runs the plan both ways and keeps overlap only if it wins. Per-node times
    cannot see memory bandwidth or OpenMP workers that spin after each parallel region
    (libgomp's default) and take a core from the other lane: measured here, 8 wide branches
    estimated at 0.8x of inline ran 1.2x.
-5. **Compiled tasks** (``backend=``, `graphexec.backends.compile_plan`).
+5. **Compiled tasks** (``backend=``, `graphexec.backends.compile_plan`), kept only if they
+   beat the plan as it is.
 
-Each decision is written into the plan (``serial_reason``, ``fusion``, ``compiled``), so
-``print(plan)`` says what was measured and why it was kept or dropped.
+Every kept decision must make the plan faster than the one without it by `GAIN` (5%),
+measured side by side on the example inputs (`trial`: shuffled rounds, the median of the
+per-round ratios, so one outlier cannot decide), so the plan is never slower than running
+the graph as it is beyond noise. Each decision is written into the plan (``serial_reason``,
+``fusion``, ``decisions``), so ``print(plan)`` says what was measured and why it was kept
+or dropped.
 """
 
 from __future__ import annotations
@@ -27,9 +36,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import random
 import statistics
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -44,10 +54,12 @@ from .planner import INLINE_BELOW, arrange
 from .plans import Plan
 from .units import format_seconds
 
-__all__ = ["OVERLAP_GAIN", "plan"]
+__all__ = ["GAIN", "plan", "trial"]
 
-#: Overlap is chosen when it takes below this share of running the tasks one by one.
-OVERLAP_GAIN = 0.95
+#: A measured decision is kept when the plan it makes takes below this share of the plan
+#: without it (side by side, median of rounds): 5% beats hand-off costs and noise.
+GAIN = 0.95
+OVERLAP_GAIN = GAIN  # the name before every decision shared one margin
 
 
 def plan(
@@ -56,9 +68,10 @@ def plan(
     *,
     inline_below: float = INLINE_BELOW,
     fuse_chains: bool = True,
-    repeats: int = 3,
+    repeats: int = 5,
     hfuse: bool | str = "auto",
     backend: str = "eager",
+    check: bool = True,
 ) -> Plan:
     """Plan a graph: measure its nodes (with ``example_inputs``), arrange it, try what can lose.
 
@@ -86,7 +99,12 @@ def plan(
         fused and why.
     backend : {"eager", "inductor", "onnxruntime"}
         Compile each dispatched task (`graphexec.backends.compile_plan`; needs
-        ``example_inputs``). ``"onnxruntime"`` is inference-only.
+        ``example_inputs``). ``"onnxruntime"`` is inference-only. Kept only when the compiled
+        plan beats the plan run eagerly (with ``check``); ``plan.decisions`` says which.
+    check : bool
+        With ``example_inputs``: keep horizontal fusion, overlap and compiled tasks only when
+        they win a side-by-side trial against the plan without them (default). False: keep
+        what the per-node measurements and rules say, untried (faster planning).
 
     Returns
     -------
@@ -122,7 +140,9 @@ def plan(
     if example_inputs is not None:
         bind_inputs(graph, example_inputs, {})  # arity, before anything runs
     with _no_gc():
-        return _tune(graph, example_inputs, inline_below, fuse_chains, repeats, hfuse, backend)
+        return _tune(
+            graph, example_inputs, inline_below, fuse_chains, repeats, hfuse, backend, check
+        )
 
 
 @contextlib.contextmanager
@@ -146,25 +166,23 @@ def _tune(
     repeats: int,
     hfuse: bool | str,
     backend: str,
+    check: bool,
 ) -> Plan:
-    fusion: list[str] = []
-    if hfuse is True or (hfuse == "auto" and example_inputs is not None):
-        graph = _fuse_horizontally(graph, example_inputs, fusion)
     arranging = {"inline_below": inline_below, "fuse_chains": fuse_chains}
     if example_inputs is None:
+        fusion: list[str] = []
+        if hfuse is True:
+            graph = _fuse_horizontally(graph, None, None, fusion)
         return dataclasses.replace(arrange(graph, **arranging), fusion=tuple(fusion))
-    compute = compute_order(graph)
-    costs = _median(time_nodes(graph, compute, example_inputs, repeats))
-    p = dataclasses.replace(arrange(graph, costs, **arranging), fusion=tuple(fusion))
+    costs = _median(time_nodes(graph, compute_order(graph), example_inputs, repeats))
+    p = arrange(graph, costs, **arranging)
+    as_is = p
+    if hfuse is not False and has_candidates(graph):
+        p = _fusion_step(p, example_inputs, repeats, arranging, forced=hfuse is True or not check)
     if torch.get_num_threads() > 1 and p.max_width > 1:
-        # what a pool thread (one intra-op thread) would take
-        costs_1 = _median(time_nodes(graph, compute, example_inputs, repeats, threads=1))
-        reason = _concurrency_pays(p, costs_1)
-        if reason is None:  # the estimate says overlap pays: check it on the real thing
-            reason = _overlap_trial(p, example_inputs, max(1, repeats))
-        p = dataclasses.replace(p, serial_reason=reason)
+        p = _overlap_step(p, example_inputs, repeats, check)
     if backend != "eager":  # compiled last: its thread budget follows the overlap decision
-        p = dataclasses.replace(p, compiled=compile_plan(p, backend, example_inputs))
+        p = _compile_step(p, as_is, backend, example_inputs, check)
     return p
 
 
@@ -172,16 +190,123 @@ def _median(samples: Mapping[str, list[float]]) -> dict[str, float]:
     return {n: statistics.median(s) for n, s in samples.items()}
 
 
+#: Trials run every candidate once per round, in a shuffled order, for at least
+#: `TRIAL_ROUNDS` rounds and then while `TRIAL_BUDGET` seconds last (at most `TRIAL_MAX`).
+TRIAL_ROUNDS, TRIAL_MAX, TRIAL_BUDGET = 7, 41, 1.0
+
+
+def trial(runs: Mapping[str, Callable[[], Any]]) -> tuple[dict[str, float], float]:
+    """Time candidates side by side: each one's median ratio to the first, and the first's
+    median seconds.
+
+    Every round runs each candidate once, in an order shuffled by a fixed seed (so no
+    candidate always follows another's spinning OpenMP workers); a round's ratios compare
+    runs made moments apart, and the median over rounds ignores outlier rounds (a scheduler
+    hiccup, a page fault) where one slow sample would decide a mean or a single run.
+    """
+    names = list(runs)
+    rng = random.Random(0)
+    rounds: list[dict[str, float]] = []
+    with torch.no_grad():
+        for fn in runs.values():  # warm-up: pools, allocators, lazy inits
+            fn()
+        start = time.perf_counter()
+        while len(rounds) < TRIAL_ROUNDS or (
+            len(rounds) < TRIAL_MAX and time.perf_counter() - start < TRIAL_BUDGET
+        ):
+            rng.shuffle(names)
+            times = {}
+            for n in names:
+                t0 = time.perf_counter()
+                runs[n]()
+                times[n] = time.perf_counter() - t0
+            rounds.append(times)
+    base = next(iter(runs))
+    ratios = {n: statistics.median(r[n] / r[base] for r in rounds) for n in runs}
+    return ratios, statistics.median(r[base] for r in rounds)
+
+
+def _inline_run(p: Plan, example_inputs: Sequence[Any]) -> Callable[[], Any]:
+    ex = SequentialExecutor()
+    return lambda: ex.run(p, *example_inputs)
+
+
+def _fusion_step(
+    p: Plan, example_inputs: Sequence[Any], repeats: int, arranging: Mapping[str, Any],
+    forced: bool,
+) -> Plan:  # fmt: skip
+    """Horizontal fusion, kept only when the fused plan runs faster than the plain one."""
+    notes: list[str] = []
+    fused_graph = _fuse_horizontally(p.graph, example_inputs, p.node_costs, notes)
+    if fused_graph is p.graph:
+        return dataclasses.replace(p, fusion=tuple(notes))
+    costs = _median(time_nodes(fused_graph, compute_order(fused_graph), example_inputs, repeats))
+    fused = arrange(fused_graph, costs, warn_dead=False, **arranging)
+    if forced:
+        return dataclasses.replace(fused, fusion=tuple(notes))
+    ratios, _ = trial({"plain": _inline_run(p, example_inputs),
+                       "fused": _inline_run(fused, example_inputs)})  # fmt: skip
+    ratio = ratios["fused"]
+    if ratio < GAIN:
+        line = f"kept: the fused plan ran {ratio:.2f}x of the unfused one (measured)"
+        return dataclasses.replace(fused, fusion=(*notes, line))
+    notes = [n.replace("fused ", "not fused ", 1) if n.startswith("fused ") else n for n in notes]
+    line = (f"dropped: the fused plan ran {ratio:.2f}x of the unfused one (measured); "
+            f"fusion must save {1 - GAIN:.0%}")  # fmt: skip
+    return dataclasses.replace(p, fusion=(*notes, line))
+
+
+def _overlap_step(p: Plan, example_inputs: Sequence[Any], repeats: int, check: bool) -> Plan:
+    """Overlap branches on threads only where the estimate and then a trial say it pays."""
+    costs_1 = _median(
+        time_nodes(p.graph, compute_order(p.graph), example_inputs, repeats, threads=1)
+    )  # what a pool thread (one intra-op thread) takes
+    reason = _concurrency_pays(p, costs_1)
+    if reason is None and check:  # the estimate says overlap pays: try it for real
+        reason = _overlap_trial(p, example_inputs)
+    return dataclasses.replace(p, serial_reason=reason)
+
+
+def _compile_step(
+    p: Plan, as_is: Plan, backend: str, example_inputs: Sequence[Any], check: bool
+) -> Plan:
+    """Compiled tasks, kept only when they beat the plan as it is (run inline, eagerly)."""
+    compiled = compile_plan(p, backend, example_inputs)
+    said = f"{backend}: {len(compiled.tasks)} tasks compiled"
+    if compiled.fallbacks:
+        said += ", eager fallback for " + ", ".join(
+            f"{t} ({why})" for t, why in compiled.fallbacks.items()
+        )
+    if not compiled.tasks:
+        return dataclasses.replace(p, decisions=(*p.decisions, said + "; nothing to run compiled"))
+    candidate = dataclasses.replace(p, compiled=compiled)
+    if not check:
+        return dataclasses.replace(candidate, decisions=(*p.decisions, said + "; not tried"))
+    runner = ThreadExecutor() if candidate.parallel else SequentialExecutor()
+    with runner:
+        ratios, _ = trial({"as is": _inline_run(as_is, example_inputs),
+                           "compiled": lambda: runner.run(candidate, *example_inputs)})  # fmt: skip
+    ratio = ratios["compiled"]
+    if ratio < GAIN:
+        return dataclasses.replace(
+            candidate, decisions=(*p.decisions, f"{said}; kept: ran {ratio:.2f}x of eager tasks")
+        )
+    line = (f"{said}; dropped: ran {ratio:.2f}x of the plan run eagerly as it is "
+            f"(measured), must save {1 - GAIN:.0%}")  # fmt: skip
+    return dataclasses.replace(p, decisions=(*p.decisions, line))
+
+
 def _fuse_horizontally(
-    graph: Graph, example_inputs: Sequence[Any] | None, notes: list[str]
+    graph: Graph,
+    example_inputs: Sequence[Any] | None,
+    costs: Mapping[str, float] | None,
+    notes: list[str],
 ) -> Graph:
     """The graph with small identical same-level modules fused (`graphexec.hfuse`)."""
-    if not has_candidates(graph):  # the common case: nothing to measure or rewrite
+    if not has_candidates(graph):  # the common case: nothing to rewrite
         return graph
-    costs = None
-    if example_inputs is not None:
-        costs = _median(time_nodes(graph, compute_order(graph), example_inputs, repeats=1))
-    return horizontal_fuse(graph, example_inputs, costs=costs, notes=notes)
+    return horizontal_fuse(graph, example_inputs, costs=dict(costs) if costs else None,
+                           notes=notes)  # fmt: skip
 
 
 def _concurrency_pays(p: Plan, costs_1: Mapping[str, float]) -> str | None:
@@ -206,32 +331,24 @@ def _concurrency_pays(p: Plan, costs_1: Mapping[str, float]) -> str | None:
         for c in sorted(away, reverse=True):  # longest processing time first
             load[load.index(min(load))] += c
         overlap += max(load) + sum(here)
-    if overlap < OVERLAP_GAIN * serial:
+    if overlap < GAIN * serial:
         return None
     return (
         f"overlapping branches on {lanes} one-thread lanes would take ~{format_seconds(overlap)}, "
         f"one by one with {lanes} intra-op threads ~{format_seconds(serial)} (measured); "
-        f"overlap must save {1 - OVERLAP_GAIN:.0%} to beat hand-off costs and noise"
+        f"overlap must save {1 - GAIN:.0%} to beat hand-off costs and noise"
     )
 
 
-def _overlap_trial(p: Plan, example_inputs: Sequence[Any], repeats: int) -> str | None:
-    """Run the plan overlapped on threads and inline, interleaved; None if overlap wins."""
-    samples: dict[str, list[float]] = {"overlap": [], "inline": []}
-    with torch.no_grad(), ThreadExecutor() as threads:
-        runners = {"overlap": threads, "inline": SequentialExecutor()}
-        for rep in range(2 * repeats + 1):
-            for name, ex in runners.items():
-                t0 = time.perf_counter()
-                ex.run(p, *example_inputs)
-                if rep:  # the first round warms the pool and the allocator
-                    samples[name].append(time.perf_counter() - t0)
-    overlap = statistics.median(samples["overlap"])
-    inline = statistics.median(samples["inline"])
-    if overlap < OVERLAP_GAIN * inline:
+def _overlap_trial(p: Plan, example_inputs: Sequence[Any]) -> str | None:
+    """Run the plan overlapped on threads and inline, side by side; None if overlap wins."""
+    with ThreadExecutor() as threads:
+        ratios, inline = trial({"inline": _inline_run(p, example_inputs),
+                                "overlap": lambda: threads.run(p, *example_inputs)})  # fmt: skip
+    if ratios["overlap"] < GAIN:
         return None
     return (
-        f"overlapping branches ran in {format_seconds(overlap)}, one by one with "
-        f"{torch.get_num_threads()} intra-op threads in {format_seconds(inline)} (measured on "
-        f"the example inputs); overlap must save {1 - OVERLAP_GAIN:.0%} to be chosen"
+        f"overlapping branches ran {ratios['overlap']:.2f}x of one by one with "
+        f"{torch.get_num_threads()} intra-op threads ({format_seconds(inline)}; measured on "
+        f"the example inputs); overlap must save {1 - GAIN:.0%} to be chosen"
     )

@@ -221,7 +221,7 @@ def test_plan_with_onnxruntime_tasks_runs_on_plain_executors(kind):
     pytest.importorskip("onnxruntime")
     g = two_towers(depth=2, width=64)
     x = torch.randn(8, 64)
-    p = gx.plan(g, example_inputs=(x,), backend="onnxruntime", inline_below=0)
+    p = gx.plan(g, example_inputs=(x,), backend="onnxruntime", inline_below=0, check=False)
     assert p.compiled is not None and len(p.compiled) > 0
     with torch.inference_mode(), gx.make_executor(kind) as ex:
         torch.testing.assert_close(
