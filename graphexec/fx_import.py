@@ -12,7 +12,8 @@ What it decides
   they all sit in one (``cat`` of inception branches runs inside the next conv's node); else
   it is a node of its own (cheap: the planner runs it inline). Each partition becomes one graph
   node whose callable is a small ``fx.GraphModule`` sharing the original module objects, so
-  parameters are the model's own.
+  parameters are the model's own. Nodes that no output needs and that write nothing (the
+  tracer makes ``getattr`` nodes for shapes no one reads) are dropped quietly first.
 * **In-place hazards.** Alias roots are tracked through in-place ops (``add_``, ``relu_``,
   ``masked_fill_``, ``copy_``, ``x[i] = v``, modules and functions with ``inplace=True``) and
   views (``view``, ``transpose``, ``__getitem__``, ...). For every in-place node, each other
@@ -98,7 +99,9 @@ def trace(
     """
     gm = module if isinstance(module, fx.GraphModule) else _trace(module, leaves, concrete_args)
     graph_name = name or type(module).__name__
-    nodes = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output", "get_attr")]
+    live = _live(gm)
+    nodes = [n for n in gm.graph.nodes
+             if n.op not in ("placeholder", "output", "get_attr") and n in live]  # fmt: skip
     index = {n: i for i, n in enumerate(gm.graph.nodes)}
     hazards = _hazards(gm, index)
     part = _partition(nodes, folded=True)
@@ -149,6 +152,22 @@ def _mutated_arg(gm: fx.GraphModule, n: fx.Node) -> fx.Node | None:
     else:
         inplace = False
     return first if inplace else None
+
+
+def _live(gm: fx.GraphModule) -> set[fx.Node]:
+    """The nodes the output needs, and every node that writes in place or has another side
+    effect (fx's ``is_impure``), with what they read. The rest were made by the tracer for
+    nothing (``getattr`` of a shape no one reads, say): dropped quietly, where a node a user
+    declared and left unread would get a `DeadNodeWarning`."""
+    keep = [n for n in gm.graph.nodes
+            if n.op == "output" or _mutated_arg(gm, n) is not None or n.is_impure()]  # fmt: skip
+    live = set(keep)
+    while keep:
+        for a in keep.pop().all_input_nodes:
+            if a not in live:
+                live.add(a)
+                keep.append(a)
+    return live
 
 
 def _is_view(n: fx.Node) -> bool:
@@ -300,7 +319,14 @@ def _partition_module(
     for n in group:
         env[n] = sub.node_copy(n, arg)
     sub.output(env[outputs[0]] if len(outputs) == 1 else tuple(env[o] for o in outputs))
-    return fx.GraphModule(gm, sub, class_name="Partition")
+    return _Partition(gm, sub, class_name="Partition")
+
+
+class _Partition(fx.GraphModule):
+    """A piece of the traced graph as one node. graphexec made it and hooks nothing on it,
+    so generated programs call its ``forward`` directly (`graphexec.codegen.direct_call`)."""
+
+    graphexec_direct = True
 
 
 def _mutated_positions(
