@@ -110,7 +110,9 @@ def trace(
         part = _partition(nodes, folded=False)
         order = _partition_order(nodes, part, hazards, index)
         assert order is not None, "one node per partition follows program order"
-    return _build(gm, graph_name, nodes, part, order, hazards)
+    g = _build(gm, graph_name, nodes, part, order, hazards)
+    g.source = module  # what `graphexec.plan` measures its plans against
+    return g
 
 
 class _Tracer(fx.Tracer):

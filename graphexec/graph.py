@@ -146,6 +146,9 @@ class Graph:
         self._nx: nx.DiGraph | None = None  # built on first use of .nx
         self._order: list[str] | None = None  # program order, once computed
         self._deps: Mapping[str, tuple[str, ...]] | None = None
+        #: The module this graph was traced from (`graphexec.trace`), called with the graph's
+        #: inputs: `graphexec.plan` tries it as "the module as it is" against its plans.
+        self.source: Callable[..., Any] | None = None
 
     # -- building ---------------------------------------------------------------------------
     def input(self, name: str) -> Ref:

@@ -92,6 +92,9 @@ class Plan:
     #: The measured end-to-end decisions (`graphexec.tune`), one line each: what was tried
     #: against what, the measured ratio, and whether it was kept.
     decisions: tuple[str, ...] = ()
+    #: Set when no plan beat the module the graph was traced from (``graph.source``): local
+    #: executors then call it, as it is, instead of running the tasks.
+    as_is: Callable[..., Any] | None = field(default=None, repr=False)
 
     @property
     def amdahl(self) -> float:

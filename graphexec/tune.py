@@ -179,10 +179,12 @@ def _tune(
     as_is = p
     if hfuse is not False and has_candidates(graph):
         p = _fusion_step(p, example_inputs, repeats, arranging, forced=hfuse is True or not check)
-    if torch.get_num_threads() > 1 and p.max_width > 1:
+    if p.max_width > 1:
         p = _overlap_step(p, example_inputs, repeats, check)
     if backend != "eager":  # compiled last: its thread budget follows the overlap decision
         p = _compile_step(p, as_is, backend, example_inputs, check)
+    if check and graph.source is not None:
+        p = _source_step(p, graph.source, example_inputs)
     return p
 
 
@@ -258,9 +260,10 @@ def _fusion_step(
 
 def _overlap_step(p: Plan, example_inputs: Sequence[Any], repeats: int, check: bool) -> Plan:
     """Overlap branches on threads only where the estimate and then a trial say it pays."""
-    costs_1 = _median(
-        time_nodes(p.graph, compute_order(p.graph), example_inputs, repeats, threads=1)
-    )  # what a pool thread (one intra-op thread) takes
+    costs_1 = p.node_costs  # what a pool thread (one intra-op thread) takes
+    if torch.get_num_threads() > 1:
+        compute = compute_order(p.graph)
+        costs_1 = _median(time_nodes(p.graph, compute, example_inputs, repeats, threads=1))
     reason = _concurrency_pays(p, costs_1)
     if reason is None and check:  # the estimate says overlap pays: try it for real
         reason = _overlap_trial(p, example_inputs)
@@ -296,6 +299,46 @@ def _compile_step(
     return dataclasses.replace(p, decisions=(*p.decisions, line))
 
 
+#: The traced module is run as it is when the best plan takes longer than this share of it.
+SOURCE_MARGIN = 1.03
+
+
+def _source_step(p: Plan, source: Callable[..., Any], example_inputs: Sequence[Any]) -> Plan:
+    """The best plan against the module the graph was traced from, side by side: the module
+    as it is wins unless the plan is at least as fast (within `SOURCE_MARGIN`)."""
+    runner = ThreadExecutor() if p.parallel or p.compiled else SequentialExecutor()
+    with runner, torch.no_grad():
+        try:
+            same = _same(source(*example_inputs), runner.run(p, *example_inputs))
+        except Exception:  # noqa: BLE001 - a source that cannot take the graph's inputs
+            same = False
+        if not same:
+            return p
+        ratios, plan_s = trial({"plan": lambda: runner.run(p, *example_inputs),
+                                "module": lambda: source(*example_inputs)})  # fmt: skip
+    ratio = 1 / ratios["module"]
+    if ratio <= SOURCE_MARGIN:
+        line = f"the plan ran {ratio:.2f}x of the traced module as it is (measured): kept"
+        return dataclasses.replace(p, decisions=(*p.decisions, line))
+    line = (f"runs the traced module as it is: the best plan ran {ratio:.2f}x of it "
+            f"({format_seconds(plan_s)}; measured)")  # fmt: skip
+    return dataclasses.replace(p, as_is=source, serial_reason=p.serial_reason or line,
+                               compiled=None, decisions=(*p.decisions, line))  # fmt: skip
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal output structures of allclose tensors (the source and the plan must agree)."""
+    la, ta = torch.utils._pytree.tree_flatten(a)
+    lb, tb = torch.utils._pytree.tree_flatten(b)
+    if len(la) != len(lb):
+        return False
+    return all(
+        torch.allclose(x, y, rtol=1e-4, atol=1e-5) if isinstance(x, torch.Tensor) and
+        isinstance(y, torch.Tensor) and x.shape == y.shape else type(x) is type(y)
+        for x, y in zip(la, lb, strict=True)
+    )  # fmt: skip
+
+
 def _fuse_horizontally(
     graph: Graph,
     example_inputs: Sequence[Any] | None,
@@ -317,7 +360,7 @@ def _concurrency_pays(p: Plan, costs_1: Mapping[str, float]) -> str | None:
     core at one thread each (a lone task keeps all threads, as the executors run it on the
     calling thread).
     """
-    lanes = torch.get_num_threads()
+    lanes = max(2, torch.get_num_threads())  # a ThreadExecutor's pool threads by default
     serial = overlap = 0.0
     for level in p.levels:
         here = [p.tasks[t].cost for t in level if p.tasks[t].inline]
@@ -335,7 +378,8 @@ def _concurrency_pays(p: Plan, costs_1: Mapping[str, float]) -> str | None:
         return None
     return (
         f"overlapping branches on {lanes} one-thread lanes would take ~{format_seconds(overlap)}, "
-        f"one by one with {lanes} intra-op threads ~{format_seconds(serial)} (measured); "
+        f"one by one with {torch.get_num_threads()} intra-op threads ~{format_seconds(serial)} "
+        "(measured); "
         f"overlap must save {1 - GAIN:.0%} to beat hand-off costs and noise"
     )
 

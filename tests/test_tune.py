@@ -151,3 +151,19 @@ def test_trace_drops_tracer_dead_nodes_quietly_and_keeps_in_place_writes():
     x = torch.randn(3, 4)
     with torch.no_grad():
         assert_same(gx.SequentialExecutor().run(p, x), m(x))
+
+
+@pytest.mark.parametrize("margin", [0.0, 100.0])  # the module always wins / never wins
+def test_traced_module_as_it_is_is_tried_and_equals_eager(monkeypatch, margin):
+    monkeypatch.setattr(tune, "SOURCE_MARGIN", margin)
+    m = _Model()
+    g = gx.trace(m)
+    assert g.source is m
+    x = torch.randn(3, 4)
+    p = gx.plan(g, example_inputs=(x,))
+    assert (p.as_is is m) == (margin == 0.0)
+    assert ("runs the traced module as it is" in str(p)) == (margin == 0.0)
+    with torch.no_grad(), gx.ThreadExecutor() as threads:
+        for ex in (gx.SequentialExecutor(), threads):
+            assert_same(ex.run(p, x), m(x))
+            assert_same(ex.run(p, x, profile=True)[0], m(x))  # profiled: the tasks run

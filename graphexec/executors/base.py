@@ -239,7 +239,7 @@ class Executor:
         """
         p = self._as_plan(plan)
         if not profile and self._inline(p):  # one generated function, one call per node
-            program = self._schedules(p).straight
+            program = p.as_is or self._schedules(p).straight
             if kwargs or len(args) != len(p.graph.inputs):
                 env = bind_inputs(p.graph, args, kwargs)
                 args = tuple(env[n] for n in p.graph.inputs)
