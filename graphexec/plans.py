@@ -145,6 +145,14 @@ class Plan:
                 else " -> runs inline (nothing to overlap)"
             )
         )
+        joined = sum(len(t.nodes) > 1 for t in self.tasks.values())
+        inline = sum(t.inline for t in self.tasks.values())
+        if joined or inline:
+            rows.append(
+                f"chain fusion and folding: {joined} tasks of several nodes (chains, and cheap "
+                f"nodes folded into their reader: no parallelism lost); {inline} tasks under "
+                f"{format_seconds(self.inline_below)} run on the calling thread"
+            )
         if self.serial_reason:
             rows.append(f"runs inline: {self.serial_reason}")
         rows.extend(f"horizontal fusion: {line}" for line in self.fusion)
