@@ -24,6 +24,7 @@ from .errors import (
     DeadNodeWarning,
     DuplicateNameError,
     GraphError,
+    InPlaceWarning,
     NodeError,
     UnknownNodeError,
     UnreachableOutputError,
@@ -67,7 +68,7 @@ __all__ = [
     # gx.sum and gx.tuple are left out: `from graphexec import *` must not shadow the builtins
     "MergeOp", "stack", "cat", "add", "mean", "identity", "getitem",
     "GraphError", "DuplicateNameError", "UnknownNodeError", "CycleError",
-    "UnreachableOutputError", "ArityError", "NodeError", "DeadNodeWarning",
+    "UnreachableOutputError", "ArityError", "NodeError", "DeadNodeWarning", "InPlaceWarning",
 ]  # fmt: skip
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "ArityError",
     "NodeError",
     "DeadNodeWarning",
+    "InPlaceWarning",
 ]
 
 
@@ -86,3 +87,8 @@ def _rebuild_node_error(node: str, task: str | None, message: str) -> NodeError:
 
 class DeadNodeWarning(UserWarning):
     """A node that no graph output depends on: it is planned but never run."""
+
+
+class InPlaceWarning(UserWarning):
+    """A node's module writes its input in place (``inplace=True``) but the node declares no
+    ``mutates=``: other readers of that tensor are not ordered around the write."""

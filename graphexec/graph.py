@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -41,11 +42,12 @@ from .errors import (
     CycleError,
     DuplicateNameError,
     GraphError,
+    InPlaceWarning,
     UnknownNodeError,
     UnreachableOutputError,
 )
 
-__all__ = ["Graph", "Node", "Ref"]
+__all__ = ["Graph", "Node", "Packed", "Ref", "expect_graph", "state_tensors"]
 
 _graph_ids = itertools.count(1)
 
@@ -161,12 +163,16 @@ class Graph:
         self,
         name: str,
         fn: Callable[..., Any],
-        *inputs: Ref | str,
+        *inputs: Ref | str | list[Ref | str] | tuple[Ref | str, ...],
         kwargs: Mapping[str, Any] | None = None,
         mutates: Iterable[int] = (),
         after: Iterable[Ref | str] = (),
+        **fn_kwargs: Any,
     ) -> Ref:
         """Add a node computing ``fn(*inputs, **kwargs)`` and return a reference to its output.
+
+        It reads as the torch call it makes: ``g.node("fuse", torch.cat, [a, b, c], dim=1)``
+        is ``torch.cat([a, b, c], dim=1)``.
 
         Parameters
         ----------
@@ -174,15 +180,18 @@ class Graph:
             Unique in the graph.
         fn : callable
             An ``nn.Module``, a merge op such as ``gx.stack(dim=1)``, or any callable.
-        *inputs : Ref or str
-            Other nodes' outputs (``ref`` or ``ref[i]``) or their names.
+        *inputs : Ref or str, or a list or tuple of them
+            Other nodes' outputs (``ref`` or ``ref[i]``) or their names; a list (or tuple) of
+            them is passed to ``fn`` as one list (tuple) argument, as ``torch.cat`` wants.
         kwargs : mapping, optional
-            Constant keyword arguments passed on every call.
+            Constant keyword arguments passed on every call (``**fn_kwargs`` says the same).
         mutates : iterable of int, optional
             Positions of inputs that ``fn`` changes in place. The planner orders every other
             reader of those tensors by program order, and never drops this node.
         after : iterable of Ref or str, optional
             Nodes that must finish before this one starts, with no data passed.
+        **fn_kwargs
+            More constant keyword arguments of ``fn`` (``dim=1``).
 
         Raises
         ------
@@ -195,13 +204,24 @@ class Graph:
         """
         if not callable(fn):
             raise GraphError(f"node '{name}': fn must be callable, got {type(fn).__name__}", name)
+        clash = set(fn_kwargs) & set(kwargs or {})
+        if clash:
+            raise GraphError(f"node '{name}': {', '.join(sorted(clash))} given twice", name)
+        kwargs = {**(kwargs or {}), **fn_kwargs}
+        n_args = len(inputs)
+        if any(isinstance(r, list | tuple) for r in inputs):
+            if mutates:
+                raise GraphError(f"node '{name}': mutates= with list inputs is not supported", name)
+            fn, inputs = Packed.wrap(fn, inputs)
         refs = tuple(self._as_ref(name, r) for r in inputs)
         mut = tuple(sorted(set(mutates)))
         bad = [i for i in mut if not 0 <= i < len(refs)]
         if bad:
             raise GraphError(f"node '{name}': mutates={bad} but it has {len(refs)} inputs", name)
         order_deps = tuple(self._as_ref(name, r).node for r in after)
-        _check_arity(name, fn, len(refs), kwargs or {})
+        _check_arity(name, getattr(fn, "fn", fn) if isinstance(fn, Packed) else fn, n_args,
+                     kwargs)  # fmt: skip
+        _check_in_place(name, fn, mut)
         node = Node(name, fn, refs, dict(kwargs or {}), mut, order_deps, order=len(self._nodes))
         self._add(node)
         return Ref(name, None, self.id)
@@ -389,6 +409,64 @@ def _fn_name(fn: Callable[..., Any]) -> str:
     if hasattr(fn, "__name__"):
         return fn.__name__
     return type(fn).__name__ if not hasattr(fn, "describe") else fn.describe()
+
+
+def expect_graph(obj: Any, where: str) -> None:
+    """Raise a `TypeError` that says what to do when ``obj`` is not a `Graph`."""
+    if isinstance(obj, Graph):
+        return
+    hint = ""
+    if isinstance(obj, nn.Module):
+        hint = f": it is an nn.Module; make a graph of it first: {where}(gx.trace(module))"
+    raise TypeError(f"{where} expects a gx.Graph, got {type(obj).__name__}{hint}")
+
+
+class Packed:
+    """``fn`` called with some arguments grouped back into lists or tuples: what
+    ``g.node(name, torch.cat, [a, b], dim=1)`` runs (its inputs travel as plain references).
+
+    >>> import torch
+    >>> p, flat = Packed.wrap(torch.cat, (["a", "b"],))
+    >>> flat, p(torch.ones(1), torch.zeros(1)).tolist()
+    (('a', 'b'), [1.0, 0.0])
+    """
+
+    def __init__(self, fn: Callable[..., Any], layout: tuple[tuple[type, int] | None, ...]):
+        self.fn, self.layout = fn, layout
+        self.cheap = bool(getattr(fn, "cheap", False))
+
+    @classmethod
+    def wrap(cls, fn: Callable[..., Any], inputs: tuple[Any, ...]) -> tuple[Packed, tuple]:
+        layout = tuple((type(r), len(r)) if isinstance(r, list | tuple) else None for r in inputs)
+        flat = tuple(x for r in inputs for x in (r if isinstance(r, list | tuple) else (r,)))
+        return cls(fn, layout), flat
+
+    def __call__(self, *flat: Any, **kwargs: Any) -> Any:
+        args, i = [], 0
+        for group in self.layout:
+            if group is None:
+                args.append(flat[i])
+                i += 1
+            else:
+                kind, n = group
+                args.append(kind(flat[i : i + n]))
+                i += n
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"Packed({_fn_name(self.fn)})"
+
+
+def _check_in_place(name: str, fn: Any, mutates: tuple[int, ...]) -> None:
+    """Warn about a module that says it writes its input in place with no ``mutates=``."""
+    if not mutates and isinstance(fn, nn.Module) and getattr(fn, "inplace", False) is True:
+        warnings.warn(
+            f"node '{name}': {type(fn).__name__}(inplace=True) writes its input in place; "
+            f"declare mutates=[0] so other readers of that tensor are ordered around it "
+            f"(gx.trace does this itself)",
+            InPlaceWarning,
+            stacklevel=3,
+        )
 
 
 def _check_arity(name: str, fn: Callable[..., Any], n: int, kwargs: Mapping[str, Any]) -> None:

@@ -22,9 +22,9 @@ from typing import Any
 import torch
 
 from .errors import ArityError, NodeError
-from .graph import Graph, Node
+from .graph import Graph, Node, Ref
 
-__all__ = ["bind_inputs", "program_values", "run_nodes", "time_nodes"]
+__all__ = ["bind_inputs", "check_input", "program_values", "run_nodes", "time_nodes"]
 
 
 def run_nodes(
@@ -35,6 +35,7 @@ def run_nodes(
     task: str | None = None,
     samples: Mapping[str, list[float]] | None = None,
     protect: bool = False,
+    strict: bool = False,
 ) -> dict[str, Any]:
     """Run ``names`` in order, reading and filling ``values``; return ``values``.
 
@@ -54,6 +55,9 @@ def run_nodes(
     protect : bool
         Clone the tensors a node writes in place first, so repeated timed runs leave the
         example inputs as they were.
+    strict : bool
+        Blame a ``None`` that a node reads on the node that returned it (a forgotten
+        ``return``), not on the reader.
 
     Raises
     ------
@@ -63,6 +67,8 @@ def run_nodes(
     timed = samples is not None
     for i, name in enumerate(names):
         node = nodes[name]
+        if strict:
+            _check_none(nodes, node, values)
         args = [values[r.node] if r.index is None else values[r.node][r.index]
                 for r in node.inputs]  # fmt: skip
         if protect and node.mutates:
@@ -82,6 +88,29 @@ def run_nodes(
     return values
 
 
+def _check_none(nodes: Mapping[str, Node], reader: Node | None, values: Mapping[str, Any],
+                refs: Sequence[Ref] = ()) -> None:  # fmt: skip
+    for r in reader.inputs if reader is not None else refs:
+        if values[r.node] is None and not nodes[r.node].is_input:
+            who = f"node '{reader.name}' reads" if reader is not None else "is a graph output"
+            raise NodeError(r.node, ValueError(
+                f"returned None, which {who} (a forgotten return?)"))  # fmt: skip
+
+
+def check_input(graph: Graph, name: str, value: Any) -> None:
+    """Raise `TypeError` for run inputs that are surely wrong, naming the input."""
+    if isinstance(value, Ref):
+        raise TypeError(
+            f"graph '{graph.name}': input '{name}' is a graph reference ({value!r}); "
+            f"pass the value (a tensor) to run on"
+        )
+    if type(value).__name__ == "ndarray":
+        raise TypeError(
+            f"graph '{graph.name}': input '{name}' is a numpy array; pass a tensor "
+            f"(torch.from_numpy(array))"
+        )
+
+
 def bind_inputs(graph: Graph, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """Map positional and keyword arguments to graph inputs, or raise `ArityError`."""
     names = graph.inputs
@@ -99,6 +128,8 @@ def bind_inputs(graph: Graph, args: Sequence[Any], kwargs: Mapping[str, Any]) ->
         if k in env:
             raise ArityError(f"graph '{graph.name}': input '{k}' given twice", k)
         env[k] = v
+    for k, v in env.items():
+        check_input(graph, k, v)
     missing = [n for n in names if n not in env]
     if missing:
         raise ArityError(
@@ -148,7 +179,9 @@ def time_nodes(
             for rep in range(repeats + 1):  # the first run warms caches and allocators
                 env = bind_inputs(graph, example_inputs, {})
                 run_nodes(graph.nodes, names, env, samples=samples if rep else discard,
-                          protect=True)  # fmt: skip
+                          protect=True, strict=not rep)  # fmt: skip
+                if not rep:
+                    _check_none(graph.nodes, None, env, graph.output_refs())
     finally:
         torch.set_num_threads(before)
     return samples

@@ -14,6 +14,8 @@ torch.Size([2, 2, 3])
 torch.Size([2, 6])
 >>> gx.add()(a, a, a)[0, 0].item()
 3.0
+>>> gx.sum(dim=1)(a).tolist()
+[3.0, 3.0]
 >>> gx.mean(dim=1)(gx.stack(dim=1)(a, b))[0, 0].item()
 0.5
 """
@@ -71,9 +73,15 @@ class cat(MergeOp):  # noqa: N801
 
 
 class add(MergeOp):  # noqa: N801
-    """Elementwise sum of all inputs (residual joins, ensembles)."""
+    """Elementwise sum of all inputs (residual joins, ensembles); with one input and ``dim``,
+    ``x.sum(dim)`` (as `mean`)."""
+
+    def __init__(self, dim: int | None = None):
+        self.dim = dim
 
     def __call__(self, *xs: torch.Tensor) -> torch.Tensor:
+        if len(xs) == 1 and self.dim is not None:
+            return xs[0].sum(self.dim)
         return functools.reduce(operator.add, xs)
 
 

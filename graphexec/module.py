@@ -34,7 +34,7 @@ import torch.nn as nn
 
 from .executors import CudaStreamExecutor, Executor, make_executor
 from .executors.cuda import auto_choice
-from .graph import Graph
+from .graph import Graph, expect_graph
 from .interpret import bind_inputs
 from .plans import Plan
 from .tune import plan as make_plan
@@ -86,6 +86,7 @@ class GraphModule(nn.Module):
         measure: bool = True,
         **plan_kwargs: Any,
     ):
+        expect_graph(graph, "gx.GraphModule")
         super().__init__()
         self.graph = graph
         self.nodes = nn.ModuleDict(

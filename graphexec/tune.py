@@ -47,7 +47,7 @@ import torch
 from .backends import compile_plan
 from .executors.sequential import SequentialExecutor
 from .executors.threads import ThreadExecutor
-from .graph import Graph
+from .graph import Graph, expect_graph
 from .hfuse import has_candidates, horizontal_fuse
 from .interpret import bind_inputs, compute_order, time_nodes
 from .planner import INLINE_BELOW, arrange
@@ -132,6 +132,7 @@ def plan(
     >>> gx.plan(g, inline_below=1.0).levels  # everything cheap: one task, run inline
     (('a..sum',),)
     """
+    expect_graph(graph, "gx.plan")
     if hfuse not in (True, False, "auto"):
         raise ValueError(f"hfuse must be True, False or 'auto', got {hfuse!r}")
     if backend != "eager" and example_inputs is None:

@@ -36,8 +36,8 @@ import torch.utils._pytree as pytree
 
 from ..codegen import Program, plan_program, task_program
 from ..errors import NodeError
-from ..graph import Graph, Node, Ref
-from ..interpret import bind_inputs, run_nodes
+from ..graph import Graph, Node, Ref, expect_graph
+from ..interpret import bind_inputs, check_input, run_nodes
 from ..planner import arrange
 from ..plans import Plan, Task
 from ..profile import TaskEvent, Timeline
@@ -243,6 +243,9 @@ class Executor:
             if kwargs or len(args) != len(p.graph.inputs):
                 env = bind_inputs(p.graph, args, kwargs)
                 args = tuple(env[n] for n in p.graph.inputs)
+            else:
+                for name, value in zip(p.graph.inputs, args, strict=True):
+                    check_input(p.graph, name, value)
             return program(*args)
         env = bind_inputs(p.graph, args, kwargs)
         events: list[TaskEvent] | None = [] if profile else None
@@ -267,7 +270,10 @@ class Executor:
     plan_defaults: Mapping[str, Any] = MappingProxyType({})
 
     def _as_plan(self, plan: Plan | Graph) -> Plan:
-        return plan if isinstance(plan, Plan) else self._plans(plan)
+        if isinstance(plan, Plan):
+            return plan
+        expect_graph(plan, f"{type(self).__name__}.run")
+        return self._plans(plan)
 
     def _inline(self, plan: Plan) -> bool:
         """True when this executor would run ``plan`` task after task on the calling thread:

@@ -1,0 +1,81 @@
+"""A newcomer's mistakes get errors that name the input or node and say what to do."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import graphexec as gx
+
+
+def _pair() -> tuple[gx.Graph, gx.Ref]:
+    g = gx.Graph("pair")
+    x = g.input("x")
+    a = g.node("a", nn.Linear(4, 4), x)
+    g.output(g.node("s", gx.add(), a, g.node("b", nn.Linear(4, 4), x)))
+    return g, a
+
+
+@pytest.mark.parametrize("kind", ["sequential", "threads"])
+@pytest.mark.parametrize("bad", ["ref", "numpy"])
+def test_wrong_run_inputs_are_named_before_anything_runs(kind, bad):
+    g, a = _pair()
+    value = a if bad == "ref" else np.zeros((2, 4), dtype=np.float32)
+    with gx.make_executor(kind) as ex, pytest.raises(TypeError, match="input 'x' is a"):
+        ex.run(gx.plan(g), value)
+    with pytest.raises(TypeError, match="input 'x' is a"):
+        gx.SequentialExecutor().run(gx.plan(g), x=value)
+
+
+@pytest.mark.parametrize("call", [gx.GraphModule, gx.plan, gx.SequentialExecutor().run])
+def test_a_module_where_a_graph_belongs_says_trace_it(call):
+    with pytest.raises(TypeError, match=r"expects a gx.Graph.*gx.trace\(module\)"):
+        call(nn.Linear(2, 2))
+
+
+class _Forgot(nn.Module):
+    def forward(self, x):
+        x * 2  # noqa: B018 - the forgotten return
+
+
+@pytest.mark.parametrize("read", [True, False])
+def test_a_forgotten_return_is_blamed_on_the_node_that_returned_none(read):
+    g = gx.Graph("none")
+    x = g.input("x")
+    forgot = g.node("forgot", _Forgot(), x)
+    g.output(g.node("lin", nn.Linear(4, 4), forgot) if read else forgot)
+    with gx.GraphModule(g) as gm, pytest.raises(gx.NodeError, match="node 'forgot'.*returned None"):
+        gm(torch.randn(2, 4))
+
+
+def test_nodes_read_like_torch_calls():
+    """A list input and keyword arguments, as ``torch.cat([a, b], dim=1)`` is written."""
+    g = gx.Graph("cat")
+    x = g.input("x")
+    a, b = g.node("a", nn.Linear(4, 3), x), g.node("b", nn.Linear(4, 5), x)
+    fuse = g.node("fuse", torch.cat, [a, b], dim=1)
+    g.output(g.node("total", gx.sum(dim=1), fuse))
+    t = torch.randn(2, 4)
+    with torch.no_grad():
+        expected = torch.cat([g.nodes["a"].fn(t), g.nodes["b"].fn(t)], dim=1).sum(1)
+        for kind in ("sequential", "threads"):
+            with gx.make_executor(kind) as ex:
+                torch.testing.assert_close(ex.run(gx.plan(g, inline_below=0), t), expected)
+    with pytest.raises(gx.GraphError, match="dim given twice"):
+        g.node("again", torch.cat, [a, b], kwargs={"dim": 1}, dim=1)
+
+
+def test_an_in_place_module_without_mutates_warns():
+    g = gx.Graph("relu")
+    x = g.input("x")
+    with pytest.warns(gx.InPlaceWarning, match="node 'r'.*mutates=\\[0\\]"):
+        g.node("r", nn.ReLU(inplace=True), x)
+    g.node("ok", nn.ReLU(inplace=True), x, mutates=[0])  # declared: no warning
+
+
+def test_star_import_does_not_shadow_builtins():
+    scope: dict = {}
+    exec("from graphexec import *", scope)  # noqa: S102
+    assert "sum" not in scope and "tuple" not in scope and "Graph" in scope
