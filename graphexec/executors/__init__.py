@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..graph import Graph
-from .base import Executor, LocalExecutor, run_task
+from .base import Executor, run_task
 from .cuda import CudaStreamExecutor, auto_choice
+from .local import LocalExecutor
 from .sequential import SequentialExecutor
 from .threads import ThreadExecutor
 

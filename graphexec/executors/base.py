@@ -3,15 +3,13 @@
 The call tree (override points marked ``*``)::
 
     Executor.run(plan, *args, profile=False)
+      -> *_inline(plan)              runs task after task on this thread? then call the
+                                     plan's straight-line program (`schedule.Schedule`,
+                                     `graphexec.codegen`) or ``plan.as_is``, and return
       -> bind_inputs                 arity check, env = {input name: value} (`interpret`)
       -> *_execute(plan, env, rec)   the backend: fill env with every output value
-           LocalExecutor._execute    the shared loop for in-process backends:
-             levels:   for each level: start its tasks, wait for all of them
-             dataflow: start tasks as their deps finish (concurrent.futures.wait)
-             (ready tasks start critical path first: highest ``Task.bottom``)
-             -> *_start(fn)          how a task is started (pool.submit, or run here)
-             -> run_task             one task (`interpret.run_nodes`), events recorded
-             -> release              drop values whose last consumer is done
+           LocalExecutor._execute    the shared loop for in-process backends (`local`)
+             -> run_task             one task (its generated program), events recorded
       -> collect_outputs             env -> the graph's output structure
 
 A backend that is not in-process (Dask) overrides ``_execute`` and reuses `run_task` on the
@@ -24,9 +22,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar
@@ -34,18 +30,17 @@ from typing import Any, Generic, TypeVar
 import torch
 import torch.utils._pytree as pytree
 
-from ..codegen import Program, plan_program, task_program
 from ..errors import NodeError
 from ..graph import Graph, Node, Ref, expect_graph
 from ..interpret import bind_inputs, check_input, run_nodes
 from ..planner import arrange
 from ..plans import Plan, Task
 from ..profile import TaskEvent, Timeline
+from .schedule import Schedule
 
 __all__ = [
     "Executor",
     "IdCache",
-    "LocalExecutor",
     "Modes",
     "bind_inputs",
     "capture_modes",
@@ -294,162 +289,3 @@ class Executor:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(schedule={self.schedule!r})"
-
-
-class LocalExecutor(Executor):
-    """The shared loop of in-process executors; a backend supplies ``_start``.
-
-    ``_start(fn)`` returns a ``concurrent.futures.Future`` of ``fn()``. The loop runs on the
-    calling thread and is the only code that touches ``env`` and the reference counts, so
-    they need no lock; tasks get their input values as a fresh dict.
-    """
-
-    def _start(self, fn: Callable[[], dict[str, Any]]) -> Future:
-        raise NotImplementedError
-
-    def _execute(self, plan: Plan, env: dict[str, Any], events: list[TaskEvent] | None) -> None:
-        state = _RunState(self._schedules(plan), env, events, capture_modes())
-        if self.schedule == "levels":
-            self._run_levels(state)
-        else:
-            self._run_dataflow(state)
-
-    def _run_here(self, state: _RunState, name: str) -> None:
-        state.finish(name, state.run(name))
-
-    def _submit(self, state: _RunState, name: str) -> Future:
-        inputs = state.inputs_of(name)
-        return self._start(lambda: state.run(name, inputs, on_worker=True))
-
-    def _run_levels(self, state: _RunState) -> None:
-        for level in state.plan.levels:
-            here = [t for t in level if state.plan.tasks[t].inline]
-            away = [t for t in level if not state.plan.tasks[t].inline]
-            if len(away) == 1:  # a single-task level runs on the caller: no hand-off
-                here, away = here + away, []
-            away.sort(key=state.priority)  # critical path first, then longest first
-            running = {self._submit(state, t): t for t in away}
-            try:
-                for t in here:
-                    self._run_here(state, t)
-            finally:
-                done, _ = wait(running)
-            for fut in running:  # deterministic: the first failing task in level order
-                state.finish(running[fut], fut.result())
-
-    def _run_dataflow(self, state: _RunState) -> None:
-        ready = deque(t for t in state.plan.tasks if state.waiting[t] == 0)
-        running: dict[Future, str] = {}
-        try:
-            while ready or running:
-                inline = [t for t in ready if state.plan.tasks[t].inline]
-                if inline:
-                    ready = deque(t for t in ready if not state.plan.tasks[t].inline)
-                    for t in inline:
-                        ready.extend(self._finish_here(state, t))
-                    continue
-                if len(ready) == 1 and not running:  # a lone task runs on the caller
-                    ready.extend(self._finish_here(state, ready.popleft()))
-                    continue
-                for t in sorted(ready, key=state.priority):  # critical path first
-                    running[self._submit(state, t)] = t
-                ready.clear()
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for fut in sorted(done, key=lambda f: state.order[running[f]]):
-                    ready.extend(state.finish(running.pop(fut), fut.result()))
-        except BaseException:
-            for fut in running:
-                fut.cancel()
-            wait(running)  # nothing of this call may still run when it raises
-            raise
-
-    def _finish_here(self, state: _RunState, name: str) -> list[str]:
-        return state.finish(name, state.run(name))
-
-
-class Schedule:
-    """What every run of one plan shares, made once per plan: the dependency counts, the
-    critical-path priorities, the freeing counts and the generated programs (task by task,
-    and `straight`: the whole plan as one function, for plans that run inline)."""
-
-    def __init__(self, plan: Plan):
-        self.plan = plan
-        self.nodes = plan.graph.nodes
-        self.waiting = {t: len(task.deps) for t, task in plan.tasks.items()}
-        self.order = {t: i for i, t in enumerate(plan.tasks)}
-        self.bottom = {t: task.bottom for t, task in plan.tasks.items()}
-        self.refs = {v: len(c) for v, c in plan.consumers.items()}
-        self.dependents: dict[str, list[str]] = {t: [] for t in plan.tasks}
-        for t, task in plan.tasks.items():
-            for d in task.deps:
-                self.dependents[d].append(t)
-        self._programs: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {}
-        self._straight: Program | None = None
-
-    @property
-    def straight(self) -> Program:
-        if self._straight is None:
-            order = [n for task in self.plan.tasks.values() for n in task.nodes]
-            self._straight = plan_program(self.plan.graph, order)
-        return self._straight
-
-    def program(self, name: str) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
-        """The task's compiled callable (``plan.compiled``), else its generated program."""
-        fn = self._programs.get(name)
-        if fn is None:
-            compiled = self.plan.compiled.get(name) if self.plan.compiled else None
-            t = self.plan.tasks[name]
-            fn = compiled or task_program(self.nodes, t.nodes, t.inputs, t.outputs, t.release,
-                                          t.name)  # fmt: skip
-            self._programs[name] = fn
-        return fn
-
-
-class _RunState:
-    """Per-call state of the local loop. Mutated only by the calling thread."""
-
-    def __init__(
-        self, schedule: Schedule, env: dict[str, Any], events: list[TaskEvent] | None,
-        modes: Modes | None,
-    ):  # fmt: skip
-        self.schedule, self.plan, self.nodes = schedule, schedule.plan, schedule.nodes
-        self.env, self.events, self.modes = env, events, modes
-        self.waiting = schedule.waiting.copy()
-        self.refs = schedule.refs.copy()
-        self.order, self.bottom = schedule.order, schedule.bottom
-        self.dependents = schedule.dependents
-
-    def run(
-        self, name: str, inputs: dict[str, Any] | None = None, on_worker: bool = False
-    ) -> dict[str, Any]:
-        """Run one task (on a worker thread: under the caller's modes)."""
-        compiled = self.schedule.program(name)
-        return run_task(
-            self.plan.tasks[name],
-            self.nodes,
-            self.inputs_of(name) if inputs is None else inputs,
-            self.modes if on_worker else None,
-            self.events,
-            compiled=compiled,
-        )
-
-    def priority(self, name: str) -> tuple[float, int]:
-        """Sort key: the longest remaining path first, then program order."""
-        return (-self.bottom[name], self.order[name])
-
-    def inputs_of(self, name: str) -> dict[str, Any]:
-        return {v: self.env[v] for v in self.plan.tasks[name].inputs}
-
-    def finish(self, name: str, values: Mapping[str, Any]) -> list[str]:
-        """Store a task's outputs, free what no one reads any more, return newly ready tasks."""
-        self.env.update(values)
-        for v in self.plan.tasks[name].inputs:
-            self.refs[v] -= 1
-            if self.refs[v] == 0 and v in self.plan.last_use:
-                del self.env[v]
-        ready = []
-        for t in self.dependents[name]:
-            self.waiting[t] -= 1
-            if self.waiting[t] == 0:
-                ready.append(t)
-        return ready

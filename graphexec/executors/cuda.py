@@ -47,7 +47,7 @@ import torch.utils._pytree as pytree
 from ..graph import Graph, state_tensors
 from ..plans import Plan
 from ..profile import TaskEvent
-from .base import Executor, IdCache, Schedule, _RunState
+from .base import Executor, IdCache
 from .capture import (
     CaptureWarning,
     _Captured,
@@ -57,6 +57,8 @@ from .capture import (
     captured_for,
     replay,
 )
+from .local import _RunState
+from .schedule import Schedule
 from .streams import INPUTS, StreamOp, StreamProgram, stream_program
 
 __all__ = [

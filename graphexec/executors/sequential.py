@@ -11,7 +11,8 @@ from typing import Any
 
 from ..plans import Plan
 from ..profile import TaskEvent
-from .base import Executor, _RunState
+from .base import Executor
+from .local import _RunState
 
 __all__ = ["SequentialExecutor"]
 

@@ -29,7 +29,7 @@ import torch
 
 from ..plans import Plan
 from ..profile import TaskEvent
-from .base import LocalExecutor
+from .local import LocalExecutor
 from .sequential import SequentialExecutor
 
 __all__ = ["ThreadExecutor"]
