@@ -23,9 +23,7 @@ input names, with an edge for every data or ordering dependency.
 
 from __future__ import annotations
 
-import inspect
 import itertools
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -36,13 +34,12 @@ import torch
 import torch.nn as nn
 import torch.utils._pytree as pytree
 
+from .calls import Packed, check_arity, check_in_place, fn_name
 from .dag import lexicographic_order
 from .errors import (
-    ArityError,
     CycleError,
     DuplicateNameError,
     GraphError,
-    InPlaceWarning,
     UnknownNodeError,
     UnreachableOutputError,
 )
@@ -219,9 +216,9 @@ class Graph:
         if bad:
             raise GraphError(f"node '{name}': mutates={bad} but it has {len(refs)} inputs", name)
         order_deps = tuple(self._as_ref(name, r).node for r in after)
-        _check_arity(name, getattr(fn, "fn", fn) if isinstance(fn, Packed) else fn, n_args,
+        check_arity(name, getattr(fn, "fn", fn) if isinstance(fn, Packed) else fn, n_args,
                      kwargs)  # fmt: skip
-        _check_in_place(name, fn, mut)
+        check_in_place(name, fn, mut)
         node = Node(name, fn, refs, dict(kwargs or {}), mut, order_deps, order=len(self._nodes))
         self._add(node)
         return Ref(name, None, self.id)
@@ -336,7 +333,7 @@ class Graph:
             args = ", ".join(map(str, node.inputs))
             extra = f"  mutates {list(node.mutates)}" if node.mutates else ""
             extra += f"  after {list(node.after)}" if node.after else ""
-            rows.append(f"  {node.name:<24} {_fn_name(node.fn)}({args}){extra}")
+            rows.append(f"  {node.name:<24} {fn_name(node.fn)}({args}){extra}")
         rows.append(f"  -> {pytree.tree_map(str, self._outputs)}")
         return "\n".join(rows)
 
@@ -405,12 +402,6 @@ def state_tensors(fn: Any) -> Iterator[torch.Tensor]:
         yield from fn.buffers()
 
 
-def _fn_name(fn: Callable[..., Any]) -> str:
-    if hasattr(fn, "__name__"):
-        return fn.__name__
-    return type(fn).__name__ if not hasattr(fn, "describe") else fn.describe()
-
-
 def expect_graph(obj: Any, where: str) -> None:
     """Raise a `TypeError` that says what to do when ``obj`` is not a `Graph`."""
     if isinstance(obj, Graph):
@@ -419,68 +410,3 @@ def expect_graph(obj: Any, where: str) -> None:
     if isinstance(obj, nn.Module):
         hint = f": it is an nn.Module; make a graph of it first: {where}(gx.trace(module))"
     raise TypeError(f"{where} expects a gx.Graph, got {type(obj).__name__}{hint}")
-
-
-class Packed:
-    """``fn`` called with some arguments grouped back into lists or tuples: what
-    ``g.node(name, torch.cat, [a, b], dim=1)`` runs (its inputs travel as plain references).
-
-    >>> import torch
-    >>> p, flat = Packed.wrap(torch.cat, (["a", "b"],))
-    >>> flat, p(torch.ones(1), torch.zeros(1)).tolist()
-    (('a', 'b'), [1.0, 0.0])
-    """
-
-    def __init__(self, fn: Callable[..., Any], layout: tuple[tuple[type, int] | None, ...]):
-        self.fn, self.layout = fn, layout
-        self.cheap = bool(getattr(fn, "cheap", False))
-
-    @classmethod
-    def wrap(cls, fn: Callable[..., Any], inputs: tuple[Any, ...]) -> tuple[Packed, tuple]:
-        layout = tuple((type(r), len(r)) if isinstance(r, list | tuple) else None for r in inputs)
-        flat = tuple(x for r in inputs for x in (r if isinstance(r, list | tuple) else (r,)))
-        return cls(fn, layout), flat
-
-    def __call__(self, *flat: Any, **kwargs: Any) -> Any:
-        args, i = [], 0
-        for group in self.layout:
-            if group is None:
-                args.append(flat[i])
-                i += 1
-            else:
-                kind, n = group
-                args.append(kind(flat[i : i + n]))
-                i += n
-        return self.fn(*args, **kwargs)
-
-    def __repr__(self) -> str:
-        return f"Packed({_fn_name(self.fn)})"
-
-
-def _check_in_place(name: str, fn: Any, mutates: tuple[int, ...]) -> None:
-    """Warn about a module that says it writes its input in place with no ``mutates=``."""
-    if not mutates and isinstance(fn, nn.Module) and getattr(fn, "inplace", False) is True:
-        warnings.warn(
-            f"node '{name}': {type(fn).__name__}(inplace=True) writes its input in place; "
-            f"declare mutates=[0] so other readers of that tensor are ordered around it "
-            f"(gx.trace does this itself)",
-            InPlaceWarning,
-            stacklevel=3,
-        )
-
-
-def _check_arity(name: str, fn: Callable[..., Any], n: int, kwargs: Mapping[str, Any]) -> None:
-    """Raise ArityError if ``fn`` surely cannot take ``n`` positional arguments."""
-    target = fn.forward if isinstance(fn, nn.Module) else fn  # Module.__call__ is (*args)
-    try:
-        sig = inspect.signature(target)
-    except (TypeError, ValueError):  # builtins without a signature: nothing to check
-        return
-    try:
-        sig.bind(*range(n), **kwargs)
-    except TypeError as exc:
-        raise ArityError(
-            f"node '{name}': {_fn_name(fn)}{sig} cannot be called with {n} input"
-            f"{'s' * (n != 1)}: {exc}",
-            name,
-        ) from None
