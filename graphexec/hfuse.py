@@ -228,7 +228,7 @@ def _describe(graph: Graph, members: list[str], costs: dict[str, float] | None, 
     limit = format_seconds(FUSE_MEMBER_BELOW)
     if fuse:
         return f"fused {what}: {mean_cost} per member < {limit}, overhead-bound"
-    return f"not fused {what}: {mean_cost} per member >= {limit}, branch overlap kept"
+    return f"not fused {what}: {mean_cost} per member >= {limit}, not overhead-bound"
 
 
 def has_candidates(graph: Graph, min_group: int = 2) -> bool:

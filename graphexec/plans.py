@@ -122,9 +122,9 @@ class Plan:
         how = "measured" if self.measured else "estimated from parameters"
         n_nodes = sum(len(t.nodes) for t in self.tasks.values())
         rows = [
-            f"Plan '{self.graph.name}': {n_nodes} nodes in {len(self.tasks)} tasks, "
-            f"{len(self.levels)} levels (costs {how})",
-            f"{'level':>5}  {'cost':>9}  tasks (cost; * critical path, ~ inline)",
+            f"Plan '{self.graph.name}': {_count(n_nodes, 'node')} in "
+            f"{_count(len(self.tasks), 'task')}, {_count(len(self.levels), 'level')} (costs {how})",
+            f"{'level':>5}  {'work':>9}  tasks (cost; * critical path, ~ inline)",
         ]
         critical = set(self.critical_path)
         for i, level in enumerate(self.levels):
@@ -149,8 +149,9 @@ class Plan:
         inline = sum(t.inline for t in self.tasks.values())
         if joined or inline:
             rows.append(
-                f"chain fusion and folding: {joined} tasks of several nodes (chains, and cheap "
-                f"nodes folded into their reader: no parallelism lost); {inline} tasks under "
+                f"chain fusion and folding: {_count(joined, 'task')} of several nodes (chains, "
+                f"and cheap nodes folded into their reader: no parallelism lost); "
+                f"{_count(inline, 'task')} under "
                 f"{format_seconds(self.inline_below)} run on the calling thread"
             )
         if self.serial_reason:
@@ -165,3 +166,7 @@ class Plan:
         if self.dead:
             rows.append("not run (no output depends on them): " + ", ".join(self.dead))
         return "\n".join(rows)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"

@@ -96,12 +96,18 @@ class Timeline:
             f"{len(self.events)} tasks on {len(lanes)} lane{'s' * (len(lanes) != 1)}",
             f"  wall            {_ms(self.wall)}",
             f"  sum of tasks    {_ms(self.busy)}",
-            f"  speedup         {self.speedup:.2f}x over running the tasks back to back",
-            f"  amdahl bound    {bound:.2f}x for these task times "
-            f"(plan estimate {self.plan.amdahl:.2f}x); achieved/bound "
-            f"{self.speedup / bound if bound else 0:.0%}",
-            f"  idle share      {idle:.0%} of {len(lanes)} lanes x wall",
         ]
+        if len(lanes) > 1:
+            rows += [
+                f"  speedup         {self.speedup:.2f}x over running the tasks back to back",
+                f"  amdahl bound    {bound:.2f}x for these task times "
+                f"(plan estimate {self.plan.amdahl:.2f}x); achieved/bound "
+                f"{self.speedup / bound if bound else 0:.0%}",
+                f"  idle share      {idle:.0%} of {len(lanes)} lanes x wall",
+            ]
+        else:  # one lane: nothing overlapped, and the plan may have chosen so
+            why = self.plan.serial_reason or "no two tasks could run at once"
+            rows.append(f"  one lane        tasks ran one after another ({why})")
         for lane, b in lanes.items():
             rows.append(
                 f"  lane {lane:<22} busy {_ms(b)} ({b / self.wall if self.wall else 0:.0%})"
