@@ -195,7 +195,7 @@ def _median(samples: Mapping[str, list[float]]) -> dict[str, float]:
 
 #: Trials run every candidate once per round, in a shuffled order, for at least
 #: `TRIAL_ROUNDS` rounds and then while `TRIAL_BUDGET` seconds last (at most `TRIAL_MAX`).
-TRIAL_ROUNDS, TRIAL_MAX, TRIAL_BUDGET = 7, 41, 0.5
+TRIAL_ROUNDS, TRIAL_MAX, TRIAL_BUDGET = 5, 41, 0.5
 
 
 def trial(runs: Mapping[str, Callable[[], Any]]) -> tuple[dict[str, float], float]:
