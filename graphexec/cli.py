@@ -27,6 +27,7 @@ Commands (each has ``--help``)::
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -228,19 +229,34 @@ def _target_args(p: argparse.ArgumentParser) -> None:
         "--input-shape",
         action="append",
         metavar="SHAPE",
-        help="random input of this shape, e.g. 8,3,32,32 (repeat once per graph input)",
+        help="random input of this shape, e.g. 8,3,32,32, or 2,16:int64 for token ids "
+        "(repeat once per graph input)",
     )
-    p.add_argument("--no-fuse", action="store_true", help="one task per node (no fusion)")
+    p.add_argument(
+        "--no-fuse",
+        action="store_true",
+        help="no chain fusion (cheap nodes are still folded into the node that reads them)",
+    )
 
 
 def _executor_args(p: argparse.ArgumentParser, many: bool = False) -> None:
     if not many:
-        p.add_argument("--executor", choices=(*EXECUTORS, "auto"), default="threads")
-    p.add_argument("--schedule", choices=SCHEDULES, default="dataflow")
+        p.add_argument("--executor", choices=(*EXECUTORS, "auto"), default="threads",
+                       help="where tasks run (default threads)")  # fmt: skip
+    p.add_argument("--schedule", choices=SCHEDULES, default="dataflow",
+                   help="dataflow: start tasks when ready; levels: barrier per level "
+                        "(default dataflow)")  # fmt: skip
     p.add_argument("--address", help="Dask scheduler to join (default: a local cluster)")
     p.add_argument(
         "--workers", type=int, help="threads, CUDA streams, or local Dask worker processes"
     )
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("graphexec")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        return "unknown (not installed)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -251,6 +267,7 @@ def _parser() -> argparse.ArgumentParser:
         "nn.Module or a function returning one. Inputs: --input-shape (once per graph input) "
         "or the module's example_inputs.",
     )
+    parser.add_argument("--version", action="version", version=f"graphexec {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name: str, help: str, fn: Callable[[argparse.Namespace], int]) -> Any:

@@ -175,26 +175,45 @@ def _example_inputs(module: Any, spec: str) -> tuple[Any, ...] | None:
 
 
 # -- inputs -------------------------------------------------------------------------------------
-def parse_shape(text: str) -> tuple[int, ...]:
-    """``"8,3,32,32"`` -> ``(8, 3, 32, 32)``.
+#: ``--input-shape SHAPE:DTYPE`` dtypes; integer inputs (token ids) are drawn from [0, 100).
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
+          "bfloat16": torch.bfloat16, "int64": torch.int64, "int32": torch.int32,
+          "bool": torch.bool}  # fmt: skip
+
+
+def parse_shape(text: str) -> tuple[tuple[int, ...], torch.dtype]:
+    """``"8,3,32,32"`` -> ``((8, 3, 32, 32), torch.float32)``; ``"2,16:int64"`` for token ids.
 
     Raises
     ------
     CLIError
-        Unless ``text`` is comma-separated positive integers.
+        Unless ``text`` is comma-separated positive integers, optionally ``:`` and a dtype.
 
     Examples
     --------
     >>> parse_shape("8, 3,32,32")
-    (8, 3, 32, 32)
+    ((8, 3, 32, 32), torch.float32)
+    >>> parse_shape("2,16:int64")
+    ((2, 16), torch.int64)
     """
+    dims, _, dtype = text.partition(":")
     try:
-        shape = tuple(int(p) for p in text.split(","))
+        shape = tuple(int(p) for p in dims.split(","))
     except ValueError:
         shape = ()
     if not shape or any(s <= 0 for s in shape):
         raise CLIError(f"bad --input-shape {text!r}: expected positive integers like 8,3,32,32")
-    return shape
+    if dtype and dtype not in DTYPES:
+        raise CLIError(f"bad --input-shape {text!r}: dtype must be one of {', '.join(DTYPES)}")
+    return shape, DTYPES[dtype or "float32"]
+
+
+def _random(shape: tuple[int, ...], dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:
+    if dtype.is_floating_point:
+        return torch.randn(shape, generator=gen).to(dtype)
+    if dtype == torch.bool:
+        return torch.rand(shape, generator=gen) < 0.5
+    return torch.randint(0, 100, shape, generator=gen, dtype=dtype)
 
 
 def target_inputs(
@@ -218,7 +237,7 @@ def target_inputs(
             )
         gen = torch.Generator().manual_seed(0)
         device = auto_choice(target.graph)[1].get("device", "cpu")
-        return tuple(torch.randn(s, generator=gen).to(device) for s in parsed)
+        return tuple(_random(shape, dtype, gen).to(device) for shape, dtype in parsed)
     if target.example_inputs is not None:
         return target.example_inputs
     if required:

@@ -132,3 +132,14 @@ def test_missing_file_in_a_subprocess():
     r = graphexec("plan", "missing.py:graph")
     assert r.returncode == 1
     assert r.stderr == "graphexec plan: error: no such file: missing.py\n"
+
+
+def test_version_and_integer_inputs(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.startswith("graphexec ")
+    from graphexec.targets import parse_shape
+
+    assert parse_shape("2,16:int64") == ((2, 16), torch.int64)
+    with pytest.raises(Exception, match="dtype must be one of"):
+        parse_shape("2,16:int8x")
