@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .dag import longest_path
+from .units import lane_label
 
 if TYPE_CHECKING:
     from .plans import Plan
@@ -110,7 +111,8 @@ class Timeline:
             rows.append(f"  one lane        tasks ran one after another ({why})")
         for lane, b in lanes.items():
             rows.append(
-                f"  lane {lane:<22} busy {_ms(b)} ({b / self.wall if self.wall else 0:.0%})"
+                f"  lane {lane_label(lane):<22} busy {_ms(b)} "
+                f"({b / self.wall if self.wall else 0:.0%})"
             )
         rows.append("  critical path   " + " -> ".join(path))
         top = sorted(self.events, key=lambda e: -e.duration)[:slowest]

@@ -24,7 +24,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..units import format_seconds
+from ..units import format_seconds, lane_label
 from ._style import _CRITICAL, _LEVEL_COLOURS, _compact, _matplotlib, _save, _task_title
 
 if TYPE_CHECKING:
@@ -40,19 +40,6 @@ _IDLE = "#efefef"
 
 
 # -- lanes ------------------------------------------------------------------------------------
-def _lane_label(lane: str) -> str:
-    """A lane's name for people.
-
-    >>> _lane_label("MainThread"), _lane_label("graphexec_1"), _lane_label("tcp://10.0.0.2:4001")
-    ('caller thread', 'pool thread 1', '10.0.0.2:4001')
-    """
-    if lane == "MainThread":
-        return "caller thread"
-    if lane.startswith("graphexec_"):
-        return "pool thread " + lane.removeprefix("graphexec_")
-    return lane.removeprefix("tcp://")
-
-
 def _draw_lanes(ax: Axes, trace: Timeline, label_chars: int, xlim_ms: float | None = None) -> None:
     """Bars of one trace on ``ax``: lanes top to bottom, ms from the run's start."""
     from matplotlib.patches import Rectangle
@@ -134,7 +121,7 @@ def _label_lanes(ax: Axes, trace: Timeline) -> None:
     ax.set_yticks(
         range(len(lanes)),
         [
-            f"{_lane_label(lane)}\n{busy[lane] / trace.wall:.0%} busy" if trace.wall else lane
+            f"{lane_label(lane)}\n{busy[lane] / trace.wall:.0%} busy" if trace.wall else lane
             for lane in lanes
         ],
         fontsize=7,
