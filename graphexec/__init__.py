@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .dynamo import PlanFallbackWarning, compile_backend
 from .errors import (
     ArityError,
     CycleError,
@@ -36,7 +37,7 @@ from .executors import (
     ThreadExecutor,
     make_executor,
 )
-from .fx_import import trace
+from .fx_import import UntraceableError, trace
 from .graph import Graph, Node, Ref
 from .merge import MergeOp, add, cat, getitem, identity, mean, stack, tuple_
 from .merge import sum as sum  # noqa: A004 - gx.sum(), not exported by *: see __all__
@@ -63,12 +64,13 @@ __all__ = [
     "plan", "Plan", "Task",
     "Executor", "SequentialExecutor", "ThreadExecutor", "CudaStreamExecutor", "DaskExecutor",
     "make_executor",
-    "GraphModule", "trace",
+    "GraphModule", "trace", "compile_backend",
     "Timeline", "TaskEvent",
     # gx.sum and gx.tuple are left out: `from graphexec import *` must not shadow the builtins
     "MergeOp", "stack", "cat", "add", "mean", "identity", "getitem",
     "GraphError", "DuplicateNameError", "UnknownNodeError", "CycleError",
     "UnreachableOutputError", "ArityError", "NodeError", "DeadNodeWarning", "InPlaceWarning",
+    "UntraceableError", "PlanFallbackWarning",
 ]  # fmt: skip
 
 

@@ -5,8 +5,25 @@ What it decides
 * **Tracing.** ``torch.fx`` symbolic tracing with its default leaves (modules of ``torch.nn``)
   plus any modules named in ``leaves=`` (qualified names or types): naming a whole branch
   makes it one node (coarser granularity). An already-traced ``fx.GraphModule`` (HF
-  transformers, timm and others trace with their own tracers) is taken as it is.
-* **Partitions.** Each leaf-module call starts a partition. A function or method node joins the
+  transformers, timm and others trace with their own tracers; Dynamo hands its graphs to
+  `graphexec.dynamo` as ones) is taken as it is, every placeholder a graph input. A
+  ``torch.export.ExportedProgram`` is taken through its ``.module()``.
+* **Defaults.** ``forward(x, scale=2.0)`` traces to a graph of ``x`` alone: arguments with a
+  default are fixed to it (fx's ``concrete_args``, so ``if flag:`` on them traces too) and
+  their placeholders and specialisation asserts are dropped. ``concrete_args={"scale": 3.0}``
+  fixes another value; ``concrete_args={"scale": torch.fx.PH}`` keeps one as a (required)
+  graph input. Data-dependent control flow raises `UntraceableError`, naming the submodule.
+* **Export's bookkeeping.** Guards (``_guards_fn``) and assertion nodes (``_assert_scalar``,
+  ``_assert_tensor_metadata``, ``sym_constrain_range*``) that read only graph inputs and
+  shape arithmetic are taken out of the model's nodes and run together as one cheap first
+  node, ``check_inputs``, which every partition without a producer waits for (``after=``):
+  the checks run once per call, before any model code, as in the exported module.
+  Assertions on intermediate values stay where they are, inside their partition.
+* **Partitions.** Each leaf-module call starts a partition. In aten-level graphs (export,
+  Dynamo) there are no ``call_module`` nodes: a node belongs to the call of the outermost
+  leaf module in its ``nn_module_stack`` meta (a ``torch.nn`` module other than
+  ``Sequential``, or one named in ``leaves=``), and a contiguous run of nodes of one call is
+  one partition, named by the module's path (``a.0``). A function or method node joins the
   partition of its producer when all its inputs come from one partition (``relu`` after
   ``conv``, ``flatten`` after ``pool``); otherwise it joins the partition of its consumers when
   they all sit in one (``cat`` of inception branches runs inside the next conv's node); else
@@ -15,51 +32,70 @@ What it decides
   parameters are the model's own. Nodes that no output needs and that write nothing (the
   tracer makes ``getattr`` nodes for shapes no one reads) are dropped quietly first.
 * **In-place hazards.** Alias roots are tracked through in-place ops (``add_``, ``relu_``,
-  ``masked_fill_``, ``copy_``, ``x[i] = v``, modules and functions with ``inplace=True``) and
-  views (``view``, ``transpose``, ``__getitem__``, ...). For every in-place node, each other
+  ``masked_fill_``, ``copy_``, ``x[i] = v``, modules and functions with ``inplace=True``, aten
+  ops whose schema writes an argument) and views (``view``, ``transpose``, ``__getitem__``,
+  aten ops whose schema returns an alias, ...). For every in-place node, each other
   reader of the same root is ordered before or after it as program order says; those
   orderings become ``after=`` edges between partitions, and mutating partitions are marked so
   they are never dropped. If folding would contradict an ordering (a cycle), function nodes
   get partitions of their own instead, which is always consistent.
+* **Thread-local state.** A graph that switches grad mode or autocast between its nodes
+  (Dynamo writes ``torch._C._set_grad_enabled`` for a ``with torch.no_grad():`` inside
+  ``forward``) cannot be split across threads: `GraphError` naming the node.
 """
 
 from __future__ import annotations
 
+import inspect
 import operator
+import sys
 from collections.abc import Iterable
 from typing import Any
 
-import networkx as nx
 import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from .graph import Graph, Ref
+from .errors import GraphError
+from .fx_partition import (
+    _build,
+    _hazards,
+    _leaf_calls,
+    _Leaves,
+    _live,
+    _partition,
+    _partition_order,
+    _qualname,
+)
+from .graph import Graph
 
-__all__ = ["trace"]
+__all__ = ["UntraceableError", "trace"]
 
-_VIEW_METHODS = {
-    "view", "view_as", "reshape", "reshape_as", "transpose", "permute", "t", "flatten",
-    "unflatten", "squeeze", "unsqueeze", "expand", "expand_as", "narrow", "select", "chunk",
-    "split", "unbind", "unfold", "detach", "as_strided", "contiguous", "__getitem__", "T", "mT",
-    "diagonal", "movedim", "swapaxes", "real", "imag",
-}  # fmt: skip
-_VIEW_FUNCTIONS = {
-    operator.getitem, torch.flatten, torch.reshape, torch.transpose, torch.permute, torch.t,
-    torch.squeeze, torch.unsqueeze, torch.narrow, torch.select, torch.chunk, torch.split,
-    torch.unbind, torch.movedim, torch.swapaxes, torch.diagonal, torch.detach,
-}  # fmt: skip
-_INPLACE_FUNCTIONS = {
-    operator.setitem,
-    operator.iadd,
-    operator.isub,
-    operator.imul,
-    operator.itruediv,
+def _aten(*names: str) -> set[Any]:
+    ops = (getattr(torch.ops.aten, n) for n in names if hasattr(torch.ops.aten, n))
+    return {getattr(op, o) for op in ops for o in op.overloads()}
+
+
+#: Export's checks on its inputs (with ``_guards_fn`` modules): run in ``check_inputs``.
+_CHECKS = _aten("_assert_scalar", "_assert_tensor_metadata", "sym_constrain_range",
+                "sym_constrain_range_for_size", "_assert_async")  # fmt: skip
+#: What fx writes for a specialised argument (``concrete_args``): dropped with it.
+_SPECIALISED = {operator.eq, torch._assert, fx._symbolic_trace._assert_is_none}
+#: Calls that switch thread-local state between nodes: such a graph cannot be split up.
+_THREAD_STATE = {
+    torch._C._set_grad_enabled,
+    torch.amp.autocast_mode._enter_autocast,
+    torch.amp.autocast_mode._exit_autocast,
 }
 
 
+class UntraceableError(GraphError, fx.proxy.TraceError):
+    """``torch.fx`` could not trace the module (data-dependent control flow, say); ``node``
+    names the submodule where it stopped, if any."""
+
+
 def trace(
-    module: nn.Module,
+    module: nn.Module | Any,
     *,
     leaves: Iterable[str | type] = (),
     name: str | None = None,
@@ -69,20 +105,31 @@ def trace(
 
     Parameters
     ----------
-    module : nn.Module or torch.fx.GraphModule
-        A module to trace, or a GraphModule traced already (used as it is, not re-traced).
+    module : nn.Module, torch.fx.GraphModule or torch.export.ExportedProgram
+        A module to trace, a GraphModule traced already (used as it is, not re-traced), or
+        an exported program (its ``.module()``, with export's checks in ``check_inputs``).
     leaves : iterable of str or type
         Extra leaf modules, by qualified name (``"branch1"``) or type: each becomes one node.
     name : str, optional
         The graph's name (default: the module's class name).
     concrete_args : dict, optional
-        Passed to ``torch.fx.Tracer.trace``.
+        Passed to ``torch.fx.Tracer.trace``; arguments with defaults are fixed to them
+        unless given here (``torch.fx.PH`` keeps one a graph input).
 
     Returns
     -------
     Graph
-        Inputs are the module's ``forward`` arguments; outputs have the same structure as
-        the module's (tensor, tuple or dict).
+        Inputs are the module's ``forward`` arguments without defaults (for a GraphModule or
+        an exported program: its placeholders); outputs have the same structure as the
+        module's (tensor, tuple or dict).
+
+    Raises
+    ------
+    UntraceableError
+        If ``torch.fx`` cannot trace ``module`` (data-dependent control flow), naming the
+        submodule where tracing stopped.
+    GraphError
+        If the graph switches grad mode or autocast between nodes, naming that node.
 
     Examples
     --------
@@ -91,268 +138,180 @@ def trace(
     ...     def __init__(self):
     ...         super().__init__()
     ...         self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
-    ...     def forward(self, x):
-    ...         return {"sum": torch.relu(self.a(x)) + self.b(x)}
+    ...     def forward(self, x, scale=2.0):
+    ...         return {"sum": torch.relu(self.a(x)) + scale * self.b(x)}
     >>> g = gx.trace(TwoTowers())
-    >>> [n.name for n in g if not n.is_input]
-    ['a', 'b', 'add']
+    >>> g.inputs, [n.name for n in g if not n.is_input]
+    (('x',), ['a', 'b', 'add'])
     """
-    gm = module if isinstance(module, fx.GraphModule) else _trace(module, leaves, concrete_args)
-    graph_name = name or type(module).__name__
-    live = _live(gm)
+    leaf = _Leaves(leaves)
+    gm, source = _import(module, leaf, concrete_args)
+    graph_name = name or _root_name(gm) or type(module).__name__
+    for n in gm.graph.nodes:
+        if n.op == "call_function" and n.target in _THREAD_STATE:
+            raise GraphError(
+                f"node '{n.name}' ({_target_name(n)}) switches grad mode or autocast between "
+                "nodes: graphexec runs nodes on several threads and cannot split this graph",
+                n.name,
+            )
+    checks = _input_checks(gm)
+    live = _live(gm, skip=set(checks))
     nodes = [n for n in gm.graph.nodes
              if n.op not in ("placeholder", "output", "get_attr") and n in live]  # fmt: skip
     index = {n: i for i, n in enumerate(gm.graph.nodes)}
     hazards = _hazards(gm, index)
-    part = _partition(nodes, folded=True)
+    calls = _leaf_calls(nodes, leaf)
+    part = _partition(nodes, calls, folded=True)
     order = _partition_order(nodes, part, hazards, index)
     if order is None:  # folding contradicted an in-place ordering: keep functions apart
-        part = _partition(nodes, folded=False)
+        part = _partition(nodes, calls, folded=False)
         order = _partition_order(nodes, part, hazards, index)
         assert order is not None, "one node per partition follows program order"
-    g = _build(gm, graph_name, nodes, part, order, hazards)
-    g.source = module  # what `graphexec.plan` measures its plans against
+    g = _build(gm, graph_name, nodes, part, order, hazards, calls, checks)
+    g.source = source  # what `graphexec.plan` measures its plans against
     return g
 
 
 class _Tracer(fx.Tracer):
-    def __init__(self, leaves: Iterable[str | type]):
+    def __init__(self, leaves: _Leaves):
         super().__init__()
-        leaves = list(leaves)
-        self._names = {x for x in leaves if isinstance(x, str)}
-        self._types = tuple(x for x in leaves if isinstance(x, type))
+        self._leaves = leaves
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return (
-            qualname in self._names
-            or (bool(self._types) and isinstance(m, self._types))
+            qualname in self._leaves.names
+            or (bool(self._leaves.types) and isinstance(m, self._leaves.types))
             or super().is_leaf_module(m, qualname)
         )
 
 
-def _trace(module: nn.Module, leaves: Iterable[str | type], concrete_args: Any) -> fx.GraphModule:
+def _import(module: Any, leaves: _Leaves, concrete_args: Any) -> tuple[fx.GraphModule, Any]:
+    """The fx graph to partition, and the callable it came from (`Graph.source`)."""
+    exported = sys.modules.get("torch.export")
+    if exported is not None and isinstance(module, exported.ExportedProgram):
+        gm = module.module()
+        return gm, gm
+    if isinstance(module, fx.GraphModule):
+        return module, module
+    concrete = _defaults(module, concrete_args)
     tracer = _Tracer(leaves)
-    graph = tracer.trace(module, concrete_args)
-    return fx.GraphModule(tracer.root, graph, type(module).__name__)
+    try:
+        graph = tracer.trace(module, concrete or None)
+    except fx.proxy.TraceError as exc:
+        where = _where(module, exc.__traceback__)
+        raise UntraceableError(_untraceable(module, exc, where), where and where[0]) from exc
+    gm = fx.GraphModule(tracer.root, graph, type(module).__name__)
+    if not concrete:
+        return gm, module
+    _drop_specialised(gm, module, concrete)
+    inputs = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
+
+    def source(*args: Any) -> Any:  # the module called as the graph is: the rest fixed
+        return module(**dict(zip(inputs, args, strict=False)), **concrete)
+
+    return gm, source
 
 
-# -- in-place analysis ------------------------------------------------------------------------
-def _mutated_arg(gm: fx.GraphModule, n: fx.Node) -> fx.Node | None:
-    """The node whose tensor ``n`` changes in place, if any."""
-    first = n.args[0] if n.args and isinstance(n.args[0], fx.Node) else None
-    if n.op == "call_method":
-        inplace = n.target.endswith("_") and not n.target.endswith("__")
-    elif n.op == "call_function":
-        name = getattr(n.target, "__name__", "")
-        inplace = (
-            n.target in _INPLACE_FUNCTIONS
-            or n.kwargs.get("inplace") is True
-            or (name.endswith("_") and not name.endswith("__"))
-        )
-    elif n.op == "call_module":
-        inplace = getattr(gm.get_submodule(n.target), "inplace", False) is True
+def _defaults(module: nn.Module, concrete_args: dict[str, Any] | None) -> dict[str, Any]:
+    """``concrete_args`` with every plain default of ``forward`` it does not name."""
+    given = dict(concrete_args or {})
+    try:
+        params = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return given
+    plain = (type(None), bool, int, float, str)  # tensors and containers: left as inputs
+    fixed = {p.name: p.default for p in params
+             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+             and isinstance(p.default, plain) and p.default is not p.empty}  # fmt: skip
+    return {k: v for k, v in {**fixed, **given}.items() if v is not fx.PH}
+
+
+def _drop_specialised(gm: fx.GraphModule, module: nn.Module, concrete: dict[str, Any]) -> None:
+    """Remove the placeholders of fixed arguments and the asserts fx wrote for them."""
+    params = list(inspect.signature(module.forward).parameters)
+    holders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(params) != len(holders):  # *args or pytree concrete_args: leave them
+        return
+    index = {n: i for i, n in enumerate(gm.graph.nodes)}
+    for param, holder in zip(params, holders, strict=True):
+        below = _closure([holder], lambda n: n.users)
+        if param in concrete and all(n.target in _SPECIALISED for n in below):
+            for n in sorted(below, key=index.__getitem__, reverse=True):
+                gm.graph.erase_node(n)
+            gm.graph.erase_node(holder)
+    gm.recompile()
+
+
+def _where(module: nn.Module, tb: Any) -> tuple[str, str, int] | None:
+    """The innermost submodule (qualified name, file, line) a traceback ran ``forward`` of."""
+    names = {id(m): n for n, m in module.named_modules()}
+    where = None
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if isinstance(owner, nn.Module) and id(owner) in names:
+            where = (names[id(owner)], tb.tb_frame.f_code.co_filename, tb.tb_lineno)
+        tb = tb.tb_next
+    return where
+
+
+def _untraceable(module: nn.Module, exc: Exception, where: tuple[str, str, int] | None) -> str:
+    kind = type(module).__name__
+    at = f" ({where[1]}:{where[2]})" if where else ""
+    if where and where[0]:
+        place = f"in submodule '{where[0]}'{at}"
+        fix = f"name it in leaves=['{where[0]}'] to run it as one node"
     else:
-        inplace = False
-    return first if inplace else None
-
-
-def _live(gm: fx.GraphModule) -> set[fx.Node]:
-    """The nodes the output needs, and every node that writes in place or has another side
-    effect (fx's ``is_impure``), with what they read. The rest were made by the tracer for
-    nothing (``getattr`` of a shape no one reads, say): dropped quietly, where a node a user
-    declared and left unread would get a `DeadNodeWarning`."""
-    keep = [n for n in gm.graph.nodes
-            if n.op == "output" or _mutated_arg(gm, n) is not None or n.is_impure()]  # fmt: skip
-    live = set(keep)
-    while keep:
-        for a in keep.pop().all_input_nodes:
-            if a not in live:
-                live.add(a)
-                keep.append(a)
-    return live
-
-
-def _is_view(n: fx.Node) -> bool:
-    return (n.op == "call_method" and n.target in _VIEW_METHODS) or (
-        n.op == "call_function" and n.target in _VIEW_FUNCTIONS
+        place = f"in {kind}.forward{at}"
+        fix = "move the branch into a submodule and name it in leaves="
+    return (
+        f"gx.trace({kind}): torch.fx cannot trace {place}: {exc}. To import it, {fix}; or "
+        'use torch.compile(model, backend="graphexec"), which splits the model at the branch; '
+        "or gx.trace(torch.export.export(model, args)) with the branch written as torch.cond"
     )
 
 
-def _hazards(gm: fx.GraphModule, index: dict[fx.Node, int]) -> list[tuple[fx.Node, fx.Node]]:
-    root: dict[fx.Node, fx.Node] = {}
-    mutations: list[tuple[fx.Node, fx.Node]] = []  # (mutating node, root it writes)
-    for n in gm.graph.nodes:
-        target = _mutated_arg(gm, n)
-        if target is not None:
-            root[n] = root[target]
-            mutations.append((n, root[n]))
-        elif _is_view(n) and n.args and isinstance(n.args[0], fx.Node):
-            root[n] = root[n.args[0]]
-        else:
-            root[n] = n
-    readers: dict[fx.Node, set[fx.Node]] = {}
-    for n in gm.graph.nodes:
-        for a in n.all_input_nodes:
-            readers.setdefault(root[a], set()).add(n)
-    edges = []
-    for m, r in mutations:
-        for reader in readers.get(r, ()):
-            if reader is not m and reader.op != "output":
-                edges.append((reader, m) if index[reader] < index[m] else (m, reader))
-    return edges
+def _closure(start: Iterable[fx.Node], step: Any) -> set[fx.Node]:
+    """Every node reachable from ``start`` (not included) by ``step`` (users or inputs)."""
+    seen: set[fx.Node] = set()
+    todo = list(start)
+    while todo:
+        for m in step(todo.pop()):
+            if m not in seen:
+                seen.add(m)
+                todo.append(m)
+    return seen
 
 
-# -- partitions -------------------------------------------------------------------------------
-def _partition(nodes: list[fx.Node], folded: bool) -> dict[fx.Node, int]:
-    part: dict[fx.Node, int] = {}
-    pending = []
-    for n in nodes:
-        if n.op == "call_module" or not folded:
-            part[n] = len(part) + len(pending)
+def _root_name(gm: fx.GraphModule) -> str | None:
+    """The class name of the module an aten graph was exported from (its root stack entry)."""
+    for n in gm.graph.nodes:
+        for path, cls in (v[:2] for v in (n.meta.get("nn_module_stack") or {}).values()):
+            if path == "":
+                return (cls if isinstance(cls, str) else _qualname(cls)).rsplit(".", 1)[-1]
+    return None
+
+
+def _target_name(n: fx.Node) -> str:
+    return getattr(n.target, "__qualname__", None) or str(n.target)
+
+
+# -- export's checks ----------------------------------------------------------------------------
+def _is_check(n: fx.Node) -> bool:
+    return (n.op == "call_module" and str(n.target).startswith("_guards_fn")) or (
+        n.op == "call_function" and n.target in _CHECKS
+    )
+
+
+def _input_checks(gm: fx.GraphModule) -> list[fx.Node]:
+    """Export's guard and assert nodes that read only graph inputs and shape arithmetic
+    (nodes whose example value is no tensor), with that arithmetic, in program order."""
+    taken: set[fx.Node] = set()
+    for n in gm.graph.nodes:
+        if not _is_check(n):
             continue
-        sources = {part[a] for a in n.all_input_nodes if a in part}
-        waiting = any(a in pending for a in n.all_input_nodes)
-        if len(sources) == 1 and not waiting:
-            part[n] = sources.pop()
-        else:
-            pending.append(n)
-    for n in reversed(pending):  # users first: a run of functions cascades into its consumer
-        users = {part.get(u) for u in n.users if u.op != "output"}
-        if len(users) == 1 and None not in users and not any(u.op == "output" for u in n.users):
-            part[n] = users.pop()
-        else:
-            part[n] = max(part.values(), default=-1) + 1
-    return part
-
-
-def _partition_order(
-    nodes: list[fx.Node],
-    part: dict[fx.Node, int],
-    hazards: list[tuple[fx.Node, fx.Node]],
-    index: dict[fx.Node, int],
-) -> list[int] | None:
-    """Partitions in a topological order, or None if data and hazard edges form a cycle."""
-    dag = nx.DiGraph()
-    first: dict[int, int] = {}
-    for n in nodes:
-        first[part[n]] = min(first.get(part[n], index[n]), index[n])
-        dag.add_node(part[n])
-        dag.add_edges_from((part[a], part[n]) for a in n.all_input_nodes if a in part)
-    dag.add_edges_from((part[a], part[b]) for a, b in hazards if a in part and b in part)
-    dag.remove_edges_from(nx.selfloop_edges(dag))
-    if not nx.is_directed_acyclic_graph(dag):
-        return None
-    return list(nx.lexicographical_topological_sort(dag, key=first.__getitem__))
-
-
-def _build(
-    gm: fx.GraphModule,
-    graph_name: str,
-    nodes: list[fx.Node],
-    part: dict[fx.Node, int],
-    order: list[int],
-    hazards: list[tuple[fx.Node, fx.Node]],
-) -> Graph:
-    g = Graph(graph_name)
-    value: dict[fx.Node, Ref] = {}
-    for n in gm.graph.nodes:
-        if n.op == "placeholder":
-            value[n] = g.input(n.target.lstrip("*"))
-    members: dict[int, list[fx.Node]] = {p: [] for p in order}
-    for n in nodes:
-        members[part[n]].append(n)
-    names = _partition_names(members, gm)
-    output_node = next(n for n in gm.graph.nodes if n.op == "output")
-    for p in order:
-        group = members[p]
-        inside = set(group)
-        inputs = list(
-            dict.fromkeys(
-                a
-                for n in group
-                for a in n.all_input_nodes
-                if a not in inside and a.op != "get_attr"
-            )
-        )
-        outputs = [n for n in group if any(u not in inside for u in n.users)]
-        fn = _partition_module(gm, group, inputs, outputs)
-        after = {names[part[a]] for a, b in hazards if b in inside and a in part and part[a] != p}
-        mut = _mutated_positions(gm, group, inputs)
-        ref = g.node(names[p], fn, *(value[a] for a in inputs), mutates=mut, after=sorted(after))
-        for i, o in enumerate(outputs):
-            value[o] = ref if len(outputs) == 1 else ref[i]
-    g.output(_map_output(output_node.args[0], value))
-    return g
-
-
-def _partition_names(members: dict[int, list[fx.Node]], gm: fx.GraphModule) -> dict[int, str]:
-    names: dict[int, str] = {}
-    taken: set[str] = set()
-    for p, group in members.items():
-        module = next((n for n in group if n.op == "call_module"), None)
-        base = str(module.target) if module is not None else group[0].name
-        name = base if base not in taken else f"{base}#{group[0].name}"
-        taken.add(name)
-        names[p] = name
-    return names
-
-
-def _partition_module(
-    gm: fx.GraphModule, group: list[fx.Node], inputs: list[fx.Node], outputs: list[fx.Node]
-) -> nn.Module:
-    only = group[0]
-    if (
-        len(group) == 1
-        and only.op == "call_module"
-        and not only.kwargs
-        and list(only.args) == inputs
-    ):
-        return gm.get_submodule(only.target)  # the user's own module object, called as is
-    sub = fx.Graph()
-    env: dict[fx.Node, fx.Node] = {}
-    for a in inputs:
-        env[a] = sub.placeholder(a.name)
-
-    def arg(a: fx.Node) -> fx.Node:
-        if a not in env and a.op == "get_attr":  # parameters/buffers read by function nodes
-            env[a] = sub.node_copy(a)
-        return env[a]
-
-    for n in group:
-        env[n] = sub.node_copy(n, arg)
-    sub.output(env[outputs[0]] if len(outputs) == 1 else tuple(env[o] for o in outputs))
-    return _Partition(gm, sub, class_name="Partition")
-
-
-class _Partition(fx.GraphModule):
-    """A piece of the traced graph as one node. graphexec made it and hooks nothing on it,
-    so generated programs call its ``forward`` directly (`graphexec.codegen.direct_call`)."""
-
-    graphexec_direct = True
-
-
-def _mutated_positions(
-    gm: fx.GraphModule, group: list[fx.Node], inputs: list[fx.Node]
-) -> list[int]:
-    """Positions of inputs whose tensor (or a view of it) this partition changes in place."""
-    written: set[fx.Node] = set()
-    alias: dict[fx.Node, fx.Node] = {a: a for a in inputs}
-    for n in group:
-        target = _mutated_arg(gm, n)
-        if target is not None and target in alias:
-            written.add(alias[target])
-            alias[n] = alias[target]
-        elif _is_view(n) and n.args and n.args[0] in alias:
-            alias[n] = alias[n.args[0]]
-    return [i for i, a in enumerate(inputs) if a in written]
-
-
-def _map_output(spec: Any, value: dict[fx.Node, Ref]) -> Any:
-    if isinstance(spec, fx.Node):
-        return value[spec]
-    if isinstance(spec, dict):
-        return {k: _map_output(v, value) for k, v in spec.items()}
-    if isinstance(spec, list | tuple):
-        items = [_map_output(v, value) for v in spec]
-        return items if isinstance(spec, list) else tuple(items)
-    return spec
+        up = _closure([n], lambda m: m.all_input_nodes)
+        if all(a.op in ("placeholder", "get_attr") or _is_check(a)
+               or ("val" in a.meta and not isinstance(a.meta["val"], torch.Tensor))
+               for a in up):  # fmt: skip
+            taken |= up | {n}
+    return [n for n in gm.graph.nodes if n in taken and n.op not in ("placeholder", "get_attr")]

@@ -1,0 +1,268 @@
+"""``torch.compile(model, backend="graphexec")``: every graph Dynamo hands over, planned and run.
+
+Dynamo runs a model's Python, writes the torch calls it sees into ``fx`` graphs (several when
+it meets a graph break, such as ``if x.sum() > 0:``) and hands each one, with example inputs,
+to a backend, which returns what to call instead::
+
+    torch.compile(model, backend="graphexec")       # the entry point ``torch_dynamo_backends``
+      -> Backend(graph_module, example_inputs)      # once per graph, again on recompiles
+           gx.trace(graph_module)                   # torch-level ops -> module-sized tasks
+           gx.plan(graph, example_inputs=copies)    # measured; timed against the graph as is
+      -> CompiledGraph(*args)                       # each call: executor.run(plan, *args)
+
+What it decides
+---------------
+* **One plan per graph.** `graphexec.trace` groups the graph's nodes into tasks by the
+  ``nn_module_stack`` Dynamo records (parameters and buffers arrive as graph inputs), and
+  `graphexec.plan` measures them, tries every decision end to end, and times the best plan
+  against the graph as Dynamo gave it: when no plan is at least as fast, that graph runs as it
+  is (``plan.as_is``), so the backend is never slower than Dynamo's own graph beyond noise.
+* **Planning leaves no trace.** Planning runs the graph many times: on copies of every
+  example input that is not a parameter (in-place writes, BatchNorm's running statistics in
+  training), under ``torch.random.fork_rng`` (dropout draws what eager would after it).
+* **When example inputs are not real.** On torch 2.13 a backend receives the call's real
+  tensors; with ``dynamic=True`` symbolic sizes (``SymInt``) come too, and other callers may
+  pass fake tensors. Then the graph is planned on its first real call, the same way.
+* **Fallback.** A graph that cannot be imported or planned (it switches grad mode between
+  nodes, a node fails on the example inputs) runs as Dynamo gave it, with a
+  `PlanFallbackWarning` that names the node.
+* **Executors.** ``executor="threads"`` by default (autograd flows through it, so training
+  works); ``"auto"`` picks CUDA streams for graphs on a GPU (planned from estimates, as
+  `graphexec.GraphModule` plans for streams); one executor per backend, shared by its
+  graphs. A name makes one that ``Backend.close()`` closes; an instance stays the caller's.
+
+Options go through ``torch.compile(model, backend="graphexec", options={...})`` or
+``gx.compile_backend(executor=..., **plan_kwargs)``; both take ``executor`` and the keyword
+arguments of `graphexec.plan`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from .executors import CudaStreamExecutor, Executor, make_executor
+from .fx_import import trace
+from .graph import Graph
+from .plans import Plan
+from .tune import plan as make_plan
+
+__all__ = ["Backend", "CompiledGraph", "PlanFallbackWarning", "backend", "compile_backend"]
+
+
+class PlanFallbackWarning(UserWarning):
+    """A graph Dynamo handed over could not be planned and runs as Dynamo gave it."""
+
+
+class Backend:
+    """A ``torch.compile`` backend that plans and runs each graph with graphexec.
+
+    Parameters
+    ----------
+    executor : str or Executor
+        ``"threads"`` (default), ``"sequential"``, ``"dask"``, ``"cuda"``, ``"auto"`` (CUDA
+        streams when the first graph's inputs are on a GPU, threads otherwise), or an
+        executor.
+    **plan_kwargs
+        Passed to `graphexec.plan` (``check=False`` plans faster, untried).
+
+    Attributes
+    ----------
+    graphs : list of CompiledGraph
+        Every graph this backend was given, in order (``graphs[i].plan`` once planned).
+
+    Examples
+    --------
+    >>> import torch, torch.nn as nn, graphexec as gx
+    >>> model = nn.Sequential(nn.Linear(8, 8), nn.ReLU())
+    >>> backend = gx.compile_backend(executor="sequential", check=False)
+    >>> compiled = torch.compile(model, backend=backend)
+    >>> x = torch.randn(2, 8)
+    >>> torch.testing.assert_close(compiled(x), model(x))
+    >>> [g.plan.graph.name for g in backend.graphs]
+    ['dynamo_0']
+    >>> backend.close()
+    """
+
+    def __init__(self, executor: str | Executor = "threads", **plan_kwargs: Any):
+        self._spec = executor
+        self._owned = not isinstance(executor, Executor)
+        self._executor = None if self._owned else executor
+        self.plan_kwargs = plan_kwargs
+        self.graphs: list[CompiledGraph] = []
+        self._lock = threading.Lock()  # Dynamo may compile frames of several threads
+
+    def executor_for(self, example_inputs: Sequence[Any]) -> Executor:
+        """The backend's executor, made on first use (``"auto"``: CUDA streams on the first
+        GPU among ``example_inputs``, threads otherwise)."""
+        with self._lock:
+            if self._executor is None:
+                gpu = next((v.device for v in example_inputs
+                            if isinstance(v, torch.Tensor) and v.is_cuda), None)  # fmt: skip
+                if self._spec != "auto":
+                    self._executor = make_executor(self._spec)
+                elif gpu is not None:
+                    self._executor = make_executor("cuda", device=gpu)
+                else:
+                    self._executor = make_executor("threads")
+            return self._executor
+
+    def __call__(
+        self, gm: fx.GraphModule, example_inputs: Sequence[Any], **kwargs: Any
+    ) -> Callable[..., Any]:
+        options = kwargs.pop("options", None)
+        if options or kwargs:  # torch.compile(..., options=...) on a backend object
+            return _shared({**self.plan_kwargs, "executor": self._spec, **(options or {})})(
+                gm, example_inputs
+            )
+        with self._lock:
+            name = f"dynamo_{len(self.graphs)}"
+            compiled = CompiledGraph(gm, name, self)
+            self.graphs.append(compiled)
+        if _all_real(example_inputs):
+            compiled.make_plan(example_inputs)
+        return compiled
+
+    def close(self) -> None:
+        """Close the executor if this backend made it (a later graph starts a new one)."""
+        if self._owned and self._executor is not None:
+            self._executor.close()
+
+    reset = close  # what torch._dynamo.reset() calls on the backends it cached
+
+    def __repr__(self) -> str:
+        return f"Backend(executor={self._spec!r}, graphs={len(self.graphs)})"
+
+
+class CompiledGraph:
+    """One graph Dynamo handed over: its plan (made from the example inputs or on the first
+    call), or, when it could not be planned, the graph as Dynamo gave it (``fallback``)."""
+
+    def __init__(self, gm: fx.GraphModule, name: str, backend: Backend):
+        self.gm, self.name, self._backend = gm, name, backend
+        self.graph: Graph | None = None
+        self.plan: Plan | None = None
+        self.fallback: str | None = None  # why the graph runs as Dynamo gave it
+        self._executor: Executor | None = None
+        self._lock = threading.Lock()
+
+    def make_plan(self, example_inputs: Sequence[Any]) -> None:
+        """Import and plan the graph on copies of ``example_inputs``; on failure, warn and fall
+        back to the graph as it is."""
+        try:
+            self.graph = trace(self.gm, name=self.name)
+            executor = self._executor = self._backend.executor_for(example_inputs)
+            kwargs = {**getattr(executor, "plan_defaults", {}), **self._backend.plan_kwargs}
+            if isinstance(executor, CudaStreamExecutor):  # host timings: launches, not kernels
+                self.plan = make_plan(self.graph, **kwargs)  # as GraphModule plans for streams
+                return
+            with _quiet_rng(example_inputs):
+                self.plan = make_plan(self.graph, _copies(example_inputs), **kwargs)
+        except Exception as exc:  # noqa: BLE001 - any failure: run Dynamo's graph instead
+            node = getattr(exc, "node", None)
+            where = f"node '{node}'" if node else "it"
+            self.fallback = f"{type(exc).__name__}: {exc}"
+            warnings.warn(
+                f"graphexec could not plan Dynamo's graph '{self.name}' ({where}): {exc}; "
+                "running it as Dynamo gave it",
+                PlanFallbackWarning,
+                stacklevel=2,
+            )
+
+    def __call__(self, *args: Any) -> Any:
+        if self.plan is None and self.fallback is None:
+            with self._lock:
+                if self.plan is None and self.fallback is None:
+                    self.make_plan(args)
+        if self.plan is None:
+            return self.gm(*args)
+        return self._executor.run(self.plan, *args)
+
+    def __repr__(self) -> str:
+        state = "planned" if self.plan else "unplanned"
+        if self.fallback:
+            state = f"runs as Dynamo gave it: {self.fallback}"
+        return f"CompiledGraph({self.name!r}, {state})"
+
+
+def compile_backend(executor: str | Executor = "threads", **plan_kwargs: Any) -> Backend:
+    """A ``torch.compile`` backend with options: ``torch.compile(m, backend=compile_backend())``.
+
+    Parameters
+    ----------
+    executor : str or Executor
+        As `Backend` takes it (default ``"threads"``).
+    **plan_kwargs
+        Passed to `graphexec.plan` for every graph.
+
+    Returns
+    -------
+    Backend
+    """
+    return Backend(executor, **plan_kwargs)
+
+
+_SHARED: dict[str, Backend] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def _shared(options: dict[str, Any]) -> Backend:
+    """One backend (and executor) per distinct options, for the registered name."""
+    key = repr(sorted(options.items()))
+    with _SHARED_LOCK:
+        if key not in _SHARED:
+            _SHARED[key] = Backend(**options)
+        return _SHARED[key]
+
+
+def backend(
+    gm: fx.GraphModule, example_inputs: Sequence[Any], options: dict[str, Any] | None = None
+) -> Callable[..., Any]:
+    """The backend ``torch.compile`` finds as ``"graphexec"`` (entry point
+    ``torch_dynamo_backends``); ``options`` are `Backend`'s arguments."""
+    return _shared(dict(options or {}))(gm, example_inputs)
+
+
+def _close_shared() -> None:
+    """``torch._dynamo.reset()``: the registered backend's executors stop their threads."""
+    with _SHARED_LOCK:
+        for b in _SHARED.values():
+            b.close()
+
+
+backend.reset = _close_shared  # type: ignore[attr-defined]
+
+
+def _all_real(values: Sequence[Any]) -> bool:
+    """No fake tensor and no symbolic number among ``values``: they can be measured on."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    symbolic = (torch.SymInt, torch.SymFloat, torch.SymBool)
+    return not any(
+        isinstance(v, symbolic) or (isinstance(v, torch.Tensor) and is_fake(v)) for v in values
+    )
+
+
+def _copies(values: Sequence[Any]) -> list[Any]:
+    """What planning runs on: copies of every tensor but the parameters (never written)."""
+    return [
+        v.detach().clone() if isinstance(v, torch.Tensor) and not isinstance(v, nn.Parameter)
+        else v
+        for v in values
+    ]  # fmt: skip
+
+
+@contextlib.contextmanager
+def _quiet_rng(values: Sequence[Any]) -> Iterator[None]:
+    """Random state as it was before planning ran the graph (CPU, and the inputs' GPUs)."""
+    devices = sorted({v.device.index or 0 for v in values
+                      if isinstance(v, torch.Tensor) and v.is_cuda})  # fmt: skip
+    with torch.random.fork_rng(devices=devices):
+        yield

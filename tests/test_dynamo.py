@@ -1,0 +1,153 @@
+"""torch.compile(model, backend="graphexec"): real Dynamo, every graph planned and run by graphexec.
+
+Random multi-branch modules, with and without a graph break, must give eager's outputs and
+gradients; a graph that cannot be planned runs as Dynamo gave it, with a warning.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import pytest
+import torch
+import torch.nn as nn
+
+import graphexec as gx
+
+# Dynamo reads ``.grad`` of non-leaf tensors while it builds a resumed frame in grad mode.
+pytestmark = pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor:UserWarning")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    """Each test compiles from scratch: instances of one class share a code object, and
+    Dynamo's recompile limit would otherwise run later tests eagerly."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+class Branches(nn.Module):
+    """``width`` branches of random depth from one input, summed; optionally a graph break
+    (``if y.sum() > 0``) before a head::
+
+        x -> [b0] -\\
+        x -> [b1] --+ sum -> (break) -> head
+        x -> [b2] -/
+    """
+
+    def __init__(self, seed: int, graph_break: bool):
+        super().__init__()
+        rng = random.Random(seed)
+        width, dim = rng.randint(2, 4), 16
+        self.branches = nn.ModuleList(
+            nn.Sequential(
+                *[m for _ in range(rng.randint(1, 3)) for m in (nn.Linear(dim, dim), nn.Tanh())]
+            )  # fmt: skip
+            for _ in range(width)
+        )
+        self.head = nn.Linear(dim, 4)
+        self.graph_break = graph_break
+
+    def forward(self, x):
+        y = sum(b(x) for b in self.branches)
+        if self.graph_break and y.sum() > 0:  # data-dependent: Dynamo splits the frame here
+            y = -y
+        return self.head(torch.relu(y))
+
+
+@pytest.mark.parametrize("graph_break", [False, True], ids=["one-graph", "graph-break"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_random_branches_equal_eager_outputs_and_gradients(seed, graph_break):
+    model = Branches(seed, graph_break)
+    twin = copy.deepcopy(model)
+    backend = gx.compile_backend(executor="threads", repeats=2)
+    compiled = torch.compile(model, backend=backend)
+    for x in (torch.randn(8, 16), -torch.randn(8, 16)):  # both sides of the branch
+        out, expected = compiled(x), twin(x)
+        torch.testing.assert_close(out, expected)
+        out.square().sum().backward()
+        expected.square().sum().backward()
+    for (name, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+    assert len(backend.graphs) >= (2 if graph_break else 1)
+    assert all(g.plan is not None and g.fallback is None for g in backend.graphs), backend.graphs
+    first = backend.graphs[0].plan
+    assert {"branches.0.0", "branches.1.0"} <= set(first.graph.nodes)  # module-sized tasks
+    backend.close()
+
+
+def test_registered_name_and_options():
+    """``backend="graphexec"`` comes from the ``torch_dynamo_backends`` entry point."""
+    assert "graphexec" in torch._dynamo.list_backends()
+    model = Branches(2, graph_break=True).eval()
+    x = torch.randn(4, 16)
+    for options in (None, {"executor": "sequential", "check": False}, {"executor": "auto"}):
+        compiled = torch.compile(model, backend="graphexec", options=options)
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), model(x))
+        torch._dynamo.reset()
+
+
+def test_a_graph_that_cannot_be_planned_runs_as_dynamo_gave_it():
+    """``with torch.no_grad():`` inside forward: Dynamo writes grad-mode switches as nodes,
+    which graphexec cannot split across threads."""
+
+    class NoGradInside(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 8)
+
+        def forward(self, x):
+            with torch.no_grad():
+                frozen = self.a(x)
+            return self.b(x) + frozen
+
+    model = NoGradInside()
+    backend = gx.compile_backend()
+    x = torch.randn(4, 8)
+    with pytest.warns(gx.PlanFallbackWarning, match="node '_set_grad_enabled"):
+        out = torch.compile(model, backend=backend)(x)
+    torch.testing.assert_close(out, model(x))
+    out.sum().backward()
+    assert model.a.weight.grad is None and model.b.weight.grad is not None
+    assert backend.graphs[0].plan is None and "grad mode" in backend.graphs[0].fallback
+
+
+def test_symbolic_example_inputs_are_planned_on_the_first_call():
+    """``dynamic=True`` hands over ``SymInt`` sizes: nothing to measure until a real call."""
+    model = Branches(3, graph_break=False).eval()
+    backend = gx.compile_backend(executor="sequential", check=False)
+    compiled = torch.compile(model, backend=backend, dynamic=True)
+    with torch.no_grad():
+        for n in (3, 5, 7):
+            x = torch.randn(n, 16)
+            torch.testing.assert_close(compiled(x), model(x))
+    assert len(backend.graphs) == 1 and backend.graphs[0].plan is not None
+
+
+def test_planning_leaves_no_trace_random_state_and_running_statistics():
+    """Planning runs the graph many times; dropout and BatchNorm must not see those runs."""
+    model = nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.5), nn.BatchNorm1d(8), nn.Linear(8, 2))
+    twin = copy.deepcopy(model)
+    x = torch.randn(16, 8)
+    compiled = torch.compile(model, backend=gx.compile_backend(executor="sequential"))
+    torch.manual_seed(7)
+    out = compiled(x)
+    torch.manual_seed(7)
+    torch.testing.assert_close(out, twin(x))
+    torch.testing.assert_close(model[2].running_mean, twin[2].running_mean)
+    assert int(model[2].num_batches_tracked) == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_auto_runs_graphs_on_a_gpu_on_cuda_streams():
+    model = Branches(4, graph_break=True).cuda().eval()
+    backend = gx.compile_backend(executor="auto")
+    x = torch.randn(8, 16, device="cuda")
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(model, backend=backend)(x), model(x))
+    assert all(isinstance(g._executor, gx.CudaStreamExecutor) for g in backend.graphs)
+    backend.close()

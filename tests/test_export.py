@@ -1,0 +1,126 @@
+"""gx.trace of torch.export programs, and of plain modules with defaults or untraceable code."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+import graphexec as gx
+from tests.test_trace import assert_tree_close
+
+
+class Mutating(nn.Module):
+    """Two towers, then in-place writes export keeps (training IR) or functionalizes::
+
+        x -> a (Linear, ReLU) -\\
+        x -> b (Linear) -------+ add -> masked_fill_(mask) -> index_put_ -> head
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(nn.Linear(8, 8), nn.ReLU())
+        self.b = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x, mask):
+        y = self.a(x) + self.b(x)
+        y.masked_fill_(mask, 0.0)
+        y.index_put_((torch.tensor([0]),), torch.ones(8))
+        return {"out": self.head(y), "y": y}
+
+
+def _exported():
+    model = Mutating().eval()
+    x = torch.randn(4, 8)
+    batch = torch.export.Dim("batch", min=2)
+    dims = {"x": {0: batch}, "mask": {0: batch}}
+    return model, torch.export.export(model, (x, x > 0), dynamic_shapes=dims)
+
+
+@pytest.mark.filterwarnings("ignore:`isinstance\\(treespec, LeafSpec\\)`:FutureWarning")
+@pytest.mark.parametrize("form", ["program", "module", "decomposed"])
+def test_exported_program_with_in_place_ops_equals_eager(form, local_executor):
+    model, ep = _exported()
+    source = {"program": ep, "module": ep.module(), "decomposed": ep.run_decompositions()}[form]
+    g = gx.trace(source)
+    names = [n.name for n in g if not n.is_input]
+    assert g.name == "Mutating" and g.inputs == ("x", "mask")
+    assert names[0] == "check_inputs" and not any("guards" in n for n in names), names
+    assert {"a.0", "b", "head"} <= set(names)  # partitions start at leaf-module calls
+    x = torch.randn(6, 8)
+    with torch.no_grad():
+        expected = model(x, x > 0)
+        for p in (gx.plan(g), gx.plan(g, inline_below=0), gx.plan(g, example_inputs=(x, x > 0))):
+            assert_tree_close(local_executor.run(p, x, x > 0), expected)
+
+
+def test_exports_checks_run_first_in_check_inputs():
+    _, ep = _exported()
+    g = gx.trace(ep)
+    readers = [n.name for n in g if "check_inputs" in n.after]
+    assert set(readers) >= {"a.0", "b"}  # every partition without a producer waits for it
+    with pytest.raises(gx.NodeError, match="node 'check_inputs'"):
+        gx.SequentialExecutor().run(gx.plan(g), torch.randn(4, 9), torch.zeros(4, 9) > 0)
+
+
+class Scaled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+
+    def forward(self, x, scale=2.0, mask=None):
+        y = self.a(x) * scale
+        return y if mask is None else y.masked_fill(mask, 0.0)
+
+
+def test_defaults_are_fixed_not_required_inputs():
+    model, x = Scaled(), torch.randn(3, 4)
+    g = gx.trace(model)
+    assert g.inputs == ("x",)
+    with torch.no_grad():
+        torch.testing.assert_close(gx.SequentialExecutor().run(gx.plan(g), x), model(x))
+        p = gx.plan(g, example_inputs=(x,))  # timed against the module, defaults and all
+        torch.testing.assert_close(gx.SequentialExecutor().run(p, x), model(x))
+        other = gx.trace(model, concrete_args={"scale": 3.0})
+        assert other.inputs == ("x",)
+        got = gx.SequentialExecutor().run(gx.plan(other, example_inputs=(x,)), x)
+        torch.testing.assert_close(got, model(x, scale=3.0))
+        kept = gx.trace(model, concrete_args={"scale": fx.PH})
+        assert kept.inputs == ("x", "scale")
+        torch.testing.assert_close(
+            gx.SequentialExecutor().run(gx.plan(kept), x, 0.5), model(x, 0.5)
+        )
+
+
+class Gate(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent: fx cannot trace it
+            return self.a(x)
+        return x
+
+
+class Gated(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.gate = nn.Linear(4, 4), Gate()
+
+    def forward(self, x):
+        return self.gate(self.stem(x))
+
+
+def test_untraceable_control_flow_names_the_submodule_and_the_ways_out():
+    with pytest.raises(gx.UntraceableError) as info:
+        gx.trace(Gated())
+    message = str(info.value)
+    assert info.value.node == "gate" and isinstance(info.value, fx.proxy.TraceError)
+    assert "leaves=['gate']" in message and 'backend="graphexec"' in message
+    model, x = Gated().eval(), torch.randn(2, 4)
+    g = gx.trace(model, leaves=["gate"])  # the way out it names
+    with torch.no_grad():
+        torch.testing.assert_close(gx.SequentialExecutor().run(gx.plan(g), x), model(x))
