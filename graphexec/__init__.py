@@ -79,4 +79,8 @@ def __getattr__(name: str) -> Any:
         from .executors.dask import DaskExecutor
 
         return DaskExecutor
+    if name == "PlacementError":
+        from .executors.dask_placement import PlacementError
+
+        return PlacementError
     raise AttributeError(f"module 'graphexec' has no attribute {name!r}")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,18 +46,20 @@ def process_cluster(n_workers: int = 2, timeout: float = 60) -> Iterator[Process
     Workers run without a nanny, so a worker's pid is the process doing the work (a test can
     SIGKILL it). Everything is killed on exit.
     """
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
+    # Port 0 and a scheduler file: no port is picked here and raced for by others.
+    scheduler_file = Path(tempfile.mkdtemp(prefix="gx-dask-")) / "scheduler.json"
     # Workers unpickle functions by module name: let them import the test modules next to this.
     path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=path)
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env}
     scheduler = subprocess.Popen(
-        [*_dask_cli(), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+        [*_dask_cli(), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard"]
+        + ["--scheduler-file", str(scheduler_file)],
         **quiet,
     )
     workers: list[subprocess.Popen] = []
     try:
+        address = _address_from(scheduler_file, scheduler, timeout)
         for _ in range(n_workers):
             workers.append(
                 subprocess.Popen(
@@ -70,3 +76,16 @@ def process_cluster(n_workers: int = 2, timeout: float = 60) -> Iterator[Process
             if p.poll() is None:
                 p.send_signal(signal.SIGKILL)
             p.wait()
+        shutil.rmtree(scheduler_file.parent, ignore_errors=True)
+
+
+def _address_from(scheduler_file: Path, scheduler: subprocess.Popen, timeout: float) -> str:
+    """The scheduler's address, once it has written its scheduler file."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return json.loads(scheduler_file.read_text())["address"]
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            if scheduler.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the dask scheduler did not start") from None
+            time.sleep(0.05)

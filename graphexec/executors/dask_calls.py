@@ -1,0 +1,250 @@
+"""One call of the `DaskExecutor` in flight: submit its jobs, wait for them, gather its outputs.
+
+What it decides
+---------------
+* **Futures held.** Only output jobs and sinks are waited on (an error upstream reaches
+  them); the others' futures are dropped once submitted, so Dask frees each intermediate at
+  its last consumer. Scattered and shared graph inputs are held until the call ends.
+* **Pinned jobs.** Every job runs on the worker `dask_placement` chose (``workers=[w]``,
+  strict) and reads the copies of its nodes there; ``retries=0``, so Dask re-runs a job only
+  for a lost worker, never because a node raised (see `dask_jobs`).
+* **Graph inputs.** Views are compacted first (a view pickles its whole storage). Up to
+  ``EMBED_BELOW`` bytes an input is embedded in each job that reads it; read by several jobs
+  it becomes a task of its own (sent once, without blocking, so ``map`` keeps inputs in
+  flight); above ``SCATTER_ABOVE`` it is scattered to the worker of its first reader (Dask
+  warns about task graphs over 10 MB) and counted in ``sent_bytes``.
+* **Errors.** The first error cancels and releases the call's futures, then is raised: a
+  `NodeError` naming the node, with the remote traceback; a lost input or weight copy as
+  ``CancelledError``, which the executor answers by placing again and re-running.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections import Counter
+from collections.abc import Mapping
+from concurrent.futures import CancelledError
+from typing import TYPE_CHECKING, Any
+
+import distributed
+
+from ..plans import Plan
+from ..profile import TaskEvent
+from .base import Modes
+from .dask_connect import SchedulerUnreachableError
+from .dask_jobs import _Job, _JobEnv, _pop_events, _RemoteNodeError, _run_job, _value, compact
+from .dask_jobs import nbytes as _nbytes
+
+if TYPE_CHECKING:
+    from .dask import DaskExecutor
+    from .dask_placement import Worker
+
+__all__ = ["EMBED_BELOW", "SCATTER_ABOVE", "finish_call", "submit_call"]
+
+#: Graph inputs larger than this many bytes are scattered instead of embedded in the job.
+SCATTER_ABOVE = 8 << 20
+#: Graph inputs up to this size are embedded in every job that reads them.
+EMBED_BELOW = 16 << 10
+
+
+class _Call:
+    """The futures of one call: jobs by name, and which of them the client waits on."""
+
+    def __init__(self, client: distributed.Client, token: str, plan: Plan, jobs):
+        self.client = client
+        self.token = token
+        self.jobs: Mapping[str, _Job] = jobs
+        self.futures: dict[str, distributed.Future] = {}
+        self.inputs: list[distributed.Future] = []  # graph inputs sent apart, held for the call
+        self.wanted = {r.node for r in plan.graph.output_refs()} - set(plan.graph.inputs)
+        self.out_jobs = [n for n, j in jobs.items() if self.wanted & set(j.outputs)]
+        producer = {v: j.name for j in jobs.values() for v in j.outputs}
+        read = {a for j in jobs.values() for a in j.after}
+        read |= {producer[v] for j in jobs.values() for v in j.inputs if v in producer}
+        self.waited = [n for n in jobs if n in self.out_jobs or n not in read]
+
+    def cancel(self) -> None:
+        futures = list(self.futures.values()) + self.inputs
+        if futures:
+            self.client.cancel(futures)
+        self.release()
+
+    def release(self) -> None:
+        self.futures.clear()
+        self.inputs.clear()
+
+
+def submit_call(
+    ex: DaskExecutor,
+    plan: Plan,
+    jobs: Mapping[str, _Job],
+    where: Mapping[str, str],
+    nodes: Mapping[tuple[str, str], distributed.Future],
+    workers: Mapping[str, Worker],
+    env: Mapping[str, Any],
+    profile: bool,
+    schedule: str,
+    modes: Modes,
+) -> _Call:
+    """Submit one job per entry of ``jobs``, each on ``where[job]``; see the module docstring."""
+    call = _Call(ex.client, uuid.uuid4().hex[:12], plan, jobs)
+    graph_inputs = set(plan.graph.inputs)
+    given_all = _send_inputs(ex, call, env, graph_inputs, where)
+    producer = {n: j.name for j in jobs.values() for n in j.outputs}
+    job_envs = _job_envs(ex, workers, call.token if profile else None, modes)
+    levels: dict[int, list[str]] = {}
+    for name, job in jobs.items():
+        levels.setdefault(job.level, []).append(name)
+    try:
+        for level in sorted(levels):
+            for name in levels[level]:
+                job, w = jobs[name], where[name]
+                produced = {v: call.futures[producer[v]] for v in job.inputs if v in producer}
+                call.futures[name] = ex.client.submit(
+                    _run_job,
+                    job.tasks,
+                    [nodes[(n, w)] for n in job.nodes],
+                    {v: given_all[v] for v in job.inputs if v in graph_inputs},
+                    produced,
+                    job_envs[w],
+                    job.outputs,
+                    *(call.futures[a] for a in job.after),
+                    key=f"{name}-{call.token}",
+                    workers=[w],
+                    allow_other_workers=False,
+                    retries=0,
+                    pure=False,
+                )
+            if schedule == "levels":
+                _wait(call, [call.futures[n] for n in levels[level]])
+        # Hold only what the client waits on: Dask frees the rest at its last consumer.
+        call.futures = {n: call.futures[n] for n in call.waited}
+    except BaseException:
+        call.cancel()
+        raise
+    return call
+
+
+def _job_envs(ex: DaskExecutor, workers: Mapping[str, Worker], token, modes) -> dict:
+    per_host = Counter()
+    for w in workers.values():
+        per_host[w.host] += w.nthreads
+    pid = os.getpid()
+    return {
+        a: _JobEnv(modes, token, ex.torch_threads, per_host[w.host], pid)
+        for a, w in workers.items()
+    }
+
+
+def _send_inputs(
+    ex: DaskExecutor, call: _Call, env: Mapping[str, Any], graph_inputs: set[str], where
+) -> dict[str, Any]:
+    """Each graph input a job reads: the value itself, or the future of its copy sent apart."""
+    readers: dict[str, list[str]] = {}
+    for j in call.jobs.values():
+        for v in j.inputs:
+            if v in graph_inputs:
+                readers.setdefault(v, []).append(j.name)
+    given: dict[str, Any] = {}
+    scatter: dict[str, list] = {}  # first reader's worker -> [(name, value)]
+    for v, names in readers.items():
+        value = compact(env[v])
+        size = _nbytes(value)
+        if size > SCATTER_ABOVE:
+            scatter.setdefault(where[names[0]], []).append((v, value, size))
+        elif len(names) > 1 and size > EMBED_BELOW:
+            key = f"{v}-{call.token}"
+            given[v] = ex.client.submit(_value, value, key=key, retries=0, pure=False)
+            call.inputs.append(given[v])
+        else:
+            given[v] = value
+    for w, items in scatter.items():
+        sent = ex.client.scatter(
+            {f"{v}-{call.token}": value for v, value, _ in items}, workers=[w], hash=False
+        )
+        for v, _, size in items:
+            given[v] = sent[f"{v}-{call.token}"]
+            call.inputs.append(given[v])
+            ex._input_bytes += size
+    return given
+
+
+def _wait(call: _Call, futures: list[distributed.Future]) -> None:
+    """Wait for ``futures``; on the first error cancel the call and raise it, node named."""
+    try:
+        if not futures:
+            return
+        done = distributed.as_completed(futures, loop=call.client.loop)  # no polling
+        for fut in done:
+            if fut.status == "error":  # the first error; the rest are cancelled below
+                done.clear()
+                exc = fut.exception()
+                if isinstance(exc, _RemoteNodeError):
+                    raise exc.to_node_error() from exc.cause
+                raise exc
+            if fut.status == "cancelled":  # it read an input or weights that were lost
+                done.clear()
+                fut.result()
+    except BaseException:
+        call.cancel()
+        raise
+
+
+def finish_call(
+    ex: DaskExecutor, call: _Call, env: dict[str, Any], events: list[TaskEvent] | None
+) -> None:
+    """Wait for a submitted call, put its outputs into ``env`` and its events into ``events``."""
+    _wait(call, [call.futures[n] for n in call.waited])
+    out_jobs = call.out_jobs
+    try:
+        results = ex.client.gather([call.futures[n] for n in out_jobs])
+    except _RemoteNodeError as exc:
+        call.cancel()
+        raise exc.to_node_error() from exc.cause
+    except BaseException:
+        call.cancel()
+        raise
+    for name, values in zip(out_jobs, results, strict=True):
+        env.update({v: values[v] for v in call.jobs[name].outputs if v in call.wanted})
+    if events is not None:
+        for evs in ex.client.run(_pop_events, call.token).values():
+            events.extend(evs)
+    call.release()
+
+
+class _ClusterErrors:
+    """Turn "the scheduler is gone" (cancelled futures, closed comms) into one clear error.
+
+    Once the client has lost its scheduler every later call raises the same error at once:
+    the scheduler's state (weights, placements) is gone with it; make a new executor.
+    """
+
+    def __init__(self, ex: DaskExecutor):
+        self.ex = ex
+
+    def __enter__(self) -> None:
+        if self.ex._lost is not None:
+            raise SchedulerUnreachableError(self.ex._lost)
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if exc is None or not isinstance(exc, (OSError, CancelledError, TimeoutError)):
+            return False
+        if isinstance(exc, SchedulerUnreachableError) or self.ex.client.status == "running":
+            return False
+        self.ex._lost = (
+            f"DaskExecutor: lost the Dask scheduler at {self.ex.address} (client "
+            f"{self.ex.client.status}); the cluster is gone: create a new DaskExecutor"
+        )
+        raise SchedulerUnreachableError(self.ex._lost) from exc
+
+
+def _progress(inputs: Any, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is optional
+        return None
+    total = len(inputs) if hasattr(inputs, "__len__") else None
+    return tqdm(total=total, desc="graphexec dask map", unit="input")

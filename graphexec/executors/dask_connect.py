@@ -1,0 +1,149 @@
+"""How the `DaskExecutor` gets its cluster: an embedded ``LocalCluster``, or a scheduler to join.
+
+What it decides
+---------------
+* **Reaching a scheduler is bounded by the executor's ``timeout``, whatever Dask does.** Before
+  a ``distributed.Client`` is made for a ``tcp://`` address, `probe` opens a socket and waits
+  for the scheduler's handshake (a Dask server writes first: an 8-byte frame length). Nothing
+  listening, a port that accepts and never answers (Dask's own client hangs there), or one
+  that answers with something other than Dask (an HTTP server; Dask reads its reply as a frame
+  length and tries to allocate exabytes) all raise `SchedulerUnreachableError` naming the
+  address within ``timeout``.
+* **No fixed ports.** The embedded cluster's scheduler listens on a free port. Its dashboard
+  asks for ``dashboard_address`` (default ``:8787``) and takes a free port, without a warning,
+  when that one is taken; ``dashboard_address=None`` turns the dashboard off and puts the
+  scheduler's HTTP server (health, metrics) on a free port too, not on 8787.
+* **Workers that die come back.** `EmbeddedCluster` is a ``LocalCluster`` whose nannies restart
+  their worker however often it dies. (Dask's own closes a nanny for good when its worker is
+  not back within ``distributed.deploy.lost-worker-timeout`` of being lost, so a worker that
+  dies twice in quick succession left the cluster one worker short for the rest of its life.)
+* **Close what was created.** `close_owned` closes the client and cluster this executor made,
+  never a client it was given.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+import warnings
+from typing import Any
+from urllib.parse import urlsplit
+
+import distributed
+from distributed.deploy.cluster import Cluster
+
+__all__ = ["EmbeddedCluster", "SchedulerUnreachableError", "close_owned", "probe"]
+
+#: A Dask handshake's first frame is a few hundred bytes; anything bigger is not Dask.
+_MAX_HANDSHAKE = 1 << 20
+
+
+class SchedulerUnreachableError(ConnectionError):
+    """The Dask scheduler could not be reached within the timeout (the message names it)."""
+
+
+def _unreachable(address: str, timeout: float, why: str) -> SchedulerUnreachableError:
+    return SchedulerUnreachableError(
+        f"DaskExecutor: cannot reach the Dask scheduler at {address} within {timeout:g} s ({why})"
+    )
+
+
+def probe(address: str, timeout: float) -> None:
+    """Check within ``timeout`` that a Dask server answers at a ``tcp://`` address.
+
+    Raises
+    ------
+    SchedulerUnreachableError
+        If nothing listens there, nothing answers, or what answers is not Dask.
+    """
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    if parts.scheme != "tcp" or parts.port is None:
+        return  # tls://, inproc://, ...: left to Dask (and its timeout)
+    deadline = time.monotonic() + timeout
+    try:
+        with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as sock:
+            head = _read(sock, 8, deadline)
+    except TimeoutError:
+        raise _unreachable(address, timeout, "it accepts connections but never answers") from None
+    except OSError as exc:
+        raise _unreachable(address, timeout, f"{type(exc).__name__}: {exc}") from exc
+    (length,) = struct.unpack("<Q", head)
+    if not 0 < length <= _MAX_HANDSHAKE:
+        raise _unreachable(
+            address, timeout, f"something answers there but not Dask: it sent {head!r}"
+        )
+
+
+def _read(sock: socket.socket, n: int, deadline: float) -> bytes:
+    data = b""
+    while len(data) < n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        sock.settimeout(left)
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionResetError("the connection was closed without a Dask handshake")
+        data += chunk
+    return data
+
+
+class EmbeddedCluster(distributed.LocalCluster):
+    """A ``LocalCluster`` that never gives up on a nanny (see the module docstring)."""
+
+    def _update_worker_status(self, op: str, msg: Any) -> None:
+        Cluster._update_worker_status(self, op, msg)  # skip SpecCluster's lost-worker close
+
+
+def start_cluster(
+    n_workers: int,
+    threads_per_worker: int,
+    processes: bool,
+    security: Any,
+    dashboard_address: str | None,
+) -> EmbeddedCluster:
+    """Start the embedded cluster on free ports (see the module docstring)."""
+    kwargs: dict[str, Any] = {}
+    if dashboard_address is None:  # Dask would still serve HTTP on 8787
+        kwargs["scheduler_kwargs"] = {"dashboard_address": ":0", "dashboard": False}
+    else:
+        dashboard_address = _port_or_any(dashboard_address)
+    with warnings.catch_warnings():  # should the port be taken between the check and Dask
+        warnings.filterwarnings("ignore", message=r"Port \d+ is already in use")
+        return EmbeddedCluster(
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+            processes=processes,
+            security=security,
+            dashboard_address=dashboard_address,
+            scheduler_port=0,
+            **kwargs,
+        )
+
+
+def _port_or_any(address: str) -> str:
+    """``address``, or the same host on a free port when its port is taken.
+
+    Dask falls back to a free port by itself, but with a warning, and tornado leaks the socket
+    that failed to bind (a ResourceWarning): both errors under ``-W error``.
+    """
+    host, _, port = address.rpartition(":")
+    if not port.isdigit() or int(port) == 0:
+        return address
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, int(port)))
+        except OSError:
+            return f"{host}:0"
+    return address
+
+
+def close_owned(client: distributed.Client | None, cluster: Any) -> None:
+    """Close what the executor created (a finalizer: also on errors and at exit)."""
+    try:
+        if client is not None:
+            client.close()
+    finally:
+        if cluster is not None:
+            cluster.close()

@@ -1,0 +1,278 @@
+"""What one Dask task of the `DaskExecutor` runs, and what travels with it.
+
+What it decides
+---------------
+* **A job is one Dask task.** One job per plan task. Inline tasks (too cheap to dispatch) are
+  not jobs: each job re-runs the inline tasks it reads from before its own task (they are pure
+  and cheap), so merge ops never become Dask tasks. An inline task is a job only when its
+  value is a graph output or it mutates a tensor. `map` may run the whole plan as one job
+  (`_whole_job`), so inputs, not branches, fill the workers.
+* **A node's exception is not a lost worker.** `_run_job` raises `_RemoteNodeError` (message,
+  worker, traceback text, the original exception when it pickles). The executor submits jobs
+  with ``retries=0``: Dask re-runs a job only when its worker died (the scheduler's
+  ``allowed-failures``), never because a node raised, so a node's side effects happen once.
+* **Torch threads on a worker.** Dask's nanny sets ``OMP_NUM_THREADS=1`` in its workers. A job
+  sets torch's intra-op threads of the thread it runs on (OpenMP settings are per thread) to
+  the `_JobEnv`'s choice: a fixed number, or the host's cores divided by the task threads of
+  all the workers on that host. Never inside the client's own process (``processes=False``).
+* **Sizes count storage.** A tensor pickles its whole storage, so a small view of a big tensor
+  is measured by its storage and copied out (`compact`) before it is embedded or scattered.
+
+Worker-side state: `_EVENTS` (profile events per call token, popped by the client) is shared
+by the worker's task threads, hence `_EVENTS_LOCK`.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import threading
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import distributed
+import torch
+import torch.utils._pytree as pytree
+from dask.sizeof import sizeof
+
+from ..errors import NodeError, _rebuild_node_error
+from ..graph import Node, state_tensors
+from ..plans import Plan, Task
+from ..profile import TaskEvent
+from .base import Modes, run_task
+
+__all__ = ["compact", "fingerprint", "nbytes", "reject_cuda", "state_nbytes"]
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One Dask task: ``tasks`` run in order on one worker (inline producers, then the task)."""
+
+    name: str
+    tasks: tuple[Task, ...]
+    nodes: tuple[str, ...]
+    inputs: tuple[str, ...]  # values read from graph inputs or other jobs
+    outputs: tuple[str, ...]  # values other jobs or the graph outputs read
+    after: tuple[str, ...]  # jobs that must finish first, with no data read from them
+    level: int
+    cost: float = 0.0
+
+
+def _make_jobs(plan: Plan) -> dict[str, _Job]:
+    """Turn a plan's tasks into jobs; inline tasks are folded into every job that reads them."""
+    graph = plan.graph
+    out_values = {r.node for r in graph.output_refs()}
+    absorbed = {
+        t
+        for t, task in plan.tasks.items()
+        if task.inline
+        and not set(task.outputs) & out_values
+        and not any(graph.nodes[n].mutates for n in task.nodes)
+    }
+    order = {t: i for i, t in enumerate(plan.tasks)}
+    return {
+        name: _job_of(plan, name, _members(plan, name, absorbed), order)
+        for name in plan.tasks
+        if name not in absorbed
+    }
+
+
+def _members(plan: Plan, name: str, absorbed: set[str]) -> set[str]:
+    """The task and the absorbed inline tasks it needs, transitively."""
+    members, stack = {name}, [name]
+    while stack:
+        for d in plan.tasks[stack.pop()].deps:
+            if d in absorbed and d not in members:
+                members.add(d)
+                stack.append(d)
+    return members
+
+
+def _job_of(plan: Plan, name: str, members: set[str], order: dict[str, int]) -> _Job:
+    producer = {n: t for t, task in plan.tasks.items() for n in task.nodes}
+    tasks = tuple(plan.tasks[t] for t in sorted(members, key=order.__getitem__))
+    made = {n for t in tasks for n in t.nodes}
+    inputs = tuple(dict.fromkeys(v for t in tasks for v in t.inputs if v not in made))
+    data_jobs = {producer[v] for v in inputs if v in producer}
+    after = tuple(
+        dict.fromkeys(d for t in tasks for d in t.deps if d not in members and d not in data_jobs)
+    )
+    task = plan.tasks[name]
+    nodes = tuple(n for t in tasks for n in t.nodes)
+    return _Job(name, tasks, nodes, inputs, task.outputs, after, task.level, task.cost)
+
+
+def _whole_job(plan: Plan) -> dict[str, _Job]:
+    """The whole plan as one job: for `DaskExecutor.map`, where inputs, not branches, overlap."""
+    wanted = {r.node for r in plan.graph.output_refs()} - set(plan.graph.inputs)
+    tasks = tuple(plan.tasks.values())
+    inputs = tuple(dict.fromkeys(v for t in tasks for v in t.inputs if v in plan.graph.inputs))
+    name = plan.graph.name
+    nodes = tuple(n for t in tasks for n in t.nodes)
+    cost = sum(t.cost for t in tasks)
+    return {name: _Job(name, tasks, nodes, inputs, tuple(sorted(wanted)), (), 0, cost)}
+
+
+# -- the worker side -------------------------------------------------------------------------------
+_EVENTS: dict[str, list[TaskEvent]] = {}  # call token -> events, kept on each worker until popped
+_EVENTS_LOCK = threading.Lock()  # a worker with several threads runs several jobs at once
+
+
+@dataclass(frozen=True)
+class _JobEnv:
+    """What every job of a call shares: modes, profiling token, torch threads."""
+
+    modes: Modes
+    token: str | None  # set when the call is profiled
+    threads: int | None  # fixed intra-op threads, or None: cores // host_threads
+    host_threads: int  # task threads of all workers on the job's host
+    client_pid: int  # never change torch's threads in the client's own process
+
+
+class _RemoteNodeError(Exception):
+    """A `NodeError` as it crosses back to the client: message, worker, traceback text, cause."""
+
+    def __init__(self, node: str, task: str | None, message: str, where: str, tb: str, cause):
+        super().__init__(message)
+        self.node, self.task, self.message = node, task, message
+        self.where, self.tb, self.cause = where, tb, cause
+
+    def __reduce__(self):
+        args = (self.node, self.task, self.message, self.where, self.tb, self.cause)
+        return (_RemoteNodeError, args)
+
+    def to_node_error(self) -> NodeError:
+        err = _rebuild_node_error(
+            self.node,
+            self.task,
+            f"{self.message}\n\nRemote traceback (worker {self.where}):\n{self.tb.rstrip()}",
+        )
+        err.__cause__ = self.cause
+        return err
+
+
+class _NodeCopy:
+    """A node as scattered to a worker. Its size, for Dask's memory accounting (spilling,
+    pausing, the dashboard, ``client.nbytes``), is that of its weights, not of a small object."""
+
+    __slots__ = ("node",)
+
+    def __init__(self, node: Node):
+        self.node = node
+
+    def __sizeof__(self) -> int:
+        return object.__sizeof__(self) + state_nbytes(self.node.fn)
+
+
+def _worker_address() -> str:
+    try:
+        return distributed.get_worker().address
+    except ValueError:  # pragma: no cover - only when called outside a worker
+        return threading.current_thread().name
+
+
+def _use_threads(env: _JobEnv) -> None:
+    """Set torch's intra-op threads of this (task) thread; see the module docstring."""
+    if os.getpid() == env.client_pid:
+        return
+    n = env.threads or max(1, len(os.sched_getaffinity(0)) // max(1, env.host_threads))
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+def _run_job(
+    tasks: tuple[Task, ...],
+    nodes: list[_NodeCopy],
+    given: dict[str, Any],
+    produced: dict[str, dict[str, Any]],
+    env: _JobEnv,
+    outputs: tuple[str, ...],
+    *after: Any,
+) -> dict[str, Any]:
+    """Run one job on a worker: its tasks in order through `run_task`; return its outputs."""
+    _use_threads(env)
+    values = dict(given)
+    values.update({v: result[v] for v, result in produced.items()})
+    lookup = {c.node.name: c.node for c in nodes}
+    events: list[TaskEvent] | None = [] if env.token is not None else None
+    lane = _worker_address()
+    try:
+        for task in tasks:
+            values.update(run_task(task, lookup, values, env.modes, events, lane))
+    except NodeError as err:
+        tb = "".join(traceback.format_exception(err.__cause__ or err))
+        cause = err.__cause__
+        try:  # the original exception travels too, when the client will be able to rebuild it
+            pickle.loads(pickle.dumps(cause))
+        except Exception:
+            cause = None
+        raise _RemoteNodeError(err.node, err.task, str(err), lane, tb, cause) from None
+    if events:
+        with _EVENTS_LOCK:
+            _EVENTS.setdefault(env.token, []).extend(events)
+    return {v: values[v] for v in outputs}
+
+
+def _value(value: Any) -> Any:
+    """A graph input as a Dask task of its own: sent once, read by several jobs."""
+    return value
+
+
+def _pop_events(token: str) -> list[TaskEvent]:
+    with _EVENTS_LOCK:
+        return _EVENTS.pop(token, [])
+
+
+# -- fingerprints and sizes ------------------------------------------------------------------
+def fingerprint(fn: Any) -> tuple | None:
+    """Cheap identity of a module's state: changes on load_state_dict, optimizer steps, .to()."""
+    if not isinstance(fn, torch.nn.Module):
+        return None
+    return (
+        tuple((id(t), t._version, t.data_ptr(), t.dtype) for t in state_tensors(fn)),
+        tuple(m.training for m in fn.modules()),
+    )
+
+
+def state_nbytes(fn: Any) -> int:
+    """Bytes of a node's parameters and buffers (0 for a plain function)."""
+    return sum(t.nbytes for t in state_tensors(fn))
+
+
+def _tensor_bytes(t: torch.Tensor) -> int:
+    """What pickling ``t`` sends: its whole storage, not just the elements it views."""
+    try:
+        return t.untyped_storage().nbytes()
+    except (RuntimeError, NotImplementedError):  # no storage (e.g. sparse, nested)
+        return t.nbytes
+
+
+def nbytes(value: Any) -> int:
+    """Bytes a graph input costs to send (tensors by storage)."""
+    return sum(
+        _tensor_bytes(leaf) if isinstance(leaf, torch.Tensor) else sizeof(leaf)
+        for leaf in pytree.tree_leaves(value)
+    )
+
+
+def compact(value: Any) -> Any:
+    """``value`` with every tensor that views a larger storage replaced by a copy of its view."""
+
+    def one(leaf: Any) -> Any:
+        strided = isinstance(leaf, torch.Tensor) and leaf.layout == torch.strided
+        if strided and _tensor_bytes(leaf) > leaf.nbytes:
+            return leaf.clone(memory_format=torch.contiguous_format)
+        return leaf
+
+    return pytree.tree_map(one, value)
+
+
+def reject_cuda(what: str, value: Any) -> None:
+    """Raise ValueError if ``value`` holds a tensor that is not on the CPU."""
+    for leaf in pytree.tree_leaves(value):
+        if isinstance(leaf, torch.Tensor) and leaf.device.type != "cpu":
+            raise ValueError(
+                f"DaskExecutor: {what} is a {leaf.device.type} tensor; the Dask executor moves "
+                "CPU tensors only (move it with .cpu(), or use the threads executor on the GPU)"
+            )

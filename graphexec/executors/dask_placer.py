@@ -1,0 +1,135 @@
+"""The `DaskExecutor`'s placement state: live workers, jobs per plan, shards, weight copies.
+
+What it decides
+---------------
+* **Which workers are live.** The scheduler's list is asked for at most every
+  ``WORKERS_TTL`` seconds (one round trip; calls in between reuse it) and at once after a
+  call lost data with a worker. A worker the list still names but that just died costs a
+  re-run, never a hang: its jobs read copies that died with it, so they are cancelled.
+* **Per call.** `Placer.place` maps each job to one worker (`dask_placement.spread` over the
+  workers that hold its nodes) and asks the `WeightStore` for the copies there, sending the
+  missing ones. A sharded plan's `Shards` are placed once and repaired when workers die.
+
+State shared by threads calling one executor (``_turn``, the shards) changes under ``_lock``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import distributed
+
+from ..plans import Plan
+from .base import IdCache
+from .dask_jobs import _Job, _make_jobs, _whole_job, state_nbytes
+from .dask_placement import (
+    PlacementError,
+    Shards,
+    WeightStore,
+    Worker,
+    check_replicated_fit,
+    pin,
+    shard,
+    spread,
+    workers_of,
+)
+
+__all__ = ["Placer", "WORKERS_TTL"]
+
+#: How long the client trusts its list of workers before asking the scheduler again.
+WORKERS_TTL = 1.0
+
+
+class Placer:
+    """Where the jobs of each call run, for one executor (see the module docstring)."""
+
+    def __init__(self, client: distributed.Client, placement: str | Mapping[str, str], copies: int):
+        self.check(placement)
+        self.client = client
+        self.kind = placement if isinstance(placement, str) else "pinned"
+        self.pinned = dict(placement) if isinstance(placement, Mapping) else None
+        self.copies = copies
+        self.store = WeightStore(client)
+        self.jobs = IdCache(_make_jobs)
+        self.whole = IdCache(_whole_job)
+        self._shards: IdCache[Plan, Shards] = IdCache(lambda plan: Shards())
+        self._fits: IdCache[Plan, set] = IdCache(lambda plan: set())
+        self._lock = threading.Lock()
+        self._turn = 0
+        self._workers: tuple[float, list[Worker]] = (-1.0, [])
+
+    @staticmethod
+    def check(placement: Any) -> None:
+        """Raise ValueError unless ``placement`` is "replicate", "shard" or a mapping."""
+        if not isinstance(placement, Mapping) and placement not in ("replicate", "shard"):
+            raise ValueError(f"placement must be 'replicate', 'shard' or a mapping: {placement!r}")
+
+    def live(self, refresh: bool = False) -> list[Worker]:
+        """The cluster's workers; raise `PlacementError` when none is left."""
+        stamp, workers = self._workers
+        if refresh or time.monotonic() - stamp > WORKERS_TTL:
+            workers = workers_of(self.client.scheduler_info())
+            self._workers = (time.monotonic(), workers)
+        if not workers:
+            address = self.client.scheduler.address
+            raise PlacementError(f"DaskExecutor: no worker left in the cluster at {address}")
+        return workers
+
+    def holders(self, plan: Plan) -> dict[str, tuple[str, ...]]:
+        """``{node: workers holding it}`` for every node with parameters (placing if need be)."""
+        jobs = self.jobs(plan)
+        candidates = self._candidates(plan, jobs, self.live(refresh=True))
+        where: dict[str, set[str]] = {}
+        for j, job in jobs.items():
+            for n in job.nodes:
+                where.setdefault(n, set()).update(candidates[j])
+        nodes = plan.graph.nodes
+        return {
+            n: tuple(sorted(ws)) for n, ws in sorted(where.items()) if state_nbytes(nodes[n].fn)
+        }
+
+    def _candidates(self, plan: Plan, jobs, workers: list[Worker]) -> dict[str, tuple[str, ...]]:
+        """Job -> workers that hold (or will hold) its nodes."""
+        if self.kind == "replicate":
+            key = tuple(w.address for w in workers)
+            if key not in self._fits(plan):
+                check_replicated_fit(plan, workers)
+                self._fits(plan).add(key)
+            return dict.fromkeys(jobs, key)
+        pinned = pin(plan, jobs, self.pinned, workers) if self.pinned is not None else None
+        with self._lock:  # threads sharing the executor repair one placement
+            shards = shard(plan, jobs, workers, self.copies, self._shards(plan), pinned)
+            return dict(shards.holders)
+
+    def place(
+        self, plan: Plan, whole: bool
+    ) -> tuple[Mapping[str, _Job], dict[str, str], dict[tuple[str, str], Any], dict[str, Worker]]:
+        """Jobs of one call, job -> worker, the futures of the nodes' copies, live workers."""
+        workers = self.live()
+        split = self.jobs(plan)
+        candidates = self._candidates(plan, split, workers)
+        jobs = split
+        if whole:  # the whole plan as one job: any worker holding every node
+            jobs = self.whole(plan)
+            common = set.intersection(*(set(c) for c in candidates.values()))
+            candidates = dict.fromkeys(jobs, tuple(sorted(common)))
+        with self._lock:
+            self._turn += 1
+            turn = self._turn
+        where = spread(jobs, candidates, turn)
+        wanted: dict[str, set[str]] = {}
+        for j, job in jobs.items():
+            for n in job.nodes:
+                wanted.setdefault(n, set()).update(candidates[j])
+        nodes = self.store.futures(plan.graph, wanted)
+        return jobs, where, nodes, {w.address: w for w in workers}
+
+    def clear(self) -> None:
+        self.store.clear()
+        self.jobs.clear()
+        self.whole.clear()
+        self._shards.clear()
+        self._fits.clear()

@@ -1,0 +1,201 @@
+"""DaskExecutor faults found by using it: each test failed before its fix.
+
+Real components only: an HTTP server and a silent socket on loopback for the bad ports, a real
+``dask scheduler`` process killed with SIGKILL, the client's own byte counters.
+"""
+
+from __future__ import annotations
+
+import http.server
+import os
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+from test_dask import D, _slow_identity, assert_same, chain, lin
+
+import graphexec as gx
+from graphexec.executors.dask import SCATTER_ABOVE, DaskExecutor, SchedulerUnreachableError
+
+distributed = pytest.importorskip("distributed")
+from _dask_cluster import process_cluster  # noqa: E402
+
+pytestmark = pytest.mark.dask
+
+
+def one_node(fn, name: str = "f", **kwargs) -> gx.Plan:
+    g = gx.Graph(name)
+    g.output(g.node(name, fn, g.input("x"), kwargs=kwargs or None))
+    return gx.plan(g, inline_below=0.0)
+
+
+# -- bytes --------------------------------------------------------------------------------------
+def test_a_small_view_of_a_big_tensor_is_sent_compacted(dask_client):
+    """A 32 KiB view of a 64 MiB tensor as input: a call sends well under 1 MiB."""
+    big = torch.randn(16 << 20)
+    view = big[: 8 << 10]
+    p = gx.plan(chain())
+    with DaskExecutor(client=dask_client) as ex, torch.no_grad():
+        ex.run(p, torch.randn(2, D))  # weights out of the way
+        sent = ex.sent_bytes
+        out = ex.run(p, view.view(-1, D))
+        assert ex.sent_bytes - sent < 1 << 20
+        assert_same(out, gx.SequentialExecutor().run(p, view.view(-1, D)))
+
+
+def test_sent_bytes_counts_scattered_inputs(dask_client):
+    x = torch.randn(SCATTER_ABOVE // 4 // D + 1024, D)  # just over SCATTER_ABOVE
+    p = gx.plan(chain())
+    with DaskExecutor(client=dask_client) as ex, torch.no_grad():
+        ex.run(p, torch.randn(2, D))
+        sent = ex.sent_bytes
+        ex.run(p, x)
+        assert ex.sent_bytes - sent >= x.nbytes
+
+
+# -- a node that raises runs once -------------------------------------------------------------
+def _count_and_fail(t, log: str):
+    with open(log, "a") as f:  # a side effect, as a real node might have
+        f.write("ran\n")
+    raise RuntimeError("fails every time")
+
+
+def test_retries_do_not_rerun_a_node_that_raises(dask_client, tmp_path):
+    log = tmp_path / "runs"
+    ex = DaskExecutor(client=dask_client, retries=2)
+    with ex, pytest.raises(gx.NodeError, match="fails every time"):
+        ex.run(one_node(_count_and_fail, log=str(log)), torch.ones(2))
+    assert log.read_text().count("ran") == 1
+
+
+# -- ports that are not a Dask scheduler --------------------------------------------------------
+def test_a_port_serving_http_fails_within_the_timeout_naming_the_address():
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    address = f"tcp://127.0.0.1:{server.server_port}"
+    try:
+        with pytest.raises(SchedulerUnreachableError, match=address.replace(".", r"\.")):
+            DaskExecutor(address, timeout="1s")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_port_that_never_answers_fails_within_the_timeout():
+    with socket.socket() as silent:  # accepts (the kernel's backlog), never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        address = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+        start = time.monotonic()
+        with pytest.raises(SchedulerUnreachableError, match="never answers"):
+            DaskExecutor(address, timeout="1s")
+        assert time.monotonic() - start < 30  # Dask's own client waited past 60 s here
+
+
+# -- the embedded cluster and fixed ports --------------------------------------------------------
+@pytest.fixture
+def port_8787_taken():
+    """Port 8787 in use, by this test if nothing else holds it."""
+    holder = socket.socket()
+    try:
+        holder.bind(("", 8787))
+        holder.listen(1)
+    except OSError:
+        pass  # someone else's dashboard: just as taken
+    yield
+    holder.close()
+
+
+def test_embedded_cluster_starts_when_8787_is_taken(port_8787_taken):
+    with DaskExecutor(n_workers=1, processes=False) as ex:
+        assert not ex.dashboard_link.endswith(":8787/status")
+        assert ex.run(gx.plan(chain()), torch.randn(2, D)).shape == (2, D)
+    with DaskExecutor(n_workers=1, processes=False, dashboard_address=None) as ex:
+        assert ex.dashboard_link is None
+        assert ex._cluster.scheduler.http_server.port != 8787
+        assert ex.run(gx.plan(chain()), torch.randn(2, D)).shape == (2, D)
+
+
+# -- torch threads on the workers ---------------------------------------------------------------
+def _threads(t):
+    return t * 0 + torch.get_num_threads()
+
+
+def test_workers_use_their_cores_for_torch(dask_client):
+    p = one_node(_threads)
+    cores = len(os.sched_getaffinity(0))
+    share = max(1, cores // sum(dask_client.nthreads().values()))
+    with DaskExecutor(client=dask_client) as ex:
+        assert ex.run(p, torch.zeros(1)).item() == share
+    with DaskExecutor(client=dask_client, torch_threads=3) as ex:
+        assert ex.run(p, torch.zeros(1)).item() == 3
+    with DaskExecutor(client=dask_client) as ex:  # back to the default share
+        assert ex.run(p, torch.zeros(1)).item() == share
+
+
+# -- losing a worker or the scheduler --------------------------------------------------------------
+def _run_until_marker(ex, plan, x, marker: str):
+    """Start ``ex.run`` on a thread; return its future once the slow node has started."""
+    pool = ThreadPoolExecutor(1)
+    fut = pool.submit(ex.run, plan, x)
+    pool.shutdown(wait=False)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(marker):
+        assert time.monotonic() < deadline, "the slow node never started"
+        if fut.done():
+            fut.result()  # it failed: show why
+        time.sleep(0.05)
+    return fut
+
+
+@pytest.mark.slow
+def test_lost_scattered_input_is_sent_again(tmp_path):
+    """x (> SCATTER_ABOVE) lives only on the worker running `slow`; SIGKILL it mid-call."""
+    marker = str(tmp_path / "pid")
+    g = gx.Graph("big_input")
+    slow = g.node("slow", _slow_identity, g.input("x"), kwargs={"marker": marker})
+    g.output(g.node("head", lin(), slow))
+    p = gx.plan(g, inline_below=0.0)
+    x = torch.randn(SCATTER_ABOVE // 4 // D + 1024, D)
+    with torch.no_grad():
+        expected = gx.SequentialExecutor().run(p, x)
+    os.remove(marker)
+    with process_cluster(n_workers=2) as cluster, DaskExecutor(cluster.address) as ex:
+        fut = _run_until_marker(ex, p, x, marker)
+        os.kill(int(Path(marker).read_text()), signal.SIGKILL)
+        assert_same(fut.result(timeout=120), expected)
+
+
+@pytest.mark.slow
+def test_scheduler_dying_mid_call_says_the_cluster_is_gone(tmp_path):
+    marker = str(tmp_path / "pid")
+    p = one_node(_slow_identity, "slow", marker=marker)
+    with process_cluster(n_workers=1) as cluster:
+        ex = DaskExecutor(cluster.address, timeout="2s")
+        try:
+            fut = _run_until_marker(ex, p, torch.ones(2), marker)
+            cluster.scheduler.send_signal(signal.SIGKILL)
+            pattern = f"lost the Dask scheduler at {cluster.address}".replace(".", r"\.")
+            with pytest.raises(SchedulerUnreachableError, match=pattern + ".*new DaskExecutor"):
+                fut.result(timeout=60)
+            with pytest.raises(SchedulerUnreachableError, match=pattern):
+                ex.run(p, torch.ones(2))  # at once, not after another connect timeout
+        finally:
+            ex.close()
+
+
+def test_node_modules_are_sized_by_their_weights(dask_client):
+    """Dask's memory accounting sees a node copy as its weights, not as a small object."""
+    g = gx.Graph("sized")
+    g.output(g.node("big", nn.Linear(1024, 1024), g.input("x")))
+    with DaskExecutor(client=dask_client) as ex, torch.no_grad():
+        ex.run(gx.plan(g), torch.randn(2, 1024))
+        sizes = dask_client.nbytes(summary=False)
+        copies = [n for k, n in sizes.items() if str(k).startswith("weights-big-")]
+        assert copies and all(n >= 4 << 20 for n in copies)
