@@ -34,7 +34,9 @@ TARGETS = {
 OVERHEAD_TARGETS = {"inline task": 10e-6, "thread task": 30e-6}
 
 
-def _machine() -> list[str]:
+def machine(prog: str = "benchmarks.run", versions: str = "") -> list[str]:
+    """The results file's header: date, command (``python -m <prog> <argv>``), machine, load
+    average and versions (``versions`` appended to the versions line)."""
     import onnxruntime
 
     try:
@@ -46,7 +48,7 @@ def _machine() -> list[str]:
     except (OSError, StopIteration):
         cpu = platform.processor()
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
-    command = " ".join(["python", "-m", "benchmarks.run", *sys.argv[1:]])
+    command = " ".join(["python", "-m", prog, *sys.argv[1:]])
     return [
         f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
         f"- command: `{command}`",
@@ -54,11 +56,11 @@ def _machine() -> list[str]:
         f"- load average at start: {', '.join(f'{v:.2f}' for v in load)} (machine shared)",
         f"- python {platform.python_version()}, torch {torch.__version__} "
         f"({torch.__config__.parallel_info().splitlines()[-1].strip()}), "
-        f"onnxruntime {onnxruntime.__version__}",
+        f"onnxruntime {onnxruntime.__version__}{versions}",
     ]
 
 
-def _fmt_ms(s: float | None) -> str:
+def fmt_ms(s: float | None) -> str:
     return "–" if s is None else f"{s * 1e3:.3g}"
 
 
@@ -74,7 +76,7 @@ def _table(results: list[suite.Result]) -> list[str]:
         cells = []
         for r in results:
             if n in r.median:
-                cells.append(f"{r.ratio(n):.2f} ({_fmt_ms(r.median[n])} ms)")
+                cells.append(f"{r.ratio(n):.2f} ({fmt_ms(r.median[n])} ms)")
             elif n in r.error:
                 cells.append(f"error: {r.error[n]}")
             else:
@@ -159,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     compile_peers = not (args.quick or args.no_compile)
     plan_nodes = args.plan_nodes or 100_000
     t_start = time.time()
-    header = _machine()
+    header = machine()
     results = []
     for key in args.workloads:
         w = build(key)

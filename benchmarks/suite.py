@@ -2,9 +2,11 @@
 
 Timing discipline
 -----------------
-* Every contender is checked against eager (2 intra-op threads) before it is timed; a
-  mismatch is recorded, not timed.
-* All runs are under ``torch.inference_mode()``. Before each call the calling thread's
+* Every contender is checked against eager (2 intra-op threads) before it is timed: every
+  tensor of its output (any nesting of tuples, lists, dicts, model outputs; compared
+  flattened, in order) must be close to eager's. A mismatch is recorded, not timed.
+* All runs are under ``torch.inference_mode()`` (``grad_mode=`` of `time_workload`: the model
+  zoo runs under ``torch.no_grad()``). Before each call the calling thread's
   intra-op thread count is set to the contender's (``torch.set_num_threads`` is per thread
   with the OpenMP backend, so pool threads keep their own budgets).
 * Runs are interleaved: every repetition runs every contender once, in a freshly shuffled
@@ -34,6 +36,7 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +48,10 @@ from . import peers
 from .workloads import Workload, build
 
 __all__ = ["Contender", "Result", "contenders_for", "time_workload", "dispatch_overhead",
-           "planning_time", "memory_peak"]  # fmt: skip
+           "planning_time", "memory_peak", "guard", "module_contender",
+           "ort_contenders", "max_abs_diff", "error_text"]  # fmt: skip
+
+GradMode = Callable[[], AbstractContextManager]
 
 REFERENCE = "eager 2 thr"
 
@@ -60,6 +66,7 @@ class Contender:
     setup_s: float = 0.0
     error: str = ""
     close: Callable[[], None] | None = None
+    note: str = ""  # e.g. what its setup warned about
 
 
 @dataclass
@@ -72,6 +79,7 @@ class Result:
     setup: dict[str, float] = field(default_factory=dict)
     error: dict[str, str] = field(default_factory=dict)
     max_err: dict[str, float] = field(default_factory=dict)
+    note: dict[str, str] = field(default_factory=dict)
     reps: int = 0
 
     def ratio(self, name: str) -> float | None:
@@ -80,22 +88,19 @@ class Result:
         return got / ref if ref and got else None
 
 
-def _guard(name: str, threads: int, make: Callable[[], tuple[Any, float]]) -> Contender:
+def guard(name: str, threads: int, make: Callable[[], tuple[Any, float]]) -> Contender:
+    """A contender from ``make() -> (fn, setup seconds)``; a failure becomes its error text."""
     try:
         fn, setup = make()
         return Contender(name, fn, threads, setup)
     except Exception as exc:  # a peer that fails here is a result, not a crash
-        msg = f"{type(exc).__name__}: {exc}".splitlines()[0][:160]
-        return Contender(name, None, threads, error=msg)
+        return Contender(name, None, threads, error=error_text(exc))
 
 
-def _timed(make: Callable[[], Any]) -> Callable[[], tuple[Any, float]]:
-    def go() -> tuple[Any, float]:
-        t0 = time.perf_counter()
-        fn = make()
-        return fn, time.perf_counter() - t0
-
-    return go
+def error_text(exc: BaseException) -> str:
+    """One line for a table: the exception's type and the first line of its message."""
+    lines = f"{type(exc).__name__}: {exc}".strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:200]
 
 
 def contenders_for(
@@ -122,30 +127,40 @@ def contenders_for(
             )
         )
 
-    def unfused() -> Any:  # what horizontal fusion (on by default) is worth
-        gm = gx.GraphModule(w.graph, hfuse=False)
-        gm(*x)
-        return gm
-
-    out.append(_guard("gx default, hfuse off", 2, _timed(unfused)))
+    # what horizontal fusion (on by default) is worth
+    out.append(module_contender("gx default, hfuse off", w.graph, x, hfuse=False))
     if backends:
         out.extend(_backend_contenders(w))
-    out.append(_guard("TorchScript fork", 2, lambda: peers.torchscript_fork(w.fork, x)))
-    try:
-        model, export_s = peers.onnx_export(w.eager, x)
-        for mode, par in (("seq", False), ("par", True)):
-
-            def sess(par: bool = par) -> tuple[Any, float]:
-                fn, s = peers.onnxruntime_session(model, par)
-                return fn, s + export_s
-
-            out.append(_guard(f"ORT {mode}", 2, sess))
-    except Exception as exc:
-        msg = f"{type(exc).__name__}: {exc}".splitlines()[0][:160]
-        out += [Contender(f"ORT {m}", None, error=msg) for m in ("seq", "par")]
+    out.append(guard("TorchScript fork", 2, lambda: peers.torchscript_fork(w.fork, x)))
+    out.extend(ort_contenders(w.eager, x))
     if compile_peers:
-        out.append(_guard("torch.compile", 2, lambda: peers.torch_compile(w.eager, x)))
+        out.append(guard("torch.compile", 2, lambda: peers.torch_compile(w.eager, x)))
     return out
+
+
+def module_contender(
+    name: str,
+    graph: gx.Graph,
+    inputs: tuple[Any, ...],
+    grad_mode: GradMode = torch.inference_mode,
+    **module_kwargs: Any,
+) -> Contender:
+    """``gx.GraphModule(graph, **module_kwargs)`` after its first call (which plans, measures
+    and, with ``backend=``, exports): that call is the setup time."""
+    gm: gx.GraphModule | None = None
+
+    def make() -> tuple[Any, float]:
+        nonlocal gm
+        t0 = time.perf_counter()
+        gm = gx.GraphModule(graph, **module_kwargs)
+        with grad_mode():
+            gm(*inputs)
+        return gm, time.perf_counter() - t0
+
+    c = guard(name, 2, make)
+    if gm is not None:
+        c.close = gm.close
+    return c
 
 
 def _backend_contenders(w: Workload) -> list[Contender]:
@@ -154,43 +169,95 @@ def _backend_contenders(w: Workload) -> list[Contender]:
         import onnxruntime  # noqa: F401
     except ImportError:
         return []
+    return [module_contender("gx tasks onnxruntime", w.graph, w.inputs, backend="onnxruntime")]
 
-    def make() -> Any:
-        gm = gx.GraphModule(w.graph, backend="onnxruntime")
-        with torch.inference_mode():
-            gm(*w.inputs)  # plans, measures and exports on the first call
-        return gm
 
-    return [_guard("gx tasks onnxruntime", 2, _timed(make))]
+def ort_contenders(
+    module: torch.nn.Module, inputs: tuple[Any, ...], modes: tuple[str, ...] = ("seq", "par")
+) -> list[Contender]:
+    """Whole-model ONNX Runtime, one export shared by the sessions (``"seq"``, ``"par"``)."""
+    try:
+        model, export_s = peers.onnx_export(module, inputs)
+    except Exception as exc:
+        return [Contender(f"ORT {m}", None, error=error_text(exc)) for m in modes]
+    out = []
+    for mode in modes:
+
+        def sess(par: bool = mode == "par") -> tuple[Any, float]:
+            fn, s = peers.onnxruntime_session(model, par)
+            return fn, s + export_s
+
+        out.append(guard(f"ORT {mode}", 2, sess))
+    return out
+
+
+def max_abs_diff(got: Any, ref: Any) -> float:
+    """Largest absolute difference over the tensors of two outputs, flattened in order.
+
+    Raises
+    ------
+    ValueError
+        When the outputs do not hold the same number of tensors, or their shapes differ.
+    """
+    a, b = _tensors(got), _tensors(ref)
+    if len(a) != len(b):
+        raise ValueError(f"{len(a)} output tensors, eager has {len(b)}")
+    err = 0.0
+    for x, y in zip(a, b, strict=True):
+        if x.shape != y.shape:
+            raise ValueError(f"output shape {tuple(x.shape)}, eager has {tuple(y.shape)}")
+        err = max(err, (x.double() - y.double()).abs().max().item() if x.numel() else 0.0)
+    return err
+
+
+def _tensors(out: Any) -> list[torch.Tensor]:
+    return [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+
+
+def _close(got: Any, ref: Any, rtol: float, atol: float) -> bool:
+    """All tensors allclose, in order (call after `max_abs_diff`, which checks the counts)."""
+    pairs = zip(_tensors(got), _tensors(ref), strict=True)
+    return all(torch.allclose(x.to(y.dtype), y, rtol=rtol, atol=atol) for x, y in pairs)
 
 
 def time_workload(
-    w: Workload, contenders: list[Contender], reps: int = 30, warmup: int = 3
+    w: Workload,
+    contenders: list[Contender],
+    reps: int = 30,
+    warmup: int = 3,
+    grad_mode: GradMode = torch.inference_mode,
+    rtol: float = 1e-3,
+    atol: float = 1e-4,
 ) -> Result:
-    """Check every contender against eager, then time them interleaved; medians in seconds."""
+    """Check every contender against eager, then time them interleaved; medians in seconds.
+
+    Every call runs under ``grad_mode()``; outputs must be ``allclose(rtol, atol)`` to eager's.
+    """
     res = Result(w.key, w.title, reps=reps)
-    with torch.inference_mode():
+    with grad_mode():
         torch.set_num_threads(2)
         ref = w.eager(*w.inputs)
         live = []
         for c in contenders:
             res.setup[c.name] = c.setup_s
+            if c.note:
+                res.note[c.name] = c.note
             if c.fn is None:
                 res.error[c.name] = c.error
                 continue
             try:
                 torch.set_num_threads(c.threads)
                 got = c.fn(*w.inputs)
-                err = (got - ref).abs().max().item()
+                err = max_abs_diff(got, ref)
                 res.max_err[c.name] = err
-                if not torch.allclose(got, ref, rtol=1e-3, atol=1e-4):
+                if not _close(got, ref, rtol, atol):
                     res.error[c.name] = f"output differs from eager (max abs err {err:.2e})"
                     continue
                 for _ in range(warmup):
                     c.fn(*w.inputs)
                 live.append(c)
             except Exception as exc:
-                res.error[c.name] = f"{type(exc).__name__}: {exc}".splitlines()[0][:160]
+                res.error[c.name] = error_text(exc)
         samples: dict[str, list[float]] = {c.name: [] for c in live}
         rng = random.Random(0)
         for _ in range(reps):

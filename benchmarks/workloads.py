@@ -82,7 +82,7 @@ class Workload:
     title: str
     graph: gx.Graph
     eager: nn.Module
-    fork: nn.Module
+    fork: nn.Module | None  # None: no TorchScript twin (the model zoo's real models)
     inputs: tuple[torch.Tensor, ...]
 
 

@@ -237,11 +237,18 @@ def _onnx(module: _TaskModule, xs: tuple[torch.Tensor, ...], threads: int) -> Ca
     buf = io.BytesIO()
     in_names = [f"in{i}" for i in range(len(xs))]
     out_names = [f"out{i}" for i in range(len(module.task.outputs))]
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the TorchScript exporter warns it is deprecated
-        torch.onnx.export(
-            module, xs, buf, dynamo=False, input_names=in_names, output_names=out_names
-        )
+    # The exporter puts the module in eval() and back in the mode of the wrapper, which would
+    # switch the user's own (eval) modules inside it to training: keep every module's mode.
+    modes = {m: m.training for m in module.modules()}
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the TorchScript exporter warns it is deprecated
+            torch.onnx.export(
+                module, xs, buf, dynamo=False, input_names=in_names, output_names=out_names
+            )
+    finally:
+        for m, training in modes.items():
+            m.training = training
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1

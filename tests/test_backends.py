@@ -99,3 +99,16 @@ def test_inductor_tasks_equal_reference():
         assert not cp.fallbacks
         with CompiledRunner(cp) as ex, torch.no_grad():
             torch.testing.assert_close(ex.run(p, x), _reference(p, x), rtol=1e-4, atol=1e-5)
+
+
+def test_onnxruntime_leaves_the_models_modes_as_they_were():
+    """The exporter switches its module to eval and back: the user's eval modules stay eval."""
+    pytest.importorskip("onnxruntime")
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        ref = m(x)
+        gx.plan(gx.trace(m), example_inputs=(x,), backend="onnxruntime", inline_below=0,
+                check=False)  # fmt: skip
+        assert not any(mod.training for mod in m.modules())
+        torch.testing.assert_close(m(x), ref)

@@ -1,0 +1,88 @@
+"""Real models of the zoo (`benchmarks.zoo`) give eager's outputs on every local executor.
+
+One model per library and path: torchvision through ``torch.fx``, timm through ``torch.fx``,
+and two transformers models (an encoder, an encoder-decoder) through transformers' own fx
+tracer. Each is traced once (module scope), planned, and run on the sequential and thread
+executors (both schedules) and in a `gx.GraphModule`; every output tensor must be close to
+eager's. Random weights, tiny configs: about 10 s in all on a quiet 2-core machine.
+
+Needs the ``zoo`` extra (part of ``dev``, so CI runs it; skipped with a reason without it);
+``pytest -m zoo`` runs just these.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import graphexec as gx
+
+zoo = pytest.importorskip("benchmarks.zoo")
+zoo.prepare_torchvision()  # before any of the three is imported: see its docstring
+for _name in ("torchvision", "timm", "transformers"):
+    pytest.importorskip(
+        _name, reason=f"{_name} missing: pip install -c constraints.txt -e '.[zoo]'"
+    )
+
+pytestmark = [
+    pytest.mark.zoo,
+    # tracers leave unread shape reads; graphexec skips them, saying so (benchmarks/zoo.py)
+    pytest.mark.filterwarnings("ignore::graphexec.DeadNodeWarning"),
+]
+
+MODELS = ["mobilenet_v3_small", "dla46_c", "bert", "t5"]
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def traced(request):
+    """A built, traced zoo model and eager's output on its inputs."""
+    zm = zoo.build(request.param)
+    assert zm.graph is not None, zm.trace_error
+    with torch.no_grad():
+        ref = zm.model(*zm.inputs)
+    return zm, ref
+
+
+def assert_same(got, ref) -> None:
+    leaves = torch.utils._pytree.tree_leaves
+    a = [t for t in leaves(got) if isinstance(t, torch.Tensor)]
+    b = [t for t in leaves(ref) if isinstance(t, torch.Tensor)]
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
+
+
+def test_trace_keeps_the_model(traced):
+    zm, _ = traced
+    nodes = [n for n in zm.graph if not n.is_input]
+    assert len(nodes) > 10
+    assert list(zm.graph.inputs) == list(zm.names)
+    params = {id(p) for p in zm.model.parameters()}
+    assert all(  # the graph runs the model's own parameters, not copies
+        id(p) in params
+        for n in nodes
+        if isinstance(n.fn, torch.nn.Module)
+        for p in n.fn.parameters()
+    )
+
+
+def test_executors_equal_eager(traced, local_executor):
+    zm, ref = traced
+    plan = gx.plan(zm.graph)
+    with torch.no_grad():
+        got = local_executor.run(plan, *zm.graph_inputs)
+    assert_same(got, ref)
+
+
+def test_graph_module_equals_eager(traced):
+    """A module planned from estimates, and for BERT the default one (plan measured on the
+    first call: a second or two quiet, 10-25 s per vision model on a loaded 2-core machine)."""
+    zm, ref = traced
+    for kwargs in ({"measure": False}, {}) if zm.spec.key == "bert" else ({"measure": False},):
+        gm = gx.GraphModule(zm.graph, **kwargs)
+        try:
+            with torch.no_grad():
+                assert_same(gm(*zm.graph_inputs), ref)
+                assert_same(gm(*zm.graph_inputs), ref)  # the kept plan, again
+        finally:
+            gm.close()
