@@ -37,7 +37,7 @@ from .dask_placement import (
     workers_of,
 )
 
-__all__ = ["Placer", "WORKERS_TTL"]
+__all__ = ["Placer", "WORKERS_TTL", "scheduler_identity"]
 
 #: How long the client trusts its list of workers before asking the scheduler again.
 WORKERS_TTL = 1.0
@@ -71,7 +71,7 @@ class Placer:
         """The cluster's workers; raise `PlacementError` when none is left."""
         stamp, workers = self._workers
         if refresh or time.monotonic() - stamp > WORKERS_TTL:
-            workers = workers_of(self.client.scheduler_info())
+            workers = workers_of(scheduler_identity(self.client))
             self._workers = (time.monotonic(), workers)
         if not workers:
             address = self.client.scheduler.address
@@ -133,3 +133,11 @@ class Placer:
         self.whole.clear()
         self._shards.clear()
         self._fits.clear()
+
+
+def scheduler_identity(client: Any) -> Mapping[str, Any]:
+    """The scheduler's identity with every worker, fetched now. ``client.scheduler_info()``
+    returns a cache that Dask's periodic refresh overwrites with totals only (no workers):
+    read between the two, a live cluster looked empty ("no worker left") about one demo run
+    in three."""
+    return client.sync(client.scheduler.identity, n_workers=-1)
