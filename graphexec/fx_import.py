@@ -58,18 +58,19 @@ import torch.nn as nn
 
 from .errors import GraphError
 from .fx_partition import (
-    _build,
-    _hazards,
-    _leaf_calls,
-    _Leaves,
-    _live,
-    _partition,
-    _partition_order,
-    _qualname,
+    Leaves,
+    build_graph,
+    hazard_pairs,
+    leaf_calls,
+    live_nodes,
+    partition,
+    partition_order,
+    qualname,
 )
 from .graph import Graph
 
 __all__ = ["UntraceableError", "trace"]
+
 
 def _aten(*names: str) -> set[Any]:
     ops = (getattr(torch.ops.aten, n) for n in names if hasattr(torch.ops.aten, n))
@@ -144,7 +145,7 @@ def trace(
     >>> g.inputs, [n.name for n in g if not n.is_input]
     (('x',), ['a', 'b', 'add'])
     """
-    leaf = _Leaves(leaves)
+    leaf = Leaves(leaves)
     gm, source = _import(module, leaf, concrete_args)
     graph_name = name or _root_name(gm) or type(module).__name__
     for n in gm.graph.nodes:
@@ -155,25 +156,25 @@ def trace(
                 n.name,
             )
     checks = _input_checks(gm)
-    live = _live(gm, skip=set(checks))
+    live = live_nodes(gm, skip=set(checks))
     nodes = [n for n in gm.graph.nodes
              if n.op not in ("placeholder", "output", "get_attr") and n in live]  # fmt: skip
     index = {n: i for i, n in enumerate(gm.graph.nodes)}
-    hazards = _hazards(gm, index)
-    calls = _leaf_calls(nodes, leaf)
-    part = _partition(nodes, calls, folded=True)
-    order = _partition_order(nodes, part, hazards, index)
+    hazards = hazard_pairs(gm, index)
+    calls = leaf_calls(nodes, leaf)
+    part = partition(nodes, calls, folded=True)
+    order = partition_order(nodes, part, hazards, index)
     if order is None:  # folding contradicted an in-place ordering: keep functions apart
-        part = _partition(nodes, calls, folded=False)
-        order = _partition_order(nodes, part, hazards, index)
+        part = partition(nodes, calls, folded=False)
+        order = partition_order(nodes, part, hazards, index)
         assert order is not None, "one node per partition follows program order"
-    g = _build(gm, graph_name, nodes, part, order, hazards, calls, checks)
+    g = build_graph(gm, graph_name, nodes, part, order, hazards, calls, checks)
     g.source = source  # what `graphexec.plan` measures its plans against
     return g
 
 
 class _Tracer(fx.Tracer):
-    def __init__(self, leaves: _Leaves):
+    def __init__(self, leaves: Leaves):
         super().__init__()
         self._leaves = leaves
 
@@ -185,7 +186,7 @@ class _Tracer(fx.Tracer):
         )
 
 
-def _import(module: Any, leaves: _Leaves, concrete_args: Any) -> tuple[fx.GraphModule, Any]:
+def _import(module: Any, leaves: Leaves, concrete_args: Any) -> tuple[fx.GraphModule, Any]:
     """The fx graph to partition, and the callable it came from (`Graph.source`)."""
     exported = sys.modules.get("torch.export")
     if exported is not None and isinstance(module, exported.ExportedProgram):
@@ -287,7 +288,7 @@ def _root_name(gm: fx.GraphModule) -> str | None:
     for n in gm.graph.nodes:
         for path, cls in (v[:2] for v in (n.meta.get("nn_module_stack") or {}).values()):
             if path == "":
-                return (cls if isinstance(cls, str) else _qualname(cls)).rsplit(".", 1)[-1]
+                return (cls if isinstance(cls, str) else qualname(cls)).rsplit(".", 1)[-1]
     return None
 
 

@@ -17,6 +17,9 @@ import torch.utils._pytree as pytree
 
 from .graph import Graph, Ref
 
+__all__ = ["Leaves", "build_graph", "hazard_pairs", "leaf_calls", "live_nodes", "partition",
+           "partition_order", "qualname"]  # fmt: skip
+
 _VIEW_METHODS = {
     "view", "view_as", "reshape", "reshape_as", "transpose", "permute", "t", "flatten",
     "unflatten", "squeeze", "unsqueeze", "expand", "expand_as", "narrow", "select", "chunk",
@@ -37,17 +40,17 @@ _INPLACE_FUNCTIONS = {
 }
 
 
-class _Leaves:
+class Leaves:
     """``leaves=``: qualified module names and module types."""
 
     def __init__(self, leaves: Iterable[str | type]):
         leaves = list(leaves)
         self.names = {x for x in leaves if isinstance(x, str)}
         self.types = tuple(x for x in leaves if isinstance(x, type))
-        self.type_names = {_qualname(t) for t in self.types}
+        self.type_names = {qualname(t) for t in self.types}
 
 
-def _qualname(t: type) -> str:
+def qualname(t: type) -> str:
     return f"{t.__module__}.{t.__qualname__}"
 
 
@@ -82,7 +85,7 @@ def _schema_write(n: fx.Node) -> fx.Node | None:
     return None
 
 
-def _live(gm: fx.GraphModule, skip: set[fx.Node]) -> set[fx.Node]:
+def live_nodes(gm: fx.GraphModule, skip: set[fx.Node]) -> set[fx.Node]:
     """The nodes the output needs, and every node that writes in place or has another side
     effect (fx's ``is_impure``), with what they read, ``skip`` left out. The rest were made by
     the tracer for nothing (``getattr`` of a shape no one reads, say): dropped quietly, where
@@ -107,7 +110,7 @@ def _is_view(n: fx.Node) -> bool:
     )
 
 
-def _hazards(gm: fx.GraphModule, index: dict[fx.Node, int]) -> list[tuple[fx.Node, fx.Node]]:
+def hazard_pairs(gm: fx.GraphModule, index: dict[fx.Node, int]) -> list[tuple[fx.Node, fx.Node]]:
     root: dict[fx.Node, fx.Node] = {}
     mutations: list[tuple[fx.Node, fx.Node]] = []  # (mutating node, root it writes)
     for n in gm.graph.nodes:
@@ -132,7 +135,7 @@ def _hazards(gm: fx.GraphModule, index: dict[fx.Node, int]) -> list[tuple[fx.Nod
 
 
 # -- partitions -------------------------------------------------------------------------------
-def _leaf_calls(nodes: list[fx.Node], leaves: _Leaves) -> dict[fx.Node, tuple[str, str]]:
+def leaf_calls(nodes: list[fx.Node], leaves: Leaves) -> dict[fx.Node, tuple[str, str]]:
     """Node -> (call key, module path) of the outermost leaf module whose call made it, by
     ``nn_module_stack`` (aten graphs, where leaf calls are inlined). An fx trace records no
     leaf there: it never traces into one."""
@@ -142,7 +145,7 @@ def _leaf_calls(nodes: list[fx.Node], leaves: _Leaves) -> dict[fx.Node, tuple[st
             continue
         for key, entry in (n.meta.get("nn_module_stack") or {}).items():
             path, cls = _module_path(entry[0]), entry[1]
-            cls = cls if isinstance(cls, str) else _qualname(cls)
+            cls = cls if isinstance(cls, str) else qualname(cls)
             if path and (path in leaves.names or cls in leaves.type_names or _torch_leaf(cls)):
                 calls[n] = (key, path)
                 break
@@ -161,7 +164,7 @@ def _torch_leaf(cls: str) -> bool:
     return cls.startswith(("torch.nn.", "torch.ao.nn.")) and not cls.endswith(".Sequential")
 
 
-def _partition(
+def partition(
     nodes: list[fx.Node], calls: dict[fx.Node, tuple[str, str]], folded: bool
 ) -> dict[fx.Node, int]:
     part: dict[fx.Node, int] = {}
@@ -200,7 +203,7 @@ def _partition(
     return part
 
 
-def _partition_order(
+def partition_order(
     nodes: list[fx.Node],
     part: dict[fx.Node, int],
     hazards: list[tuple[fx.Node, fx.Node]],
@@ -220,7 +223,7 @@ def _partition_order(
     return list(nx.lexicographical_topological_sort(dag, key=first.__getitem__))
 
 
-def _build(
+def build_graph(
     gm: fx.GraphModule,
     graph_name: str,
     nodes: list[fx.Node],
