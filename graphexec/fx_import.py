@@ -42,6 +42,13 @@ What it decides
 * **Thread-local state.** A graph that switches grad mode or autocast between its nodes
   (Dynamo writes ``torch._C._set_grad_enabled`` for a ``with torch.no_grad():`` inside
   ``forward``) cannot be split across threads: `GraphError` naming the node.
+* **Transform levels.** Dynamo and export write a ``torch.vmap`` inside ``forward`` (as
+  transformers 4.5x builds GPT-2's attention mask) as calls that push and pop a functorch
+  level (``_vmap_increment_nesting`` ... ``_vmap_decrement_nesting``, thread-local) around
+  batched tensors that must not leave the level, with level numbers written in as constants.
+  fx counts neither call as a side effect, and nobody reads their results: the span from the
+  first push to its matching pop (and the ``lazy_load_decompositions`` before it) is kept
+  whole and becomes one partition, run on one thread like any partition.
 """
 
 from __future__ import annotations
@@ -88,6 +95,20 @@ _THREAD_STATE = {
     torch.amp.autocast_mode._enter_autocast,
     torch.amp.autocast_mode._exit_autocast,
 }
+
+
+def _functorch(*names: str) -> set[Any]:
+    from torch._functorch import predispatch
+
+    return {getattr(predispatch, n) for n in names if hasattr(predispatch, n)} | {
+        getattr(torch._C._functorch, n) for n in names if hasattr(torch._C._functorch, n)
+    }
+
+
+#: Calls that push and pop a functorch transform level (module docstring: transform levels).
+_LEVEL_PUSH = _functorch("_vmap_increment_nesting", "_jvp_increment_nesting", "_enter_dual_level")
+_LEVEL_POP = _functorch("_vmap_decrement_nesting", "_jvp_decrement_nesting", "_exit_dual_level")
+_LEVEL_PREPARE = _functorch("lazy_load_decompositions")
 
 
 class UntraceableError(GraphError, fx.proxy.TraceError):
@@ -156,16 +177,17 @@ def trace(
                 n.name,
             )
     checks = _input_checks(gm)
-    live = live_nodes(gm, skip=set(checks))
+    levels = _level_spans(gm)
+    live = live_nodes(gm, skip=set(checks), keep=levels)
     nodes = [n for n in gm.graph.nodes
              if n.op not in ("placeholder", "output", "get_attr") and n in live]  # fmt: skip
     index = {n: i for i, n in enumerate(gm.graph.nodes)}
     hazards = hazard_pairs(gm, index)
     calls = leaf_calls(nodes, leaf)
-    part = partition(nodes, calls, folded=True)
+    part = partition(nodes, calls, folded=True, together=levels)
     order = partition_order(nodes, part, hazards, index)
     if order is None:  # folding contradicted an in-place ordering: keep functions apart
-        part = partition(nodes, calls, folded=False)
+        part = partition(nodes, calls, folded=False, together=levels)
         order = partition_order(nodes, part, hazards, index)
         assert order is not None, "one node per partition follows program order"
     g = build_graph(gm, graph_name, nodes, part, order, hazards, calls, checks)
@@ -294,6 +316,26 @@ def _root_name(gm: fx.GraphModule) -> str | None:
 
 def _target_name(n: fx.Node) -> str:
     return getattr(n.target, "__qualname__", None) or str(n.target)
+
+
+def _level_spans(gm: fx.GraphModule) -> dict[fx.Node, int]:
+    """Node -> span number for the nodes from a functorch level's first push to its matching
+    pop, in program order (with the ``lazy_load_decompositions`` calls before the push)."""
+    spans: dict[fx.Node, int] = {}
+    current: list[fx.Node] = []
+    depth = 0
+    for n in gm.graph.nodes:
+        target = n.target if n.op == "call_function" else None
+        depth += target in _LEVEL_PUSH
+        if depth or target in _LEVEL_PREPARE:
+            current.append(n)
+        if target in _LEVEL_POP:
+            depth -= 1
+            if depth == 0:
+                number = len(set(spans.values()))
+                spans.update((m, number) for m in current if m.op != "placeholder")
+                current = []
+    return spans
 
 
 # -- export's checks ----------------------------------------------------------------------------

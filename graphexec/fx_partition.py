@@ -85,13 +85,18 @@ def _schema_write(n: fx.Node) -> fx.Node | None:
     return None
 
 
-def live_nodes(gm: fx.GraphModule, skip: set[fx.Node]) -> set[fx.Node]:
-    """The nodes the output needs, and every node that writes in place or has another side
-    effect (fx's ``is_impure``), with what they read, ``skip`` left out. The rest were made by
-    the tracer for nothing (``getattr`` of a shape no one reads, say): dropped quietly, where
-    a node a user declared and left unread would get a `DeadNodeWarning`."""
+def live_nodes(
+    gm: fx.GraphModule, skip: set[fx.Node], keep: Iterable[fx.Node] = ()
+) -> set[fx.Node]:
+    """The nodes the output needs, every node that writes in place or has another side
+    effect (fx's ``is_impure``) and the nodes in ``keep``, with what they read, ``skip`` left
+    out. The rest were made by the tracer for nothing (``getattr`` of a shape no one reads,
+    say): dropped quietly, where a node a user declared and left unread would get a
+    `DeadNodeWarning`."""
+    kept = set(keep)
     keep = [n for n in gm.graph.nodes if n not in skip and (
-            n.op == "output" or _mutated_arg(gm, n) is not None or n.is_impure())]  # fmt: skip
+            n in kept or n.op == "output" or _mutated_arg(gm, n) is not None
+            or n.is_impure())]  # fmt: skip
     live = set(keep)
     while keep:
         for a in keep.pop().all_input_nodes:
@@ -165,10 +170,18 @@ def _torch_leaf(cls: str) -> bool:
 
 
 def partition(
-    nodes: list[fx.Node], calls: dict[fx.Node, tuple[str, str]], folded: bool
+    nodes: list[fx.Node],
+    calls: dict[fx.Node, tuple[str, str]],
+    folded: bool,
+    together: dict[fx.Node, int] | None = None,
 ) -> dict[fx.Node, int]:
+    """Node -> partition number. Nodes that ``together`` maps to one number share one
+    partition whatever they read (a contiguous span of the program: see
+    `graphexec.fx_import`'s transform levels)."""
+    together = together or {}
     part: dict[fx.Node, int] = {}
     pending: list[fx.Node] = []
+    spans: dict[int, int] = {}  # ``together`` number -> its partition
     # The leaf call the previous node belonged to: (key, partition, read only graph inputs so
     # far). Dynamo gives two calls of one module the same key: the next node continues the
     # call if it reads it, reads only graph inputs, or the call so far did (BatchNorm's
@@ -176,6 +189,10 @@ def partition(
     run: tuple[str, int, bool] | None = None
     for n in nodes:
         call = calls.get(n)
+        if n in together:
+            span = together[n]
+            part[n], run = spans.setdefault(span, len(part) + len(pending)), None
+            continue
         if n.op == "call_module" or not folded:
             part[n], run = len(part) + len(pending), None
             continue

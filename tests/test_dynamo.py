@@ -151,3 +151,18 @@ def test_auto_runs_graphs_on_a_gpu_on_cuda_streams():
         torch.testing.assert_close(torch.compile(model, backend=backend)(x), model(x))
     assert all(isinstance(g._executor, gx.CudaStreamExecutor) for g in backend.graphs)
     backend.close()
+
+
+def test_vmap_inside_forward_is_planned_not_dropped():
+    """Dynamo writes the vmap's level push/pop as calls nobody reads (see test_export)."""
+    from tests.test_export import VmapMask
+
+    model, x = VmapMask(), torch.randn(4, 8)
+    twin = copy.deepcopy(model)
+    backend = gx.compile_backend(executor="threads", repeats=2)
+    out = torch.compile(model, backend=backend)(x)
+    torch.testing.assert_close(out, twin(x))
+    assert backend.graphs[0].plan is not None, backend.graphs[0].fallback
+    out.sum().backward()
+    twin(x).sum().backward()
+    torch.testing.assert_close(model.a.weight.grad, twin.a.weight.grad)

@@ -124,3 +124,33 @@ def test_untraceable_control_flow_names_the_submodule_and_the_ways_out():
     g = gx.trace(model, leaves=["gate"])  # the way out it names
     with torch.no_grad():
         torch.testing.assert_close(gx.SequentialExecutor().run(gx.plan(g), x), model(x))
+
+
+class VmapMask(nn.Module):
+    """A mask built with nested ``torch.vmap`` (as transformers builds GPT-2's), then two
+    towers::
+
+        x -> arange -> vmap(vmap(<=)) -> mask -\\
+        x -> a --------------------------------+ masked_fill + b(x) -> head
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        rows, cols = torch.arange(x.shape[0]), torch.arange(8)
+        mask = torch.vmap(lambda i: torch.vmap(lambda j: j <= i + 3)(cols))(rows)
+        return self.head(self.a(x).masked_fill(mask, 0.0) + self.b(x))
+
+
+def test_vmap_inside_forward_is_one_node_that_keeps_its_levels(local_executor):
+    """Export writes the vmap as level push/pop calls nobody reads: dropped or split across
+    nodes, the batched tensors escape their level (functorch raises)."""
+    model, x = VmapMask().eval(), torch.randn(4, 8)
+    g = gx.trace(torch.export.export(model, (x,)))
+    names = [n.name for n in g if not n.is_input]
+    assert {"a", "b", "head"} <= set(names) and len(names) <= 6, names
+    with torch.no_grad():
+        for p in (gx.plan(g), gx.plan(g, inline_below=0), gx.plan(g, example_inputs=(x,))):
+            torch.testing.assert_close(local_executor.run(p, x), model(x))
