@@ -30,6 +30,7 @@ import argparse
 import importlib.metadata
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -40,19 +41,20 @@ from .demo import DemoNet, demo_graph, run_demo
 from .executors import EXECUTORS, make_executor
 from .executors.base import SCHEDULES, Executor
 from .executors.cuda import INLINE_BELOW, auto_choice
+from .executors.sequential import SequentialExecutor
 from .graph import Graph
 from .plans import Plan
 from .profile import Timeline
 from .targets import (
     CLIError,
     Target,
+    UsageError,
     check_outputs,
     load_target,
-    ratio_table,
     save_trace,
     target_inputs,
-    time_median,
 )
+from .timing import Speedup, paired, speedup_table, time_median
 from .tune import plan as make_plan
 
 # DemoNet and demo_graph are re-exported: docs and tests name graphexec.cli:demo_graph.
@@ -118,26 +120,41 @@ def _plan(
     target: Target, inputs: tuple | None, args: argparse.Namespace, executor: str = "threads"
 ) -> Plan:
     fuse = not getattr(args, "no_fuse", False)
+    kw: dict[str, Any] = {"fuse_chains": fuse} if fuse else {"fuse_chains": False, "hfuse": False}
     with torch.no_grad():
         if executor == "cuda":  # host timings of GPU nodes measure launches: estimate instead
-            return make_plan(target.graph, fuse_chains=fuse, inline_below=INLINE_BELOW)
-        return make_plan(target.graph, inputs, fuse_chains=fuse)
+            return make_plan(target.graph, inline_below=INLINE_BELOW, **kw)
+        return make_plan(target.graph, inputs, **kw)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     target = load_target(args.target)
     inputs = target_inputs(target, args.input_shape)
     name = _resolve(args.executor, target.graph)
-    plan = _plan(target, None, args, name)
+    t0 = time.perf_counter()
+    plan = _plan(target, inputs, args, name)  # as bench and viz: measured (CUDA: estimated)
+    planned = time.perf_counter() - t0
+    speedup = None
     with torch.no_grad(), _executor(name, args, target.graph) as ex:
-        out, trace = ex.run(plan, *inputs, profile=True)
-        seconds = trace.wall
-        if args.repeat:
+        t0 = time.perf_counter()
+        ex.run(plan, *inputs)  # the first call starts pools and sends weights to workers
+        first = time.perf_counter() - t0
+        out, trace = ex.run(plan, *inputs, profile=True)  # what a warm call does
+        if args.repeat and target.module is not None:
+            speedup = paired(lambda: ex.run(plan, *inputs), lambda: target.module(*inputs),
+                             args.repeat)  # fmt: skip
+        elif args.repeat:
             seconds = time_median(lambda: ex.run(plan, *inputs), args.repeat)
         expected = target.module(*inputs) if target.module is not None else None
     picked = f"{args.executor} -> {name}" if name != args.executor else name
     print(f"{target.graph.name} on {picked} ({args.schedule}): {_shape(out)}")
-    print(f"  wall {seconds * 1e3:.2f} ms" + (f" (median of {args.repeat})" if args.repeat else ""))
+    how = "estimated from parameter counts" if name == "cuda" else "measured on the inputs"
+    print(f"  planned in {planned:.2f} s (costs {how}); first call {first * 1e3:.2f} ms, "
+          f"then {trace.wall * 1e3:.2f} ms (the profiled call)")  # fmt: skip
+    if speedup is not None:
+        print("  " + speedup_table([(picked, speedup)], "eager PyTorch").replace("\n", "\n  "))
+    elif args.repeat:
+        print(f"  median of {args.repeat} calls: {seconds * 1e3:.2f} ms")
     if expected is not None:
         print("  " + check_outputs(out, expected))
     if args.profile:
@@ -174,7 +191,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.executors.split(",") if n.strip()]
     for n in names:
         if n not in (*EXECUTORS, "auto"):
-            raise CLIError(f"unknown executor {n!r}; choose from {', '.join(EXECUTORS)}, auto")
+            raise UsageError(f"unknown executor {n!r}; choose from {', '.join(EXECUTORS)}, auto")
     names = list(dict.fromkeys(_resolve(n, target.graph) for n in names))
     plans: dict[bool, Plan] = {}  # CUDA streams run on an estimated plan, the others measured
 
@@ -185,26 +202,30 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return plans[cuda]
 
     plan = plan_for(names[0]) if names else _plan(target, inputs, args)
-    rows: list[tuple[str, float]] = []
+    if target.module is not None:
+        base, reference = "eager PyTorch", lambda: target.module(*inputs)
+    else:  # a Graph target has no eager twin: the reference executor is the yardstick
+        sequential = SequentialExecutor()
+        base, reference = "sequential", lambda: sequential.run(plan, *inputs)
+    rows: list[tuple[str, Speedup]] = []
     traces: dict[str, Timeline] = {}
-    bar = _progress((len(names) + (target.module is not None)) * args.repeat, "graphexec bench")
-    tick = bar.update if bar is not None else None
+    bar = _progress(len(names), "graphexec bench")
     try:
         with torch.no_grad():
-            if target.module is not None:
-                eager = time_median(lambda: target.module(*inputs), args.repeat, tick)
-                rows.append(("eager PyTorch", eager))
             for name in names:
                 p = plan_for(name)
                 with _executor(name, args, target.graph) as ex:
-                    seconds = time_median(lambda ex=ex, p=p: ex.run(p, *inputs), args.repeat, tick)
-                    rows.append((f"{name} ({args.schedule})", seconds))
+                    speedup = paired(lambda ex=ex, p=p: ex.run(p, *inputs), reference,
+                                     args.repeat)  # fmt: skip
+                    rows.append((f"{name} ({args.schedule})", speedup))
                     traces[name] = ex.run(p, *inputs, profile=True)[1]
+                if bar is not None:
+                    bar.update()
     finally:
         if bar is not None:
             bar.close()
     print(plan)
-    print(ratio_table(rows, rows[0][0]))
+    print(speedup_table(rows, base))
     out = Path(args.out)
     compare(traces, out / "compare.png")
     print(f"comparison figure: {out / 'compare.png'}")
@@ -235,7 +256,8 @@ def _target_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-fuse",
         action="store_true",
-        help="no chain fusion (cheap nodes are still folded into the node that reads them)",
+        help="no chain or horizontal fusion: one task per node, except nodes too cheap to "
+        "hand off (merge ops, reshapes), which are still folded into the node that reads them",
     )
 
 
@@ -250,6 +272,17 @@ def _executor_args(p: argparse.ArgumentParser, many: bool = False) -> None:
     p.add_argument(
         "--workers", type=int, help="threads, CUDA streams, or local Dask worker processes"
     )
+
+
+def _count(text: str) -> int:
+    """``--repeat``: a non-negative integer (argparse reports anything else as usage)."""
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+_count.__name__ = "non-negative integer"  # argparse: "invalid non-negative integer value: '-1'"
 
 
 def _version() -> str:
@@ -284,7 +317,9 @@ def _parser() -> argparse.ArgumentParser:
     p = command("run", "run TARGET once on an executor", _cmd_run)
     _target_args(p)
     _executor_args(p)
-    p.add_argument("--repeat", type=int, default=0, help="also time N runs (median)")
+    p.add_argument("--repeat", type=_count, default=0,
+                   help="also time N calls, side by side with eager PyTorch for a module "
+                        "target (median and spread; default 0)")  # fmt: skip
     p.add_argument("--profile", metavar="DIR", help="write Gantt, Chrome trace, summary here")
 
     p = command("viz", "plan picture, Gantt chart and Chrome trace of one run", _cmd_viz)
@@ -296,12 +331,19 @@ def _parser() -> argparse.ArgumentParser:
     _target_args(p)
     _executor_args(p, many=True)
     p.add_argument("--executors", default="sequential,threads", help="comma-separated")
-    p.add_argument("--repeat", type=int, default=5, help="timed runs per executor (median)")
+    p.add_argument("--repeat", type=_count, default=15,
+                   help="timed rounds per executor, each against eager PyTorch (or the "
+                        "sequential executor for a graph target); default 15")  # fmt: skip
     p.add_argument("--out", default="out/bench", help="output folder (default out/bench)")
 
     p = command("demo", "plan, draw and run a multi-branch model on threads and Dask", _cmd_demo)
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
-    p.add_argument("--repeat", type=int, default=5, help="timed runs per row (median)")
+    p.add_argument(
+        "--repeat",
+        type=_count,
+        default=15,
+        help="timed rounds per executor against eager PyTorch (default 15)",
+    )
     p.add_argument("--no-dask", action="store_true", help="skip the local Dask cluster")
     return parser
 
@@ -317,15 +359,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns
     -------
     int
-        0 on success, 1 on an error (reported in one line on stderr), 2 on a usage error.
+        0 on success, 1 on an error (reported in one line on stderr), 2 on a usage error (an
+        unknown command or flag, or a bad flag value), 130 on Ctrl-C.
     """
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    if getattr(args, "repeat", 1) < 0:
-        parser.error("--repeat must be >= 0")
     try:
         return args.fn(args)
     except KeyboardInterrupt:
@@ -340,4 +381,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         what = message if isinstance(exc, CLIError) else f"{type(exc).__name__}: {message}"
         print(f"graphexec {args.command}: error: {what}", file=sys.stderr)
-        return 1
+        return getattr(exc, "exit_status", 1)

@@ -8,14 +8,16 @@ What it decides
   imported under its own module name with its folder put first on ``sys.path`` and on
   ``PYTHONPATH`` (before any Dask cluster starts, so embedded worker processes can import it
   too).
-* **Inputs.** ``--input-shape 8,3,32,32`` (once per graph input) makes random ``float32``
-  inputs, seeded, on the device of the graph's parameters; otherwise the target module's
-  ``example_inputs`` attribute is used: a tensor, a tuple of graph inputs, or a function with
-  no arguments returning one of those.
+* **Inputs.** ``--input-shape 8,3,32,32`` (once per graph input; ``2,16:int64`` for token ids)
+  makes random inputs, seeded, on the device of the graph's parameters. Otherwise
+  ``example_inputs``: the target's own attribute (``build_graph.example_inputs``,
+  ``Model.example_inputs``), else its file's, which may be a dict by target name (a file
+  with several targets whose inputs differ): a tensor, a tuple of graph inputs, or a function
+  with no arguments returning one of those. Inputs whose count is not the graph's are an
+  error naming where they came from, before anything runs.
 * **Eager reference.** When ``attr`` is an ``nn.Module``, commands also run it eagerly: outputs
-  must agree (`check_outputs`) and times are reported relative to it (`ratio_table`). Every
-  clock read waits for the GPU first (`sync`): GPU work is asynchronous. `time_against`
-  alternates the run with the reference, so both see the same machine state.
+  must agree (`check_outputs`) and times are reported relative to it, side by side
+  (`graphexec.timing`).
 * **Errors.** Every user mistake here is a `CLIError`: the command line prints it in one line.
 
 Used by `graphexec.cli` (the commands) and `graphexec.demo` (the walk-through).
@@ -25,9 +27,7 @@ from __future__ import annotations
 
 import importlib
 import os
-import statistics
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,15 +43,12 @@ from .profile import Timeline
 
 __all__ = [
     "CLIError",
+    "UsageError",
     "Target",
     "load_target",
     "parse_shape",
     "target_inputs",
     "check_outputs",
-    "time_median",
-    "time_against",
-    "sync",
-    "ratio_table",
     "save_trace",
 ]
 
@@ -59,14 +56,24 @@ __all__ = [
 class CLIError(Exception):
     """A user mistake the CLI reports in one line (exit status 1)."""
 
+    exit_status = 1
+
+
+class UsageError(CLIError):
+    """A bad flag value (``--input-shape``, ``--executors``): exit status 2, as argparse's."""
+
+    exit_status = 2
+
 
 @dataclass
 class Target:
-    """What a TARGET names: the graph, the eager module (if any) and its example inputs."""
+    """What a TARGET names: the graph, the eager module (if any), its example inputs and
+    where they were defined (for messages)."""
 
     graph: Graph
     module: nn.Module | None
     example_inputs: tuple[Any, ...] | None
+    inputs_from: str
     spec: str
 
 
@@ -110,7 +117,7 @@ def load_target(spec: str) -> Target:
             )
         obj = getattr(obj, part)
     graph, eager = _as_graph(obj, spec)
-    return Target(graph, eager, _example_inputs(module, spec), spec)
+    return Target(graph, eager, *_example_inputs(obj, module, attr, spec), spec=spec)
 
 
 def _import(where: str) -> Any:
@@ -165,13 +172,21 @@ def _call(fn: Callable[[], Any], spec: str) -> Any:
         raise CLIError(f"cannot call {spec} without arguments: {exc}") from exc
 
 
-def _example_inputs(module: Any, spec: str) -> tuple[Any, ...] | None:
-    value = getattr(module, "example_inputs", None)
+def _example_inputs(obj: Any, module: Any, attr: str, spec: str) -> tuple[tuple | None, str]:
+    """The target's own ``example_inputs`` attribute, else its file's: a value for every
+    target there, or a dict with one value per target name (a file with several targets)."""
+    where = spec.rpartition(":")[0]
+    value, said = getattr(obj, "example_inputs", None), f"{spec}.example_inputs"
     if value is None:
-        return None
+        value, said = getattr(module, "example_inputs", None), f"{where}:example_inputs"
+        if isinstance(value, dict):
+            value, said = value.get(attr), f"{where}:example_inputs[{attr!r}]"
+    if value is None:
+        return None, ""
     if callable(value):
-        value = _call(value, f"{spec.rpartition(':')[0]}:example_inputs")
-    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+        value = _call(value, said)
+    inputs = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    return inputs, said
 
 
 # -- inputs -------------------------------------------------------------------------------------
@@ -202,9 +217,9 @@ def parse_shape(text: str) -> tuple[tuple[int, ...], torch.dtype]:
     except ValueError:
         shape = ()
     if not shape or any(s <= 0 for s in shape):
-        raise CLIError(f"bad --input-shape {text!r}: expected positive integers like 8,3,32,32")
+        raise UsageError(f"bad --input-shape {text!r}: expected positive integers like 8,3,32,32")
     if dtype and dtype not in DTYPES:
-        raise CLIError(f"bad --input-shape {text!r}: dtype must be one of {', '.join(DTYPES)}")
+        raise UsageError(f"bad --input-shape {text!r}: dtype must be one of {', '.join(DTYPES)}")
     return shape, DTYPES[dtype or "float32"]
 
 
@@ -231,7 +246,7 @@ def target_inputs(
     if shapes:
         parsed = [parse_shape(s) for s in shapes]
         if len(parsed) != len(names):
-            raise CLIError(
+            raise UsageError(
                 f"graph '{target.graph.name}' takes {len(names)} input(s) ({', '.join(names)}); "
                 f"got {len(parsed)} --input-shape"
             )
@@ -239,7 +254,15 @@ def target_inputs(
         device = auto_choice(target.graph)[1].get("device", "cpu")
         return tuple(_random(shape, dtype, gen).to(device) for shape, dtype in parsed)
     if target.example_inputs is not None:
-        return target.example_inputs
+        given = target.example_inputs
+        if len(given) != len(names):
+            raise CLIError(
+                f"{target.inputs_from} has {len(given)} input(s) but graph "
+                f"'{target.graph.name}' takes {len(names)} ({', '.join(names)}): give "
+                "--input-shape once per input, or example_inputs for this target (an "
+                "attribute of it, or a dict by target name)"
+            )
+        return given
     if required:
         raise CLIError(
             f"no inputs for {target.spec}: give --input-shape (once per input: "
@@ -256,63 +279,6 @@ def check_outputs(got: Any, expected: Any) -> str:
     except AssertionError as exc:
         raise CLIError(f"outputs differ from eager PyTorch: {str(exc).splitlines()[0]}") from exc
     return "outputs match eager PyTorch"
-
-
-def time_median(
-    fn: Callable[[], Any], repeat: int, tick: Callable[[], None] | None = None
-) -> float:
-    """Median seconds of ``repeat`` calls after one warm-up call (GPU work included)."""
-    fn()
-    samples = []
-    for _ in range(repeat):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        samples.append(time.perf_counter() - t0)
-        if tick:
-            tick()
-    return statistics.median(samples)
-
-
-def time_against(
-    fn: Callable[[], Any], reference: Callable[[], Any], repeat: int, ref_samples: list[float]
-) -> float:
-    """Median seconds of ``fn``, timed alternately with ``reference`` (whose times are added
-    to ``ref_samples``), so that both see the same machine state: each run follows the other
-    as often as not (a run at all intra-op threads leaves OpenMP workers spinning)."""
-    fn()
-    samples = []
-    for i in range(repeat):
-        for which in (fn, reference) if i % 2 else (reference, fn):
-            sync()
-            t0 = time.perf_counter()
-            which()
-            sync()
-            (samples if which is fn else ref_samples).append(time.perf_counter() - t0)
-    return statistics.median(samples)
-
-
-def sync() -> None:
-    """Wait for queued GPU work, if CUDA is in use: it is asynchronous, a clock would lie."""
-    if torch.cuda.is_initialized():
-        torch.cuda.synchronize()
-
-
-def ratio_table(rows: Sequence[tuple[str, float]], base: str) -> str:
-    """One row per ``(label, seconds)``: the time and how many times faster than ``base``.
-
-    >>> print(ratio_table([("eager", 0.002), ("threads", 0.001)], "eager"))
-                                 median  vs eager
-    ----------------------------------------------------
-    eager                       2.00 ms    1.00x
-    threads                     1.00 ms    2.00x
-    """
-    ref = dict(rows)[base]
-    lines = [f"{'':<24}{'median':>11}  vs {base}", "-" * (47 + len(base))]
-    for label, seconds in rows:
-        lines.append(f"{label:<24}{seconds * 1e3:>8.2f} ms  {ref / seconds:>6.2f}x")
-    return "\n".join(lines)
 
 
 def save_trace(trace: Timeline, out: Path, tag: str) -> list[Path]:

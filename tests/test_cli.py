@@ -55,12 +55,16 @@ def test_plan_prints_and_draws(tmp_path):
 
 
 def test_run_traced_module_with_profile(tmp_path):
-    """An nn.Module target is traced, run on threads, checked against eager, profiled."""
+    """An nn.Module target is traced, planned on its inputs as bench and viz plan it, warmed
+    up, run on threads, checked against eager, profiled and timed side by side with eager."""
     r = graphexec("run", CNN, "--executor", "threads", "--schedule", "levels",
-                  "--input-shape", "2,3,16,16", "--profile", str(tmp_path))  # fmt: skip
+                  "--input-shape", "2,3,16,16", "--profile", str(tmp_path),
+                  "--repeat", "3")  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "outputs match eager PyTorch" in r.stdout
     assert "tensor(2, 10)" in r.stdout
+    assert "costs measured on the inputs" in r.stdout and "first call" in r.stdout
+    assert "speedup over eager PyTorch (middle half of 3 rounds)" in r.stdout
     assert "speedup" in r.stdout  # the summary
     Image.open(tmp_path / "gantt_threads.png").verify()
     doc = json.loads((tmp_path / "trace_threads.json").read_text())
@@ -80,7 +84,9 @@ def test_bench_table_and_figure(tmp_path):
                   "--out", str(tmp_path))  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "sequential (dataflow)" in r.stdout and "threads (dataflow)" in r.stdout
+    assert "speedup over sequential" in r.stdout  # a graph target: no eager twin
     assert "1.00x" in r.stdout  # the baseline row
+    assert any(v in r.stdout for v in ("faster", "slower", "within noise"))
     Image.open(tmp_path / "compare.png").verify()
 
 
@@ -88,16 +94,19 @@ def test_bench_table_and_figure(tmp_path):
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path):
     """The README's main job: threads and an embedded Dask cluster, checked and pictured."""
-    r = graphexec("demo", "--out", str(tmp_path), "--repeat", "2")
+    r = graphexec("demo", "--out", str(tmp_path), "--repeat", "3")
     assert r.returncode == 0, r.stderr[-2000:]
     out = r.stdout
-    for text in ("Plan 'demo'", "eager PyTorch", "threads (dataflow)", "dask (2 workers)",
-                 "outputs match eager PyTorch"):  # fmt: skip
+    for text in ("Plan 'recurrent'", "Plan 'wide'", "eager PyTorch", "threads (dataflow)",
+                 "dask (2 workers)", "outputs match eager PyTorch", "expected: overlap pays",
+                 "expected: overlap does not pay", "measured: the plan"):  # fmt: skip
         assert text in out
+    assert out.count("outputs match eager PyTorch") == 8  # 2 models x 4 executors
     assert "FAILED" not in out
-    for name in ("plan.png", "gantt_threads.png", "gantt_dask.png", "trace_dask.json",
-                 "compare.png"):  # fmt: skip
-        assert (tmp_path / name).stat().st_size > 1000, name
+    for model in ("recurrent", "wide"):
+        for name in ("plan.png", "gantt_threads.png", "gantt_dask.png", "trace_dask.json",
+                     "compare.png"):  # fmt: skip
+            assert (tmp_path / model / name).stat().st_size > 1000, (model, name)
 
 
 @pytest.mark.parametrize(
@@ -116,7 +125,8 @@ def test_demo_runs_end_to_end(tmp_path):
     ],
 )
 def test_bad_input_is_one_line(args, message, capsys):
-    assert main(args) == 1
+    usage = any(a.startswith("--input-shape") or a == "--executors" for a in args)
+    assert main(args) == (2 if usage and "NodeError" not in message else 1)
     err = capsys.readouterr().err
     assert message in err
     assert err.count("\n") == 1 and "Traceback" not in err
@@ -144,3 +154,77 @@ def test_version_and_integer_inputs(capsys):
     assert parse_shape("2,16:int64") == ((2, 16), torch.int64)
     with pytest.raises(Exception, match="dtype must be one of"):
         parse_shape("2,16:int8x")
+
+
+def test_usage_errors_exit_2_and_name_the_command():
+    """A bad flag value is a usage error (exit 2), like an unknown flag, and names the command."""
+    for args, text in (
+        (["run", TOWERS, "--repeat", "-1"], "invalid non-negative integer"),
+        (["run", TOWERS, "--input-shape", "0,3"], "bad --input-shape"),
+        (["bench", TOWERS, "--executors", "gpu"], "unknown executor 'gpu'"),
+    ):
+        r = graphexec(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert r.stderr.startswith(f"graphexec {args[0]}") and text in r.stderr
+        assert r.stderr.count("\n") == 1
+
+
+SEVERAL = """
+import torch, torch.nn as nn
+
+class One(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.lin(x)
+
+class Two(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(16, 4)
+
+    def forward(self, x, y):
+        return self.lin(x) + y
+
+class Own(Two):
+    example_inputs = (torch.randn(3, 16), torch.randn(3, 4))
+"""
+
+
+def test_example_inputs_per_target(tmp_path, capsys):
+    """A file with several targets gives each its own inputs (a dict by target name, or the
+    target's attribute); a count that does not fit says where the inputs came from."""
+    (tmp_path / "several.py").write_text(
+        SEVERAL + "example_inputs = {'One': (torch.randn(2, 8),),"
+        " 'Two': lambda: (torch.randn(2, 16), torch.randn(2, 4))}\n"
+    )
+    for name, shape in (("One", "tensor(2, 4)"), ("Two", "tensor(2, 4)"), ("Own", "(3, 4)")):
+        assert main(["run", f"{tmp_path / 'several.py'}:{name}"]) == 0, name
+        out = capsys.readouterr().out
+        assert shape in out and "outputs match eager PyTorch" in out, (name, out)
+    (tmp_path / "shared.py").write_text(SEVERAL + "example_inputs = (torch.randn(2, 8),)\n")
+    assert main(["run", f"{tmp_path / 'shared.py'}:Two"]) == 1
+    err = capsys.readouterr().err
+    assert "shared.py:example_inputs has 1 input(s) but graph 'Two' takes 2 (x, y)" in err
+
+
+def test_no_fuse_is_one_task_per_costly_node():
+    """--no-fuse turns chain and horizontal fusion off: a task holds one node that costs a
+    hand-off, plus the cheap nodes folded into it."""
+    from graphexec.cli import _parser, _plan
+    from graphexec.planner import INLINE_BELOW
+    from graphexec.targets import load_target, target_inputs
+
+    target = load_target(CNN)
+    inputs = target_inputs(target, None)
+    plans = {flag: _plan(target, inputs, _parser().parse_args(["plan", CNN, *flag]))
+             for flag in ((), ("--no-fuse",))}  # fmt: skip
+
+    def costly(plan, task):
+        return [n for n in task.nodes if plan.node_costs[n] >= INLINE_BELOW]
+
+    assert any(len(costly(plans[()], t)) > 1 for t in plans[()].tasks.values())  # fused
+    assert all(len(costly(plans[("--no-fuse",)], t)) <= 1
+               for t in plans[("--no-fuse",)].tasks.values())  # fmt: skip

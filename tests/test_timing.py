@@ -1,0 +1,77 @@
+"""Side-by-side timing (`graphexec.timing`): what the CLI and the demo call faster or noise.
+
+No assertion here depends on how fast this machine is: the candidates are built so that the
+answer is decided by their structure (work that differs 100-fold), or the times are given.
+"""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+from graphexec.timing import Speedup, median_run, paired, speedup_table
+
+
+def test_paired_alternates_which_runs_first():
+    """A run at all intra-op threads leaves OpenMP workers spinning that the next run pays
+    for: the candidate and the reference must take turns going first."""
+    calls: list[str] = []
+    paired(lambda: calls.append("fn"), lambda: calls.append("ref"), rounds=4)
+    rounds = [tuple(calls[i : i + 2]) for i in range(2, len(calls), 2)]  # after the warm-ups
+    assert calls[:2] == ["fn", "ref"]
+    assert rounds == [("ref", "fn"), ("fn", "ref"), ("ref", "fn"), ("fn", "ref")]
+
+
+def test_paired_tells_faster_from_slower():
+    def work(n):
+        return lambda: sum(range(n))
+
+    assert paired(work(1_000), work(200_000), rounds=7).verdict == "faster"
+    assert paired(work(200_000), work(1_000), rounds=7).verdict == "slower"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "reference", "verdict"),
+    [
+        ((1.0, 1.0, 1.0, 1.0), (2.0, 2.1, 1.9, 2.0), "faster"),
+        ((2.0, 2.1, 1.9, 2.0), (1.0, 1.0, 1.0, 1.0), "slower"),
+        ((1.0, 1.0, 1.0, 1.0), (1.2, 0.9, 1.1, 0.85), "within noise"),  # median 1.0x
+        ((1.0, 1.0, 1.0, 1.0), (1.3, 1.25, 0.9, 0.95), "within noise"),  # median 1.1x
+    ],
+)
+def test_verdict_from_the_middle_half(seconds, reference, verdict):
+    assert Speedup(seconds, reference).verdict == verdict
+
+
+def test_one_outlier_round_decides_nothing():
+    """Nine rounds at 2x and one round where the candidate stalled 50-fold: still faster, at
+    2x, where a mean of times would say 0.2x."""
+    s = Speedup((1.0,) * 9 + (50.0,), (2.0,) * 10)
+    assert s.verdict == "faster" and s.median == pytest.approx(2.0)
+    assert sum(s.reference) / sum(s.seconds) < 0.4
+
+
+def test_speedup_table_says_the_verdict_and_the_spread():
+    text = speedup_table(
+        [("threads", Speedup((1.0, 1.0, 1.0), (2.0, 2.0, 2.0))),
+         ("dask", Speedup((1.0, 1.0, 1.0), (1.2, 0.8, 1.0)))],
+        "eager",
+    )  # fmt: skip
+    lines = text.splitlines()
+    assert "middle half of 3 rounds" in lines[0]
+    assert lines[2].startswith("eager") and "1.00x" in lines[2]
+    assert lines[3].startswith("threads") and lines[3].endswith("faster")
+    assert "(2.00x-2.00x)" in lines[3]
+    assert lines[4].startswith("dask") and lines[4].endswith("within noise")
+
+
+def test_median_run_keeps_the_middle_wall_time():
+    walls = iter([0.005, 0.001, 0.009, 0.003, 0.007])
+
+    def run():
+        wall = next(walls)
+        return wall, types.SimpleNamespace(wall=wall)
+
+    out, timeline = median_run(run, times=5)
+    assert out == timeline.wall == 0.005
