@@ -8,15 +8,23 @@ to a backend, which returns what to call instead::
       -> Backend(graph_module, example_inputs)      # once per graph, again on recompiles
            gx.trace(graph_module)                   # torch-level ops -> module-sized tasks
            gx.plan(graph, example_inputs=copies)    # measured; timed against the graph as is
-      -> CompiledGraph(*args)                       # each call: executor.run(plan, *args)
+      -> graph_module.forward                       # the plan did not win: Dynamo's graph
+      -> CompiledGraph(*args)                       # it did: executor.run(plan, *args)
 
 What it decides
 ---------------
 * **One plan per graph.** `graphexec.trace` groups the graph's nodes into tasks by the
   ``nn_module_stack`` Dynamo records (parameters and buffers arrive as graph inputs), and
-  `graphexec.plan` measures them, tries every decision end to end, and times the best plan
-  against the graph as Dynamo gave it: when no plan is at least as fast, that graph runs as it
-  is (``plan.as_is``), so the backend is never slower than Dynamo's own graph beyond noise.
+  `graphexec.plan` measures them and tries every decision end to end.
+* **Handed back unless it wins.** A plan is kept only when it may beat Dynamo's graph and did:
+  it overlaps branches, fuses modules or compiles tasks (an inline plan of the same ops, cut
+  into partition calls, can only add calls), and it ran in at most `GAIN` (95%) of the
+  graph's time side by side (``source_margin=GAIN`` of `graphexec.plan`; `graphexec.trace`
+  keeps a plan within 3% of the module). Otherwise the backend returns Dynamo's
+  ``graph_module.forward`` itself, what ``backend="eager"`` returns: no graphexec code runs
+  per call, and the compiled model costs what Dynamo's own guards and frame handling cost
+  (measured in ``benchmarks/results/zoo.md``). ``CompiledGraph.plan`` still says what was
+  measured, and ``CompiledGraph.handed_back`` why the graph runs as it is.
 * **Planning leaves no trace.** Planning runs the graph many times: on copies of every
   example input that is not a parameter (in-place writes, BatchNorm's running statistics in
   training), under ``torch.random.fork_rng`` (dropout draws what eager would after it).
@@ -39,6 +47,7 @@ arguments of `graphexec.plan`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -48,10 +57,11 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from .executors import CudaStreamExecutor, Executor, make_executor
+from .executors import CudaStreamExecutor, Executor, SequentialExecutor, make_executor
 from .fx_import import trace
 from .graph import Graph
 from .plans import Plan
+from .tune import GAIN
 from .tune import plan as make_plan
 
 __all__ = ["Backend", "CompiledGraph", "PlanFallbackWarning", "backend", "compile_backend"]
@@ -126,9 +136,10 @@ class Backend:
             name = f"dynamo_{len(self.graphs)}"
             compiled = CompiledGraph(gm, name, self)
             self.graphs.append(compiled)
-        if _all_real(example_inputs):
-            compiled.make_plan(example_inputs)
-        return compiled
+        if not _all_real(example_inputs):
+            return compiled  # planned on its first call (the wrapper stays in Dynamo's hands)
+        compiled.make_plan(example_inputs)
+        return compiled if compiled.handed_back is None else gm.forward
 
     def close(self) -> None:
         """Close the executor if this backend made it (a later graph starts a new one)."""
@@ -143,14 +154,17 @@ class Backend:
 
 class CompiledGraph:
     """One graph Dynamo handed over: its plan (made from the example inputs or on the first
-    call), or, when it could not be planned, the graph as Dynamo gave it (``fallback``)."""
+    call), or the graph as Dynamo gave it, when it could not be planned (``fallback``) or the
+    plan did not beat it (``handed_back`` says why in both cases)."""
 
     def __init__(self, gm: fx.GraphModule, name: str, backend: Backend):
         self.gm, self.name, self._backend = gm, name, backend
         self.graph: Graph | None = None
         self.plan: Plan | None = None
-        self.fallback: str | None = None  # why the graph runs as Dynamo gave it
+        self.fallback: str | None = None  # why the graph could not be planned
+        self.handed_back: str | None = None  # why it runs as Dynamo gave it
         self._executor: Executor | None = None
+        self._run: Callable[..., Any] = self._first_call
         self._lock = threading.Lock()
 
     def make_plan(self, example_inputs: Sequence[Any]) -> None:
@@ -159,37 +173,60 @@ class CompiledGraph:
         try:
             self.graph = trace(self.gm, name=self.name)
             executor = self._executor = self._backend.executor_for(example_inputs)
-            kwargs = {**getattr(executor, "plan_defaults", {}), **self._backend.plan_kwargs}
+            kwargs = {"source_margin": GAIN, **getattr(executor, "plan_defaults", {}),
+                      **self._backend.plan_kwargs}  # fmt: skip
             if isinstance(executor, CudaStreamExecutor):  # host timings: launches, not kernels
                 self.plan = make_plan(self.graph, **kwargs)  # as GraphModule plans for streams
-                return
-            with _quiet_rng(example_inputs):
-                self.plan = make_plan(self.graph, _copies(example_inputs), **kwargs)
+            else:
+                with _quiet_rng(example_inputs):
+                    self.plan = make_plan(self.graph, _copies(example_inputs), **kwargs)
         except Exception as exc:  # noqa: BLE001 - any failure: run Dynamo's graph instead
             node = getattr(exc, "node", None)
             where = f"node '{node}'" if node else "it"
-            self.fallback = f"{type(exc).__name__}: {exc}"
+            self.fallback = self.handed_back = f"{type(exc).__name__}: {exc}"
+            self._run = self.gm.forward
             warnings.warn(
                 f"graphexec could not plan Dynamo's graph '{self.name}' ({where}): {exc}; "
                 "running it as Dynamo gave it",
                 PlanFallbackWarning,
                 stacklevel=2,
             )
+            return
+        self.handed_back = _why_as_is(self.plan, self.graph, executor)
+        if self.handed_back is None:
+            self._run = functools.partial(self._executor.run, self.plan)
+        else:
+            self._run = self.gm.forward
+
+    def _first_call(self, *args: Any) -> Any:
+        with self._lock:
+            if self._run == self._first_call:
+                self.make_plan(args)
+        return self._run(*args)
 
     def __call__(self, *args: Any) -> Any:
-        if self.plan is None and self.fallback is None:
-            with self._lock:
-                if self.plan is None and self.fallback is None:
-                    self.make_plan(args)
-        if self.plan is None:
-            return self.gm(*args)
-        return self._executor.run(self.plan, *args)
+        return self._run(*args)
 
     def __repr__(self) -> str:
-        state = "planned" if self.plan else "unplanned"
         if self.fallback:
             state = f"runs as Dynamo gave it: {self.fallback}"
+        elif self.handed_back:
+            state = f"runs as Dynamo gave it: {self.handed_back}"
+        else:
+            state = "planned" if self.plan else "unplanned"
         return f"CompiledGraph({self.name!r}, {state})"
+
+
+def _why_as_is(p: Plan, graph: Graph, executor: Executor) -> str | None:
+    """Why Dynamo's graph should run as it is rather than ``p`` (None: run the plan)."""
+    if p.as_is is not None:
+        return next(d for d in p.decisions if d.startswith("runs the traced module"))
+    overlaps = p.parallel and not isinstance(executor, SequentialExecutor)
+    if not overlaps and p.compiled is None and p.graph is graph:
+        return (
+            "its plan runs the same ops one after another (nothing overlapped, fused or compiled)"
+        )
+    return None
 
 
 def compile_backend(executor: str | Executor = "threads", **plan_kwargs: Any) -> Backend:

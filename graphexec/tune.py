@@ -72,6 +72,7 @@ def plan(
     hfuse: bool | str = "auto",
     backend: str = "eager",
     check: bool = True,
+    source_margin: float | None = None,
 ) -> Plan:
     """Plan a graph: measure its nodes (with ``example_inputs``), arrange it, try what can lose.
 
@@ -105,6 +106,12 @@ def plan(
         With ``example_inputs``: keep horizontal fusion, overlap and compiled tasks only when
         they win a side-by-side trial against the plan without them (default). False: keep
         what the per-node measurements and rules say, untried (faster planning).
+    source_margin : float, optional
+        For a traced graph (``graph.source``, with ``example_inputs`` and ``check``): the best
+        plan is kept when it takes at most this share of the module it was traced from, side
+        by side; otherwise the plan runs that module as it is (``plan.as_is``). Default
+        `SOURCE_MARGIN` (1.03: a plan within 3% of the module is kept). The ``torch.compile``
+        backend passes `GAIN`: its plan must beat Dynamo's graph by 5%.
 
     Returns
     -------
@@ -141,9 +148,9 @@ def plan(
     if example_inputs is not None:
         bind_inputs(graph, example_inputs, {})  # arity, before anything runs
     with _no_gc():
-        return _tune(
-            graph, example_inputs, inline_below, fuse_chains, repeats, hfuse, backend, check
-        )
+        margin = SOURCE_MARGIN if source_margin is None else source_margin
+        return _tune(graph, example_inputs, inline_below, fuse_chains, repeats, hfuse, backend,
+                     check, margin)  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -168,6 +175,7 @@ def _tune(
     hfuse: bool | str,
     backend: str,
     check: bool,
+    source_margin: float,
 ) -> Plan:
     arranging = {"inline_below": inline_below, "fuse_chains": fuse_chains}
     if example_inputs is None:
@@ -185,7 +193,7 @@ def _tune(
     if backend != "eager":  # compiled last: its thread budget follows the overlap decision
         p = _compile_step(p, as_is, backend, example_inputs, check)
     if check and graph.source is not None:
-        p = _source_step(p, graph.source, example_inputs)
+        p = _source_step(p, graph.source, example_inputs, source_margin)
     return p
 
 
@@ -304,9 +312,11 @@ def _compile_step(
 SOURCE_MARGIN = 1.03
 
 
-def _source_step(p: Plan, source: Callable[..., Any], example_inputs: Sequence[Any]) -> Plan:
+def _source_step(
+    p: Plan, source: Callable[..., Any], example_inputs: Sequence[Any], margin: float
+) -> Plan:
     """The best plan against the module the graph was traced from, side by side: the module
-    as it is wins unless the plan is at least as fast (within `SOURCE_MARGIN`)."""
+    as it is wins unless the plan takes at most ``margin`` of its time."""
     runner = ThreadExecutor() if p.parallel or p.compiled else SequentialExecutor()
     with runner, torch.no_grad():
         try:
@@ -318,7 +328,7 @@ def _source_step(p: Plan, source: Callable[..., Any], example_inputs: Sequence[A
         ratios, plan_s = trial({"plan": lambda: runner.run(p, *example_inputs),
                                 "module": lambda: source(*example_inputs)})  # fmt: skip
     ratio = 1 / ratios["module"]
-    if ratio <= SOURCE_MARGIN:
+    if ratio <= margin:
         line = f"the plan ran {ratio:.2f}x of the traced module as it is (measured): kept"
         return dataclasses.replace(p, decisions=(*p.decisions, line))
     line = (f"runs the traced module as it is: the best plan ran {ratio:.2f}x of it "

@@ -57,12 +57,18 @@ class Branches(nn.Module):
         return self.head(torch.relu(y))
 
 
+#: Backend options: measured and tried (on these tiny graphs Dynamo's graph usually wins and
+#: is handed back), and untried with every task dispatched (the branches overlap on threads).
+MODES = {"measured": {"repeats": 2}, "overlapped": {"check": False, "inline_below": 0.0}}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("graph_break", [False, True], ids=["one-graph", "graph-break"])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_random_branches_equal_eager_outputs_and_gradients(seed, graph_break):
+def test_random_branches_equal_eager_outputs_and_gradients(seed, graph_break, mode):
     model = Branches(seed, graph_break)
     twin = copy.deepcopy(model)
-    backend = gx.compile_backend(executor="threads", repeats=2)
+    backend = gx.compile_backend(executor="threads", **MODES[mode])
     compiled = torch.compile(model, backend=backend)
     for x in (torch.randn(8, 16), -torch.randn(8, 16)):  # both sides of the branch
         out, expected = compiled(x), twin(x)
@@ -73,9 +79,32 @@ def test_random_branches_equal_eager_outputs_and_gradients(seed, graph_break):
         torch.testing.assert_close(p.grad, q.grad, msg=name)
     assert len(backend.graphs) >= (2 if graph_break else 1)
     assert all(g.plan is not None and g.fallback is None for g in backend.graphs), backend.graphs
-    first = backend.graphs[0].plan
-    assert {"branches.0.0", "branches.1.0"} <= set(first.graph.nodes)  # module-sized tasks
+    first = backend.graphs[0]
+    assert {"branches.0.0", "branches.1.0"} <= set(first.plan.graph.nodes)  # module-sized tasks
+    if mode == "overlapped":  # the branches' graph runs on graphexec's threads
+        assert first.plan.parallel and first.handed_back is None, first
     backend.close()
+
+
+def test_a_plan_that_does_not_win_hands_dynamos_graph_back():
+    """Nothing to overlap: Dynamo gets its own ``forward`` back, so no graphexec code runs
+    per call (what ``backend="eager"`` returns)."""
+    model = nn.Sequential(nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 4))
+    returned = []
+
+    def spy(gm, example_inputs):
+        fn = backend(gm, example_inputs)
+        returned.append((fn, gm))
+        return fn
+
+    backend = gx.compile_backend(executor="threads", repeats=2)
+    x = torch.randn(8, 16)
+    torch.testing.assert_close(torch.compile(model, backend=spy)(x), model(x))
+    ((fn, gm),) = returned
+    assert fn == gm.forward and fn.__self__ is gm
+    (graph,) = backend.graphs
+    assert graph.plan is not None and "same ops one after another" in graph.handed_back
+    assert "runs as Dynamo gave it" in repr(graph)
 
 
 def test_registered_name_and_options():
