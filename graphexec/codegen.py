@@ -35,7 +35,7 @@ from typing import Any
 import torch.nn as nn
 import torch.utils._pytree as pytree
 
-from .errors import NodeError
+from .errors import NodeError, none_error
 from .graph import Graph, Node, Ref
 
 __all__ = ["Program", "direct_call", "plan_program", "task_program"]
@@ -62,9 +62,16 @@ class Program:
     Build one with `task_program` or `plan_program`; ``source`` holds the generated text.
     """
 
-    def __init__(self, source: str, scope: dict[str, Any], lines: dict[int, str],
-                 task: str | None):  # fmt: skip
-        self.source, self.task, self._lines = source, task, lines
+    def __init__(
+        self,
+        source: str,
+        scope: dict[str, Any],
+        lines: dict[int, str],
+        task: str | None,
+        reads: Mapping[int, Sequence[tuple[str, str]]] | None = None,
+    ):
+        reads = reads or {}
+        self.source, self.task, self._lines, self._reads = source, task, lines, reads
         filename = f"<graphexec program {next(_ids)}>"
         code = compile(source, filename, "exec")
         exec(code, scope)  # noqa: S102 - our own generated source, built from node names
@@ -74,16 +81,23 @@ class Program:
     def __call__(self, *args: Any) -> Any:
         try:
             return self._fn(*args)
+        except NodeError:
+            raise
         except Exception as exc:
-            node = self._node_at(exc.__traceback__)
+            tb = self._frame_of(exc.__traceback__)
+            node = self._lines.get(tb.tb_lineno) if tb is not None else None
             if node is None:
                 raise
+            for producer, var in self._reads.get(tb.tb_lineno, ()):
+                if tb.tb_frame.f_locals.get(var, ...) is None:  # blame who returned it
+                    raise none_error(producer, f"node '{node}' reads") from exc
             raise NodeError(node, exc, self.task) from exc
 
-    def _node_at(self, tb: TracebackType | None) -> str | None:
+    def _frame_of(self, tb: TracebackType | None) -> TracebackType | None:
+        """The traceback entry of the generated function: its line says which node."""
         while tb is not None:
             if tb.tb_frame.f_code is self._code:
-                return self._lines.get(tb.tb_lineno)
+                return tb
             tb = tb.tb_next
         return None
 
@@ -96,6 +110,8 @@ class _Writer:
         self.scope: dict[str, Any] = {}
         self.var: dict[str, str] = {}
         self.node_of_line: dict[int, str] = {}
+        self.reads: dict[int, list[tuple[str, str]]] = {}  # line -> (producer, its local)
+        self.sources: set[str] = set()  # values from outside (inputs): never blamed for None
 
     def constant(self, value: Any) -> str:
         name = f"c{len(self.scope)}"
@@ -113,7 +129,20 @@ class _Writer:
         fn = self.constant(direct_call(node.fn))
         var = self.var[node.name] = f"v{len(self.var)}"
         self.lines.append(f"    {var} = {fn}({', '.join(args)})")
-        self.node_of_line[len(self.lines) + 1] = node.name  # +1: the ``def`` line
+        line = len(self.lines) + 1  # +1: the ``def`` line
+        self.node_of_line[line] = node.name
+        self.reads[line] = [(r.node, self.var[r.node]) for r in node.inputs
+                            if r.index is None and r.node not in self.sources]  # fmt: skip
+
+    def check_none(self, names: Sequence[str]) -> None:
+        """One line per value of ``names`` (graph outputs) that raises, naming its node, when
+        it is None: a forgotten ``return`` must not come back silently."""
+        raise_ = self.constant(none_error)
+        for n in dict.fromkeys(names):
+            if n not in self.sources:
+                culprit = self.constant(n)
+                self.lines.append(f"    if {self.var[n]} is None: "
+                                  f"raise {raise_}({culprit}, 'is a graph output')")  # fmt: skip
 
     def drop(self, names: Sequence[str]) -> None:
         if names:
@@ -121,7 +150,7 @@ class _Writer:
 
     def finish(self, params: str, returns: str, task: str | None) -> Program:
         source = "\n".join([f"def _run({params}):", *self.lines, f"    return {returns}", ""])
-        return Program(source, self.scope, self.node_of_line, task)
+        return Program(source, self.scope, self.node_of_line, task, self.reads)
 
 
 def task_program(
@@ -138,6 +167,8 @@ def task_program(
     for v in inputs:
         w.var[v] = f"v{len(w.var)}"
         w.lines.append(f"    {w.var[v]} = _values[{w.constant(v)}]")
+        if nodes[v].is_input:
+            w.sources.add(v)
     for i, name in enumerate(names):
         w.call(nodes[name])
         w.drop([v for v in (release[i] if release else ()) if v in w.var])
@@ -151,6 +182,7 @@ def plan_program(graph: Graph, names: Sequence[str]) -> Program:
     w = _Writer()
     for v in graph.inputs:
         w.var[v] = f"v{len(w.var)}"
+        w.sources.add(v)
     params = ", ".join(w.var[v] for v in graph.inputs)
     kept = {r.node for r in graph.output_refs()}
     last: dict[str, int] = {}
@@ -165,6 +197,7 @@ def plan_program(graph: Graph, names: Sequence[str]) -> Program:
     for i, name in enumerate(names):
         w.call(graph.nodes[name])
         w.drop(dies.get(i, ()))
+    w.check_none([r.node for r in graph.output_refs() if r.index is None])
     return w.finish(params, _structure(w, graph.outputs), None)
 
 

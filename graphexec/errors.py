@@ -78,6 +78,12 @@ class NodeError(RuntimeError):
         return (_rebuild_node_error, (self.node, self.task, str(self)))
 
 
+def none_error(node: str, who: str) -> NodeError:
+    """The error for a node whose value was None where a value was needed: ``who`` is what
+    needed it (``"node 'head' reads"``, ``"is a graph output"``)."""
+    return NodeError(node, ValueError(f"returned None, which {who} (a forgotten return?)"))
+
+
 def _rebuild_node_error(node: str, task: str | None, message: str) -> NodeError:
     err = NodeError.__new__(NodeError)
     RuntimeError.__init__(err, message)

@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 
-from .errors import ArityError, NodeError
+from .errors import ArityError, NodeError, none_error
 from .graph import Graph, Node, Ref
 
-__all__ = ["bind_inputs", "check_input", "program_values", "run_nodes", "time_nodes"]
+__all__ = ["bind_inputs", "check_input", "check_none", "program_values", "run_nodes", "time_nodes"]
 
 
 def run_nodes(
@@ -68,7 +68,7 @@ def run_nodes(
     for i, name in enumerate(names):
         node = nodes[name]
         if strict:
-            _check_none(nodes, node, values)
+            check_none(nodes, node, values)
         args = [values[r.node] if r.index is None else values[r.node][r.index]
                 for r in node.inputs]  # fmt: skip
         if protect and node.mutates:
@@ -78,6 +78,7 @@ def run_nodes(
         try:
             values[name] = node.fn(*args, **node.kwargs) if node.kwargs else node.fn(*args)
         except Exception as exc:
+            check_none(nodes, node, values)  # a None it read is the real fault
             raise NodeError(name, exc, task) from exc
         if timed:
             samples[name].append(time.perf_counter() - t0)
@@ -88,13 +89,12 @@ def run_nodes(
     return values
 
 
-def _check_none(nodes: Mapping[str, Node], reader: Node | None, values: Mapping[str, Any],
+def check_none(nodes: Mapping[str, Node], reader: Node | None, values: Mapping[str, Any],
                 refs: Sequence[Ref] = ()) -> None:  # fmt: skip
     for r in reader.inputs if reader is not None else refs:
         if values[r.node] is None and not nodes[r.node].is_input:
             who = f"node '{reader.name}' reads" if reader is not None else "is a graph output"
-            raise NodeError(r.node, ValueError(
-                f"returned None, which {who} (a forgotten return?)"))  # fmt: skip
+            raise none_error(r.node, who)
 
 
 def check_input(graph: Graph, name: str, value: Any) -> None:
@@ -132,9 +132,12 @@ def bind_inputs(graph: Graph, args: Sequence[Any], kwargs: Mapping[str, Any]) ->
         check_input(graph, k, v)
     missing = [n for n in names if n not in env]
     if missing:
+        packed = len(args) == 1 and isinstance(args[0], (list, tuple)) and not kwargs
+        hint = (f"; got one {type(args[0]).__name__} of {len(args[0])}: pass the inputs as "
+                "separate arguments, run(plan, *inputs)") if packed else ""  # fmt: skip
         raise ArityError(
             f"graph '{graph.name}' takes {len(names)} inputs ({', '.join(names)}); "
-            f"missing {', '.join(missing)}",
+            f"missing {', '.join(missing)}{hint}",
             missing[0],
         )
     return env
@@ -181,7 +184,7 @@ def time_nodes(
                 run_nodes(graph.nodes, names, env, samples=samples if rep else discard,
                           protect=True, strict=not rep)  # fmt: skip
                 if not rep:
-                    _check_none(graph.nodes, None, env, graph.output_refs())
+                    check_none(graph.nodes, None, env, graph.output_refs())
     finally:
         torch.set_num_threads(before)
     return samples

@@ -50,6 +50,34 @@ def test_a_forgotten_return_is_blamed_on_the_node_that_returned_none(read):
         gm(torch.randn(2, 4))
 
 
+def test_inputs_packed_in_one_list_say_to_unpack_them():
+    g = gx.Graph("two")
+    x, y = g.input("x"), g.input("y")
+    g.output(g.node("s", gx.add(), x, y))
+    pair = [torch.ones(2), torch.ones(2)]
+    unpack = r"missing y; got one list of 2: .*run\(plan, \*inputs\)"
+    with pytest.raises(gx.ArityError, match=unpack):
+        gx.SequentialExecutor().run(gx.plan(g), pair)
+    torch.testing.assert_close(gx.SequentialExecutor().run(gx.plan(g), *pair), 2 * pair[0])
+
+
+@pytest.mark.parametrize("read", [True, False])
+@pytest.mark.parametrize("inline_below", [0.0, 1.0], ids=["tasks", "inline"])
+def test_every_executor_blames_the_node_that_returned_none(executor, read, inline_below):
+    """On every executor, on the generated straight-line path (all inline) and the task path:
+    the node that returned None is named, not the node that read it, and a None graph output
+    does not come back silently."""
+    g = gx.Graph("none")
+    x = g.input("x")
+    forgot = g.node("forgot", _Forgot(), x)
+    g.output(g.node("lin", nn.Linear(4, 4), forgot) if read else forgot)
+    who = "node 'lin' reads" if read else "is a graph output"
+    plan = gx.plan(g, inline_below=inline_below)
+    for profile in (False, True):
+        with pytest.raises(gx.NodeError, match=f"node 'forgot'.*returned None, which {who}"):
+            executor.run(plan, torch.randn(2, 4), profile=profile)
+
+
 def test_nodes_read_like_torch_calls():
     """A list input and keyword arguments, as ``torch.cat([a, b], dim=1)`` is written."""
     g = gx.Graph("cat")

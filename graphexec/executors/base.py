@@ -32,7 +32,7 @@ import torch.utils._pytree as pytree
 
 from ..errors import NodeError
 from ..graph import Graph, Node, Ref, expect_graph
-from ..interpret import bind_inputs, check_input, run_nodes
+from ..interpret import bind_inputs, check_input, check_none, run_nodes
 from ..planner import arrange
 from ..plans import Plan, Task
 from ..profile import TaskEvent, Timeline
@@ -145,7 +145,14 @@ def run_task(
 
 # -- binding and collecting ---------------------------------------------------------------------
 def collect_outputs(graph: Graph, env: Mapping[str, Any]) -> Any:
-    """Build the graph's output structure from the computed values."""
+    """Build the graph's output structure from the computed values.
+
+    Raises
+    ------
+    NodeError
+        Naming the node, if a graph output is None (a forgotten ``return``).
+    """
+    check_none(graph.nodes, None, env, graph.output_refs())
     return pytree.tree_map(
         lambda r: r.resolve(env[r.node]) if isinstance(r, Ref) else r, graph.outputs
     )
