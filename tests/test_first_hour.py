@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -107,3 +110,41 @@ def test_star_import_does_not_shadow_builtins():
     scope: dict = {}
     exec("from graphexec import *", scope)  # noqa: S102
     assert "sum" not in scope and "tuple" not in scope and "Graph" in scope
+
+
+UNGUARDED = """
+import torch, torch.nn as nn
+import graphexec as gx
+
+g = gx.Graph("saved")
+x = g.input("x")
+g.output(g.node("lin", nn.Linear(4, 4), x))
+with gx.DaskExecutor(n_workers=2, dashboard_address=None) as ex:
+    print(ex.run(gx.plan(g), torch.randn(2, 4)).shape)
+"""
+
+
+@pytest.mark.dask
+@pytest.mark.slow
+@pytest.mark.parametrize("guarded", [False, True])
+def test_a_saved_snippet_without_a_main_guard_gets_one_clear_error(tmp_path, guarded):
+    """Dask's spawned workers re-run an unguarded script, which starts a cluster again: the
+    user gets one error that names the script and says what to write, not pages of worker
+    tracebacks; the same script with the guard runs."""
+    body = UNGUARDED
+    if guarded:
+        body = body.replace("with gx.", 'if __name__ == "__main__":\n  with gx.').replace(
+            "\n    print", "\n      print"
+        )
+    script = tmp_path / "saved.py"
+    script.write_text(body)
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                       timeout=240, cwd=tmp_path)  # fmt: skip
+    if guarded:
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "torch.Size([2, 4])" in r.stdout
+        return
+    assert r.returncode == 1
+    assert "UnguardedMainError" in r.stderr and str(script) in r.stderr
+    assert 'if __name__ == "__main__":' in r.stderr
+    assert len(r.stderr.splitlines()) < 30, r.stderr

@@ -69,6 +69,7 @@ except ImportError as exc:  # pragma: no cover - dask is a dependency, but say w
 from ..graph import Graph
 from ..plans import Plan
 from ..profile import TaskEvent
+from . import spawn_guard
 from .base import Executor, Modes, bind_inputs, capture_modes, collect_outputs
 from .dask_calls import (
     EMBED_BELOW,
@@ -181,7 +182,7 @@ class DaskExecutor(Executor):
             self.address = address or dask.config.get("scheduler-address", None)
             if self.address is None:
                 cores = len(os.sched_getaffinity(0))
-                self._cluster = start_cluster(
+                self._cluster = _start_guarded(
                     n_workers or cores, threads_per_worker, processes, security, dashboard_address
                 )
                 self.address = self._cluster.scheduler_address
@@ -361,3 +362,17 @@ class DaskExecutor(Executor):
             f"DaskExecutor({self.address!r}, {where}, schedule={self.schedule!r}, "
             f"placement={self._placer.kind!r})"
         )
+
+
+def _start_guarded(n_workers: int, threads: int, processes: bool, *args: Any) -> Any:
+    """`start_cluster`, but a script that re-runs in its spawned workers gets one clear error
+    (`graphexec.executors.spawn_guard`) instead of a page of worker tracebacks."""
+    if processes:
+        spawn_guard.refuse_in_bootstrap()
+    try:
+        return start_cluster(n_workers, threads, processes, *args)
+    except Exception as exc:
+        better = spawn_guard.explain(exc) if processes else None
+        if better is None:
+            raise
+        raise better from None
