@@ -50,6 +50,7 @@ Trust: Dask moves functions and data with pickle. Connect only to clusters you t
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import weakref
 from collections import deque
@@ -127,8 +128,8 @@ class DaskExecutor(Executor):
         Re-runs of a call whose weights or inputs were lost with a worker (a node that
         raises is never re-run).
     dashboard_address : str, optional
-        Embedded cluster only: where its dashboard listens (a free port if taken; needs
-        bokeh); None for none.
+        Embedded cluster only: where its dashboard listens (a free port if taken; served
+        only with bokeh installed: ``pip install graphexec[dashboard]``); None for none.
 
     Raises
     ------
@@ -213,8 +214,14 @@ class DaskExecutor(Executor):
     # -- properties -------------------------------------------------------------------------
     @property
     def dashboard_link(self) -> str | None:
-        """The Dask dashboard's address (served only when bokeh is installed); None if off."""
-        return self.client.dashboard_link if self._dashboard else None
+        """The Dask dashboard's address; None when it is off, or when this executor started
+        the cluster and bokeh is missing, which the dashboard needs (``pip install
+        graphexec[dashboard]``): Dask would give a link to a page that is not served."""
+        if not self._dashboard:
+            return None
+        if self._cluster is not None and importlib.util.find_spec("bokeh") is None:
+            return None
+        return self.client.dashboard_link
 
     @property
     def sent_bytes(self) -> int:

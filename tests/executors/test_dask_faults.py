@@ -7,6 +7,7 @@ Real components only: an HTTP server and a silent socket on loopback for the bad
 from __future__ import annotations
 
 import http.server
+import importlib.util
 import os
 import signal
 import socket
@@ -114,8 +115,13 @@ def port_8787_taken():
 
 def test_embedded_cluster_starts_when_8787_is_taken(port_8787_taken):
     with DaskExecutor(n_workers=1, processes=False) as ex:
-        assert not ex.dashboard_link.endswith(":8787/status")
+        assert not ex.client.dashboard_link.endswith(":8787/status")
         assert ex.run(gx.plan(chain()), torch.randn(2, D)).shape == (2, D)
+        # a link only where the page is served: bokeh is the dashboard extra, not a default
+        if importlib.util.find_spec("bokeh") is None:
+            assert ex.dashboard_link is None
+        else:
+            assert ex.dashboard_link == ex.client.dashboard_link
     with DaskExecutor(n_workers=1, processes=False, dashboard_address=None) as ex:
         assert ex.dashboard_link is None
         assert ex._cluster.scheduler.http_server.port != 8787
