@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -148,3 +150,19 @@ def test_a_saved_snippet_without_a_main_guard_gets_one_clear_error(tmp_path, gua
     assert "UnguardedMainError" in r.stderr and str(script) in r.stderr
     assert 'if __name__ == "__main__":' in r.stderr
     assert len(r.stderr.splitlines()) < 30, r.stderr
+
+
+@pytest.mark.dask
+@pytest.mark.parametrize(
+    ("address", "cause"),
+    [("tcp://no-such-host.invalid:8786", "the host name does not resolve"),
+     ("tcp://127.0.0.1:1", "connection refused")],
+)  # fmt: skip
+def test_an_unreachable_scheduler_says_the_real_cause_at_once(address, cause):
+    """Not "timed out" after the whole timeout: the cause as soon as it is known."""
+    t0 = time.monotonic()
+    from graphexec.executors.dask import SchedulerUnreachableError
+
+    with pytest.raises(SchedulerUnreachableError, match=f"{re.escape(address)}: {cause}"):
+        gx.DaskExecutor(address=address, timeout="60s")
+    assert time.monotonic() - t0 < 30  # far below the timeout: nothing waited for it

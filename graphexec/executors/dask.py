@@ -81,7 +81,14 @@ from .dask_calls import (
     finish_call,
     submit_call,
 )
-from .dask_connect import SchedulerUnreachableError, close_owned, probe, start_cluster
+from .dask_connect import (
+    SchedulerUnreachableError,
+    close_owned,
+    os_reason,
+    probe,
+    start_cluster,
+    unreachable,
+)
 from .dask_jobs import _make_jobs, reject_cuda
 from .dask_jobs import fingerprint as _fingerprint
 from .dask_placement import PlacementError
@@ -206,10 +213,10 @@ class DaskExecutor(Executor):
                 self._cluster.close()
             if isinstance(exc, SchedulerUnreachableError):
                 raise
-            raise SchedulerUnreachableError(
-                f"DaskExecutor: cannot reach the Dask scheduler at {address} within "
-                f"{self.timeout:g} s ({type(exc).__name__}: {exc})"
-            ) from exc
+            why = os_reason(exc)
+            if isinstance(exc, TimeoutError) or "Timed out" in str(exc):
+                why = f"no answer within {self.timeout:g} s ({type(exc).__name__}: {exc})"
+            raise unreachable(address, why) from exc
 
     # -- properties -------------------------------------------------------------------------
     @property

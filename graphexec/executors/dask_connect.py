@@ -43,10 +43,20 @@ class SchedulerUnreachableError(ConnectionError):
     """The Dask scheduler could not be reached within the timeout (the message names it)."""
 
 
-def _unreachable(address: str, timeout: float, why: str) -> SchedulerUnreachableError:
+def unreachable(address: str, why: str) -> SchedulerUnreachableError:
+    """The error for a scheduler that cannot be reached, with the cause as soon as known."""
     return SchedulerUnreachableError(
-        f"DaskExecutor: cannot reach the Dask scheduler at {address} within {timeout:g} s ({why})"
+        f"DaskExecutor: cannot reach the Dask scheduler at {address}: {why}"
     )
+
+
+def os_reason(exc: OSError) -> str:
+    """What an ``OSError`` of a connect means, said as soon as it is known."""
+    if isinstance(exc, socket.gaierror):
+        return f"the host name does not resolve ({exc.strerror or exc})"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused: nothing listens on that port"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def probe(address: str, timeout: float) -> None:
@@ -65,14 +75,13 @@ def probe(address: str, timeout: float) -> None:
         with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as sock:
             head = _read(sock, 8, deadline)
     except TimeoutError:
-        raise _unreachable(address, timeout, "it accepts connections but never answers") from None
+        why = f"no answer within {timeout:g} s (it accepts connections but never answers)"
+        raise unreachable(address, why) from None
     except OSError as exc:
-        raise _unreachable(address, timeout, f"{type(exc).__name__}: {exc}") from exc
+        raise unreachable(address, os_reason(exc)) from exc
     (length,) = struct.unpack("<Q", head)
     if not 0 < length <= _MAX_HANDSHAKE:
-        raise _unreachable(
-            address, timeout, f"something answers there but not Dask: it sent {head!r}"
-        )
+        raise unreachable(address, f"something answers there but not Dask: it sent {head!r}")
 
 
 def _read(sock: socket.socket, n: int, deadline: float) -> bytes:
