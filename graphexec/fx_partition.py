@@ -1,5 +1,9 @@
 """How `graphexec.trace` cuts a traced fx graph into graph nodes: in-place analysis and
 partitions (see `graphexec.fx_import` for the decisions, which are documented there).
+
+A partition that is not one module call is a small ``fx.GraphModule`` whose class is named
+after what it computes (`_ops_name`: ``add+ReLU``), not a generic "Partition": the class
+name is what ``print(graph)``, the plan picture and arity errors show for the node.
 """
 
 from __future__ import annotations
@@ -278,7 +282,7 @@ def build_graph(
             )
         )
         outputs = [n for n in group if any(u not in inside for u in n.users)]
-        fn = _partition_module(gm, group, inputs, outputs)
+        fn = _partition_module(gm, group, inputs, outputs, class_name=_ops_name(gm, group))
         after = {names[part[a]] for a, b in hazards if b in inside and a in part and part[a] != p}
         if not any(a in part for a in inputs):
             after.update(first)
@@ -309,6 +313,22 @@ def _partition_names(
         taken.add(name)
         names[p] = name
     return names
+
+
+def _ops_name(gm: fx.GraphModule, group: list[fx.Node], most: int = 3) -> str:
+    """What a partition computes, as its class name: the module types and functions it calls,
+    in order, each once (``add+ReLU``, ``cat+AdaptiveAvgPool2d``; ``+k more`` past ``most``).
+    It is what ``print(graph)``, the plan picture and arity errors show for the node.
+    """
+    ops: list[str] = []
+    for n in group:
+        if n.op == "call_module":
+            ops.append(type(gm.get_submodule(n.target)).__name__)
+        elif n.op in ("call_function", "call_method"):
+            ops.append(getattr(n.target, "__name__", str(n.target)))
+    ops = list(dict.fromkeys(ops))
+    more = f"+{len(ops) - most} more" if len(ops) > most else ""
+    return "+".join(ops[:most]) + more or "Partition"
 
 
 def _partition_module(

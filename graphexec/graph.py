@@ -332,7 +332,9 @@ class Graph:
                 continue
             args = ", ".join(map(str, node.inputs))
             extra = f"  mutates {list(node.mutates)}" if node.mutates else ""
-            extra += f"  after {list(node.after)}" if node.after else ""
+            read = {ref.node for ref in node.inputs}
+            after = [a for a in node.after if a not in read]  # reading it already orders it
+            extra += f"  after {after}" if after else ""
             rows.append(f"  {node.name:<24} {fn_name(node.fn)}({args}){extra}")
         rows.append(f"  -> {pytree.tree_map(str, self._outputs)}")
         return "\n".join(rows)

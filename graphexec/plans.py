@@ -118,12 +118,34 @@ class Plan:
             f"in {len(self.tasks)} tasks, {len(self.levels)} levels, amdahl {self.amdahl:.2f}x)"
         )
 
-    def __str__(self) -> str:
+    def headline(self) -> str:
+        """The first line of ``print(plan)`` (and of its picture's title): name and size."""
         how = "measured" if self.measured else "estimated from parameters"
         n_nodes = sum(len(t.nodes) for t in self.tasks.values())
-        rows = [
+        return (
             f"Plan '{self.graph.name}': {_count(n_nodes, 'node')} in "
-            f"{_count(len(self.tasks), 'task')}, {_count(len(self.levels), 'level')} (costs {how})",
+            f"{_count(len(self.tasks), 'task')}, {_count(len(self.levels), 'level')} (costs {how})"
+        )
+
+    def totals(self) -> str:
+        """Work and span, then what bounds a run: the Amdahl bound when tasks overlap, or
+        that the plan runs inline (one task after another) and why in a few words."""
+        line = f"work {format_seconds(self.work)}, span {format_seconds(self.span)}"
+        if self.parallel:
+            return (
+                f"{line}, amdahl bound {self.amdahl:.2f}x, widest level "
+                f"{_count(self.max_width, 'dispatched task')}"
+            )
+        if self.serial_reason:
+            return (
+                f"{line}; runs inline, one task after another, as measured to be faster "
+                f"(amdahl bound {self.amdahl:.2f}x not used)"
+            )
+        return f"{line}; runs inline, one task after another (no two tasks can overlap)"
+
+    def __str__(self) -> str:
+        rows = [
+            self.headline(),
             f"{'level':>5}  {'work':>9}  tasks (cost; * critical path, ~ inline)",
         ]
         critical = set(self.critical_path)
@@ -136,28 +158,8 @@ class Plan:
                 cells.append(f"{mark}{name}{fused} ({format_seconds(t.cost)})")
             level_cost = sum(self.tasks[n].cost for n in level)
             rows.append(f"{i:>5}  {format_seconds(level_cost):>9}  " + ", ".join(cells))
-        rows.append(
-            f"work {format_seconds(self.work)}, span {format_seconds(self.span)}, "
-            f"amdahl bound {self.amdahl:.2f}x, widest level {self.max_width} dispatched tasks"
-            + (
-                ""
-                if self.parallel or self.serial_reason
-                else " -> runs inline (nothing to overlap)"
-            )
-        )
-        joined = sum(len(t.nodes) > 1 for t in self.tasks.values())
-        inline = sum(t.inline for t in self.tasks.values())
-        if joined or inline:
-            rows.append(
-                f"chain fusion and folding: {_count(joined, 'task')} of several nodes (chains, "
-                f"and cheap nodes folded into their reader: no parallelism lost); "
-                f"{_count(inline, 'task')} under "
-                f"{format_seconds(self.inline_below)} run on the calling thread"
-            )
-        if self.serial_reason:
-            rows.append(f"runs inline: {self.serial_reason}")
-        rows.extend(f"horizontal fusion: {line}" for line in self.fusion)
-        rows.extend(f"decision: {line}" for line in self.decisions)
+        rows.append(self.totals())
+        rows += self._decision_rows()
         rows.append("critical path: " + " -> ".join(self.critical_path))
         if self.hazard_edges:
             rows.append(
@@ -166,6 +168,27 @@ class Plan:
         if self.dead:
             rows.append("not run (no output depends on them): " + ", ".join(self.dead))
         return "\n".join(rows)
+
+    def _decision_rows(self) -> list[str]:
+        """Chain fusion and inline tasks, then the measured decisions, one line each."""
+        rows = []
+        joined = sum(len(t.nodes) > 1 for t in self.tasks.values())
+        inline = sum(t.inline for t in self.tasks.values())
+        if joined:
+            rows.append(
+                f"chain fusion and folding: {_count(joined, 'task')} of several nodes (chains, "
+                "and cheap nodes folded into their reader: no parallelism lost)"
+            )
+        if inline:
+            rows.append(
+                f"inline: {_count(inline, 'task')} under {format_seconds(self.inline_below)} "
+                "(marked ~) run on the calling thread, never dispatched"
+            )
+        if self.serial_reason:
+            rows.append(f"runs inline: {self.serial_reason}")
+        rows.extend(f"horizontal fusion: {line}" for line in self.fusion)
+        rows.extend(f"decision: {line}" for line in self.decisions)
+        return rows
 
 
 def _count(n: int, noun: str) -> str:

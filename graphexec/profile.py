@@ -9,25 +9,33 @@ Numbers in `Timeline.summary`:
 
 * wall: first start to last end of the run.
 * busy: the sum of task times (what one lane would need with no overhead).
-* speedup: busy / wall.
+* speedup: busy / wall, written as "faster" or "slower than running the tasks one after
+  another" (a run whose lanes wait on each other longer than they overlap is slower).
 * measured bound: busy / (the costliest dependency path through measured task times): what
   unlimited lanes could reach for these task times (Amdahl).
 * lane efficiency: busy time of each lane / wall.
+* vs eager (only when told eager's time, ``summary(eager=seconds)``): this run's wall against
+  the model run in eager PyTorch, in words (``1.88x faster``). Timing eager is the caller's
+  job (the CLI and demo time both, alternating); a Timeline only knows its own run.
+
+A run on one lane gets no speedup, bound or idle share: they would compare tasks that could
+never overlap. The summary says why they ran one after another instead (`one_lane_reason`).
+`median_run` picks the typical run of several, for pictures and reports.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .dag import longest_path
-from .units import lane_label
+from .units import format_seconds, lane_label, speed_words
 
 if TYPE_CHECKING:
     from .plans import Plan
 
-__all__ = ["TaskEvent", "Timeline"]
+__all__ = ["TaskEvent", "Timeline", "median_run"]
 
 
 @dataclass(frozen=True)
@@ -85,39 +93,77 @@ class Timeline:
         tasks = self.plan.tasks
         return longest_path(tasks, lambda t: tasks[t].deps, lambda t: dur.get(t, 0.0))
 
-    def summary(self, slowest: int = 5) -> str:
-        """A text report: wall, busy, speedup, bound, idle share, lanes, slowest tasks."""
-        span, path = self.measured_span()
-        bound = self.busy / span if span > 0 else 1.0
-        lanes = self.lane_busy()
-        capacity = self.wall * max(len(lanes), 1)
-        idle = 1 - self.busy / capacity if capacity > 0 else 0.0
+    def one_lane_reason(self) -> str | None:
+        """Why the tasks ran one after another, in a few words; None if they ran on several
+        lanes. (The plan's full reason, if it chose so, is ``plan.serial_reason``.)"""
+        if len(self.lanes) > 1:
+            return None
+        if self.executor == "sequential":
+            return "the sequential executor runs one task at a time"
+        if self.plan.serial_reason:
+            return "the plan chose to run inline"
+        if self.plan.max_width <= 1:
+            return "no two tasks could run at once"
+        return f"{self.executor} ran every task on one lane"
+
+    def summary(self, slowest: int = 5, *, eager: float | None = None) -> str:
+        """A text report: wall, busy, speedup, bound, idle share, lanes, slowest tasks.
+
+        Parameters
+        ----------
+        slowest : int
+            How many of the slowest tasks to list.
+        eager : float, optional
+            Seconds the same inputs took in eager PyTorch (the model called as it is),
+            measured by the caller: adds a line saying how much faster or slower this run was.
+
+        Returns
+        -------
+        str
+            One line per number; a run on one lane says why instead of giving bounds.
+        """
         rows = [
             f"{self.plan.graph.name} on {self.executor} ({self.schedule}): "
-            f"{len(self.events)} tasks on {len(lanes)} lane{'s' * (len(lanes) != 1)}",
+            f"{len(self.events)} tasks on {len(self.lanes)} lane{'s' * (len(self.lanes) != 1)}",
             f"  wall            {_ms(self.wall)}",
             f"  sum of tasks    {_ms(self.busy)}",
         ]
-        if len(lanes) > 1:
-            rows += [
-                f"  speedup         {self.speedup:.2f}x over running the tasks back to back",
-                f"  amdahl bound    {bound:.2f}x for these task times "
-                f"(plan estimate {self.plan.amdahl:.2f}x); achieved/bound "
-                f"{self.speedup / bound if bound else 0:.0%}",
-                f"  idle share      {idle:.0%} of {len(lanes)} lanes x wall",
-            ]
-        else:  # one lane: nothing overlapped, and the plan may have chosen so
-            why = self.plan.serial_reason or "no two tasks could run at once"
-            rows.append(f"  one lane        tasks ran one after another ({why})")
-        for lane, b in lanes.items():
+        if eager is not None:
             rows.append(
-                f"  lane {lane_label(lane):<22} busy {_ms(b)} "
-                f"({b / self.wall if self.wall else 0:.0%})"
+                f"  vs eager        {speed_words(self.wall, eager)} than eager PyTorch "
+                f"({format_seconds(eager)})"
             )
+        rows += self._overlap_rows()
+        rows += [
+            f"  lane {lane_label(lane):<22} busy {_ms(b)} ({b / self.wall if self.wall else 0:.0%})"
+            for lane, b in self.lane_busy().items()
+        ]
+        _, path = self.measured_span()
         rows.append("  critical path   " + " -> ".join(path))
         top = sorted(self.events, key=lambda e: -e.duration)[:slowest]
         rows.append("  slowest tasks   " + ", ".join(f"{e.task} {_ms(e.duration)}" for e in top))
         return "\n".join(rows)
+
+    def _overlap_rows(self) -> list[str]:
+        """Speedup, bound and idle share over several lanes; on one lane, why."""
+        why = self.one_lane_reason()
+        if why is not None:
+            rows = [f"  one lane        tasks ran one after another: {why}"]
+            if self.plan.serial_reason and self.executor != "sequential":
+                rows.append(f"                  ({self.plan.serial_reason})")
+            return rows
+        span, _ = self.measured_span()
+        bound = self.busy / span if span > 0 else 1.0
+        capacity = self.wall * len(self.lanes)
+        idle = 1 - self.busy / capacity if capacity > 0 else 0.0
+        return [
+            f"  vs back to back {speed_words(self.wall, self.busy)} than running the tasks "
+            "one after another",
+            f"  amdahl bound    {bound:.2f}x for these task times (plan estimate "
+            f"{self.plan.amdahl:.2f}x); speedup {self.speedup:.2f}x is "
+            f"{self.speedup / bound if bound else 0:.0%} of it",
+            f"  idle share      {idle:.0%} of {len(self.lanes)} lanes x wall",
+        ]
 
     def __str__(self) -> str:
         return self.summary()
@@ -131,3 +177,39 @@ class Timeline:
 
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:8.2f} ms"
+
+
+def median_run(traces: Sequence[Timeline]) -> Timeline:
+    """The run whose wall time is the median of ``traces`` (the lower one of an even count).
+
+    One run on a busy machine can be far off (a thread descheduled for 10 ms draws an idle
+    gap no other run has); the median run is a real run, as pictures need, and a typical one.
+
+    Parameters
+    ----------
+    traces : sequence of Timeline
+        Runs of the same plan on the same executor.
+
+    Returns
+    -------
+    Timeline
+        One of ``traces``, unchanged.
+
+    Raises
+    ------
+    ValueError
+        If ``traces`` is empty.
+
+    Examples
+    --------
+    >>> import torch, torch.nn as nn, graphexec as gx
+    >>> g = gx.Graph("one")
+    >>> g.output(g.node("a", nn.Linear(4, 4), g.input("x")))
+    >>> ex, plan = gx.SequentialExecutor(), gx.plan(g)
+    >>> runs = [ex.run(plan, torch.randn(2, 4), profile=True)[1] for _ in range(5)]
+    >>> sorted(runs, key=lambda t: t.wall)[2] is median_run(runs)
+    True
+    """
+    if not traces:
+        raise ValueError("median_run() needs at least one trace")
+    return sorted(traces, key=lambda t: t.wall)[(len(traces) - 1) // 2]

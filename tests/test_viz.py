@@ -18,6 +18,7 @@ from PIL import Image, ImageStat
 
 import graphexec as gx
 from graphexec import viz
+from graphexec.units import lane_label
 
 
 def diamond() -> gx.Graph:
@@ -168,7 +169,7 @@ def test_chrome_trace_is_valid_and_agrees_with_the_trace(tmp_path, run_trace):
     assert max(e["ts"] + e["dur"] for e in complete) <= run_trace.wall * 1e6 + 1
     assert doc["otherData"]["wall_us"] == pytest.approx(run_trace.wall * 1e6, abs=1)
     lanes = {e["args"]["name"] for e in doc["traceEvents"] if e["name"] == "thread_name"}
-    assert lanes == set(run_trace.lanes)
+    assert lanes == {lane_label(lane) for lane in run_trace.lanes}, "named as in the Gantt"
 
 
 def test_summary_numbers_agree_with_events(run_trace):

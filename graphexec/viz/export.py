@@ -6,9 +6,10 @@ Neither needs matplotlib, nor Graphviz, nor a browser to make its text.
   ``cluster`` per task (labelled with task name, level and cost), one edge per data or
   ordering dependency between live nodes; the plan's estimated critical path in red.
 * **Chrome traces** use complete (``"X"``) events in microseconds relative to the run's
-  start, one ``tid`` per lane named by ``thread_name`` metadata, so Perfetto and
-  chrome://tracing show lanes with their real names. ``otherData`` carries the run's
-  summary numbers.
+  start, one ``tid`` per lane named by ``thread_name`` metadata with the lane's name as the
+  Gantt and the summary write it (`graphexec.units.lane_label`: ``caller thread``, ``pool
+  thread 0``). Events are named by the task's one name (`Task.name`). ``otherData``
+  carries the run's summary numbers.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
-from ..units import format_seconds
+from ..units import format_seconds, lane_label
 from ._style import _CRITICAL, _EDGE, _INPUT_FILL, _TASK_FILL, _TASK_LINE, _make_parent
 
 if TYPE_CHECKING:
@@ -172,7 +173,13 @@ def _chrome_events(trace: Timeline) -> list[dict[str, Any]]:
     ]
     for lane, t in tid.items():
         events.append(
-            {"name": "thread_name", "ph": "M", "pid": 1, "tid": t, "args": {"name": lane}}
+            {
+                "name": "thread_name",
+                "ph": "M",
+                "pid": 1,
+                "tid": t,
+                "args": {"name": lane_label(lane)},
+            }
         )
     for e in trace.events:
         events.append(
