@@ -1,4 +1,4 @@
-"""What every picture shares: lazy matplotlib, colours, writing files, short labels.
+"""What every picture shares: lazy matplotlib, colours, writing files, labels that fit.
 
 * **No global backend state.** Figures are made with ``matplotlib.figure.Figure`` on an Agg
   canvas, never through ``pyplot``: nothing is shown, no backend is switched under a user's
@@ -7,17 +7,23 @@
   ``ImportError`` saying ``pip install graphexec[viz]``.
 * **Writing a file is one explicit call**, `_save`, made only when a ``path=`` was given;
   the suffix picks the format (PNG, SVG, anything matplotlib knows).
-* **Labels keep both ends.** Module paths differ at their start (``encoder`` / ``decoder``)
-  and at their end (``q_proj`` / ``k_proj``), so `short_label` cuts the middle.
+* **Labels are the names, measured.** A label is the task's one name (`Task.name`), shortened
+  by `graphexec.units.fit_name` only as far as the renderer says the space requires
+  (`_text_fits` measures the real text extent; a character count would cut "stem.0" to
+  "s…0" on a bar with room for it). Cuts keep both ends: module paths differ at their start
+  (``encoder`` / ``decoder``) and at their end (``q_proj`` / ``k_proj``).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..units import short_label
+
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 __all__ = ["short_label"]
@@ -74,20 +80,31 @@ def _save(fig: Figure, path: str | os.PathLike[str] | None, dpi: float) -> None:
 
 
 # -- labels -----------------------------------------------------------------------------------
-def short_label(text: str, width: int = 22) -> str:
-    """Shorten ``text`` to at most ``width`` characters, keeping its start and end.
+def _text_width(fig: Figure, **font: Any) -> Callable[[str], float]:
+    """The width in display pixels of a text drawn in ``font`` (``size``, ``weight``,
+    ``style``) on ``fig``'s renderer: the same measure ``ax.text`` is drawn with."""
+    from matplotlib.font_manager import FontProperties
 
-    Examples
-    --------
-    >>> short_label("blocks.11.b5.1.1", 22)
-    'blocks.11.b5.1.1'
-    >>> short_label("encoder.layers.11.self_attention.out_proj", 20)
-    'encoder.la….out_proj'
-    """
-    if len(text) <= width:
-        return text
-    tail = (width - 1) // 2
-    return text[: width - 1 - tail] + "…" + text[len(text) - tail :]
+    renderer = fig.canvas.get_renderer()
+    prop = FontProperties(**font)
+
+    def width(text: str) -> float:
+        return float(renderer.get_text_width_height_descent(text, prop, ismath=False)[0])
+
+    return width
+
+
+def _text_fits(fig: Figure, room_px: float, **font: Any) -> Callable[[str], bool]:
+    """A ``fits(text)`` test for `graphexec.units.fit_name`: whether ``text`` in ``font`` is
+    at most ``room_px`` display pixels wide (`_text_width`)."""
+    width = _text_width(fig, **font)
+    return lambda text: width(text) <= room_px
+
+
+def _px_width(ax: Axes, x0: float, x1: float) -> float:
+    """Display pixels between two x positions in ``ax``'s data coordinates."""
+    (a, _), (b, _) = ax.transData.transform([(x0, 0.0), (x1, 0.0)])
+    return abs(b - a)
 
 
 def _common_prefix(names: Sequence[str]) -> str:
@@ -105,25 +122,3 @@ def _common_prefix(names: Sequence[str]) -> str:
     if prefix and all(len(p) == len(prefix) for p in parts):
         prefix.pop()  # never swallow a whole name
     return ".".join(prefix)
-
-
-def _task_title(nodes: Sequence[str], width: int) -> str:
-    """A task's name for people: its node, its nodes' common prefix, or first..last."""
-    if len(nodes) == 1:
-        return short_label(nodes[0], width)
-    prefix = _common_prefix(nodes)
-    if prefix:
-        return short_label(prefix + ".*", width)
-    return short_label(f"{nodes[0]}..{nodes[-1]}", width)
-
-
-def _compact(title: str, width: int) -> str:
-    """Fit a dotted name in ``width`` characters, dropping leading components first.
-
-    >>> _compact("encoder.layers.11.mlp", 12)
-    '11.mlp'
-    """
-    parts = title.split(".")
-    while len(".".join(parts)) > width and len(parts) > 2:
-        parts.pop(0)
-    return short_label(".".join(parts), width)

@@ -25,7 +25,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..units import format_seconds
+from ..units import compact_name, fit_name, format_seconds
 from ._style import (
     _CRIT_FILL,
     _CRITICAL,
@@ -35,9 +35,10 @@ from ._style import (
     _TASK_LINE,
     _common_prefix,
     _matplotlib,
+    _px_width,
     _save,
-    _task_title,
-    short_label,
+    _text_fits,
+    _text_width,
 )
 
 if TYPE_CHECKING:
@@ -52,6 +53,8 @@ __all__ = ["draw_plan"]
 _BOX_W = 0.86
 _LINE_H = 0.34
 _ROW_GAP = 0.75
+_PAD_PX = 12  # keeps text clear of its box's outline
+_MAX_WIDEN = 1.8  # how much wider than ~1.9 inches a column may grow to show whole names
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,7 @@ class _Sheet:
     height: float
     font: float
     max_node_lines: int
-    label_chars: int
+    label_chars: int | None
 
     @property
     def figsize(self) -> tuple[float, float]:
@@ -77,19 +80,11 @@ class _Sheet:
 
 
 def _kind(fn: Any) -> str:
-    """A few characters saying what a node computes: module type, merge op or function."""
+    """A few characters saying what a node computes: module type (a traced piece's class is
+    named after the ops it holds, `graphexec.fx_partition`), merge op or function."""
     describe = getattr(fn, "describe", None)
     if callable(describe):  # a merge op: stack(dim=1)
         return str(describe())
-    graph = getattr(fn, "graph", None)
-    if graph is not None and hasattr(graph, "nodes") and hasattr(fn, "get_submodule"):
-        ops = []  # a traced partition (torch.fx.GraphModule): name its calls
-        for n in graph.nodes:
-            if n.op == "call_module":
-                ops.append(type(fn.get_submodule(n.target)).__name__)
-            elif n.op in ("call_function", "call_method"):
-                ops.append(getattr(n.target, "__name__", str(n.target)))
-        return "+".join(dict.fromkeys(ops)) or "fx"
     children = list(fn.children()) if hasattr(fn, "children") else []
     if type(fn).__name__ == "Sequential" and children:
         return "+".join(dict.fromkeys(type(c).__name__ for c in children))
@@ -135,7 +130,7 @@ def _lines_of(plan: Plan, name: str, max_node_lines: int) -> int:
     return 2 + inner
 
 
-def _measure(plan: Plan, max_node_lines: int, label_chars: int) -> _Sheet:
+def _measure(plan: Plan, max_node_lines: int, label_chars: int | None) -> _Sheet:
     """Lay the plan out: each row as tall as its tallest box, boxes hung from the row's top."""
     rows, xs = _plan_layout(plan)
     lines = {name: _lines_of(plan, name, max_node_lines) for row in rows for name in row}
@@ -168,7 +163,7 @@ def draw_plan(
     path: str | os.PathLike[str] | None = None,
     *,
     max_node_lines: int = 3,
-    label_chars: int = 24,
+    label_chars: int | None = None,
     title: str | None = None,
     dpi: float = 100,
 ) -> Figure:
@@ -181,8 +176,9 @@ def draw_plan(
         Also write the figure there; the suffix picks the format (``.png``, ``.svg``, ...).
     max_node_lines : int
         At most this many node boxes inside a fused task, then "+k more".
-    label_chars : int
-        Names longer than this are shortened in the middle.
+    label_chars : int, optional
+        At most this many characters per name. Without it a name is shortened only as far
+        as its box's measured width requires (`graphexec.units.fit_name`).
     title : str, optional
         Defaults to the plan's name, size, work, span and Amdahl bound.
     dpi : float
@@ -217,6 +213,7 @@ def draw_plan(
     ax.set_axis_off()
     ax.set_xlim(sheet.xmin - 0.5, sheet.xmax + 0.1)
     ax.set_ylim(-sheet.height, 0.35)
+    _widen_for_names(ax, plan, sheet)
     _draw_row_labels(ax, plan, sheet)
     _draw_edges(ax, plan, sheet)  # first, so the boxes cover their ends
     for name in sheet.boxes:
@@ -230,15 +227,27 @@ def draw_plan(
     return fig
 
 
+def _widen_for_names(ax: Axes, plan: Plan, sheet: _Sheet) -> None:
+    """Widen the figure so that every task's title (its name, a range's shared path written
+    once) and node line fits its box, up to `_MAX_WIDEN` times and 40 inches: only names
+    longer still are cut."""
+    fig = ax.figure
+    bold = _text_width(fig, size=sheet.font, weight="bold")
+    small = _text_width(fig, size=sheet.font - 1.5)
+    titles = [bold(compact_name(name)) for name in plan.tasks]
+    lines = [small(_node_line(plan, task, node)[0] + _node_line(plan, task, node)[1])
+             for task in plan.tasks.values() if len(task.nodes) > 1
+             for node in task.nodes[: sheet.max_node_lines]]  # fmt: skip
+    needed = max([*titles, *lines], default=0.0) + _PAD_PX
+    have = _px_width(ax, 0, _BOX_W - 0.12)
+    if needed > have:
+        width, height = fig.get_size_inches()
+        fig.set_size_inches(min(width * min(needed / have, _MAX_WIDEN), 40.0), height)
+
+
 def _plan_title(plan: Plan) -> str:
-    n_nodes = sum(len(t.nodes) for t in plan.tasks.values())
-    how = "measured" if plan.measured else "estimated"
-    return (
-        f"Plan '{plan.graph.name}': {n_nodes} nodes in {len(plan.tasks)} tasks, "
-        f"{len(plan.levels)} levels\nwork {format_seconds(plan.work)}, "
-        f"span {format_seconds(plan.span)}, "
-        f"Amdahl bound {plan.amdahl:.2f}x (costs {how})"
-    )
+    """The first lines of ``print(plan)``: size, then work, span and what bounds the speedup."""
+    return f"{plan.headline()}\n{plan.totals()}"
 
 
 def _draw_legend(ax: Axes) -> None:
@@ -260,13 +269,13 @@ def _draw_legend(ax: Axes) -> None:
 
 
 def _draw_row_labels(ax: Axes, plan: Plan, sheet: _Sheet) -> None:
-    """'inputs', or 'level k' and the level's summed cost, left of each row."""
+    """'inputs', or 'level k' and the level's work (summed task costs), left of each row."""
     for r, row in enumerate(sheet.rows):
         is_input_row = sheet.has_inputs and r == 0
         label = "inputs" if is_input_row else f"level {r - sheet.has_inputs}"
-        if not is_input_row:
+        if not is_input_row:  # a sum of task costs, not a duration: "work", as in print(plan)
             cost = sum(plan.tasks[t].cost for t in row)
-            label += f"\n{format_seconds(cost)}"
+            label += f"\nwork {format_seconds(cost)}"
         y = sheet.tops[r] - _LINE_H
         ax.text(sheet.xmin - 0.45, y, label, fontsize=sheet.font, color="#555555", va="top")
 
@@ -316,7 +325,8 @@ def _draw_input(ax: Axes, name: str, sheet: _Sheet) -> None:
     cx, top, bottom = sheet.boxes[name]
     left, height = cx - _BOX_W / 2, top - bottom
     _add_box(ax, left, bottom, _BOX_W, height, 0.15, fc=_INPUT_FILL, ec="#555555", zorder=3)
-    label = short_label(name, sheet.label_chars)
+    font = {"size": sheet.font, "style": "italic"}
+    label = _fit(ax, name, _BOX_W, sheet, font) or ""
     _centred_text(ax, cx, (top + bottom) / 2, label, fontsize=sheet.font, style="italic", zorder=4)
 
 
@@ -339,21 +349,48 @@ def _draw_task(ax: Axes, plan: Plan, name: str, sheet: _Sheet) -> None:
         ls="--" if task.inline else "-",
         zorder=3,
     )
-    title = _task_title(task.nodes, sheet.label_chars)
+    bold = {"size": sheet.font, "weight": "bold"}
+    title = _fit(ax, name, _BOX_W, sheet, bold) or ""
     _centred_text(ax, cx, top - 0.5 * _LINE_H, title, fontsize=sheet.font, weight="bold", zorder=4)
-    info = _task_info(plan, task)
-    style = {"fontsize": sheet.font - 1, "color": "#333333", "zorder": 4}
-    _centred_text(ax, cx, top - 1.5 * _LINE_H, info, **style)
+    small = {"size": sheet.font - 1}
+    info = _fit_before(ax, *_task_info(plan, task), _BOX_W, small)
+    _centred_text(ax, cx, top - 1.5 * _LINE_H, info, fontsize=small["size"], color="#333333",
+                  zorder=4)  # fmt: skip
     if len(task.nodes) > 1:
         _draw_node_lines(ax, plan, task, cx, top, sheet)
 
 
-def _task_info(plan: Plan, task: Task) -> str:
-    """The line under a task's title: cost and node count, or a single node's kind and cost."""
+def _fit(ax: Axes, name: str, room: float, sheet: _Sheet, font: dict[str, Any]) -> str | None:
+    """``name`` (or a shorter form of it) as it fits ``room`` data units, in ``font``."""
+    fits = _text_fits(ax.figure, _px_width(ax, 0, room) - _PAD_PX, **font)
+    cap = sheet.label_chars
+    return fit_name(name, lambda text: (cap is None or len(text) <= cap) and fits(text))
+
+
+def _fit_before(ax: Axes, text: str, tail: str, room: float, font: dict[str, Any]) -> str:
+    """``text + tail`` in ``room`` data units: ``text`` is shortened, ``tail`` (a cost) kept."""
+    fits = _text_fits(ax.figure, _px_width(ax, 0, room) - _PAD_PX, **font)
+    head = fit_name(text, lambda form: fits(form + tail), min_chars=2)
+    if head is not None:
+        return head + tail
+    return tail.lstrip(" ·") if fits(tail) else ""
+
+
+def _task_info(plan: Plan, task: Task) -> tuple[str, str]:
+    """The line under a task's title, as (what may be shortened, what may not): cost and
+    node count, or a single node's kind and cost."""
     if len(task.nodes) > 1:
-        return f"{format_seconds(task.cost)} · {len(task.nodes)} nodes"
-    kind = short_label(_kind(plan.graph.nodes[task.nodes[0]].fn), 14)
-    return f"{kind} · {format_seconds(task.cost)}"
+        return f"{len(task.nodes)} nodes", f" · {format_seconds(task.cost)}"
+    return _kind(plan.graph.nodes[task.nodes[0]].fn), f" · {format_seconds(task.cost)}"
+
+
+def _node_line(plan: Plan, task: Task, node: str) -> tuple[str, str]:
+    """A node's line in its fused task's box, as (name past the common prefix and kind, which
+    may be shortened; cost, which may not)."""
+    prefix = _common_prefix(task.nodes)
+    name_part = "." + node[len(prefix) + 1 :] if prefix else node
+    cost = format_seconds(plan.node_costs.get(node, 0.0))
+    return f"{name_part} {_kind(plan.graph.nodes[node].fn)}", f"  {cost}"
 
 
 def _draw_node_lines(
@@ -361,16 +398,16 @@ def _draw_node_lines(
 ) -> None:
     """Inside a fused task: one small box per node (name past the common prefix, kind, cost),
     at most ``max_node_lines`` of them, then "+k more nodes"."""
-    prefix = _common_prefix(task.nodes)
     shown = list(task.nodes[: sheet.max_node_lines])
     small = sheet.font - 1.5
+    inner = _BOX_W - 0.12
     for k, node in enumerate(shown):
         y = top - (2 + k) * _LINE_H
         _add_box(
             ax,
-            cx - _BOX_W / 2 + 0.06,
+            cx - inner / 2,
             y - _LINE_H + 0.04,
-            _BOX_W - 0.12,
+            inner,
             _LINE_H - 0.08,
             0.04,
             fc="white",
@@ -378,10 +415,9 @@ def _draw_node_lines(
             lw=0.5,
             zorder=4,
         )
-        name_part = short_label("." + node[len(prefix) + 1 :] if prefix else node, 12)
-        text = short_label(f"{name_part} {_kind(plan.graph.nodes[node].fn)}", 19)
-        cost = format_seconds(plan.node_costs.get(node, 0.0))
-        _centred_text(ax, cx, y - _LINE_H / 2, f"{text}  {cost}", fontsize=small, zorder=5)
+        text, cost = _node_line(plan, task, node)
+        line = _fit_before(ax, text, cost, inner, {"size": small})
+        _centred_text(ax, cx, y - _LINE_H / 2, line, fontsize=small, zorder=5)
     if len(task.nodes) > sheet.max_node_lines:
         y = top - (2 + len(shown)) * _LINE_H
         more = f"+{len(task.nodes) - len(shown)} more nodes"

@@ -4,28 +4,36 @@
 * **Idle time is visible**: each lane has a grey background, so idle time is the grey that
   shows between bars, and each lane's label says how busy it was.
 * **Critical path in red**: the measured one (`Timeline.measured_span`, the costliest dependency
-  chain through the measured task durations), as red outlines and arrows hop by hop.
-* **Labels only where they fit**: a bar's label is cut to the characters its width holds
-  at 7 pt, and left out under three.
-* **compare shares one time axis**, so shorter is faster at a glance; a bar chart beside it
-  gives wall times and speedups over a baseline. It takes a mapping label -> trace, or a
-  sequence of traces labelled by their executor's name (``threads``, ``threads #2``, ...).
+  chain through the measured task durations), as red outlines and arrows hop by hop. An arrow
+  never crosses another task's bar: `graphexec.viz._routes` sends it along the gutters
+  between lanes when the straight line would.
+* **Labels are task names, measured**: a bar's label is its task's name (`Task.name`, as in
+  ``print(plan)``), shortened by `graphexec.units.fit_name` only as far as the text's
+  rendered width requires, and left out when even a cut form does not fit.
+* **One lane gets no speedup**: its title says why the tasks ran one after another
+  (`Timeline.one_lane_reason`) instead of a bound nothing could reach.
+* **compare shares one time axis**, so shorter is faster at a glance; the bar chart beside it
+  is what its title says, speedups over a baseline (longer is faster), each bar annotated with
+  its wall time. It takes a mapping label -> trace, or a sequence of traces labelled by their
+  executor's name (``threads``, ``threads #2``, ...).
 
 Call tree::
 
     gantt   -> _draw_lanes, _gantt_title, _draw_level_legend
     compare -> _labelled, _draw_runs (-> _draw_lanes per trace), _draw_speedups
-    _draw_lanes -> _draw_bars, _draw_path_arrows, _label_lanes
+    _draw_lanes -> _label_lanes, _bars, _draw_bars (-> _bar_label),
+                   _draw_path_arrows (-> _critical_routes -> _routes.route)
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..units import format_seconds, lane_label
-from ._style import _CRITICAL, _LEVEL_COLOURS, _compact, _matplotlib, _save, _task_title
+from ..units import fit_name, format_seconds, lane_label, speed_words
+from ._routes import HALF, Bar, route
+from ._style import _CRITICAL, _LEVEL_COLOURS, _matplotlib, _px_width, _save, _text_fits
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -37,10 +45,15 @@ if TYPE_CHECKING:
 __all__ = ["gantt", "compare"]
 
 _IDLE = "#efefef"
+_LABEL_PT = 7
+_LABEL_PAD_PX = 3  # keeps a label off its bar's outline
+_BOTTOM_GUTTER = 0.15  # room under the last lane for an arrow along it (`_routes`)
 
 
 # -- lanes ------------------------------------------------------------------------------------
-def _draw_lanes(ax: Axes, trace: Timeline, label_chars: int, xlim_ms: float | None = None) -> None:
+def _draw_lanes(
+    ax: Axes, trace: Timeline, label_chars: int | None, xlim_ms: float | None = None
+) -> None:
     """Bars of one trace on ``ax``: lanes top to bottom, ms from the run's start."""
     from matplotlib.patches import Rectangle
 
@@ -49,69 +62,91 @@ def _draw_lanes(ax: Axes, trace: Timeline, label_chars: int, xlim_ms: float | No
     wall_ms = max(trace.wall * 1e3, 1e-6)
     for i in range(len(row)):  # idle shows as the grey between bars
         ax.add_patch(Rectangle((0, i - 0.4), wall_ms, 0.8, fc=_IDLE, ec="none", zorder=0))
-    xmax = wall_ms if xlim_ms is None else xlim_ms
-    axis_in = ax.get_position().width * ax.get_figure().get_figwidth()
-    ms_per_char = xmax / max(axis_in * 72 / 5.5, 1)  # ~5.5 pt per 7 pt character
-    _draw_bars(ax, trace, row, set(path), label_chars, ms_per_char)
-    _draw_path_arrows(ax, trace, row, path)
+    xmax = (xlim_ms or wall_ms) * 1.01
+    ax.set_xlim(0, xmax)  # before labels and arrows: they are measured in display pixels
     _label_lanes(ax, trace)
-    ax.set_xlim(0, (xlim_ms or wall_ms) * 1.01)
+    bars = _bars(trace, row)
+    _draw_bars(ax, bars, set(path), label_chars)
+    _draw_path_arrows(ax, bars, path, inset=xmax / 150)
     ax.grid(axis="x", color="#dddddd", lw=0.5)
     ax.set_axisbelow(True)
 
 
+def _bars(trace: Timeline, row: Mapping[str, int]) -> dict[TaskEvent, Bar]:
+    """Each event's bar in data coordinates (ms since the run's start, lane row)."""
+    return {
+        e: Bar((e.start - trace.start) * 1e3, (e.end - trace.start) * 1e3, row[e.lane])
+        for e in trace.events
+    }
+
+
 def _draw_bars(
     ax: Axes,
-    trace: Timeline,
-    row: Mapping[str, int],
+    bars: Mapping[TaskEvent, Bar],
     on_path: set[str],
-    label_chars: int,
-    ms_per_char: float,
+    label_chars: int | None,
 ) -> None:
     """One bar per event, filled by level, outlined red on the path, labelled if it fits."""
     from matplotlib.patches import Rectangle
 
-    for e in trace.events:
-        x0, w = (e.start - trace.start) * 1e3, e.duration * 1e3
+    for e, bar in bars.items():
         hot = e.task in on_path
-        bar = Rectangle(
-            (x0, row[e.lane] - 0.35),
-            w,
-            0.7,
+        rect = Rectangle(
+            (bar.x0, bar.row - HALF),
+            bar.x1 - bar.x0,
+            2 * HALF,
             fc=_LEVEL_COLOURS[e.level % len(_LEVEL_COLOURS)],
             ec=_CRITICAL if hot else "#333333",
             lw=2.0 if hot else 0.5,
             zorder=2 + hot,
         )
-        ax.add_patch(bar)
-        label = _bar_label(e, int(w / ms_per_char) - 1, label_chars)
+        ax.add_patch(rect)
+        room = _px_width(ax, bar.x0, bar.x1) - _LABEL_PAD_PX
+        label = _bar_label(e.task, _text_fits(ax.figure, room, size=_LABEL_PT), label_chars)
         if label is not None:
-            style = {"fontsize": 7, "zorder": 4, "clip_on": True}
-            ax.text(x0 + w / 2, row[e.lane], label, ha="center", va="center", **style)
+            style = {"fontsize": _LABEL_PT, "zorder": 4, "clip_on": True}
+            ax.text((bar.x0 + bar.x1) / 2, bar.row, label, ha="center", va="center", **style)
 
 
-def _bar_label(event: TaskEvent, fits: int, label_chars: int) -> str | None:
-    """The task's name cut to the ``fits`` characters its bar holds; None under three."""
-    if fits < 3:
-        return None
-    text = _task_title(event.nodes, label_chars) if event.nodes else event.task
-    return _compact(text, min(fits, label_chars))
+def _bar_label(name: str, fits: Callable[[str], bool], label_chars: int | None) -> str | None:
+    """The task's name, shortened only as far as its bar requires (and to ``label_chars``
+    characters if given); None when not even a cut form fits.
+
+    >>> _bar_label("tower_a.0..tower_a.6", lambda s: len(s) <= 12, None)
+    'tower_a.0..6'
+    >>> _bar_label("stem.0", lambda s: True, 4) is None
+    True
+    """
+
+    def allowed(text: str) -> bool:
+        return (label_chars is None or len(text) <= label_chars) and fits(text)
+
+    return fit_name(name, allowed)
 
 
 def _draw_path_arrows(
-    ax: Axes, trace: Timeline, row: Mapping[str, int], path: Sequence[str]
+    ax: Axes, bars: Mapping[TaskEvent, Bar], path: Sequence[str], inset: float
 ) -> None:
-    """The measured critical path, hop by hop: from one task's end to the next one's start."""
-    by_name = {e.task: e for e in trace.events}
-    hops = [by_name[t] for t in path if t in by_name]
-    for a, b in zip(hops, hops[1:], strict=False):
-        ax.annotate(
-            "",
-            xy=((b.start - trace.start) * 1e3, row[b.lane]),
-            xytext=((a.end - trace.start) * 1e3, row[a.lane]),
-            arrowprops={"arrowstyle": "->", "color": _CRITICAL, "lw": 1.2},
-            zorder=5,
+    """The measured critical path, hop by hop, as red arrows along `_critical_routes`."""
+    from matplotlib.patches import FancyArrowPatch
+    from matplotlib.path import Path
+
+    for points in _critical_routes(bars, path, inset):
+        arrow = FancyArrowPatch(
+            path=Path(points), arrowstyle="->", mutation_scale=8, color=_CRITICAL, lw=1.2, zorder=5
         )
+        ax.add_patch(arrow)
+
+
+def _critical_routes(
+    bars: Mapping[TaskEvent, Bar], path: Sequence[str], inset: float
+) -> list[list[tuple[float, float]]]:
+    """One polyline per hop of ``path``, from one task's end to the next one's start, routed
+    around the bars of other tasks (`graphexec.viz._routes`)."""
+    by_name = {e.task: bar for e, bar in bars.items()}
+    hops = [by_name[t] for t in path if t in by_name]
+    everything = list(bars.values())
+    return [route(a, b, everything, inset) for a, b in zip(hops, hops[1:], strict=False)]
 
 
 def _label_lanes(ax: Axes, trace: Timeline) -> None:
@@ -126,7 +161,7 @@ def _label_lanes(ax: Axes, trace: Timeline) -> None:
         ],
         fontsize=7,
     )
-    ax.set_ylim(len(lanes) - 0.5, -0.5)
+    ax.set_ylim(len(lanes) - 0.5 + _BOTTOM_GUTTER, -0.5)
 
 
 # -- gantt ------------------------------------------------------------------------------------
@@ -135,7 +170,7 @@ def gantt(
     path: str | os.PathLike[str] | None = None,
     *,
     title: str | None = None,
-    label_chars: int = 22,
+    label_chars: int | None = None,
     width: float = 11.0,
     dpi: float = 100,
 ) -> Figure:
@@ -147,9 +182,11 @@ def gantt(
     path : str or path-like, optional
         Also write the figure there (format by suffix).
     title : str, optional
-        Defaults to graph, executor, schedule, wall, speedup, bound and idle share.
-    label_chars : int
-        Longest bar label; labels are cut further to fit their bar or left out.
+        Defaults to graph, executor, schedule and wall, then speedup, bound and idle share
+        (several lanes) or why the tasks ran one after another (one lane).
+    label_chars : int, optional
+        At most this many characters per bar label. Without it a label is the task's name,
+        shortened only as far as its bar's measured width requires, or left out.
     width : float
         Figure width in inches (height grows with the number of lanes).
     dpi : float
@@ -188,15 +225,19 @@ def gantt(
 
 
 def _gantt_title(trace: Timeline) -> str:
-    span, _ = trace.measured_span()
-    bound = trace.busy / span if span > 0 else 1.0  # the measured Amdahl bound
-    capacity = trace.wall * max(len(trace.lanes), 1)
-    idle = 1 - trace.busy / capacity if capacity > 0 else 0.0  # share of lanes x wall
-    return (
+    head = (
         f"{trace.plan.graph.name} on {trace.executor} ({trace.schedule}): "
         f"wall {format_seconds(trace.wall)}, {len(trace.events)} tasks\n"
-        f"speedup {trace.speedup:.2f}x over the task sum (bound {bound:.2f}x), "
-        f"idle {idle:.0%}"
+    )
+    why = trace.one_lane_reason()
+    if why is not None:  # no speedup or bound: nothing could overlap
+        return head + f"one lane: tasks ran one after another ({why})"
+    span, _ = trace.measured_span()
+    bound = trace.busy / span if span > 0 else 1.0  # the measured Amdahl bound
+    idle = 1 - trace.busy / (trace.wall * len(trace.lanes)) if trace.wall > 0 else 0.0
+    return head + (
+        f"{speed_words(trace.wall, trace.busy)} than the tasks back to back (speedup "
+        f"{trace.speedup:.2f}x, bound {bound:.2f}x), idle {idle:.0%}"
     )
 
 
@@ -244,7 +285,8 @@ def compare(
     -------
     matplotlib.figure.Figure
         Left: the runs as Gantt charts sharing one time axis (so shorter is faster at a
-        glance). Right: wall time per run, annotated with the speedup over ``baseline``.
+        glance). Right: each run's speedup over ``baseline`` as a bar (longer is faster),
+        annotated with the speedup and the wall time.
 
     Raises
     ------
@@ -278,7 +320,7 @@ def compare(
     _draw_runs(fig, grid, runs, base)
     _draw_speedups(fig.add_subplot(grid[:, 1]), runs, base)
     fig.suptitle(
-        f"{runs[labels[0]].plan.graph.name}: the same plan on {len(labels)} executors",
+        f"{runs[labels[0]].plan.graph.name}: {len(labels)} runs on one time axis",
         fontsize=10,
         x=0.02,
         ha="left",
@@ -312,7 +354,7 @@ def _draw_runs(fig: Figure, grid: GridSpec, runs: Mapping[str, Timeline], base: 
     for i, (label, trace) in enumerate(runs.items()):
         ax = fig.add_subplot(grid[i, 0], sharex=first)
         first = first or ax
-        _draw_lanes(ax, trace, 18, longest)
+        _draw_lanes(ax, trace, None, longest)
         ratio = _speedup(runs[base], trace)
         ax.set_title(
             f"{label}: wall {format_seconds(trace.wall)}, {ratio:.2f}x vs {base}",
@@ -323,15 +365,18 @@ def _draw_runs(fig: Figure, grid: GridSpec, runs: Mapping[str, Timeline], base: 
 
 
 def _draw_speedups(bars: Axes, runs: Mapping[str, Timeline], base: str) -> None:
-    """The right column: wall time per run (the baseline grey), speedups written beside."""
+    """The right column: speedup over ``base`` per run (its wall time / the run's), so the
+    fastest run has the longest bar; the baseline is the grey bar at 1.00x."""
     labels = list(runs)
-    walls = [runs[k].wall * 1e3 for k in labels]
+    speedups = [_speedup(runs[base], runs[k]) for k in labels]
     colours = ["#1f77b4" if k != base else "#7f7f7f" for k in labels]
-    bars.barh(range(len(labels)), walls, color=colours)
+    bars.barh(range(len(labels)), speedups, color=colours)
+    bars.axvline(1.0, color="#555555", lw=0.8, ls="--")
     bars.set_yticks(range(len(labels)), labels, fontsize=8)
     bars.set_ylim(len(labels) - 0.5, -0.5)
     for i, k in enumerate(labels):
-        bars.text(walls[i], i, f" {_speedup(runs[base], runs[k]):.2f}x", va="center", fontsize=8)
-    bars.set_xlim(0, max(walls) * 1.35)
-    bars.set_xlabel("wall ms (one run)")
+        text = f" {speedups[i]:.2f}x\n {format_seconds(runs[k].wall)}"
+        bars.text(speedups[i], i, text, va="center", fontsize=8)
+    bars.set_xlim(0, max(speedups) * 1.45)
+    bars.set_xlabel(f"{base} wall / wall (longer is faster)", fontsize=8)
     bars.set_title(f"speedup vs {base}", fontsize=9)
