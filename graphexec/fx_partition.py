@@ -307,6 +307,8 @@ def _partition_names(
         module = next((n for n in group if n.op == "call_module" or n in calls), None)
         if module is None:
             base = group[0].name
+            if hasattr(nn.ModuleDict, base):  # ``to``, ``float``: `graphexec.GraphModule`
+                base += "_"  # registers node modules by name, beside these attributes
         else:
             base = str(module.target) if module.op == "call_module" else calls[module][1]
         name = base if base not in taken else f"{base}#{group[0].name}"

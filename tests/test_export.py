@@ -154,3 +154,30 @@ def test_vmap_inside_forward_is_one_node_that_keeps_its_levels(local_executor):
     with torch.no_grad():
         for p in (gx.plan(g), gx.plan(g, inline_below=0), gx.plan(g, example_inputs=(x,))):
             torch.testing.assert_close(local_executor.run(p, x), model(x))
+
+
+class Cast(nn.Module):
+    """A cast two modules read: a partition of its own, named after its first node::
+
+        x -> to(float32) -> a -\\
+                        \\-> b --+ add
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x):
+        y = x.to(torch.float32)
+        return self.a(y) + self.b(y)
+
+
+@pytest.mark.parametrize("entry", ["fx", "export"])
+def test_a_node_named_like_a_module_method_runs_in_a_graph_module(entry):
+    """``to`` is an attribute of every ``nn.Module``: `GraphModule` registers node modules by
+    name, and a node named ``to`` could not be registered."""
+    model, x = Cast(), torch.randn(2, 4, dtype=torch.float64)
+    g = gx.trace(model if entry == "fx" else torch.export.export(model, (x,)))
+    assert "to_" in set(g.nodes), list(g.nodes)
+    with torch.no_grad():
+        torch.testing.assert_close(gx.GraphModule(g, executor="sequential")(x), model(x))
