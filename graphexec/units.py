@@ -67,18 +67,18 @@ def speed_words(seconds: float, reference: float) -> str:
     Returns
     -------
     str
-        ``"<r>x faster"`` or ``"<r>x slower"`` with r >= 1, or ``"as fast (within 1%)"``.
+        ``"<r>x faster"`` or ``"<r>x slower"`` with r >= 1, or ``"as fast, within 1%"``.
 
     Examples
     --------
     >>> speed_words(0.5, 1.0), speed_words(1.51, 1.0), speed_words(1.004, 1.0)
-    ('2.00x faster', '1.51x slower', 'as fast (within 1%)')
+    ('2.00x faster', '1.51x slower', 'as fast, within 1%')
     """
     if seconds <= 0 or reference <= 0:
         return "not comparable (no time measured)"
     ratio = reference / seconds
     if abs(ratio - 1) < 0.01:
-        return "as fast (within 1%)"
+        return "as fast, within 1%"
     return f"{ratio:.2f}x faster" if ratio > 1 else f"{1 / ratio:.2f}x slower"
 
 
@@ -105,9 +105,9 @@ def name_forms(name: str, min_chars: int = 5) -> Iterator[str]:
     First the name itself; for a range or pair of nodes sharing a module path
     (``layer2.conv1..layer2.bn2``, ``stem.0+stem.1``) the path written once
     (``layer2.conv1..bn2``, ``stem.0+1``); then that cut in the middle, one character at a
-    time, down to ``min_chars`` characters of the name around the ``…`` (dots next to the
-    cut are dropped). Names of ``min_chars`` or fewer characters have no shorter form: a
-    label such as ``s…0`` says less than no label.
+    time, keeping at least ``min_chars`` characters and half of it around the ``…`` (dots
+    next to the cut are dropped). Short names have no shorter form: a label such as ``s…0``
+    or ``blo…1`` says less than no label.
 
     Examples
     --------
@@ -122,8 +122,9 @@ def name_forms(name: str, min_chars: int = 5) -> Iterator[str]:
     compact = compact_name(name)
     if compact != name:
         yield compact
-    for width in range(len(compact) - 1, min_chars, -1):
-        yield short_label(compact, width)
+    keep = max(min_chars, len(compact) // 2)
+    cuts = (short_label(compact, width) for width in range(len(compact) - 1, keep, -1))
+    yield from dict.fromkeys(c for c in cuts if len(c) - 1 >= keep)  # dots dropped at a cut
 
 
 def compact_name(name: str) -> str:

@@ -57,7 +57,8 @@ def test_short_names_fit_whole_or_not_at_all():
     assert list(name_forms("stem.0")) == ["stem.0"]
     assert fit_name("stem.0", lambda s: len(s) <= 5) is None
     assert fit_name("stem.0", lambda s: len(s) <= 6) == "stem.0"
-    cut = fit_name("encoder.layers.11.mlp", lambda s: len(s) <= 10)
+    assert fit_name("blocks.0.b3.0.0..blocks.0.b3.1.1", lambda s: len(s) <= 6) is None
+    cut = fit_name("encoder.layers.11.mlp", lambda s: len(s) <= 12)
     assert cut is not None and cut.startswith("enc") and cut.endswith("mlp")
 
 
