@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean pictures
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check graphexec tests examples benchmarks
 	$(PY) -m pytest
+
+# Every picture in docs/img, each timed one the median of several runs, and the numbers
+# docs/pictures.md quotes beside them.
+pictures: $(STAMP)
+	$(PY) docs/make_pictures.py
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
