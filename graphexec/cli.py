@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import os
+import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -44,7 +45,7 @@ from .executors.cuda import INLINE_BELOW, auto_choice
 from .executors.sequential import SequentialExecutor
 from .graph import Graph
 from .plans import Plan
-from .profile import Timeline
+from .profile import Timeline, median_run
 from .targets import (
     CLIError,
     Target,
@@ -158,8 +159,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if expected is not None:
         print("  " + check_outputs(out, expected))
     if args.profile:
-        print(trace.summary())
-        files = save_trace(trace, Path(args.profile), name)
+        eager = statistics.median(speedup.reference) if speedup is not None else None
+        print(trace.summary(eager=eager))
+        files = save_trace(trace, Path(args.profile), name, eager=eager)
         print("profile: " + ", ".join(str(f) for f in files))
     return 0
 
@@ -173,12 +175,16 @@ def _cmd_viz(args: argparse.Namespace) -> int:
     plan = _plan(target, inputs, args, name)  # costs measured on the inputs (CPU executors)
     plan.draw(out / "plan.png")
     (out / "plan.dot").write_text(plan.to_dot(), encoding="utf-8")
+    eager = None
     with torch.no_grad(), _executor(name, args, target.graph) as ex:
         ex.run(plan, *inputs)  # warm-up: pools, caches, weights on workers
-        _, trace = ex.run(plan, *inputs, profile=True)
+        trace = median_run([ex.run(plan, *inputs, profile=True)[1] for _ in range(5)])
+        if target.module is not None:  # the summary compares with eager
+            speedup = paired(lambda: ex.run(plan, *inputs), lambda: target.module(*inputs), 5)
+            eager = statistics.median(speedup.reference)
     print(plan)
-    print(trace.summary())
-    files = [out / "plan.png", out / "plan.dot", *save_trace(trace, out, name)]
+    print(trace.summary(eager=eager))
+    files = [out / "plan.png", out / "plan.dot", *save_trace(trace, out, name, eager=eager)]
     print("wrote: " + ", ".join(str(f) for f in files))
     return 0
 
@@ -218,7 +224,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                     speedup = paired(lambda ex=ex, p=p: ex.run(p, *inputs), reference,
                                      args.repeat)  # fmt: skip
                     rows.append((f"{name} ({args.schedule})", speedup))
-                    traces[name] = ex.run(p, *inputs, profile=True)[1]
+                    traces[name] = median_run(
+                        [ex.run(p, *inputs, profile=True)[1] for _ in range(5)]
+                    )
                 if bar is not None:
                     bar.update()
     finally:

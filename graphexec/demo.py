@@ -32,6 +32,7 @@ The steps::
 
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -46,9 +47,9 @@ from .executors.base import Executor
 from .fx_import import trace as fx_trace
 from .graph import Graph
 from .plans import Plan
-from .profile import Timeline
+from .profile import Timeline, median_run
 from .targets import check_outputs, save_trace
-from .timing import Speedup, median_run, paired, speedup_table
+from .timing import Speedup, paired, speedup_table
 from .tune import plan as make_plan
 
 __all__ = ["DemoNet", "RecurrentTowers", "demo_graph", "run_demo"]
@@ -241,7 +242,7 @@ def _run_one(label: str, ex: Executor, case: _Case, repeat: int) -> None:
     got = ex.run(plan, x)
     print(f"   {label:<20} {case.name:<10} {check_outputs(got, case.expected)}")
     case.rows.append((label, paired(lambda: ex.run(plan, x), lambda: case.model(x), repeat)))
-    case.traces[label] = median_run(lambda: ex.run(plan, x, profile=True))[1]
+    case.traces[label] = median_run([ex.run(plan, x, profile=True)[1] for _ in range(5)])
 
 
 def _report(i: int, case: _Case, repeat: int) -> None:
@@ -286,9 +287,10 @@ def _write_pictures(cases: list[_Case], out: Path) -> list[Path]:
     for case in cases:
         folder = out / case.name
         files += [folder / "plan.png", folder / "plan.dot"]
+        eager = {label: statistics.median(s.reference) for label, s in case.rows}
         for label, trace in case.traces.items():
             tag = label.split()[0] + ("_levels" if "levels" in label else "")
-            files += save_trace(trace, folder, tag)
+            files += save_trace(trace, folder, tag, eager=eager.get(label))
         if case.traces:
             compare(case.traces, folder / "compare.png")
             files.append(folder / "compare.png")

@@ -281,11 +281,12 @@ def check_outputs(got: Any, expected: Any) -> str:
     return "outputs match eager PyTorch"
 
 
-def save_trace(trace: Timeline, out: Path, tag: str) -> list[Path]:
-    """Write a run's Gantt chart, Chrome trace and summary into ``out``; return the files."""
+def save_trace(trace: Timeline, out: Path, tag: str, eager: float | None = None) -> list[Path]:
+    """Write a run's Gantt chart, Chrome trace and summary (compared with ``eager`` seconds,
+    when known) into ``out``; return the files."""
     out.mkdir(parents=True, exist_ok=True)
     files = [out / f"gantt_{tag}.png", out / f"trace_{tag}.json", out / f"summary_{tag}.txt"]
     trace.gantt(files[0])
     trace.to_chrome(files[1])
-    files[2].write_text(trace.summary() + "\n", encoding="utf-8")
+    files[2].write_text(trace.summary(eager=eager) + "\n", encoding="utf-8")
     return files

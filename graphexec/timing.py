@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Speedup", "median_run", "paired", "speedup_table", "sync", "time_median"]
+__all__ = ["Speedup", "paired", "speedup_table", "sync", "time_median"]
 
 
 def sync() -> None:
@@ -167,22 +167,3 @@ def speedup_table(rows: Sequence[tuple[str, Speedup]], base: str) -> str:
         )
     return "\n".join(lines)
 
-
-def median_run(run: Callable[[], tuple[Any, Any]], times: int = 5) -> tuple[Any, Any]:
-    """The ``(outputs, timeline)`` of the run whose wall time is the median of ``times``
-    profiled runs: a picture of one run should show a typical run, not a lucky or an unlucky
-    one.
-
-    ``run`` is e.g. ``lambda: ex.run(plan, x, profile=True)``.
-
-    Examples
-    --------
-    >>> import graphexec as gx, torch
-    >>> g = gx.Graph("g"); x = g.input("x"); g.output(g.node("double", lambda t: 2 * t, x))
-    >>> ex = gx.SequentialExecutor()
-    >>> out, timeline = median_run(lambda: ex.run(gx.plan(g), torch.ones(2), profile=True))
-    >>> out.tolist(), timeline.wall > 0
-    ([2.0, 2.0], True)
-    """
-    runs = sorted((run() for _ in range(max(1, times))), key=lambda r: r[1].wall)
-    return runs[len(runs) // 2]

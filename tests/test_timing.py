@@ -6,11 +6,9 @@ answer is decided by their structure (work that differs 100-fold), or the times 
 
 from __future__ import annotations
 
-import types
-
 import pytest
 
-from graphexec.timing import Speedup, median_run, paired, speedup_table
+from graphexec.timing import Speedup, paired, speedup_table
 
 
 def test_paired_alternates_which_runs_first():
@@ -65,13 +63,3 @@ def test_speedup_table_says_the_verdict_and_the_spread():
     assert "(2.00x-2.00x)" in lines[3]
     assert lines[4].startswith("dask") and lines[4].endswith("within noise")
 
-
-def test_median_run_keeps_the_middle_wall_time():
-    walls = iter([0.005, 0.001, 0.009, 0.003, 0.007])
-
-    def run():
-        wall = next(walls)
-        return wall, types.SimpleNamespace(wall=wall)
-
-    out, timeline = median_run(run, times=5)
-    assert out == timeline.wall == 0.005
