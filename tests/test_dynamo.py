@@ -86,9 +86,11 @@ def test_random_branches_equal_eager_outputs_and_gradients(seed, graph_break, mo
     backend.close()
 
 
-def test_a_plan_that_does_not_win_hands_dynamos_graph_back():
+@pytest.mark.parametrize("check", [True, False], ids=["measured", "untried"])
+def test_a_plan_that_does_not_win_hands_dynamos_graph_back(check):
     """Nothing to overlap: Dynamo gets its own ``forward`` back, so no graphexec code runs
-    per call (what ``backend="eager"`` returns)."""
+    per call (what ``backend="eager"`` returns). Measured, the trial against the graph says
+    so first; untried, the plan is known to run the same ops one after another."""
     model = nn.Sequential(nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 4))
     returned = []
 
@@ -97,13 +99,16 @@ def test_a_plan_that_does_not_win_hands_dynamos_graph_back():
         returned.append((fn, gm))
         return fn
 
-    backend = gx.compile_backend(executor="threads", repeats=2)
+    backend = gx.compile_backend(executor="threads", repeats=2, check=check)
     x = torch.randn(8, 16)
     torch.testing.assert_close(torch.compile(model, backend=spy)(x), model(x))
     ((fn, gm),) = returned
     assert fn == gm.forward and fn.__self__ is gm
+    assert fn.__name__ == "forward"  # the generated code, not the lazy stub Dynamo made
     (graph,) = backend.graphs
-    assert graph.plan is not None and "same ops one after another" in graph.handed_back
+    assert graph.plan is not None and graph.handed_back
+    if not check:
+        assert "same ops one after another" in graph.handed_back
     assert "runs as Dynamo gave it" in repr(graph)
 
 
@@ -195,3 +200,23 @@ def test_vmap_inside_forward_is_planned_not_dropped():
     out.sum().backward()
     twin(x).sum().backward()
     torch.testing.assert_close(model.a.weight.grad, twin.a.weight.grad)
+
+
+def test_the_second_trial_leaves_no_trace():
+    """A plan that won its first trial is timed against Dynamo's graph again: those runs must
+    not move running statistics or the random state either."""
+    model = nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.5), nn.BatchNorm1d(8), nn.Linear(8, 2))
+    backend = gx.compile_backend(executor="threads", check=False, inline_below=0.0)
+    given = []
+
+    def keep_inputs(gm, example_inputs):
+        given.append(list(example_inputs))
+        return backend(gm, example_inputs)
+
+    torch.compile(model, backend=keep_inputs)(torch.randn(16, 8))
+    (graph,) = backend.graphs
+    stats, rng = model[2].running_mean.clone(), torch.random.get_rng_state()
+    said = graph._second_trial(given[0])
+    assert said is None or "second trial" in said
+    torch.testing.assert_close(model[2].running_mean, stats)
+    assert torch.equal(torch.random.get_rng_state(), rng)
