@@ -143,8 +143,8 @@ def two_towers(repeats: int) -> dict[str, str]:
         )
     else:
         plan_words = (
-            "The measured plan runs the towers one after another (inline), as measured to be "
-            'faster here; "threads, overlapped" runs the plan made from estimated costs '
+            "The measured plan runs the towers one after another (inline), as its "
+            'measurements chose; "threads, overlapped" runs the plan made from estimated costs '
             "(`gx.plan(graph)`), which overlaps them."
         )
     return {

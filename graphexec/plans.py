@@ -138,7 +138,7 @@ class Plan:
             )
         if self.serial_reason:
             return (
-                f"{line}; runs inline, one task after another, as measured to be faster "
+                f"{line}; runs inline, one task after another, as measurements chose "
                 f"(amdahl bound {self.amdahl:.2f}x not used)"
             )
         return f"{line}; runs inline, one task after another (no two tasks can overlap)"

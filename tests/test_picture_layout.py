@@ -11,6 +11,7 @@ Timelines here are written by hand (no timing), so layouts are exact. The graph:
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
 from pathlib import Path
@@ -190,6 +191,22 @@ def test_plan_box_text_stays_inside_its_box(graph):
             tightest = min(holders, key=lambda b: b.width)
             assert tightest.x0 <= box.x0 and box.x1 <= tightest.x1, text.get_text()
     assert inside >= 6
+
+
+def test_plan_boxes_widen_so_names_and_node_lines_show_whole():
+    """Whole names where widening the figure (up to 1.8x) makes room, to the pixel."""
+    g = gx.Graph("two_towers")
+    x = g.input("x")
+    towers = [g.node(f"tower_{k}", nn.Linear(512, 512), x) for k in "ab"]
+    s = g.node("merge", gx.stack(dim=1), *towers)
+    g.output(g.node("head", nn.Linear(512, 10), g.node("pool", gx.mean(dim=1), s)))
+    plan = gx.plan(g)
+    for cost in (1e-6, 99.2e-6, 12.34e-3):
+        costs = {**plan.node_costs, "merge": cost}
+        fig = dataclasses.replace(plan, node_costs=costs).draw()
+        shown = [t.get_text() for t in fig.axes[0].texts]
+        assert "merge..head" in shown
+        assert any(t.startswith("merge stack(dim=1)  ") for t in shown), shown
 
 
 # -- compare --------------------------------------------------------------------------------

@@ -242,7 +242,8 @@ def _widen_for_names(ax: Axes, plan: Plan, sheet: _Sheet) -> None:
     have = _px_width(ax, 0, _BOX_W - 0.12)
     if needed > have:
         width, height = fig.get_size_inches()
-        fig.set_size_inches(min(width * min(needed / have, _MAX_WIDEN), 40.0), height)
+        grow = min((needed + 1) / have, _MAX_WIDEN)  # +1 px: rounding must not cut a name
+        fig.set_size_inches(min(width * grow, 40.0), height)
 
 
 def _plan_title(plan: Plan) -> str:
