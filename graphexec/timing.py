@@ -29,6 +29,10 @@ import torch
 
 __all__ = ["Speedup", "paired", "speedup_table", "sync", "time_median"]
 
+#: A reference that ran this many times slower beside one candidate than beside the others
+#: was disturbed by it (noise between rows of a quiet run stays within ~10%).
+DISTURBED = 1.3
+
 
 def sync() -> None:
     """Wait for queued GPU work, if CUDA is in use: it is asynchronous, a clock would lie."""
@@ -141,29 +145,40 @@ def paired(fn: Callable[[], Any], reference: Callable[[], Any], rounds: int) -> 
 
 
 def speedup_table(rows: Sequence[tuple[str, Speedup]], base: str) -> str:
-    """One row per candidate: median time, median speedup over ``base``, the middle half of
-    the rounds' speedups and the verdict; ``base`` first, with its own median time.
+    """One row per candidate: its median time, the median time of ``base`` in the same
+    rounds, the median speedup, the middle half of the rounds' speedups and the verdict.
+
+    ``base`` is timed beside each candidate, so each row has its own: where one is far slower
+    than the others, what that candidate leaves running (its threads, worker processes, a
+    scheduler) slowed the runs after it, and a line under the table says so.
 
     Examples
     --------
     >>> fast = Speedup((0.001, 0.0011, 0.0009), (0.002, 0.002, 0.002))
     >>> print(speedup_table([("threads", fast)], "eager"))
-                             median   speedup over eager (middle half of 3 rounds)
-    ------------------------------------------------------------------------------
-    eager                   2.00 ms    1.00x
-    threads                 1.00 ms    2.00x   (1.91x-2.11x)  faster
+                            median   eager beside it   speedup (middle half of 3 rounds)
+    ------------------------------------------------------------------------------------
+    threads                1.00 ms           2.00 ms    2.00x (1.91x-2.11x)  faster
     """
     n = max((len(s.seconds) for _, s in rows), default=0)
-    header = f"{'':<20}{'median':>11}   speedup over {base} (middle half of {n} rounds)"
+    beside = f"{base} beside it"
+    header = (f"{'':<20}{'median':>10}{beside:>{max(18, len(beside) + 2)}}"
+              f"   speedup (middle half of {n} rounds)")  # fmt: skip
     lines = [header, "-" * len(header)]
-    if rows:
-        ref = statistics.median(t for _, s in rows for t in s.reference)
-        lines.append(f"{base:<20}{ref * 1e3:>8.2f} ms  {1.0:>6.2f}x")
+    width = max(18, len(beside) + 2) - 3
+    refs = {label: statistics.median(s.reference) for label, s in rows}
     for label, s in rows:
         low, high = s.middle_half
+        mine, theirs = statistics.median(s.seconds) * 1e3, refs[label] * 1e3
         lines.append(
-            f"{label:<20}{statistics.median(s.seconds) * 1e3:>8.2f} ms  {s.median:>6.2f}x"
-            f"   ({low:.2f}x-{high:.2f}x)  {s.verdict}"
+            f"{label:<20}{mine:>7.2f} ms{theirs:>{width}.2f} ms"
+            f"  {s.median:>6.2f}x ({low:.2f}x-{high:.2f}x)  {s.verdict}"
         )
+    quiet = min(refs.values(), default=0.0)
+    for label, ref in refs.items():
+        if quiet > 0 and ref > DISTURBED * quiet:
+            lines.append(
+                f"({base} ran {ref / quiet:.1f}x slower beside {label} than beside the others: "
+                "what it leaves running between calls took the cores from it; compare medians)"
+            )
     return "\n".join(lines)
-
