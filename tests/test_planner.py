@@ -203,11 +203,15 @@ def test_plan_with_horizontal_fusion_equals_unfused(local_executor):
 
 
 def test_default_measured_plan_fuses_small_branches_and_says_why():
-    """hfuse="auto": fused when measured members are small, never from estimates alone."""
+    """hfuse="auto": fused when measured members are small, never from estimates alone.
+
+    ``check=False``: the rule on measured member times (18 µs against a 200 µs bound, far
+    from the line even on a loaded machine), not the side-by-side trial, which
+    tests/test_tune.py covers both ways."""
     g = tiny_branches()
     x = torch.randn(4, 16)
     assert gx.plan(g).graph is g and gx.plan(g).fusion == ()  # estimated: nothing fused
-    measured = gx.plan(g, example_inputs=(x,))
+    measured = gx.plan(g, example_inputs=(x,), check=False)
     assert measured.graph is not g and "horizontal fusion: fused 16 x Linear" in str(measured)
     assert gx.plan(g, example_inputs=(x,), hfuse=False).graph is g
     with torch.no_grad():
