@@ -15,10 +15,23 @@ gx sequential             ``gx.SequentialExecutor().run(plan, ...)``, ``plan = g
 gx default                ``gx.GraphModule(g)`` after its first call (which plans, measuring)
 gx default, hfuse off     ``gx.GraphModule(g, hfuse=False)``; not rebuilt when the default
                           plan has no ``hfuse:`` node (then it is the same plan)
+gx export                 ``gx.GraphModule(gx.trace(torch.export.export(model, inputs)))``
 gx tasks onnxruntime      ``gx.GraphModule(g, backend="onnxruntime")``; warnings are recorded
 ORT seq / ORT par         the whole model exported to ONNX, ONNX Runtime (2 threads)
-torch.compile             inductor, default mode (not with ``--quick``)
+compile eager             ``torch.compile(model, backend="eager")``: Dynamo runs the graphs it
+                          captured as they are, its own floor (guards, frame handling)
+compile graphexec         ``torch.compile(model, backend="graphexec")`` (a
+                          ``gx.compile_backend()`` per model, so its graphs can be reported)
+compile inductor          ``torch.compile(model)``, inductor, default mode (not with
+                          ``--quick`` or ``--no-compile``)
 ========================  ======================================================================
+
+Each ``torch.compile`` contender compiles its own copy of the model's ``forward`` code
+(`benchmarks.peers.own_frame`): Dynamo keeps compiled entries per code object, and entries of
+other backends checked first would be counted against the one being timed.
+
+The results also say which entry point imports which model at all (fx and ``gx.trace``,
+``torch.export`` and ``gx.trace``, the Dynamo backend), with the error where one fails.
 
 Timing is `benchmarks.suite.time_workload`'s (outputs checked against eager first, then
 interleaved in a shuffled order per repetition, median), here under ``torch.no_grad()``.
@@ -30,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import statistics
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -39,6 +53,7 @@ from typing import Any
 import torch
 
 import graphexec as gx
+from graphexec.dynamo import Backend
 
 from . import peers, suite, zoo
 from .run import fmt_ms, machine
@@ -46,8 +61,11 @@ from .workloads import Workload
 
 REFERENCE = suite.REFERENCE
 COLUMNS = (REFERENCE, "fx GraphModule", "gx sequential", "gx default", "gx default, hfuse off",
-           "gx tasks onnxruntime", "ORT seq", "ORT par", "torch.compile")  # fmt: skip
+           "gx export", "gx tasks onnxruntime", "ORT seq", "ORT par", "compile eager",
+           "compile graphexec", "compile inductor")  # fmt: skip
 SHORT = {"gx default, hfuse off": "hfuse off", "gx tasks onnxruntime": "gx tasks ORT"}
+#: Columns that run the fx-traced graph (its specialised placeholders appended, `_bind`).
+FX_GRAPH = ("gx sequential", "gx default", "gx default, hfuse off", "gx tasks onnxruntime")
 GRAD_MODE = torch.no_grad
 #: Lines of ``print(plan)`` that say what the planner decided (inline, overlap, fusion).
 _DECISION_PREFIXES = ("work ", "runs inline", "horizontal fusion", "not run")
@@ -65,6 +83,7 @@ class Row:
     error: str = ""
     wall_s: float = 0.0
     same_as_default: list[str] = field(default_factory=list)
+    dynamo: Backend | None = None  # the graphexec backend's graphs and plans
 
 
 def _bind(fn: Any, extra: tuple[Any, ...]) -> Any:
@@ -117,14 +136,13 @@ def contenders(zm: zoo.ZooModel, compile_peers: bool) -> tuple[list[suite.Conten
                 "gx tasks onnxruntime", g, gin, GRAD_MODE, backend="onnxruntime"
             ),
         ]
+    if zm.export_graph is not None:
+        builders.append(lambda: _exported(zm))
     builders.append(lambda: suite.ort_contenders(zm.model, x))
+    torch._dynamo.reset()  # a fresh cache (and recompile limit) per model
+    builders += [lambda: _compiled("compile eager", zm, "eager"), lambda: _dynamo(zm, row)]
     if compile_peers:
-        torch._dynamo.reset()  # a fresh cache (and recompile limit) per model
-        builders.append(
-            lambda: suite.guard(
-                "torch.compile", 2, lambda: peers.torch_compile(zm.model, x, GRAD_MODE)
-            )
-        )
+        builders.append(lambda: _compiled("compile inductor", zm, "inductor"))
     state = _State(zm.model)
     out: list[suite.Contender] = []
     for build in builders:
@@ -135,7 +153,7 @@ def contenders(zm: zoo.ZooModel, compile_peers: bool) -> tuple[list[suite.Conten
         notes = [_warning_text(caught), state.restore()]
         for c in made:
             c.note = "; ".join(n for n in notes if n)
-            if c.fn is not None and c.name.startswith("gx "):
+            if c.fn is not None and c.name in FX_GRAPH:
                 c.fn = _bind(c.fn, zm.extra)
         out += made
     return out, row
@@ -147,6 +165,27 @@ def _warning_text(caught: list[warnings.WarningMessage]) -> str:
     if not mine:
         return ""
     return f"{mine[0].category.__name__}: {mine[0].message}".splitlines()[0][:200]
+
+
+def _exported(zm: zoo.ZooModel) -> suite.Contender:
+    """``gx.GraphModule`` of the exported graph; setup counts ``torch.export`` too."""
+    c = suite.module_contender("gx export", zm.export_graph, zm.inputs, GRAD_MODE)
+    c.setup_s += zm.export_s
+    return c
+
+
+def _compiled(name: str, zm: zoo.ZooModel, backend: Any) -> suite.Contender:
+    """``torch.compile(model, backend=backend)`` on its own code object, first call timed."""
+    own = peers.own_frame(zm.model)
+    return suite.guard(name, 2, lambda: peers.torch_compile(own, zm.inputs, GRAD_MODE, backend))
+
+
+def _dynamo(zm: zoo.ZooModel, row: Row) -> suite.Contender:
+    """``backend="graphexec"``, as a `gx.compile_backend()` the row keeps (its graphs)."""
+    row.dynamo = gx.compile_backend()
+    c = _compiled("compile graphexec", zm, row.dynamo)
+    c.close = row.dynamo.close
+    return c
 
 
 def _default(g: gx.Graph, gin: tuple[Any, ...], row: Row) -> suite.Contender:
@@ -183,7 +222,7 @@ def bench_model(key: str, reps: int, compile_peers: bool) -> Row:
     """Build, trace and time one model; a failure anywhere is recorded in the row."""
     t0 = time.perf_counter()
     try:
-        zm = zoo.build(key)
+        zm = zoo.export(zoo.build(key))
     except Exception as exc:
         return Row(None, key, error=f"build: {suite.error_text(exc)}")
     cs, row = contenders(zm, compile_peers)
@@ -261,18 +300,122 @@ def _trace_table(rows: list[Row]) -> list[str]:
 def _decisions(rows: list[Row], limit: int = 6) -> list[str]:
     lines = []
     for row in rows:
-        if row.plan is None:
+        if row.plan is None and not (row.dynamo and row.dynamo.graphs):
             continue
-        picked = [ln for ln in str(row.plan).splitlines() if ln.startswith(_DECISION_PREFIXES)]
-        fusion = [ln for ln in picked if ln.startswith("horizontal fusion")]
-        shown = [ln for ln in picked if not ln.startswith("horizontal fusion")] + fusion[:limit]
         lines.append(f"- **{row.key}**")
-        lines += [f"  - {ln}" for ln in shown]
-        if len(fusion) > limit:
-            n_fused = sum(": fused" in ln for ln in fusion)
-            lines.append(f"  - … {len(fusion) - limit} more fusion groups ({n_fused} of "
-                         f"{len(fusion)} fused in all)")  # fmt: skip
+        if row.plan is not None:
+            lines += _plan_lines(row.plan, limit)
+        for graph in row.dynamo.graphs if row.dynamo else ():
+            lines.append(f'  - `backend="graphexec"`, {_dynamo_state(graph)}')
     return lines
+
+
+def _plan_lines(plan: gx.Plan, limit: int) -> list[str]:
+    picked = [ln for ln in str(plan).splitlines() if ln.startswith(_DECISION_PREFIXES)]
+    fusion = [ln for ln in picked if ln.startswith("horizontal fusion")]
+    shown = [ln for ln in picked if not ln.startswith("horizontal fusion")] + fusion[:limit]
+    lines = [f"  - {ln}" for ln in shown]
+    if len(fusion) > limit:
+        n_fused = sum(": fused" in ln for ln in fusion)
+        lines.append(f"  - … {len(fusion) - limit} more fusion groups ({n_fused} of "
+                     f"{len(fusion)} fused in all)")  # fmt: skip
+    return lines
+
+
+def _dynamo_state(graph: Any) -> str:
+    """One Dynamo graph: planned and run by graphexec, or handed back, and why."""
+    size = f"{sum(not n.is_input for n in graph.graph)} nodes" if graph.graph else "not imported"
+    if graph.fallback:
+        return (
+            f"graph {graph.name} ({size}): could not be planned, runs as Dynamo gave it: "
+            + (graph.fallback.splitlines()[0][:200])
+        )
+    if graph.handed_back:
+        return f"graph {graph.name} ({size}): handed back to Dynamo: {graph.handed_back}"
+    kept = [d for d in graph.plan.decisions if "kept" in d] if graph.plan else []
+    return f"graph {graph.name} ({size}): run by graphexec" + "".join(f"; {d}" for d in kept)
+
+
+# -- which entry point imports which model -----------------------------------------------------
+ENTRY_POINTS = ("fx → `gx.trace`", "`torch.export` → `gx.trace`", '`backend="graphexec"`')
+
+
+def _entries(row: Row) -> list[str]:
+    """One cell per entry point: ✓ with what it made, or ✗ with the error."""
+    zm, r = row.zm, row.result
+    if zm is None:
+        return [f"✗ {row.error}"] * len(ENTRY_POINTS)
+    failed = r.error if r is not None else {}
+
+    def nodes(g: gx.Graph) -> str:
+        return f"{sum(not n.is_input for n in g)} nodes"
+
+    fx_cell = (
+        f"✗ {zm.trace_error}"
+        if zm.graph is None
+        else f"✗ {failed['gx default']}"
+        if "gx default" in failed
+        else f"✓ {nodes(zm.graph)}"
+    )
+    export_cell = (f"✗ {zm.export_error}" if zm.export_graph is None else
+                   f"✗ {failed['gx export']}" if "gx export" in failed else
+                   f"✓ {nodes(zm.export_graph)}")  # fmt: skip
+    graphs = row.dynamo.graphs if row.dynamo else []
+    if "compile graphexec" in failed:
+        dynamo_cell = f"✗ {failed['compile graphexec']}"
+    else:
+        run = sum(g.handed_back is None for g in graphs)
+        back = sum(g.handed_back is not None and not g.fallback for g in graphs)
+        unplanned = sum(bool(g.fallback) for g in graphs)
+        dynamo_cell = (f"✓ {len(graphs)} graph{'s' * (len(graphs) != 1)}: {run} run by "
+                       f"graphexec, {back} handed back" +
+                       (f", {unplanned} could not be planned" if unplanned else ""))  # fmt: skip
+    return [fx_cell, export_cell, dynamo_cell]
+
+
+def _dynamo_table(rows: list[Row]) -> list[str]:
+    """The Dynamo path against eager and against Dynamo's own floor, paired per repetition."""
+    pairs = [("compile eager", REFERENCE), ("compile graphexec", REFERENCE),
+             ("compile graphexec", "compile eager"), ("compile inductor", REFERENCE)]  # fmt: skip
+    head = ["compile eager ÷ eager", "compile graphexec ÷ eager",
+            "compile graphexec ÷ compile eager", "inductor ÷ eager"]  # fmt: skip
+    lines = ["| model | Dynamo graphs | " + " | ".join(head) + " |", "|---" * 6 + "|"]
+    got: dict[int, list[float]] = {i: [] for i in range(len(pairs))}
+    for row in rows:
+        r = row.result
+        if r is None:
+            continue
+        cells = []
+        for i, (a, b) in enumerate(pairs):
+            v = r.paired(a, b)
+            cells.append("–" if v is None else f"{v:.2f}")
+            if v is not None:
+                got[i].append(v)
+        graphs = row.dynamo.graphs if row.dynamo else []
+        run = sum(g.handed_back is None for g in graphs)
+        lines.append(f"| {row.key} | {len(graphs)} ({run} run by graphexec) | "
+                     + " | ".join(cells) + " |")  # fmt: skip
+    means = [f"{statistics.geometric_mean(v):.2f}" if v else "–" for v in got.values()]
+    lines.append("| geomean | | " + " | ".join(means) + " |")
+    slower = [row.key for row in rows if row.result is not None
+              and (row.result.paired("compile graphexec", REFERENCE) or 0) > 1.0]  # fmt: skip
+    lines += ["", f"`compile graphexec` slower than eager (paired median above 1.00): "
+              f"{', '.join(slower) or 'none'}."]  # fmt: skip
+    return lines
+
+
+def _entry_table(rows: list[Row]) -> list[str]:
+    lines = ["| model | " + " | ".join(ENTRY_POINTS) + " |", "|---" * 4 + "|"]
+    for row in rows:
+        lines.append(f"| {row.key} | " + " | ".join(c.replace("|", "/") for c in _entries(row))
+                     + " |")  # fmt: skip
+    none = [row.key for row in rows if not any(c.startswith("✓") for c in _entries(row))]
+    verdict = (
+        f"Every model imports through at least one entry point ({len(rows)} of {len(rows)})."
+        if not none
+        else f"No entry point imports: {', '.join(none)}."
+    )
+    return [*lines, "", verdict]  # fmt: skip
 
 
 def _correctness_table(rows: list[Row], columns: list[str]) -> list[str]:
@@ -332,10 +475,25 @@ def render(rows: list[Row], header: list[str], reps: int, columns: list[str], to
              "A cell says `mismatch` when the output differed from eager's (not timed), `error` "
              "when the column could not be built or run (both listed below).", "",
              *_ratio_table(rows, columns), "",
+             "## Which entry point imports which model", "",
+             "✓: imported, and its output equals eager's (the cells of the table above); a "
+             "Dynamo graph is *handed back* when its plan did not beat it (it then runs as "
+             "Dynamo gave it: `compile graphexec` costs what `compile eager` costs).", "",
+             *_entry_table(rows), "",
+             "## The Dynamo path: `torch.compile(backend=\"graphexec\")` against eager and "
+             "against Dynamo's own floor", "",
+             "Each cell is the median over repetitions of one column's time over the other's "
+             "in the same repetition (runs moments apart: steadier under changing load than "
+             "the ratio of medians above). `compile eager` is Dynamo with the graphs it "
+             "captured run as they are: its guards and frame handling, which no backend can "
+             "remove. A handed-back graph runs that same code, so `compile graphexec ÷ compile "
+             "eager` is 1.00 up to noise unless graphexec runs a graph.", "",
+             *_dynamo_table(rows), "",
              "## Traces and plans (the default module's plan; planning time of `gx.plan(g, "
              "example_inputs=...)`, measuring included)", "",
              *_trace_table(rows), "",
-             "## The planner's decisions (lines of `print(plan)`)", "",
+             "## The planner's decisions (lines of `print(plan)`; what became of each "
+             "Dynamo graph)", "",
              *_decisions(rows), "",
              "## Correctness: max abs difference to eager (✗: not allclose, rtol 1e-3, "
              "atol 1e-4)", "",
@@ -352,15 +510,15 @@ def main(argv: list[str] | None = None) -> int:
     """Run the suite and write the results file; returns the exit status."""
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_zoo", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    ap.add_argument("--quick", action="store_true", help="10 reps, no torch.compile")
+    ap.add_argument("--quick", action="store_true", help="10 reps, no inductor")
     ap.add_argument("--reps", type=int, default=None, help="timed runs per contender")
     ap.add_argument("--models", nargs="*", default=list(zoo.SPECS), choices=list(zoo.SPECS))
-    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile peer")
+    ap.add_argument("--no-compile", action="store_true", help="skip the inductor peer")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "zoo.md"))
     args = ap.parse_args(argv)
     reps = args.reps or (10 if args.quick else 30)
     compile_peers = not (args.quick or args.no_compile)
-    columns = [c for c in COLUMNS if compile_peers or c != "torch.compile"]
+    columns = [c for c in COLUMNS if compile_peers or c != "compile inductor"]
     t_start = time.time()
     header = machine("benchmarks.bench_zoo", _versions())
     rows = []

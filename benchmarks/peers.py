@@ -7,8 +7,10 @@ timed separately from the runs.
 
 from __future__ import annotations
 
+import copy
 import io
 import time
+import types
 import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -17,7 +19,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-__all__ = ["torchscript_fork", "onnx_export", "onnxruntime_session", "torch_compile"]
+__all__ = ["torchscript_fork", "onnx_export", "onnxruntime_session", "torch_compile",
+           "own_frame"]  # fmt: skip
 
 Fn = Callable[..., Any]
 
@@ -80,14 +83,37 @@ def torch_compile(
     module: nn.Module,
     inputs: tuple[torch.Tensor, ...],
     grad_mode: Callable[[], AbstractContextManager] = torch.inference_mode,
+    backend: Any = "inductor",
 ) -> tuple[Fn, float]:
-    """``torch.compile`` (inductor, default mode); setup time includes the first call.
+    """``torch.compile`` (inductor, default mode, or ``backend``); setup time includes the
+    first call.
 
     The first call runs under ``grad_mode``, the mode the runs will use: dynamo guards on it,
     so compiling under another mode would compile again on the first timed run.
     """
     t0 = time.perf_counter()
-    compiled = torch.compile(module, dynamic=False)
+    compiled = torch.compile(module, backend=backend, dynamic=False)
     with grad_mode():
         compiled(*inputs)
     return compiled, time.perf_counter() - t0
+
+
+def own_frame(module: nn.Module) -> nn.Module:
+    """``module`` (same submodules, parameters and state) whose ``forward`` has a code object
+    of its own, for one ``torch.compile`` contender.
+
+    Dynamo keeps its compiled entries on the code object of the frame it compiles, so every
+    ``torch.compile`` of one model class (one contender per backend) adds an entry to one
+    list, and a call checks the guards of the entries before its own: a contender would pay
+    for the others, by its position in the list. Each contender gets its own list, as a user
+    who compiles a model once has.
+    """
+    cls = type(module)
+    fwd = cls.forward
+    own = types.FunctionType(fwd.__code__.replace(), fwd.__globals__, fwd.__name__,
+                             fwd.__defaults__, fwd.__closure__)  # fmt: skip
+    own.__kwdefaults__ = fwd.__kwdefaults__
+    own.__dict__.update(fwd.__dict__)
+    clone = copy.copy(module)  # shares __dict__'s contents: modules, parameters, buffers
+    clone.__class__ = type(cls.__name__, (cls,), {"forward": own, "__module__": cls.__module__})
+    return clone

@@ -81,11 +81,21 @@ class Result:
     max_err: dict[str, float] = field(default_factory=dict)
     note: dict[str, str] = field(default_factory=dict)
     reps: int = 0
+    #: Seconds of every timed run, in repetition order (one run per contender per round).
+    samples: dict[str, list[float]] = field(default_factory=dict)
 
     def ratio(self, name: str) -> float | None:
         ref = self.median.get(REFERENCE)
         got = self.median.get(name)
         return got / ref if ref and got else None
+
+    def paired(self, name: str, base: str) -> float | None:
+        """The median over repetitions of ``name``'s time over ``base``'s in the same one:
+        runs moments apart, so a change of load between repetitions cancels out."""
+        a, b = self.samples.get(name), self.samples.get(base)
+        if not a or not b:
+            return None
+        return statistics.median(x / y for x, y in zip(a, b, strict=True))
 
 
 def guard(name: str, threads: int, make: Callable[[], tuple[Any, float]]) -> Contender:
@@ -270,6 +280,7 @@ def time_workload(
                 samples[c.name].append(time.perf_counter() - t0)
         torch.set_num_threads(2)
     res.median = {n: statistics.median(s) for n, s in samples.items()}
+    res.samples = samples
     for c in contenders:
         if c.close is not None:
             c.close()

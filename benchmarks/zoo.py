@@ -28,6 +28,10 @@ builds CLIP's causal mask, and the text tower then computes something else.
 The fx GraphModule goes to ``gx.trace``, which takes a traced GraphModule as it is, so the
 fx column and every gx column run the very same graph.
 
+``export`` is the second entry point: ``gx.trace(torch.export.export(model, inputs))``; the
+third, ``torch.compile(model, backend="graphexec")``, needs nothing here (`benchmarks.bench_zoo`
+compiles the eager model).
+
 ``import_zoo`` is the one place that deals with a broken install: see
 `prepare_torchvision`.
 """
@@ -53,7 +57,8 @@ import graphexec as gx
 
 from .suite import error_text
 
-__all__ = ["Spec", "ZooModel", "SPECS", "import_zoo", "prepare_torchvision", "build", "trace"]
+__all__ = ["Spec", "ZooModel", "SPECS", "import_zoo", "prepare_torchvision", "build", "trace",
+           "export"]  # fmt: skip
 
 Inputs = dict[str, torch.Tensor]
 
@@ -159,6 +164,10 @@ class ZooModel:
     extra: tuple[Any, ...] = ()
     trace_s: float = 0.0
     trace_error: str = ""
+    #: ``gx.trace(torch.export.export(model, inputs))`` (see `export`), or why there is none.
+    export_graph: gx.Graph | None = None
+    export_s: float = 0.0
+    export_error: str = ""
 
     @property
     def graph_inputs(self) -> tuple[Any, ...]:
@@ -307,6 +316,28 @@ def trace(zm: ZooModel) -> ZooModel:
     except Exception as exc:
         zm.trace_error = f"gx.trace: {error_text(exc)}"
     zm.trace_s = time.perf_counter() - t0
+    return zm
+
+
+def export(zm: ZooModel) -> ZooModel:
+    """Fill in ``export_graph`` from ``torch.export.export(model, inputs)`` (default,
+    non-strict) through `gx.trace`, or ``export_error``; returns ``zm``.
+
+    The second entry point for models no fx tracer takes (GPT-2): export records aten ops
+    while it runs the model's Python, so library code fx cannot trace (a ``vmap`` over
+    proxies) runs as it is.
+    """
+    t0 = time.perf_counter()
+    try:
+        program = torch.export.export(zm.model, zm.inputs)
+    except Exception as exc:
+        zm.export_error = f"torch.export: {error_text(exc)}"
+    else:
+        try:
+            zm.export_graph = gx.trace(program, name=f"{zm.spec.key}_export")
+        except Exception as exc:
+            zm.export_error = f"gx.trace: {error_text(exc)}"
+    zm.export_s = time.perf_counter() - t0
     return zm
 
 

@@ -4,7 +4,9 @@ One model per library and path: torchvision through ``torch.fx``, timm through `
 and two transformers models (an encoder, an encoder-decoder) through transformers' own fx
 tracer. Each is traced once (module scope), planned, and run on the sequential and thread
 executors (both schedules) and in a `gx.GraphModule`; every output tensor must be close to
-eager's. Random weights, tiny configs: about 10 s in all on a quiet 2-core machine.
+eager's. GPT-2, which the transformers fx tracer cannot take, goes through ``torch.export``
+and the Dynamo backend instead. Random weights, tiny configs: about 20 s in all on a quiet
+2-core machine.
 
 Needs the ``zoo`` extra (part of ``dev``, so CI runs it; skipped with a reason without it);
 ``pytest -m zoo`` runs just these.
@@ -86,3 +88,27 @@ def test_graph_module_equals_eager(traced):
                 assert_same(gm(*zm.graph_inputs), ref)  # the kept plan, again
         finally:
             gm.close()
+
+
+# Dynamo's own vmap tracing instantiates an autograd Function (torch 2.13 deprecates that).
+@pytest.mark.filterwarnings("ignore:.*should not be instantiated:DeprecationWarning")
+@pytest.mark.parametrize("entry", ["export", "dynamo"])
+def test_gpt2_the_fx_tracer_cannot_take_imports_through_export_and_dynamo(entry):
+    """transformers 4.57 builds GPT-2's mask with ``vmap``, which its fx tracer cannot trace;
+    export and Dynamo record it (graphexec keeps the vmap's span whole: test_export)."""
+    zm = zoo.build("gpt2", traced=False)
+    with torch.no_grad():
+        ref = zm.model(*zm.inputs)
+    if entry == "export":
+        zoo.export(zm)
+        assert zm.export_graph is not None, zm.export_error
+        gm = gx.GraphModule(zm.export_graph, executor="sequential", measure=False)
+        with torch.no_grad():
+            assert_same(gm(*zm.inputs), ref)
+        return
+    torch._dynamo.reset()
+    backend = gx.compile_backend(executor="sequential", check=False)
+    with torch.no_grad():
+        assert_same(torch.compile(zm.model, backend=backend)(*zm.inputs), ref)
+    assert backend.graphs and all(g.fallback is None for g in backend.graphs), backend.graphs
+    torch._dynamo.reset()
