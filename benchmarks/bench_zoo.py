@@ -23,7 +23,8 @@ compile eager             ``torch.compile(model, backend="eager")``: Dynamo runs
 compile graphexec         ``torch.compile(model, backend="graphexec")`` (a
                           ``gx.compile_backend()`` per model, so its graphs can be reported)
 compile inductor          ``torch.compile(model)``, inductor, default mode (not with
-                          ``--quick`` or ``--no-compile``)
+                          ``--quick`` or ``--no-compile``; ``--inductor-models`` picks models:
+                          on 2 shared cores inductor takes minutes per model)
 ========================  ======================================================================
 
 Each ``torch.compile`` contender compiles its own copy of the model's ``forward`` code
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import statistics
 import time
 import warnings
@@ -502,7 +504,8 @@ def render(rows: list[Row], header: list[str], reps: int, columns: list[str], to
              *_setup_table(rows, columns), "",
              "## Errors, mismatches, warnings", "",
              *_problems(rows), "",
-             f"Total benchmark time: {total_s:.0f} s.", ""]  # fmt: skip
+             f"Total benchmark time: {total_s:.0f} s; load average at the end: "
+             f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}.", ""]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -514,17 +517,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=None, help="timed runs per contender")
     ap.add_argument("--models", nargs="*", default=list(zoo.SPECS), choices=list(zoo.SPECS))
     ap.add_argument("--no-compile", action="store_true", help="skip the inductor peer")
+    ap.add_argument("--inductor-models", nargs="*", default=None, choices=list(zoo.SPECS),
+                    help="compile with inductor only these (default: every model, full mode; "
+                    "inductor on 2 cores takes minutes per model)")  # fmt: skip
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "zoo.md"))
     args = ap.parse_args(argv)
     reps = args.reps or (10 if args.quick else 30)
     compile_peers = not (args.quick or args.no_compile)
+    inductor = set(args.models if args.inductor_models is None else args.inductor_models)
     columns = [c for c in COLUMNS if compile_peers or c != "compile inductor"]
     t_start = time.time()
     header = machine("benchmarks.bench_zoo", _versions())
     rows = []
     for key in args.models:
         print(f"[zoo] {key}", flush=True)
-        row = bench_model(key, reps, compile_peers)
+        row = bench_model(key, reps, compile_peers and key in inductor)
         rows.append(row)
         if row.result is not None:
             got = {SHORT.get(c, c): round(row.result.ratio(c), 2) for c in row.result.median}
