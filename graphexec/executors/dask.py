@@ -22,9 +22,12 @@ What it decides
   several jobs read them, or scattered (to the worker of their first reader) above
   `SCATTER_ABOVE`. Intermediate values go worker to worker; only graph outputs come back.
 * **Schedules.** ``"dataflow"`` submits every job at once; ``"levels"`` waits for each depth
-  level. `map` pipelines: with a replicated plan each input is one job running the whole plan;
-  with a sharded one each input's jobs follow the shards, so input *i + 1* runs its first
-  stage while input *i* is in its second, on another worker.
+  level. `map` pipelines: with a replicated plan each chunk of inputs is one job running the
+  whole plan; with a sharded one each chunk's jobs follow the shards, so chunk *i + 1* runs
+  its first stage while chunk *i* is in its second, on another worker. Chunks (`auto_chunk`:
+  about `CHUNK_WORK` seconds of work each) exist because Dask's own cost per task, measured at
+  20-25 ms of client, scheduler and worker CPU on 2 shared cores, is paid per task, not per
+  input: one input per task spent a fifth of the CPU on Dask.
 * **Failures.** A node that raises becomes a `NodeError` naming the node with the remote
   traceback; jobs are submitted with ``retries=0``, so a node never runs again because it
   raised. A worker lost mid-call is re-run by the scheduler when it can; when data only the
@@ -71,13 +74,17 @@ from ..graph import Graph
 from ..plans import Plan
 from ..profile import TaskEvent
 from . import spawn_guard
-from .base import Executor, Modes, bind_inputs, capture_modes, collect_outputs
+from .base import Executor, Modes, capture_modes, collect_outputs
 from .dask_calls import (
+    CHUNK_WORK,
     EMBED_BELOW,
+    MAX_CHUNK,
     SCATTER_ABOVE,
     _Call,
     _ClusterErrors,
     _progress,
+    auto_chunk,
+    chunks,
     finish_call,
     submit_call,
 )
@@ -95,8 +102,10 @@ from .dask_placement import PlacementError
 from .dask_placer import Placer
 
 __all__ = [
+    "CHUNK_WORK",
     "DaskExecutor",
     "EMBED_BELOW",
+    "MAX_CHUNK",
     "PlacementError",
     "SCATTER_ABOVE",
     "SchedulerUnreachableError",
@@ -266,15 +275,15 @@ class DaskExecutor(Executor):
     # -- running ----------------------------------------------------------------------------
     def _execute(self, plan: Plan, env: dict[str, Any], events: list[TaskEvent] | None) -> None:
         reject_cuda("a graph input", env)
-        self._run_call(plan, env, events, self.schedule)
+        self._run_call(plan, [env], events, self.schedule)
 
-    def _run_call(self, plan, env, events, schedule: str, whole: bool = False) -> None:
+    def _run_call(self, plan, envs, events, schedule: str, whole: bool = False) -> None:
         """Submit and finish one call; again (up to ``retries``) when data was lost."""
         for attempt in range(self.retries + 1):
             try:
                 with _ClusterErrors(self):
-                    call = self._submit_call(plan, env, events is not None, schedule, whole)
-                    finish_call(self, call, env, events)
+                    call = self._submit_call(plan, envs, events is not None, schedule, whole)
+                    finish_call(self, call, envs, events)
                 return
             except CancelledError:
                 if attempt == self.retries:
@@ -283,13 +292,13 @@ class DaskExecutor(Executor):
                     events.clear()
                 self._placer.live(refresh=True)
 
-    def _submit_call(self, plan, env, profile: bool, schedule: str, whole: bool) -> _Call:
+    def _submit_call(self, plan, envs, profile: bool, schedule: str, whole: bool) -> _Call:
         if self._lost is not None:
             raise SchedulerUnreachableError(self._lost)
         jobs, where, nodes, workers = self._placer.place(plan, whole)
         modes = capture_modes()
         return submit_call(
-            self, plan, jobs, where, nodes, workers, env, profile, schedule,
+            self, plan, jobs, where, nodes, workers, envs, profile, schedule,
             Modes(False, modes.inference, modes.autocast),
         )  # fmt: skip
 
@@ -299,6 +308,7 @@ class DaskExecutor(Executor):
         inputs: Iterable[Any],
         *,
         window: int | None = None,
+        chunk: int | None = None,
         progress: bool = True,
         split: bool = False,
     ) -> Iterator[Any]:
@@ -311,11 +321,18 @@ class DaskExecutor(Executor):
             Each item is a tuple of graph inputs, or the single input. May be endless: items
             are pulled only as results are taken, so memory stays bounded.
         window : int, optional
-            Inputs in flight at once (default: twice the cluster's worker threads, at least 2).
+            Inputs in flight at once (default: two chunks per worker thread of the cluster).
+        chunk : int, optional
+            Inputs per Dask task: a chunk's inputs run one after another in one task, so
+            Dask's own cost per task is paid once per chunk. Default: enough inputs for about
+            `CHUNK_WORK` seconds of the plan's estimated work, at most `MAX_CHUNK`, and no
+            more than leaves two chunks per worker thread (of ``inputs``, when it has a
+            length; of ``window``, when given). ``chunk=1`` sends each input alone (the first
+            output comes back soonest).
         progress : bool
             Show a tqdm progress bar of inputs done (when tqdm is installed).
         split : bool
-            Replicated plans only. False (default): each input is one Dask task running the
+            Replicated plans only. False (default): each chunk is one Dask task running the
             whole plan, so inputs overlap across workers with no activation crossing between
             them. True: one Dask task per plan task, as `run` does. A sharded or pinned plan
             always runs one task per plan task, where the shards are (a pipeline).
@@ -328,39 +345,45 @@ class DaskExecutor(Executor):
         ------
         NodeError
             Naming the node, if one raised; every call still in flight is cancelled.
+        ValueError
+            If ``chunk`` or ``window`` is below 1.
         """
         p = self._as_plan(plan)
         whole = not split and self._placer.kind == "replicate"
-        window = window or max(2, 2 * sum(w.nthreads for w in self._placer.live()))
+        threads = sum(w.nthreads for w in self._placer.live())
+        length = len(inputs) if hasattr(inputs, "__len__") else None
+        size = chunk or auto_chunk(p, threads, window, length)
+        if size < 1 or (window is not None and window < 1):
+            raise ValueError(f"map: chunk and window must be >= 1 (chunk={chunk}, window={window})")
+        calls = max(1, (window or max(2, 2 * threads) * size) // size)  # chunks in flight
         bar = _progress(inputs, progress)
-        flight: deque[tuple[_Call, dict[str, Any]]] = deque()
+        flight: deque[tuple[_Call, list[dict[str, Any]]]] = deque()
         try:
-            for item in inputs:
-                env = bind_inputs(p.graph, item if isinstance(item, tuple) else (item,), {})
-                reject_cuda("a graph input", env)
+            for envs in chunks(p.graph, inputs, size):
                 with _ClusterErrors(self):
-                    flight.append((self._submit_call(p, env, False, "dataflow", whole), env))
-                while len(flight) >= window:
-                    yield self._yield_oldest(p, flight, bar, whole)
+                    flight.append((self._submit_call(p, envs, False, "dataflow", whole), envs))
+                while len(flight) >= calls:
+                    yield from self._yield_oldest(p, flight, bar, whole)
             while flight:
-                yield self._yield_oldest(p, flight, bar, whole)
+                yield from self._yield_oldest(p, flight, bar, whole)
         finally:
             for call, _ in flight:
                 call.cancel()
             if bar is not None:
                 bar.close()
 
-    def _yield_oldest(self, plan: Plan, flight, bar, whole: bool) -> Any:
-        call, env = flight.popleft()
+    def _yield_oldest(self, plan: Plan, flight, bar, whole: bool) -> Iterator[Any]:
+        call, envs = flight.popleft()
         try:
             with _ClusterErrors(self):
-                finish_call(self, call, env, None)
+                finish_call(self, call, envs, None)
         except CancelledError:  # its data was lost with a worker: run it again
             self._placer.live(refresh=True)
-            self._run_call(plan, env, None, "dataflow", whole)
-        if bar is not None:
-            bar.update(1)
-        return collect_outputs(plan.graph, env)
+            self._run_call(plan, envs, None, "dataflow", whole)
+        for env in envs:
+            if bar is not None:
+                bar.update(1)
+            yield collect_outputs(plan.graph, env)
 
     # -- lifetime ---------------------------------------------------------------------------
     def close(self) -> None:

@@ -1,5 +1,8 @@
 """One call of the `DaskExecutor` in flight: submit its jobs, wait for them, gather its outputs.
 
+A call carries a chunk of inputs (one for `run`, several for `map`): each job is one Dask
+task over the whole chunk, so Dask's fixed cost per task is paid once per chunk.
+
 What it decides
 ---------------
 * **Futures held.** Only output jobs and sinks are waited on (an error upstream reaches
@@ -13,6 +16,8 @@ What it decides
   it becomes a task of its own (sent once, without blocking, so ``map`` keeps inputs in
   flight); above ``SCATTER_ABOVE`` it is scattered to the worker of its first reader (Dask
   warns about task graphs over 10 MB) and counted in ``sent_bytes``.
+* **One gather.** The client waits on a call with a single ``gather`` of its waited jobs (it
+  stops at the first error): no separate wait, so a call costs one round trip to collect.
 * **Errors.** The first error cancels and releases the call's futures, then is raised: a
   `NodeError` naming the node, with the remote traceback; a lost input or weight copy as
   ``CancelledError``, which the executor answers by placing again and re-running.
@@ -20,32 +25,59 @@ What it decides
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
 import uuid
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import CancelledError
 from typing import TYPE_CHECKING, Any
 
 import distributed
 
+from ..graph import Graph
 from ..plans import Plan
 from ..profile import TaskEvent
-from .base import Modes
+from .base import Modes, bind_inputs
 from .dask_connect import SchedulerUnreachableError
-from .dask_jobs import _Job, _JobEnv, _pop_events, _RemoteNodeError, _run_job, _value, compact
+from .dask_jobs import (
+    _Job,
+    _JobEnv,
+    _pop_events,
+    _RemoteNodeError,
+    _run_job,
+    _value,
+    compact,
+    reject_cuda,
+)
 from .dask_jobs import nbytes as _nbytes
 
 if TYPE_CHECKING:
     from .dask import DaskExecutor
     from .dask_placement import Worker
 
-__all__ = ["EMBED_BELOW", "SCATTER_ABOVE", "finish_call", "submit_call"]
+__all__ = [
+    "CHUNK_WORK",
+    "EMBED_BELOW",
+    "MAX_CHUNK",
+    "SCATTER_ABOVE",
+    "auto_chunk",
+    "chunks",
+    "finish_call",
+    "submit_call",
+]
 
 #: Graph inputs larger than this many bytes are scattered instead of embedded in the job.
 SCATTER_ABOVE = 8 << 20
 #: Graph inputs up to this size are embedded in every job that reads them.
 EMBED_BELOW = 16 << 10
+#: `map` puts about this many seconds of the plan's estimated work into one Dask task. Dask's
+#: own cost per task (client, scheduler and worker CPU together) measured 20-25 ms on a
+#: 2-core VM (benchmarks/results/dask.md): under a tenth of a chunk.
+CHUNK_WORK = 0.25
+#: ... and at most this many inputs (a chunk's inputs are held until it is done).
+MAX_CHUNK = 8
 
 
 class _Call:
@@ -75,6 +107,32 @@ class _Call:
         self.inputs.clear()
 
 
+def auto_chunk(plan: Plan, threads: int, window: int | None, length: int | None) -> int:
+    """Inputs per Dask task for `map`: `CHUNK_WORK` seconds of estimated work, at most
+    `MAX_CHUNK`, and small enough to leave two chunks per worker thread of ``window`` and of
+    ``length`` inputs (when known), so every worker keeps a chunk queued behind its current one.
+    """
+    work = sum(t.cost for t in plan.tasks.values())
+    size = math.ceil(CHUNK_WORK / work) if work > 0 else MAX_CHUNK
+    per_thread = max(2, 2 * threads)
+    for bound in (window, length):
+        if bound is not None:
+            size = min(size, bound // per_thread)
+    return max(1, min(MAX_CHUNK, size))
+
+
+def chunks(graph: Graph, inputs: Iterable[Any], size: int) -> Iterator[list[dict[str, Any]]]:
+    """Bound graph inputs, ``size`` items at a time, pulled from ``inputs`` only when asked."""
+    it = iter(inputs)
+    while batch := list(itertools.islice(it, size)):
+        envs = []
+        for item in batch:
+            env = bind_inputs(graph, item if isinstance(item, tuple) else (item,), {})
+            reject_cuda("a graph input", env)
+            envs.append(env)
+        yield envs
+
+
 def submit_call(
     ex: DaskExecutor,
     plan: Plan,
@@ -82,15 +140,21 @@ def submit_call(
     where: Mapping[str, str],
     nodes: Mapping[tuple[str, str], distributed.Future],
     workers: Mapping[str, Worker],
-    env: Mapping[str, Any],
+    envs: Sequence[Mapping[str, Any]],
     profile: bool,
     schedule: str,
     modes: Modes,
 ) -> _Call:
-    """Submit one job per entry of ``jobs``, each on ``where[job]``; see the module docstring."""
+    """Submit one job per entry of ``jobs``, each on ``where[job]``, over the inputs ``envs``.
+
+    See the module docstring.
+    """
     call = _Call(ex.client, uuid.uuid4().hex[:12], plan, jobs)
     graph_inputs = set(plan.graph.inputs)
-    given_all = _send_inputs(ex, call, env, graph_inputs, where)
+    given_all = [
+        _send_inputs(ex, call, env, graph_inputs, where, f"{call.token}-{i}")
+        for i, env in enumerate(envs)
+    ]
     producer = {n: j.name for j in jobs.values() for n in j.outputs}
     job_envs = _job_envs(ex, workers, call.token if profile else None, modes)
     levels: dict[int, list[str]] = {}
@@ -105,7 +169,7 @@ def submit_call(
                     _run_job,
                     job.tasks,
                     [nodes[(n, w)] for n in job.nodes],
-                    {v: given_all[v] for v in job.inputs if v in graph_inputs},
+                    [{v: g[v] for v in job.inputs if v in graph_inputs} for g in given_all],
                     produced,
                     job_envs[w],
                     job.outputs,
@@ -138,7 +202,7 @@ def _job_envs(ex: DaskExecutor, workers: Mapping[str, Worker], token, modes) -> 
 
 
 def _send_inputs(
-    ex: DaskExecutor, call: _Call, env: Mapping[str, Any], graph_inputs: set[str], where
+    ex: DaskExecutor, call: _Call, env: Mapping[str, Any], graph_inputs: set[str], where, token
 ) -> dict[str, Any]:
     """Each graph input a job reads: the value itself, or the future of its copy sent apart."""
     readers: dict[str, list[str]] = {}
@@ -154,17 +218,17 @@ def _send_inputs(
         if size > SCATTER_ABOVE:
             scatter.setdefault(where[names[0]], []).append((v, value, size))
         elif len(names) > 1 and size > EMBED_BELOW:
-            key = f"{v}-{call.token}"
+            key = f"{v}-{token}"
             given[v] = ex.client.submit(_value, value, key=key, retries=0, pure=False)
             call.inputs.append(given[v])
         else:
             given[v] = value
     for w, items in scatter.items():
         sent = ex.client.scatter(
-            {f"{v}-{call.token}": value for v, value, _ in items}, workers=[w], hash=False
+            {f"{v}-{token}": value for v, value, _ in items}, workers=[w], hash=False
         )
         for v, _, size in items:
-            given[v] = sent[f"{v}-{call.token}"]
+            given[v] = sent[f"{v}-{token}"]
             call.inputs.append(given[v])
             ex._input_bytes += size
     return given
@@ -192,21 +256,25 @@ def _wait(call: _Call, futures: list[distributed.Future]) -> None:
 
 
 def finish_call(
-    ex: DaskExecutor, call: _Call, env: dict[str, Any], events: list[TaskEvent] | None
+    ex: DaskExecutor, call: _Call, envs: Sequence[dict[str, Any]], events: list[TaskEvent] | None
 ) -> None:
-    """Wait for a submitted call, put its outputs into ``env`` and its events into ``events``."""
-    _wait(call, [call.futures[n] for n in call.waited])
-    out_jobs = call.out_jobs
+    """Wait for a submitted call, put input *i*'s outputs into ``envs[i]``, events into ``events``.
+
+    One ``gather`` of every waited job: it returns as soon as one of them fails (Dask stops
+    waiting at the first error), so the first error cancels the rest of the call.
+    """
     try:
-        results = ex.client.gather([call.futures[n] for n in out_jobs])
+        results = ex.client.gather([call.futures[n] for n in call.waited])
     except _RemoteNodeError as exc:
         call.cancel()
         raise exc.to_node_error() from exc.cause
     except BaseException:
         call.cancel()
         raise
-    for name, values in zip(out_jobs, results, strict=True):
-        env.update({v: values[v] for v in call.jobs[name].outputs if v in call.wanted})
+    for name, rows in zip(call.waited, results, strict=True):
+        outputs = [v for v in call.jobs[name].outputs if v in call.wanted]
+        for env, values in zip(envs, rows, strict=True):
+            env.update({v: values[v] for v in outputs})
     if events is not None:
         for evs in ex.client.run(_pop_events, call.token).values():
             events.extend(evs)

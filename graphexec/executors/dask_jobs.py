@@ -2,11 +2,14 @@
 
 What it decides
 ---------------
-* **A job is one Dask task.** One job per plan task. Inline tasks (too cheap to dispatch) are
-  not jobs: each job re-runs the inline tasks it reads from before its own task (they are pure
-  and cheap), so merge ops never become Dask tasks. An inline task is a job only when its
-  value is a graph output or it mutates a tensor. `map` may run the whole plan as one job
-  (`_whole_job`), so inputs, not branches, fill the workers.
+* **A job is one Dask task, over a chunk of inputs.** One job per plan task; `run` sends a
+  chunk of one input, `map` several (`_run_job` runs them one after another), so Dask's own
+  cost per task (milliseconds of client, scheduler and worker CPU) is paid once per chunk.
+  Inline tasks (too cheap to dispatch) are not jobs: each job re-runs the inline tasks it
+  reads from before its own task (they are pure and cheap), so merge ops never become Dask
+  tasks. An inline task is a job only when its value is a graph output or it mutates a
+  tensor. `map` may run the whole plan as one job (`_whole_job`), so inputs, not branches,
+  fill the workers.
 * **A node's exception is not a lost worker.** `_run_job` raises `_RemoteNodeError` (message,
   worker, traceback text, the original exception when it pickles). The executor submits jobs
   with ``retries=0``: Dask re-runs a job only when its worker died (the scheduler's
@@ -184,22 +187,30 @@ def _use_threads(env: _JobEnv) -> None:
 def _run_job(
     tasks: tuple[Task, ...],
     nodes: list[_NodeCopy],
-    given: dict[str, Any],
-    produced: dict[str, dict[str, Any]],
+    given: list[dict[str, Any]],
+    produced: dict[str, list[dict[str, Any]]],
     env: _JobEnv,
     outputs: tuple[str, ...],
     *after: Any,
-) -> dict[str, Any]:
-    """Run one job on a worker: its tasks in order through `run_task`; return its outputs."""
+) -> list[dict[str, Any]]:
+    """Run one job on a worker over a chunk of inputs; return each input's outputs.
+
+    ``given[i]`` holds input *i*'s graph inputs; ``produced[v][i]`` is the result of the job
+    that made value ``v`` for input *i*. Inputs run one after another, their tasks in order
+    through `run_task`; each input's values are dropped before the next starts.
+    """
     _use_threads(env)
-    values = dict(given)
-    values.update({v: result[v] for v, result in produced.items()})
     lookup = {c.node.name: c.node for c in nodes}
     events: list[TaskEvent] | None = [] if env.token is not None else None
     lane = _worker_address()
+    results = []
     try:
-        for task in tasks:
-            values.update(run_task(task, lookup, values, env.modes, events, lane))
+        for i, row in enumerate(given):
+            values = dict(row)
+            values.update({v: result[i][v] for v, result in produced.items()})
+            for task in tasks:
+                values.update(run_task(task, lookup, values, env.modes, events, lane))
+            results.append({v: values[v] for v in outputs})
     except NodeError as err:
         tb = "".join(traceback.format_exception(err.__cause__ or err))
         cause = err.__cause__
@@ -211,7 +222,7 @@ def _run_job(
     if events:
         with _EVENTS_LOCK:
             _EVENTS.setdefault(env.token, []).extend(events)
-    return {v: values[v] for v in outputs}
+    return results
 
 
 def _value(value: Any) -> Any:

@@ -13,6 +13,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -79,6 +80,20 @@ def multi_output() -> gx.Graph:
     b = g.node("b", lin(D // 2, D), s[1])
     g.output(a=a, b=b, sum=g.node("sum", gx.add(), a, b))
     return g
+
+
+def counted(values: Iterable) -> tuple[Iterator, list[int]]:
+    """A generator over ``values`` and the list of indices it has handed out so far."""
+    pulled: list[int] = []
+    lock = threading.Lock()  # map() pulls from the thread that iterates it; the test reads
+
+    def gen() -> Iterator:
+        for i, v in enumerate(values):
+            with lock:
+                pulled.append(i)
+            yield v
+
+    return gen(), pulled
 
 
 def assert_same(a, b) -> None:
@@ -392,19 +407,11 @@ def test_map_keeps_order_and_bounds_the_window(dask_client, split):
     g = fan_out()
     p = gx.plan(g)
     xs = [torch.randn(2, D) for _ in range(12)]
-    pulled = []
-    lock = threading.Lock()
-
-    def source():
-        for i, x in enumerate(xs):
-            with lock:
-                pulled.append(i)
-            yield x
-
+    source, pulled = counted(xs)
     window = 3
     with DaskExecutor(client=dask_client) as ex, torch.no_grad():
         results = []
-        for out in ex.map(p, source(), window=window, progress=False, split=split):
+        for out in ex.map(p, source, window=window, progress=False, split=split):
             assert len(pulled) <= len(results) + window  # never more than `window` in flight
             results.append(out)
         reference = [gx.SequentialExecutor().run(p, x) for x in xs]

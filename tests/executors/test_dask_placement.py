@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import os
 import signal
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
@@ -18,7 +17,7 @@ import dask
 import pytest
 import torch
 import torch.nn as nn
-from test_dask import assert_same, diamond, fan_out
+from test_dask import assert_same, counted, diamond, fan_out
 
 import graphexec as gx
 from graphexec.executors.dask import DaskExecutor, PlacementError
@@ -217,21 +216,13 @@ def test_shard_spreads_weight_bytes_over_many_workers():
 def test_map_sharded_keeps_order_and_bounded_memory_on_an_endless_iterable(dask_client):
     g = two_stage()
     p = gx.plan(g, inline_below=0.0, fuse_chains=False)
-    pulled = []
-    lock = threading.Lock()
-
-    def endless():
-        for i in itertools.count():
-            with lock:
-                pulled.append(i)
-            yield torch.full((2, 256), float(i))
-
+    endless, pulled = counted(torch.full((2, 256), float(i)) for i in itertools.count())
     window = 3
     with DaskExecutor(client=dask_client, placement="shard") as ex, torch.no_grad():
         stages = ex.placement(p)
         assert stages["stage0"] != stages["stage1"]  # the two stages on different workers
         results = []
-        it = ex.map(p, endless(), window=window, progress=False)
+        it = ex.map(p, endless, window=window, progress=False)
         for out in itertools.islice(it, 10):
             assert len(pulled) <= len(results) + window + 1
             results.append(out)
