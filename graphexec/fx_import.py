@@ -18,7 +18,8 @@ What it decides
   shape arithmetic are taken out of the model's nodes and run together as one cheap first
   node, ``check_inputs``, which every partition without a producer waits for (``after=``):
   the checks run once per call, before any model code, as in the exported module.
-  Assertions on intermediate values stay where they are, inside their partition.
+  Assertions on intermediate values run inside the partition of the value they check (nobody
+  reads them: a partition of their own would be dropped as dead).
 * **Partitions.** Each leaf-module call starts a partition. In aten-level graphs (export,
   Dynamo) there are no ``call_module`` nodes: a node belongs to the call of the outermost
   leaf module in its ``nn_module_stack`` meta (a ``torch.nn`` module other than
@@ -184,10 +185,11 @@ def trace(
     index = {n: i for i, n in enumerate(gm.graph.nodes)}
     hazards = hazard_pairs(gm, index)
     calls = leaf_calls(nodes, leaf)
-    part = partition(nodes, calls, folded=True, together=levels)
+    inner = [n for n in nodes if _is_check(n) and not n.users]  # checks on intermediates
+    part = partition(nodes, calls, folded=True, together=levels, attached=inner)
     order = partition_order(nodes, part, hazards, index)
     if order is None:  # folding contradicted an in-place ordering: keep functions apart
-        part = partition(nodes, calls, folded=False, together=levels)
+        part = partition(nodes, calls, folded=False, together=levels, attached=inner)
         order = partition_order(nodes, part, hazards, index)
         assert order is not None, "one node per partition follows program order"
     g = build_graph(gm, graph_name, nodes, part, order, hazards, calls, checks)

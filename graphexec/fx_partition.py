@@ -178,11 +178,15 @@ def partition(
     calls: dict[fx.Node, tuple[str, str]],
     folded: bool,
     together: dict[fx.Node, int] | None = None,
+    attached: Iterable[fx.Node] = (),
 ) -> dict[fx.Node, int]:
     """Node -> partition number. Nodes that ``together`` maps to one number share one
     partition whatever they read (a contiguous span of the program: see
-    `graphexec.fx_import`'s transform levels)."""
+    `graphexec.fx_import`'s transform levels). ``attached`` nodes, which nobody reads (export's
+    checks on intermediate values), run in the partition of their input latest in the
+    program, so that a partition someone reads runs them."""
     together = together or {}
+    attached = set(attached)
     part: dict[fx.Node, int] = {}
     pending: list[fx.Node] = []
     spans: dict[int, int] = {}  # ``together`` number -> its partition
@@ -193,6 +197,8 @@ def partition(
     run: tuple[str, int, bool] | None = None
     for n in nodes:
         call = calls.get(n)
+        if n in attached:
+            continue
         if n in together:
             span = together[n]
             part[n], run = spans.setdefault(span, len(part) + len(pending)), None
@@ -221,6 +227,11 @@ def partition(
             part[n] = users.pop()
         else:
             part[n] = max(part.values(), default=-1) + 1
+    position = {n: i for i, n in enumerate(nodes)}
+    for n in nodes:
+        if n in attached:
+            made = sorted((a for a in n.all_input_nodes if a in part), key=position.__getitem__)
+            part[n] = part[made[-1]] if made else max(part.values(), default=-1) + 1
     return part
 
 

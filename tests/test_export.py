@@ -181,3 +181,33 @@ def test_a_node_named_like_a_module_method_runs_in_a_graph_module(entry):
     assert "to_" in set(g.nodes), list(g.nodes)
     with torch.no_grad():
         torch.testing.assert_close(gx.GraphModule(g, executor="sequential")(x), model(x))
+
+
+class Widen(nn.Module):
+    """A cast of a sum two modules read; export checks the cast's input (nobody reads the
+    check)::
+
+        x -> a -\\
+        x -> b --+ add -> [check] -> to(float64) -> c -\\
+                                                \\-> d --+ add
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.c, self.d = nn.Linear(4, 4).double(), nn.Linear(4, 4).double()
+
+    def forward(self, x):
+        wide = (self.a(x) + self.b(x)).to(torch.float64)
+        return self.c(wide) + self.d(wide)
+
+
+def test_a_check_on_an_intermediate_value_runs_inside_its_partition():
+    """A partition of its own would be read by nobody: dropped as dead (DeadNodeWarning, an
+    error under pytest), and the check with it."""
+    model, x = Widen(), torch.randn(2, 4)
+    g = gx.trace(torch.export.export(model, (x,)))
+    checking = [n.name for n in g if "_assert_tensor_metadata" in getattr(n.fn, "code", "")]
+    assert checking == ["add"], [n.name for n in g]
+    with torch.no_grad():
+        torch.testing.assert_close(gx.SequentialExecutor().run(gx.plan(g), x), model(x))
