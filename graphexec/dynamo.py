@@ -65,6 +65,7 @@ from .graph import Graph
 from .plans import Plan
 from .tune import GAIN, trial
 from .tune import plan as make_plan
+from .units import speed_words
 
 __all__ = ["Backend", "CompiledGraph", "PlanFallbackWarning", "backend", "compile_backend"]
 
@@ -227,7 +228,8 @@ class CompiledGraph:
             ratios, _ = trial({"graph": lambda: self.gm(*values), "plan": lambda: run(*values)})
         if ratios["plan"] < GAIN:
             return None
-        return (f"the plan ran {ratios['plan']:.2f}x of Dynamo's graph in a second trial "
+        than = speed_words(ratios["plan"], 1.0, "the graph Dynamo gave")
+        return (f"the plan ran {than} in a second trial "
                 f"(measured); it must save {1 - GAIN:.0%} in both")  # fmt: skip
 
     def _first_call(self, *args: Any) -> Any:

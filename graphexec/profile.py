@@ -130,7 +130,7 @@ class Timeline:
         ]
         if eager is not None:
             rows.append(
-                f"  vs eager        {speed_words(self.wall, eager)} than eager PyTorch "
+                f"  vs eager        {speed_words(self.wall, eager, 'eager PyTorch')} "
                 f"({format_seconds(eager)})"
             )
         rows += self._overlap_rows()
@@ -157,8 +157,7 @@ class Timeline:
         capacity = self.wall * len(self.lanes)
         idle = 1 - self.busy / capacity if capacity > 0 else 0.0
         return [
-            f"  vs back to back {speed_words(self.wall, self.busy)} than running the tasks "
-            "one after another",
+            f"  vs back to back {speed_words(self.wall, self.busy, 'the tasks one after another')}",
             f"  amdahl bound    {bound:.2f}x for these task times (plan estimate "
             f"{self.plan.amdahl:.2f}x); speedup {self.speedup:.2f}x is "
             f"{self.speedup / bound if bound else 0:.0%} of it",

@@ -52,7 +52,7 @@ from .hfuse import has_candidates, horizontal_fuse
 from .interpret import bind_inputs, compute_order, time_nodes
 from .planner import INLINE_BELOW, arrange
 from .plans import Plan
-from .units import format_seconds
+from .units import format_seconds, speed_words
 
 __all__ = ["GAIN", "plan", "trial"]
 
@@ -259,10 +259,10 @@ def _fusion_step(
                        "fused": _inline_run(fused, example_inputs)})  # fmt: skip
     ratio = ratios["fused"]
     if ratio < GAIN:
-        line = f"kept: the fused plan ran {ratio:.2f}x of the unfused one (measured)"
+        line = f"kept: the fused plan ran {_ran(ratio, 'the unfused one')} (measured)"
         return dataclasses.replace(fused, fusion=(*notes, line))
     notes = [n.replace("fused ", "not fused ", 1) if n.startswith("fused ") else n for n in notes]
-    line = (f"dropped: the fused plan ran {ratio:.2f}x of the unfused one (measured); "
+    line = (f"dropped: the fused plan ran {_ran(ratio, 'the unfused one')} (measured); "
             f"fusion must save {1 - GAIN:.0%}")  # fmt: skip
     return dataclasses.replace(p, fusion=(*notes, line))
 
@@ -301,9 +301,10 @@ def _compile_step(
     ratio = ratios["compiled"]
     if ratio < GAIN:
         return dataclasses.replace(
-            candidate, decisions=(*p.decisions, f"{said}; kept: ran {ratio:.2f}x of eager tasks")
+            candidate,
+            decisions=(*p.decisions, f"{said}; kept: ran {_ran(ratio, 'eager tasks')}"),
         )
-    line = (f"{said}; dropped: ran {ratio:.2f}x of the plan run eagerly as it is "
+    line = (f"{said}; dropped: ran {_ran(ratio, 'the plan run eagerly as it is')} "
             f"(measured), must save {1 - GAIN:.0%}")  # fmt: skip
     return dataclasses.replace(p, decisions=(*p.decisions, line))
 
@@ -329,12 +330,17 @@ def _source_step(
                                 "module": lambda: source(*example_inputs)})  # fmt: skip
     ratio = 1 / ratios["module"]
     if ratio <= margin:
-        line = f"the plan ran {ratio:.2f}x of the traced module as it is (measured): kept"
+        line = f"the plan ran {_ran(ratio, 'the traced module as it is')} (measured): kept"
         return dataclasses.replace(p, decisions=(*p.decisions, line))
-    line = (f"runs the traced module as it is: the best plan ran {ratio:.2f}x of it "
+    line = (f"runs the traced module as it is: the best plan ran {_ran(ratio, 'it')} "
             f"({format_seconds(plan_s)}; measured)")  # fmt: skip
     return dataclasses.replace(p, as_is=source, serial_reason=p.serial_reason or line,
                                compiled=None, decisions=(*p.decisions, line))  # fmt: skip
+
+
+def _ran(ratio: float, than: str) -> str:
+    """A trial's ratio (candidate time / reference time) in words: ``1.04x slower than X``."""
+    return speed_words(ratio, 1.0, than)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -403,7 +409,7 @@ def _overlap_trial(p: Plan, example_inputs: Sequence[Any]) -> str | None:
     if ratios["overlap"] < GAIN:
         return None
     return (
-        f"overlapping branches ran {ratios['overlap']:.2f}x of one by one with "
+        f"overlapping branches ran {_ran(ratios['overlap'], 'one by one')} with "
         f"{torch.get_num_threads()} intra-op threads ({format_seconds(inline)}; measured on "
         f"the example inputs); overlap must save {1 - GAIN:.0%} to be chosen"
     )

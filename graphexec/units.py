@@ -56,30 +56,36 @@ def lane_label(lane: str) -> str:
     return lane.removeprefix("tcp://")
 
 
-def speed_words(seconds: float, reference: float) -> str:
+def speed_words(seconds: float, reference: float, than: str = "") -> str:
     """How ``seconds`` compares with ``reference``, in words that say which way is better.
 
     Parameters
     ----------
     seconds, reference : float
         Two times of the same work.
+    than : str, optional
+        What ``reference`` is, to end the phrase with (``"than eager PyTorch"``).
 
     Returns
     -------
     str
-        ``"<r>x faster"`` or ``"<r>x slower"`` with r >= 1, or ``"as fast, within 1%"``.
+        ``"<r>x faster"`` or ``"<r>x slower"`` with r >= 1, or ``"as fast, within 1%"``;
+        with ``than``, a whole phrase.
 
     Examples
     --------
     >>> speed_words(0.5, 1.0), speed_words(1.51, 1.0), speed_words(1.004, 1.0)
     ('2.00x faster', '1.51x slower', 'as fast, within 1%')
+    >>> speed_words(1.2, 1.0, "eager"), speed_words(1.0, 1.0, "eager")
+    ('1.20x slower than eager', 'as fast as eager, within 1%')
     """
     if seconds <= 0 or reference <= 0:
         return "not comparable (no time measured)"
     ratio = reference / seconds
     if abs(ratio - 1) < 0.01:
-        return "as fast, within 1%"
-    return f"{ratio:.2f}x faster" if ratio > 1 else f"{1 / ratio:.2f}x slower"
+        return f"as fast as {than}, within 1%" if than else "as fast, within 1%"
+    words = f"{ratio:.2f}x faster" if ratio > 1 else f"{1 / ratio:.2f}x slower"
+    return f"{words} than {than}" if than else words
 
 
 def short_label(text: str, width: int = 22) -> str:

@@ -236,7 +236,7 @@ def _gantt_title(trace: Timeline) -> str:
     bound = trace.busy / span if span > 0 else 1.0  # the measured Amdahl bound
     idle = 1 - trace.busy / (trace.wall * len(trace.lanes)) if trace.wall > 0 else 0.0
     return head + (
-        f"{speed_words(trace.wall, trace.busy)} than the tasks back to back (speedup "
+        f"{speed_words(trace.wall, trace.busy, 'the tasks back to back')} (speedup "
         f"{trace.speedup:.2f}x, bound {bound:.2f}x), idle {idle:.0%}"
     )
 
