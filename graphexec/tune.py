@@ -274,9 +274,12 @@ def _overlap_step(p: Plan, example_inputs: Sequence[Any], repeats: int, check: b
         compute = compute_order(p.graph)
         costs_1 = _median(time_nodes(p.graph, compute, example_inputs, repeats, threads=1))
     reason = _concurrency_pays(p, costs_1)
-    if reason is None and check:  # the estimate says overlap pays: try it for real
-        reason = _overlap_trial(p, example_inputs)
-    return dataclasses.replace(p, serial_reason=reason)
+    if reason is not None or not check:
+        return dataclasses.replace(p, serial_reason=reason)
+    ratio, said = _overlap_trial(p, example_inputs)  # the estimate says it pays: try it
+    if ratio >= GAIN:
+        return dataclasses.replace(p, serial_reason=said)
+    return dataclasses.replace(p, decisions=(*p.decisions, f"overlap kept: {said}"))
 
 
 def _compile_step(
@@ -401,15 +404,17 @@ def _concurrency_pays(p: Plan, costs_1: Mapping[str, float]) -> str | None:
     )
 
 
-def _overlap_trial(p: Plan, example_inputs: Sequence[Any]) -> str | None:
-    """Run the plan overlapped on threads and inline, side by side; None if overlap wins."""
+def _overlap_trial(p: Plan, example_inputs: Sequence[Any]) -> tuple[float, str]:
+    """Run the plan overlapped on threads and inline, side by side: the ratio of overlapped
+    to inline time, and what it means in words."""
     with ThreadExecutor() as threads:
         ratios, inline = trial({"inline": _inline_run(p, example_inputs),
                                 "overlap": lambda: threads.run(p, *example_inputs)})  # fmt: skip
-    if ratios["overlap"] < GAIN:
-        return None
-    return (
-        f"overlapping branches ran {_ran(ratios['overlap'], 'one by one')} with "
-        f"{torch.get_num_threads()} intra-op threads ({format_seconds(inline)}; measured on "
-        f"the example inputs); overlap must save {1 - GAIN:.0%} to be chosen"
+    said = (
+        f"overlapping branches ran {_ran(ratios['overlap'], 'one by one')} (one by one: "
+        f"{torch.get_num_threads()} intra-op threads, {format_seconds(inline)}; measured on "
+        f"the example inputs)"
     )
+    if ratios["overlap"] >= GAIN:
+        said += f"; overlap must save {1 - GAIN:.0%} to be chosen"
+    return ratios["overlap"], said

@@ -98,13 +98,13 @@ def test_demo_runs_end_to_end(tmp_path):
     r = graphexec("demo", "--out", str(tmp_path), "--repeat", "3")
     assert r.returncode == 0, r.stderr[-2000:]
     out = r.stdout
-    for text in ("Plan 'recurrent'", "Plan 'wide'", "eager PyTorch", "threads (dataflow)",
+    for text in ("Plan 'search'", "Plan 'wide'", "eager PyTorch", "threads (dataflow)",
                  "dask (2 workers)", "outputs match eager PyTorch", "expected: overlap pays",
                  "expected: overlap does not pay", "measured: the plan"):  # fmt: skip
         assert text in out
     assert out.count("outputs match eager PyTorch") == 8  # 2 models x 4 executors
     assert "FAILED" not in out
-    for model in ("recurrent", "wide"):
+    for model in ("search", "wide"):
         for name in ("plan.png", "gantt_threads.png", "gantt_dask.png", "trace_dask.json",
                      "compare.png"):  # fmt: skip
             assert (tmp_path / model / name).stat().st_size > 1000, (model, name)
