@@ -1,6 +1,7 @@
 """`GraphModule`: a graph and an executor as one ``nn.Module``.
 
-The node modules are registered under ``nodes.<name>`` (dots in node names become ``__``),
+The node modules are registered under ``nodes.<name>`` (dots in node names become ``__``,
+and names an ``nn.ModuleDict`` has as attributes, such as ``to``, get a trailing ``_``),
 so ``parameters()``, ``state_dict()``, ``train()/eval()``, ``.to()`` and optimizers see them
 exactly as in any module. The graph keeps pointing at the same module objects, so what
 ``.to()`` or an optimizer changes is what runs. Autograd flows through the thread executor
@@ -32,6 +33,7 @@ from typing import Any
 
 import torch.nn as nn
 
+from .errors import GraphError
 from .executors import CudaStreamExecutor, Executor, make_executor
 from .executors.cuda import auto_choice
 from .graph import Graph, expect_graph
@@ -89,9 +91,7 @@ class GraphModule(nn.Module):
         expect_graph(graph, "gx.GraphModule")
         super().__init__()
         self.graph = graph
-        self.nodes = nn.ModuleDict(
-            {_key(n.name): n.fn for n in graph if isinstance(n.fn, nn.Module)}
-        )
+        self.nodes = nn.ModuleDict(_registered(graph))
         self._owns_executor = not isinstance(executor, Executor)
         self._auto = auto_choice(graph) if executor == "auto" else None
         self.executor = make_executor(executor, graph=graph)
@@ -172,4 +172,28 @@ class GraphModule(nn.Module):
 
 
 def _key(name: str) -> str:
-    return name.replace(".", "__")
+    """The ``nodes.<key>`` a node module is registered under: dots become ``__`` (module names
+    cannot hold dots), and a name an ``nn.ModuleDict`` already has as an attribute (``to``,
+    ``float``, ``train``, ``keys``) gets a trailing ``_``, as ``gx.trace`` names such nodes.
+
+    >>> _key("layer1.conv"), _key("to"), _key("head")
+    ('layer1__conv', 'to_', 'head')
+    """
+    key = name.replace(".", "__")
+    return key + "_" if hasattr(nn.ModuleDict, key) else key
+
+
+def _registered(graph: Graph) -> dict[str, nn.Module]:
+    """Node modules by `_key`; two nodes whose keys meet are a `GraphError` naming both."""
+    modules: dict[str, nn.Module] = {}
+    owner: dict[str, str] = {}
+    for n in graph:
+        if isinstance(n.fn, nn.Module):
+            key = _key(n.name)
+            if key in owner:
+                raise GraphError(
+                    f"graph '{graph.name}': nodes '{owner[key]}' and '{n.name}' would both be "
+                    f"registered as GraphModule.nodes.{key}; rename one", n.name
+                )
+            modules[key], owner[key] = n.fn, n.name
+    return modules

@@ -163,3 +163,29 @@ def test_worker_threads_run_under_the_callers_modes(schedule):
         if name == "inference":
             assert out.is_inference()
     ex.close()
+
+
+def test_nodes_named_like_module_methods_are_registered():
+    """A node may be called ``to``, ``float`` or ``keys``: its module is registered with a
+    trailing underscore, and trains and saves like any other."""
+    g = gx.Graph("names")
+    x = g.input("x")
+    a = g.node("to", nn.Linear(W, W), x)
+    g.output(g.node("float", nn.Linear(W, W), g.node("keys", nn.Linear(W, W), a)))
+    gm = gx.GraphModule(g, "sequential")
+    assert {"nodes.to_.weight", "nodes.float_.weight", "nodes.keys_.weight"} <= set(
+        gm.state_dict()
+    )
+    x = torch.randn(4, W)
+    expected = g.nodes["float"].fn(g.nodes["keys"].fn(g.nodes["to"].fn(x)))
+    torch.testing.assert_close(gm(x), expected)
+    gm(x).sum().backward()
+    assert g.nodes["to"].fn.weight.grad is not None
+
+
+def test_nodes_whose_registered_names_meet_are_named():
+    g = gx.Graph("clash")
+    x = g.input("x")
+    g.output(g.node("a__b", nn.Linear(W, W), g.node("a.b", nn.Linear(W, W), x)))
+    with pytest.raises(gx.GraphError, match="nodes 'a.b' and 'a__b' would both be registered"):
+        gx.GraphModule(g)
