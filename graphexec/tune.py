@@ -25,10 +25,12 @@ plan. Everything that needs the model run on real inputs happens here, in this o
 
 Every kept decision must make the plan faster than the one without it by `GAIN` (5%),
 measured side by side on the example inputs (`trial`: shuffled rounds, the median of the
-per-round ratios, so one outlier cannot decide), so the plan is never slower than running
-the graph as it is beyond noise. Each decision is written into the plan (``serial_reason``,
-``fusion``, ``decisions``), so ``print(plan)`` says what was measured and why it was kept
-or dropped.
+per-round ratios, so one outlier cannot decide), twice in a row (`trial_twice`: a burst of
+load from another process can fool one half-second trial), so the plan is never slower than
+running the graph as it is beyond noise. An overlap trial faster than the lanes could ever
+be (below 1/lanes of one by one) is a disturbed measurement, not a win. Each decision is
+written into the plan (``serial_reason``, ``fusion``, ``decisions``), so ``print(plan)`` says
+what was measured and why it was kept or dropped.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ from .planner import INLINE_BELOW, arrange
 from .plans import Plan
 from .units import format_seconds, speed_words
 
-__all__ = ["GAIN", "plan", "trial"]
+__all__ = ["GAIN", "plan", "trial", "trial_twice"]
 
 #: A measured decision is kept when the plan it makes takes below this share of the plan
 #: without it (side by side, median of rounds): 5% beats hand-off costs and noise.
@@ -237,6 +239,21 @@ def trial(runs: Mapping[str, Callable[[], Any]]) -> tuple[dict[str, float], floa
     return ratios, statistics.median(r[base] for r in rounds)
 
 
+def trial_twice(runs: Mapping[str, Callable[[], Any]], candidate: str) -> tuple[float, float]:
+    """`trial`, and a second one when ``candidate`` won the first: its worse ratio of the two,
+    and the first entry's median seconds.
+
+    A decision kept on one trial can be fooled by a burst of load on a shared machine (a
+    trial is half a second); winning two in a row by chance is much rarer, and the second
+    costs time only where something is about to be kept.
+    """
+    ratios, base = trial(runs)
+    if ratios[candidate] >= GAIN:
+        return ratios[candidate], base
+    again, _ = trial(runs)
+    return max(ratios[candidate], again[candidate]), base
+
+
 def _inline_run(p: Plan, example_inputs: Sequence[Any]) -> Callable[[], Any]:
     ex = SequentialExecutor()
     return lambda: ex.run(p, *example_inputs)
@@ -255,9 +272,8 @@ def _fusion_step(
     fused = arrange(fused_graph, costs, warn_dead=False, **arranging)
     if forced:
         return dataclasses.replace(fused, fusion=tuple(notes))
-    ratios, _ = trial({"plain": _inline_run(p, example_inputs),
-                       "fused": _inline_run(fused, example_inputs)})  # fmt: skip
-    ratio = ratios["fused"]
+    ratio, _ = trial_twice({"plain": _inline_run(p, example_inputs),
+                            "fused": _inline_run(fused, example_inputs)}, "fused")  # fmt: skip
     if ratio < GAIN:
         line = f"kept: the fused plan ran {_ran(ratio, 'the unfused one')} (measured)"
         return dataclasses.replace(fused, fusion=(*notes, line))
@@ -299,9 +315,9 @@ def _compile_step(
         return dataclasses.replace(candidate, decisions=(*p.decisions, said + "; not tried"))
     runner = ThreadExecutor() if candidate.parallel else SequentialExecutor()
     with runner:
-        ratios, _ = trial({"as is": _inline_run(as_is, example_inputs),
-                           "compiled": lambda: runner.run(candidate, *example_inputs)})  # fmt: skip
-    ratio = ratios["compiled"]
+        ratio, _ = trial_twice({"as is": _inline_run(as_is, example_inputs),
+                                "compiled": lambda: runner.run(candidate, *example_inputs)},
+                               "compiled")  # fmt: skip
     if ratio < GAIN:
         return dataclasses.replace(
             candidate,
@@ -408,13 +424,17 @@ def _overlap_trial(p: Plan, example_inputs: Sequence[Any]) -> tuple[float, str]:
     """Run the plan overlapped on threads and inline, side by side: the ratio of overlapped
     to inline time, and what it means in words."""
     with ThreadExecutor() as threads:
-        ratios, inline = trial({"inline": _inline_run(p, example_inputs),
-                                "overlap": lambda: threads.run(p, *example_inputs)})  # fmt: skip
+        ratio, inline = trial_twice({"inline": _inline_run(p, example_inputs),
+                                     "overlap": lambda: threads.run(p, *example_inputs)},
+                                    "overlap")  # fmt: skip
+    floor = 1 / max(2, torch.get_num_threads())  # lanes cannot beat sharing the work evenly
+    if ratio < 0.9 * floor:
+        ratio = 1.0  # a disturbed measurement, not a win: keep the plan as it is
     said = (
-        f"overlapping branches ran {_ran(ratios['overlap'], 'one by one')} (one by one: "
+        f"overlapping branches ran {_ran(ratio, 'one by one')} (one by one: "
         f"{torch.get_num_threads()} intra-op threads, {format_seconds(inline)}; measured on "
         f"the example inputs)"
     )
-    if ratios["overlap"] >= GAIN:
+    if ratio >= GAIN:
         said += f"; overlap must save {1 - GAIN:.0%} to be chosen"
-    return ratios["overlap"], said
+    return ratio, said

@@ -174,3 +174,22 @@ def test_traced_module_as_it_is_is_tried_and_equals_eager(monkeypatch, margin):
         for ex in (gx.SequentialExecutor(), threads):
             assert_same(ex.run(p, x), m(x))
             assert_same(ex.run(p, x, profile=True)[0], m(x))  # profiled: the tasks run
+
+
+def test_a_win_must_hold_in_a_second_trial(monkeypatch):
+    """A candidate that looks twice as fast for one trial (a burst of load on the other) and
+    the same afterwards is not kept; one that wins both trials is, at its worse ratio."""
+    clock = {"now": 0.0, "calls": 0}
+
+    def cost(seconds):
+        clock["now"] += seconds
+
+    def lucky():  # fast for the first trial only (a warm-up and its >= 5 rounds)
+        clock["calls"] += 1
+        cost(0.5 if clock["calls"] <= 1 + tune.TRIAL_ROUNDS else 1.0)
+
+    monkeypatch.setattr(tune, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
+    ratio, base = tune.trial_twice({"base": lambda: cost(1.0), "lucky": lucky}, "lucky")
+    assert ratio == 1.0 and base == 1.0  # lost the second: no gain kept
+    ratio, _ = tune.trial_twice({"base": lambda: cost(1.0), "fast": lambda: cost(0.6)}, "fast")
+    assert ratio == pytest.approx(0.6)
