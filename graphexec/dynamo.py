@@ -19,8 +19,9 @@ What it decides
 * **Handed back unless it wins.** A plan is kept only when it may beat Dynamo's graph and did:
   it overlaps branches, fuses modules or compiles tasks (an inline plan of the same ops, cut
   into partition calls, can only add calls), and it ran in at most `GAIN` (95%) of the
-  graph's time side by side, in two trials (``source_margin=GAIN`` of `graphexec.plan`, then
-  `CompiledGraph._second_trial`: one trial can be fooled by a burst of load). Otherwise the
+  graph's time side by side, in two trials in a row and by no more than overlap alone could
+  (``source_margin=GAIN`` of `graphexec.plan`: one trial can be fooled by a burst of load).
+  Otherwise the
   backend returns Dynamo's ``graph_module.forward`` itself, as ``backend="eager"`` does (its
   code generated first: `CompiledGraph.forward`): no graphexec code runs per call, and the
   compiled model costs what Dynamo's own guards and frame handling cost (measured in
@@ -63,9 +64,8 @@ from .executors import CudaStreamExecutor, Executor, SequentialExecutor, make_ex
 from .fx_import import trace
 from .graph import Graph
 from .plans import Plan
-from .tune import GAIN, trial
+from .tune import GAIN
 from .tune import plan as make_plan
-from .units import speed_words
 
 __all__ = ["Backend", "CompiledGraph", "PlanFallbackWarning", "backend", "compile_backend"]
 
@@ -196,8 +196,6 @@ class CompiledGraph:
             )
             return
         self.handed_back = _why_as_is(self.plan, self.graph, executor)
-        if self.handed_back is None and self.plan.measured and kwargs.get("check", True):
-            self.handed_back = self._second_trial(example_inputs)
         if self.handed_back is None:
             self._run = functools.partial(self._executor.run, self.plan)
         else:
@@ -214,39 +212,6 @@ class CompiledGraph:
         """
         getattr(self.gm, "real_recompile", lambda: None)()
         return self.gm.forward
-
-    def _second_trial(self, example_inputs: Sequence[Any]) -> str | None:
-        """The kept plan against Dynamo's graph once more, side by side (None: it won again).
-
-        One trial can be fooled by a burst of load on a shared machine: measured here, a
-        plan kept that way ran 1.45x of Dynamo's graph afterwards. Winning twice in a row by
-        chance is much less likely, and the trial runs only for plans that won once. A burst
-        can outlast both trials: a ratio no overlap of the same ops can reach
-        (`_fastest_possible`) is a disturbed measurement and hands the graph back too.
-        """
-        values = _copies(example_inputs)
-        run = functools.partial(self._executor.run, self.plan)
-        with _quiet_rng(example_inputs):
-            ratios, _ = trial({"graph": lambda: self.gm(*values), "plan": lambda: run(*values)})
-        ratio, floor = ratios["plan"], self._fastest_possible()
-        if ratio < floor:
-            than = speed_words(ratio, 1.0, "the graph Dynamo gave")
-            return (f"the plan ran {than} in a second trial, faster than overlapping the "
-                    f"same ops on {_lanes()} lanes could be: a disturbed measurement, not a "
-                    "win")  # fmt: skip
-        if ratio < GAIN:
-            return None
-        than = speed_words(ratio, 1.0, "the graph Dynamo gave")
-        return (f"the plan ran {than} in a second trial "
-                f"(measured); it must save {1 - GAIN:.0%} in both")  # fmt: skip
-
-    def _fastest_possible(self) -> float:
-        """The least share of Dynamo's graph's time a plan can take: with the same ops only
-        overlapped (nothing fused or compiled), 1 / lanes; otherwise no bound (0). Measured,
-        under a burst of load on a shared machine, a CLIP plan 'ran 0.26x' of the graph in
-        its first trial on 2 cores, passed the second, and then ran 1.8x of it."""
-        same_ops = self.plan.compiled is None and self.plan.graph is self.graph
-        return 1 / _lanes() if same_ops else 0.0
 
     def _first_call(self, *args: Any) -> Any:
         with self._lock:
@@ -265,12 +230,6 @@ class CompiledGraph:
         else:
             state = "planned" if self.plan else "unplanned"
         return f"CompiledGraph({self.name!r}, {state})"
-
-
-def _lanes() -> int:
-    """How many branches can run at once: the cores torch may use, 2 at least (as a
-    `graphexec.ThreadExecutor` sizes its pool)."""
-    return max(2, torch.get_num_threads())
 
 
 def _why_as_is(p: Plan, graph: Graph, executor: Executor) -> str | None:

@@ -193,3 +193,27 @@ def test_a_win_must_hold_in_a_second_trial(monkeypatch):
     assert ratio == 1.0 and base == 1.0  # lost the second: no gain kept
     ratio, _ = tune.trial_twice({"base": lambda: cost(1.0), "fast": lambda: cost(0.6)}, "fast")
     assert ratio == pytest.approx(0.6)
+
+
+@pytest.mark.parametrize(("plan_cost", "kept"), [(0.6, True), (0.2, False)])
+def test_a_plan_must_beat_its_module_within_what_overlap_can_do(monkeypatch, plan_cost, kept):
+    """With ``source_margin`` below 1 (the torch.compile backend's), a plan of the same ops
+    that 'ran' below 1/lanes of its module was measured in a burst of load, not a win."""
+    clock = {"now": 0.0}
+
+    def costs(seconds):
+        def fn(x):
+            clock["now"] += seconds
+            return x
+
+        return fn
+
+    monkeypatch.setattr(tune, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
+    monkeypatch.setattr(tune, "_lanes", lambda: 2)
+    g = gx.Graph("same_ops")
+    g.output(g.node("n", costs(plan_cost), g.input("x")))
+    x = torch.ones(2)
+    p = tune._source_step(gx.plan(g), g, costs(1.0), (x,), margin=tune.GAIN)
+    assert (p.as_is is None) == kept, p.decisions
+    if not kept:
+        assert "disturbed measurement" in p.decisions[-1]
