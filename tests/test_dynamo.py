@@ -58,14 +58,18 @@ class Branches(nn.Module):
 
 
 #: Backend options: measured and tried (on these tiny graphs Dynamo's graph usually wins and
-#: is handed back), and untried with every task dispatched (the branches overlap on threads).
+#: is handed back), and untried with every task dispatched (the branches overlap on threads:
+#: the test also makes the overlap estimate say yes, which per-node times of 16-wide layers
+#: decide either way on a 2-core machine).
 MODES = {"measured": {"repeats": 2}, "overlapped": {"check": False, "inline_below": 0.0}}
 
 
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("graph_break", [False, True], ids=["one-graph", "graph-break"])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_random_branches_equal_eager_outputs_and_gradients(seed, graph_break, mode):
+def test_random_branches_equal_eager_outputs_and_gradients(seed, graph_break, mode, monkeypatch):
+    if mode == "overlapped":
+        monkeypatch.setattr(gx.tune, "_concurrency_pays", lambda p, costs: None)
     model = Branches(seed, graph_break)
     twin = copy.deepcopy(model)
     backend = gx.compile_backend(executor="threads", **MODES[mode])
