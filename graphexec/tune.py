@@ -262,6 +262,12 @@ def _lanes() -> int:
     return max(2, torch.get_num_threads())
 
 
+def _threads() -> str:
+    """Torch's intra-op thread count in words (``1 intra-op thread``, ``2 intra-op threads``)."""
+    n = torch.get_num_threads()
+    return f"{n} intra-op thread{'s' * (n != 1)}"
+
+
 def _disturbed(ratio: float, same_ops: bool) -> bool:
     """A plan that runs the same ops as its reference, only overlapped, cannot take less than
     1/lanes of its time: a trial that says so was disturbed (measured under a burst of load
@@ -437,7 +443,7 @@ def _concurrency_pays(p: Plan, costs_1: Mapping[str, float]) -> str | None:
         return None
     return (
         f"overlapping branches on {lanes} one-thread lanes would take ~{format_seconds(overlap)}, "
-        f"one by one with {torch.get_num_threads()} intra-op threads ~{format_seconds(serial)} "
+        f"one by one with {_threads()} ~{format_seconds(serial)} "
         "(measured); "
         f"overlap must save {1 - GAIN:.0%} to beat hand-off costs and noise"
     )
@@ -454,7 +460,7 @@ def _overlap_trial(p: Plan, example_inputs: Sequence[Any]) -> tuple[float, str]:
         ratio = 1.0  # not a win: keep the plan as it is
     said = (
         f"overlapping branches ran {_ran(ratio, 'one by one')} (one by one: "
-        f"{torch.get_num_threads()} intra-op threads, {format_seconds(inline)}; measured on "
+        f"{_threads()}, {format_seconds(inline)}; measured on "
         f"the example inputs)"
     )
     if ratio >= GAIN:
