@@ -15,22 +15,47 @@ checked against it.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import networkx as nx
 
 if TYPE_CHECKING:
     from ..plans import Plan
-    from .streams import StreamProgram
 
 __all__ = ["find_problems"]
+
+
+class _Op(Protocol):
+    task: str
+    stream: int
+    waits: tuple[str, ...]
+    record: bool
+    record_stream: tuple[str, ...]
+
+
+class _Program(Protocol):
+    """What the checker reads of a `graphexec.executors.streams.StreamProgram`.
+
+    Spelled out here so that the checker needs nothing of the module it checks: streams.py
+    imports this one, never the other way round (not even for type hints).
+    """
+
+    streams: int
+    schedule: str
+    ops: Sequence[_Op]
+    fork: bool
+    join: Sequence[str]
+    to_caller: Sequence[str]
+
+    @property
+    def lanes(self) -> tuple[tuple[str, ...], ...]: ...
 
 
 _START, _END = ("<start>",), ("<end>",)
 
 
-def find_problems(program: StreamProgram, plan: Plan, inputs: str) -> list[str]:
+def find_problems(program: _Program, plan: Plan, inputs: str) -> list[str]:
     """Everything `StreamProgram.check` finds wrong (an independent happens-before simulation)."""
     problems, index = _enqueue_problems(program, plan)
     if problems:
@@ -62,7 +87,7 @@ def find_problems(program: StreamProgram, plan: Plan, inputs: str) -> list[str]:
     return problems
 
 
-def _enqueue_problems(program: StreamProgram, plan: Plan) -> tuple[list[str], dict[str, int]]:
+def _enqueue_problems(program: _Program, plan: Plan) -> tuple[list[str], dict[str, int]]:
     """Each plan task enqueued once, on a stream that exists; and each op's position."""
     problems: list[str] = []
     index: dict[str, int] = {}
@@ -78,7 +103,7 @@ def _enqueue_problems(program: StreamProgram, plan: Plan) -> tuple[list[str], di
 
 
 def _happens_before(
-    program: StreamProgram, index: Mapping[str, int], problems: list[str], inputs: str
+    program: _Program, index: Mapping[str, int], problems: list[str], inputs: str
 ) -> nx.DiGraph:
     """Stream order plus an edge per event wait that is sound; appends the waits that are not."""
     hb = nx.DiGraph()
@@ -108,7 +133,7 @@ def _happens_before(
 
 
 def _unmarked(
-    program: StreamProgram, plan: Plan, index: Mapping[str, int], s_of: Mapping[str, int]
+    program: _Program, plan: Plan, index: Mapping[str, int], s_of: Mapping[str, int]
 ) -> list[str]:
     """Values read on another stream than their own without ``record_stream`` there first."""
     made_on = {v: s_of[plan.task_of[v]] if v in plan.task_of else 0 for v in plan.consumers}

@@ -331,6 +331,3 @@ def _waits(
     keep = [c for c in found if not any(after[o][where[c]] >= pos[c] for o in found if o != c)]
     return sorted(keep, key=lambda d: (where[d], pos[d]))
 
-
-# -- the checker --------------------------------------------------------------------------------
-#: Stream 0 before the first op (where the fork is recorded) and after the join.

@@ -254,6 +254,19 @@ def test_checker_catches_missing_record_join_marks_and_order():
         dataclasses.replace(prog2, to_caller=()).check(p2)
 
 
+def test_the_checker_imports_nothing_of_the_module_it_checks():
+    """streams.py -> stream_check.py, one way: not even a type hint points back (issue 20)."""
+    import ast
+    import inspect
+
+    from graphexec.executors import stream_check
+
+    tree = ast.parse(inspect.getsource(stream_check))
+    imported = [(n.module or "") for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert not [m for m in imported if m.endswith("streams")], imported
+
+
 # -- random DAGs --------------------------------------------------------------------------------
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(conformance.random_dags())
