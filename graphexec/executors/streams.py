@@ -330,4 +330,3 @@ def _waits(
     found = list(latest.values())
     keep = [c for c in found if not any(after[o][where[c]] >= pos[c] for o in found if o != c)]
     return sorted(keep, key=lambda d: (where[d], pos[d]))
-
