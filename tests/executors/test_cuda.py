@@ -653,3 +653,68 @@ def test_auto_follows_the_parameters_to_the_gpu_and_back():
         gm.cpu()
         gm(torch.randn(2, 512))
         assert isinstance(gm.executor, gx.ThreadExecutor)
+
+
+# -- GPU time of nodes (graphexec.gputime) ------------------------------------------------------
+@pytest.mark.skipif(CUDA, reason="checks the error raised where CUDA is missing")
+def test_gpu_time_without_cuda_says_what_to_use():
+    from graphexec.gputime import time_nodes_cuda
+
+    g = diamond()
+    with pytest.raises(RuntimeError, match="interpret.time_nodes"):
+        time_nodes_cuda(g, ["a"], (torch.randn(2, 512),), 1)
+
+
+def test_uses_cuda_looks_at_inputs_and_parameters():
+    from graphexec.gputime import uses_cuda
+
+    assert not uses_cuda(diamond(), (torch.randn(2, 512),))
+    assert not uses_cuda(diamond())
+
+
+def launches(n: int):
+    def many(t):
+        for _ in range(n):  # n tiny kernels: their launches take longer than they run
+            t = t + 1
+        return t
+
+    return many
+
+
+@gpu
+def test_gpu_time_measures_kernels_not_launches():
+    """A node that spins the GPU measures its spin; a node of many tiny kernels measures less
+    GPU time than host time (launch-bound: the held queue runs them back to back)."""
+    from graphexec.gputime import time_nodes_cuda, uses_cuda
+    from graphexec.interpret import compute_order, time_nodes
+
+    g = gx.Graph("spin_and_launches")
+    x = g.input("x")
+    spin = g.node("spin", sleeper(4_000_000), x)
+    tiny = g.node("tiny", launches(200), x)
+    g.output(g.node("sum", gx.add(), spin, tiny))
+    names = compute_order(g)
+    xs = (torch.zeros(4, device="cuda"),)
+    gpu = time_nodes_cuda(g, names, xs, 5)
+    host = time_nodes(g, names, xs, 5)
+    assert gpu.runs == 5 and gpu.held == 5
+    med = {n: sorted(s)[2] for n, s in gpu.items()}
+    assert med["spin"] > 1e-3  # 4M cycles at under 2.5 GHz: over 1.6 ms of spinning
+    assert med["tiny"] < sorted(host["tiny"])[2]
+    assert uses_cuda(g, xs)
+
+
+@gpu
+def test_gpu_time_plan_runs_on_streams_equal_to_eager():
+    """A plan arranged from GPU times runs on streams (and captured) as the sequential one."""
+    from graphexec.gputime import time_nodes_cuda
+    from graphexec.interpret import compute_order
+    from graphexec.planner import arrange
+
+    with torch.device("cuda"):
+        g = branches(4, width=256)
+    x = torch.randn(8, 256, device="cuda")
+    samples = time_nodes_cuda(g, compute_order(g), (x,), 3)
+    plan = arrange(g, {n: sorted(s)[1] for n, s in samples.items()}, inline_below=2e-6)
+    with torch.no_grad(), gx.CudaStreamExecutor(streams=4, capture=True) as ex:
+        torch.testing.assert_close(ex.run(plan, x), gx.SequentialExecutor().run(plan, x))
