@@ -10,7 +10,9 @@ without transformers' fx tracer), built as the suite builds it (random weights, 
 64-80 px):
 
 * ``eager``: the model at ``--threads`` intra-op threads (the reference);
-* ``eager 1 thr``: the model at one thread (how much one op gains from the cores);
+* ``eager N thr``: the model at N threads (``--sweep``, default 1: how much one op gains from
+  the cores), timed in a block of its own after the others (a call at another thread count
+  disturbs the OpenMP pool of the call after it, so these are not interleaved);
 * ``gx default``: ``gx.GraphModule(graph)`` after its first call, which plans, measuring at
   ``--threads`` (the planning seconds are reported, not timed);
 * ``gx overlap, untried``: ``gx.plan(graph, example_inputs, check=False)`` on a
@@ -73,9 +75,21 @@ def _at_threads(n: int, fn: Callable[[], Any]) -> Callable[[], Any]:
     return call
 
 
-def bench_model(key: str, threads: int, reps: int) -> dict[str, Any]:
+def _block(fn: Callable[[], Any], reps: int) -> float:
+    """Median seconds of ``reps`` calls in a row, after two warm-up calls."""
+    fn(), fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def bench_model(key: str, threads: int, reps: int, sweep: tuple[int, ...] = (1,)) -> dict[str, Any]:
     """Build, plan and time one model; what failed is recorded, not raised."""
-    row: dict[str, Any] = {"model": key, "median_ms": {}, "errors": {}, "decisions": []}
+    row: dict[str, Any] = {"model": key, "median_ms": {}, "errors": {}, "decisions": [],
+                           "load": os.getloadavg()[0]}  # fmt: skip
     t0 = time.perf_counter()
     zm = zoo.build(key)
     row["shape"] = zm.shape
@@ -83,10 +97,7 @@ def bench_model(key: str, threads: int, reps: int) -> dict[str, Any]:
         row["errors"]["trace"] = zm.trace_error[:200]
         return row
     x, gin = zm.inputs, zm.graph_inputs
-    calls: dict[str, Callable[[], Any]] = {
-        "eager": lambda: zm.model(*x),
-        "eager 1 thr": _at_threads(1, lambda: zm.model(*x)),
-    }
+    calls: dict[str, Callable[[], Any]] = {"eager": lambda: zm.model(*x)}
     with torch.no_grad():
         try:
             gm = gx.GraphModule(zm.graph)
@@ -125,27 +136,33 @@ def bench_model(key: str, threads: int, reps: int) -> dict[str, Any]:
                 t = time.perf_counter()
                 ok[name]()
                 samples[name].append(time.perf_counter() - t)
-    row["median_ms"] = {n: 1e3 * statistics.median(s) for n, s in samples.items()}
+        row["median_ms"] = {n: 1e3 * statistics.median(s) for n, s in samples.items()}
+        for n in sweep:  # eager at other thread counts: each in a block of its own, afterwards
+            row["median_ms"][f"eager {n} thr"] = 1e3 * _block(_at_threads(n, calls["eager"]), reps)
     row["wall_s"] = time.perf_counter() - t0
     return row
 
 
 def render(rows: list[dict[str, Any]], threads: int, reps: int) -> str:
-    cols = ["eager", "eager 1 thr", "gx default", "gx overlap, untried"]
+    sweeps = sorted({c for r in rows for c in r["median_ms"] if c.endswith(" thr")},
+                    key=lambda c: int(c.split()[1]))  # fmt: skip
+    cols = ["eager", "gx default", "gx overlap, untried", *sweeps]
     out = [
         f"# Real models at {threads} intra-op threads",
         "",
         f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
         f"- command: `python -m benchmarks.cpu_threads {' '.join(sys.argv[1:])}`",
         f"- machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
-        f"load average at start {', '.join(f'{v:.2f}' for v in os.getloadavg())}",
+        f"{len(os.sched_getaffinity(0))} usable; load average at the end "
+        f"{', '.join(f'{v:.2f}' for v in os.getloadavg())} (column load: 1-min average as "
+        "each model started)",
         f"- python {platform.python_version()}, torch {torch.__version__} "
         f"({torch.__config__.parallel_info().splitlines()[-1].strip()})",
         f"- {reps} interleaved rounds, medians, `torch.no_grad()`; ratio to eager at {threads} "
         "threads (lower is better)",
         "",
-        "| model | " + " | ".join(cols) + " | planning s |",
-        "|---|" + "---:|" * (len(cols) + 1),
+        "| model | " + " | ".join(cols) + " | planning s | load |",
+        "|---|" + "---:|" * (len(cols) + 2),
     ]
     for r in rows:
         m = r["median_ms"]
@@ -155,13 +172,14 @@ def render(rows: list[dict[str, Any]], threads: int, reps: int) -> str:
                 cells.append(f"{m[c] / m['eager']:.2f} ({m[c]:.3g} ms)")
             else:
                 cells.append("–")
-        out.append(f"| {r['model']} | " + " | ".join(cells) + f" | {r.get('planning_s', 0):.1f} |")
+        out.append(f"| {r['model']} | " + " | ".join(cells)
+                   + f" | {r.get('planning_s', 0):.1f} | {r.get('load', 0):.1f} |")  # fmt: skip
     out += ["", "## What the default plans decided", ""]
     for r in rows:
         said = [f"plan {r['width']} wide" if "width" in r else "no plan"]
         if r.get("serial_reason"):
             said.append(f"runs inline: {r['serial_reason']}")
-        said += r.get("decisions", [])
+        said += [d for d in r.get("decisions", []) if d != r.get("serial_reason")]
         if "untried" in r:
             said.append(f"untried overlap plan: {r['untried']}")
         said += [f"**{k} failed**: {v}" for k, v in r["errors"].items()]
@@ -174,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--sweep", type=int, nargs="*", default=[1],
+                    help="also time eager at these thread counts (default 1)")  # fmt: skip
     ap.add_argument("--models", nargs="*", default=DEFAULT, choices=list(zoo.SPECS))
     ap.add_argument("--budget", type=float, default=600.0, help="seconds to start models in")
     ap.add_argument("--out", type=Path, default=Path("cpu_threads.md"))
@@ -187,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"[cpu] {key}", flush=True)
         try:
-            row = bench_model(key, args.threads, args.reps)
+            row = bench_model(key, args.threads, args.reps, tuple(args.sweep))
         except Exception as exc:
             traceback.print_exc()
             row = {"model": key, "median_ms": {}, "errors": {"build": f"{exc}"[:200]}}

@@ -389,6 +389,25 @@ def test_interpreter_enqueues_the_program_and_frees_values(schedule):
     assert all(e.start <= e.end for e in events)
 
 
+def test_interpreter_generates_each_task_program_once_per_plan(monkeypatch):
+    """Task programs come from the executor's per-plan `Schedule`: generating them on every
+    call cost 0.26 ms per task on a GPU at batch 1 (GoogLeNet-like: 2.5x eager's time)."""
+    from graphexec.executors import schedule as schedule_module
+
+    made = []
+    real = schedule_module.task_program
+    monkeypatch.setattr(schedule_module, "task_program", lambda *a: made.append(a) or real(*a))
+    plan = gx.plan(branches(3), inline_below=0)
+    program = stream_program(plan, streams=3)
+    cuda, streams, _ = fake_cuda(3)
+    sched = schedule_module.Schedule(plan)
+    with torch.no_grad():
+        for _ in range(3):
+            run_program(plan, program, {"x": torch.randn(2, 64)}, streams, cuda=cuda,
+                        schedule=sched)  # fmt: skip
+    assert len(made) == len(plan.tasks)
+
+
 def test_interpreter_error_names_the_node_and_orders_the_caller_after_side_streams():
     g = gx.Graph("fails")
     x = g.input("x")
@@ -641,6 +660,26 @@ def test_node_error_names_the_node_and_the_executor_stays_usable():
         with torch.device("cuda"):
             ok = branches(2, width=8)
         ex.run(gx.plan(ok), torch.randn(2, 8, device="cuda"))
+
+
+@gpu
+def test_a_program_on_the_callers_stream_runs_straight_unless_captured():
+    with torch.device("cuda"):
+        g = gx.Graph("chain")
+        h = g.input("x")
+        for i in range(4):
+            h = g.node(f"l{i}", lin(32, 32), h)
+        g.output(h)
+        wide = branches(3, width=32)
+    chain, split = gx.plan(g, inline_below=0, fuse_chains=False), gx.plan(wide, inline_below=0)
+    x = torch.randn(2, 32, device="cuda")
+    with gx.CudaStreamExecutor(streams=4) as ex, torch.no_grad():
+        assert ex._inline(chain) and not ex._inline(split)
+        torch.testing.assert_close(ex.run(chain, x), gx.SequentialExecutor().run(chain, x))
+        _, trace = ex.run(chain, x, profile=True)  # profiling takes the stream loop
+        assert {e.lane for e in trace.events} == {"stream 0"}
+    with gx.CudaStreamExecutor(streams=4, capture=True) as ex:
+        assert not ex._inline(chain)
 
 
 @gpu
