@@ -253,8 +253,12 @@ WORKLOADS = {
 }  # fmt: skip
 
 
-def workload(name: str, device: str) -> Workload:
+def workload(name: str, device: str, batch: int | None = None) -> Workload:
+    """Build a workload; ``batch`` replaces its batch size (then named ``name@batch``)."""
     what, make, build, shape = WORKLOADS[name]
+    if batch is not None:
+        name, what, shape = f"{name}@{batch}", f"{what.split(', batch')[0]}, batch {batch}", (
+            batch, *shape[1:])  # fmt: skip
     torch.manual_seed(0)
     model = make().to(device).eval()
     graph = gx.trace(model) if build is None else build(model)
@@ -485,6 +489,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", nargs="*", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--budget", type=float, default=600.0,
                         help="seconds; workloads not started by then are skipped")  # fmt: skip
+    parser.add_argument(
+        "--batch",
+        type=int,
+        nargs="*",
+        default=None,
+        help="batch sizes to run each workload at (default: each its own)",
+    )
     parser.add_argument("--check", action="store_true", help="check the workloads on the CPU")
     args = parser.parse_args(argv)
     if args.check:
@@ -495,16 +506,17 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.out} was not written. Run this on a machine with a CUDA GPU.")  # fmt: skip
         return 0
     start, results = time.perf_counter(), {}
-    for name in args.workloads:
+    runs = [(n, b) for b in (args.batch or [None]) for n in args.workloads]
+    for base, batch in runs:
+        name = base if batch is None else f"{base}@{batch}"
         if time.perf_counter() - start > args.budget:
             print(f"[{name}] skipped: past the {args.budget:.0f} s budget", flush=True)
             continue
         t0 = time.perf_counter()
         try:
-            w = workload(name, "cuda")
-            results[name] = bench(w, args.streams, args.reps)
+            results[name] = bench(workload(base, "cuda", batch), args.streams, args.reps)
         except Exception as exc:
-            results[name] = {"what": WORKLOADS[name][0], "contenders": {}, "programs": {},
+            results[name] = {"what": WORKLOADS[base][0], "contenders": {}, "programs": {},
                              "errors": {"workload": error_text(exc)}}  # fmt: skip
             traceback.print_exc()
         results[name]["seconds"] = time.perf_counter() - t0

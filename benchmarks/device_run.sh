@@ -2,10 +2,11 @@
 # On a lent GPU machine (one H200, 16 cores; no registry): the GPU tests, the CUDA benchmark and
 # the real-model CPU benchmark at 16 threads, most important first, each bounded by `timeout`.
 #
-#   bash benchmarks/device_run.sh [STAGE ...]      STAGE: env tests bench cpu (default: all)
+#   bash benchmarks/device_run.sh [STAGE ...]      STAGE: env tests bench cpu batch (default: all)
 #
 # Logs and results go to $OUT (the device tool's folder that comes back; default /tmp/gx-out):
-# env.log, tests.log, bench.log, cuda.md, cuda.json, cpu.log, cpu16.md. Seconds per stage:
+# env.log, tests.log, bench.log, cuda.md, cuda.json, cpu.log, cpu16.md, batch.log (whose
+# tables are the batch stage's results). Seconds per stage:
 # T_TESTS, T_BENCH, T_CPU (defaults below). The image has torch, torchvision, timm, pytest,
 # hypothesis, psutil but no dask/distributed: wheels for those (dask distributed partd locket
 # tblib tornado zict, see docs/executors/cuda.md "Measuring on a GPU") are installed from a
@@ -15,7 +16,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 OUT=${OUT:-/tmp/gx-out}
 mkdir -p "$OUT"
-STAGES=${*:-env tests bench cpu}
+STAGES=${*:-env tests bench cpu batch}
 PY=${PY:-python3}
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 export PYTHONPATH="$ROOT"
@@ -75,5 +76,11 @@ if has cpu; then
   timeout "${T_CPU:-100}" $PY -m benchmarks.cpu_threads --threads "${THREADS:-16}" --reps 15 \
     --sweep 1 4 --budget "${CPU_BUDGET:-70}" --out "$OUT/cpu16.md" 2>&1 | tee "$OUT/cpu.log"
   echo "cpu: exit $?"
+fi
+if has batch; then  # where do streams pay without a CUDA graph: larger batches
+  stamp batch
+  timeout "${T_BATCH:-90}" $PY benchmarks/bench_cuda.py --reps 30 --budget 60 --batch 8 32 \
+    --workloads googlenet inception towers --out /tmp/cuda_batch.md 2>&1 | tee "$OUT/batch.log"
+  echo "batch: exit $?"
 fi
 stamp done
