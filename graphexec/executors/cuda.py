@@ -105,12 +105,15 @@ def run_program(
     env : dict
         Graph inputs by name; values are added as tasks run and dropped at their last use.
     streams : sequence of torch.cuda.Stream
-        ``streams[0]`` is the caller's current stream, ``streams[i]`` stream ``i``.
+        ``streams[0]`` is the caller's current stream, ``streams[i]`` stream ``i``. Each task
+        runs with its stream made current (``set_stream``); ``streams[0]`` is current again
+        when this returns or raises.
     events : list, optional
         When given, one `TaskEvent` per task from CUDA timing events (lane ``"stream i"``);
         the caller's stream is synchronized once, at the end, to read them.
     cuda : module
-        ``torch.cuda`` (its ``Event`` and ``stream``); a test stand-in on machines without one.
+        ``torch.cuda`` (its ``Event`` and ``set_stream``); a test stand-in on machines without
+        one.
     schedule : Schedule, optional
         The plan's `Schedule` (its generated task programs), made once per plan by the
         executor; without it one is made for this call (generating every task's program
@@ -135,22 +138,24 @@ def run_program(
                 stream.wait_event(marks[w])
             for v in op.record_stream:  # made on another stream: keep its block from reuse
                 _record_stream(env[v], stream)
-            with cuda.stream(stream):
-                begin = clock.mark(stream) if clock else None
-                values = state.run(op.task)
-                if clock:
-                    clock.spans.append((op, begin, clock.mark(stream)))
+            cuda.set_stream(stream)  # one call, not a stream context: ~10 µs less per task
+            begin = clock.mark(stream) if clock else None
+            values = state.run(op.task)
+            if clock:
+                clock.spans.append((op, begin, clock.mark(stream)))
             state.finish(op.task, values)  # frees values at their last use (record_stream'd)
             if op.record:
                 marks[op.task] = _record(cuda, stream)
-        for v in program.to_caller:
-            _record_stream(env[v], caller)
-        for w in program.join:
-            caller.wait_event(marks[w])
     except BaseException:
+        cuda.set_stream(caller)
         for stream in streams[1:]:
             caller.wait_stream(stream)
         raise
+    cuda.set_stream(caller)
+    for v in program.to_caller:
+        _record_stream(env[v], caller)
+    for w in program.join:
+        caller.wait_event(marks[w])
     if clock is not None and events is not None:
         events.extend(clock.events(plan))
 
@@ -162,6 +167,10 @@ def _record(cuda: Any, stream: Any, timing: bool = False) -> Any:
 
 
 def _record_stream(value: Any, stream: Any) -> None:
+    if isinstance(value, torch.Tensor):  # the common case, without a pytree walk
+        if value.is_cuda:
+            value.record_stream(stream)
+        return
     for leaf in pytree.tree_leaves(value):
         if isinstance(leaf, torch.Tensor) and leaf.is_cuda:
             leaf.record_stream(stream)

@@ -9,7 +9,6 @@ Tests marked ``gpu`` run the real thing and are skipped with a reason where CUDA
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 import types
@@ -321,20 +320,18 @@ class FakeEvent:
 
 
 def fake_cuda(streams: int) -> tuple[types.SimpleNamespace, list[FakeStream], list]:
-    """What `run_program` uses of ``torch.cuda`` (``Event``, ``stream``), recording calls.
+    """What `run_program` uses of ``torch.cuda`` (``Event``, ``set_stream``), recording calls.
 
     CPU tensors compute synchronously, so results are real; only the stream and event calls
     are recorded, to be compared with the program.
     """
     log: list = []
 
-    @contextlib.contextmanager
-    def stream(s):
+    def set_stream(s):
         log.append(("run", s.index))
-        yield
 
     return (
-        types.SimpleNamespace(Event=FakeEvent, stream=stream),
+        types.SimpleNamespace(Event=FakeEvent, set_stream=set_stream),
         [FakeStream(i, log) for i in range(streams)],
         log,
     )
@@ -345,9 +342,12 @@ def readable(log: list, program: StreamProgram) -> list[tuple]:
     ops, last, names, out = iter(program.ops), {}, {}, []
     for entry in log:
         if entry[0] == "run":
-            task = next(ops).task
-            last[entry[1]] = task
-            out.append(("run", task, entry[1]))
+            task = next(ops, None)
+            if task is None:  # after the last task: the caller's stream made current again
+                out.append(("restore", entry[1]))
+                continue
+            last[entry[1]] = task.task
+            out.append(("run", task.task, entry[1]))
         elif entry[0] == "record":
             names[id(entry[1])] = last.get(entry[2], INPUTS)
             out.append(("record", names[id(entry[1])], entry[2]))
@@ -363,7 +363,7 @@ def expected(program: StreamProgram) -> list[tuple]:
     for o in program.ops:
         out += [("wait", w, o.stream) for w in o.waits] + [("run", o.task, o.stream)]
         out += [("record", o.task, o.stream)] if o.record else []
-    return out + [("wait", w, 0) for w in program.join]
+    return out + [("restore", 0)] + [("wait", w, 0) for w in program.join]
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
@@ -421,7 +421,7 @@ def test_interpreter_error_names_the_node_and_orders_the_caller_after_side_strea
     with pytest.raises(gx.NodeError, match="node 'bad'") as err:
         run_program(plan, program, {"x": torch.randn(2, 8)}, streams, cuda=cuda)
     assert isinstance(err.value.__cause__, IndexError)
-    assert log[-2:] == [("wait_stream", 1, 0), ("wait_stream", 2, 0)]
+    assert log[-3:] == [("run", 0), ("wait_stream", 1, 0), ("wait_stream", 2, 0)]
 
 
 # -- capture key and capture guards (no GPU needed) --------------------------------------------
