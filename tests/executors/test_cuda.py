@@ -757,3 +757,12 @@ def test_gpu_time_plan_runs_on_streams_equal_to_eager():
     plan = arrange(g, {n: sorted(s)[1] for n, s in samples.items()}, inline_below=2e-6)
     with torch.no_grad(), gx.CudaStreamExecutor(streams=4, capture=True) as ex:
         torch.testing.assert_close(ex.run(plan, x), gx.SequentialExecutor().run(plan, x))
+
+
+def test_benchmark_workloads_equal_their_eager_models_on_the_cpu(capsys):
+    """The hand-built graphs of benchmarks/bench_cuda.py compute what their modules compute."""
+    from benchmarks import bench_cuda
+
+    bench_cuda.check_on_cpu(["inception", "towers", "chain"])
+    assert capsys.readouterr().out.count("graph equals eager on the CPU") == 3
+    assert bench_cuda.workload("towers", "cpu", batch=3).x.shape == (3, 512)
