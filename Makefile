@@ -8,13 +8,22 @@ STAMP  := $(VENV)/.installed
 BASE       ?= $(VENV)-base
 BASE_STAMP := $(BASE)/.installed
 
-.PHONY: install demo test base-install lint bench clean pictures
+.PHONY: install demo test base-install torchvision-hook lint bench clean pictures
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	$(MAKE) torchvision-hook
 	touch $(STAMP)
+
+# PyPI's torchvision for torch 2.13 is a CUDA build that cannot load beside the CPU torch
+# ("operator torchvision::nms does not exist"): tools/torchvision_hook.py says why and what it
+# does. Linked into the venv with a .pth line that imports it at start-up.
+torchvision-hook:
+	site=$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))') && \
+	ln -sf "$(CURDIR)/tools/torchvision_hook.py" "$$site/_graphexec_torchvision_hook.py" && \
+	echo "import _graphexec_torchvision_hook" > "$$site/_graphexec_torchvision_hook.pth"
 
 install: $(STAMP)
 
@@ -22,7 +31,7 @@ demo: $(STAMP)
 	$(PY) -m graphexec demo --out out/demo
 
 test: $(STAMP) base-install
-	$(PY) -m ruff check graphexec tests examples benchmarks
+	$(PY) -m ruff check graphexec tests examples benchmarks tools .ci
 	$(PY) -m pytest
 
 # The package as a user installs it: no extras, so a dependency that only an extra brings in
