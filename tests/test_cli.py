@@ -281,3 +281,48 @@ def test_no_fuse_is_one_task_per_costly_node():
     assert any(len(costly(plans[()], t)) > 1 for t in plans[()].tasks.values())  # fused
     assert all(len(costly(plans[("--no-fuse",)], t)) <= 1
                for t in plans[("--no-fuse",)].tasks.values())  # fmt: skip
+
+
+def test_help_says_what_demo_and_bench_do(capsys):
+    for cmd in ("demo", "bench"):
+        with pytest.raises(SystemExit):
+            main([cmd, "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "two multi-branch models" in text and "a multi-branch model" not in text
+    assert "sequential, threads, cuda, dask, auto (default sequential,threads)" in text
+
+
+def test_demo_without_matplotlib_says_so_before_planning(monkeypatch, tmp_path, capsys):
+    """A base install has no matplotlib: the demo says so at once, not after planning and
+    running both models for a minute."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert main(["demo", "--out", str(tmp_path)]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "pip install 'graphexec[viz]'" in err
+
+
+MARKER = """
+import pathlib, torch, torch.nn as nn
+
+class Marks(nn.Linear):
+    def forward(self, x):
+        if isinstance(x, torch.Tensor):  # run, not traced (fx passes a Proxy)
+            pathlib.Path(__file__).with_name("ran").touch()
+        return super().forward(x)
+
+model = nn.Sequential(Marks(4, 4))
+example_inputs = (torch.randn(2, 4),)
+"""
+
+
+@pytest.mark.dask
+@pytest.mark.parametrize("cmd", ["run", "bench"])
+def test_an_unreachable_dask_address_fails_before_planning(tmp_path, cmd):
+    """Planning measures the model (seconds on a real one): a wrong --address must not wait
+    for it. The target's module leaves a file behind when anything runs it."""
+    (tmp_path / "m.py").write_text(MARKER)
+    how = ["--executor", "dask"] if cmd == "run" else ["--executors", "dask"]
+    r = graphexec(cmd, f"{tmp_path / 'm.py'}:model", *how, "--address", "tcp://127.0.0.1:1")
+    assert r.returncode == 1
+    assert "tcp://127.0.0.1:1" in r.stderr and "connection refused" in r.stderr
+    assert not (tmp_path / "ran").exists(), "planned (ran the model) before joining the cluster"

@@ -178,3 +178,17 @@ def test_median_run_is_a_real_run_of_median_wall(trace):
     assert median_run(runs[:4]).wall == 0.002, "the lower median of an even count"
     with pytest.raises(ValueError):
         median_run([])
+
+
+def test_dir_lists_the_public_names_and_no_imports():
+    names = dir(gx)
+    for name in ("DaskExecutor", "GraphModule", "plan", "trace", "sum", "tuple", "Trace"):
+        assert name in names
+    for name in ("Any", "annotations", "tune", "executors"):
+        assert name not in names
+    assert all(hasattr(gx, n) for n in names)
+
+
+def test_help_of_graphmodule_init_is_its_own():
+    doc = gx.GraphModule.__init__.__doc__ or ""
+    assert doc != nn.Module.__init__.__doc__ and "GraphModule" in doc

@@ -220,3 +220,18 @@ def test_missing_matplotlib_says_what_to_install(monkeypatch, run_trace):
 def test_short_labels():
     assert viz.short_label("abc", 5) == "abc"
     assert len(viz.short_label("a" * 50, 12)) == 12
+
+
+def test_no_level_colour_reads_as_the_critical_path_red():
+    """Red marks the critical path: no level's fill may be a saturated red of its own."""
+    import colorsys
+
+    from matplotlib.colors import to_rgb
+
+    from graphexec.viz._style import _CRITICAL, _LEVEL_COLOURS
+
+    red_hue = colorsys.rgb_to_hsv(*to_rgb(_CRITICAL))[0]
+    for colour in _LEVEL_COLOURS:
+        hue, saturation, _ = colorsys.rgb_to_hsv(*to_rgb(colour))
+        distance = min(abs(hue - red_hue), 1 - abs(hue - red_hue)) * 360
+        assert distance > 30 or saturation < 0.3, colour
