@@ -192,3 +192,21 @@ def test_dir_lists_the_public_names_and_no_imports():
 def test_help_of_graphmodule_init_is_its_own():
     doc = gx.GraphModule.__init__.__doc__ or ""
     assert doc != nn.Module.__init__.__doc__ and "GraphModule" in doc
+
+
+def test_a_slow_reference_row_is_reported_without_a_cause():
+    """The reference ran slower beside one candidate: the table says so and what it means for
+    that row's ratio, but claims no cause it did not measure (issue 20, item 6)."""
+    from graphexec.timing import Speedup, speedup_table
+
+    text = speedup_table(
+        [("threads", Speedup((1.0,) * 3, (1.0,) * 3)),
+         ("sequential", Speedup((1.3,) * 3, (1.3,) * 3)),
+         ("dask", Speedup((6.0,) * 3, (5.0,) * 3))],
+        "eager",
+    )  # fmt: skip
+    note = text.splitlines()[-1]
+    assert note.startswith("(eager ran 5.0x slower beside dask than beside the others")
+    assert "slower reference" in note
+    for cause in ("took the cores", "leaves running", "because"):
+        assert cause not in note
