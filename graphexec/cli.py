@@ -229,8 +229,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                 with _executor(name, args, target.graph) as ex:
                     speedup = paired(lambda ex=ex, p=p: ex.run(p, *inputs), reference,
                                      args.repeat)  # fmt: skip
-                    rows.append((f"{name} ({args.schedule})", speedup))
-                    traces[name] = median_run(
+                    # the sequential executor runs one task after another: no schedule to name
+                    label = name if name == "sequential" else f"{name} ({args.schedule})"
+                    rows.append((label, speedup))
+                    traces[label] = median_run(
                         [ex.run(p, *inputs, profile=True)[1] for _ in range(5)]
                     )
                 if bar is not None:
@@ -241,7 +243,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     print(plan)
     print(speedup_table(rows, base))
     out = Path(args.out)
-    compare(traces, out / "compare.png")
+    compare(traces, out / "compare.png", speedups=dict(rows), reference=base)
     print(f"comparison figure: {out / 'compare.png'}")
     return 0
 

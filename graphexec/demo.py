@@ -20,8 +20,9 @@ tries overlap side by side and keeps it only if it wins), draws the plan, then r
 every CPU executor and an embedded two-worker Dask cluster: each output is checked against
 eager PyTorch and each executor is timed in rounds against eager (`graphexec.timing.paired`).
 The table gives the median speedup, the middle half of the rounds and a verdict that says
-*within noise* when the rounds straddle 1x. The pictures are from the median of five profiled
-runs. A failing executor is reported and the other rows and pictures are still made.
+*within noise* when the rounds straddle 1x. The Gantt charts are the median of five profiled
+runs; the comparison's bars are the table's own rounds (same reference, same verdicts). A
+failing executor is reported and the other rows and pictures are still made.
 
 The answer comes last, one line per model (`helped_line`): the threads row (what
 `GraphModule` runs by default) against eager, with its verdict, and why, read from the plan's
@@ -397,7 +398,7 @@ def _write_pictures(cases: list[_Case], out: Path) -> list[Path]:
         for label, trace in case.traces.items():
             tag = label.split()[0] + ("_levels" if "levels" in label else "")
             files += save_trace(trace, folder, tag, eager=eager.get(label))
-        if case.traces:
-            compare(case.traces, folder / "compare.png")
+        if case.traces:  # the bars are the table's rounds: same reference, same verdicts
+            compare(case.traces, folder / "compare.png", speedups=dict(case.rows))
             files.append(folder / "compare.png")
     return files

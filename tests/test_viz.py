@@ -235,3 +235,28 @@ def test_no_level_colour_reads_as_the_critical_path_red():
         hue, saturation, _ = colorsys.rgb_to_hsv(*to_rgb(colour))
         distance = min(abs(hue - red_hue), 1 - abs(hue - red_hue)) * 360
         assert distance > 30 or saturation < 0.3, colour
+
+
+def test_compare_given_timed_rounds_draws_the_tables_numbers(tmp_path, run_trace):
+    """Beside a table (bench, the demo), the bars are the table's rounds against the table's
+    reference, with its verdicts: not one profiled run's wall against another's."""
+    from graphexec.timing import Speedup, speedup_table
+
+    _, seq = gx.SequentialExecutor().run(run_trace.plan, torch.randn(32, 64), profile=True)
+    rows = {"sequential": Speedup((1.0, 1.1, 0.9, 1.0), (1.0, 1.0, 1.0, 1.05)),
+            "threads": Speedup((1.0, 1.0, 1.0, 1.0), (1.5, 1.4, 1.6, 1.5))}  # fmt: skip
+    traces = {"sequential": seq, "threads": run_trace}
+    fig = viz.compare(traces, tmp_path / "cmp.png", speedups=rows, reference="eager")
+    assert_picture(tmp_path / "cmp.png", min_size=(600, 250))
+    *gantts, bars = fig.axes
+    widths = [p.get_width() for p in bars.patches]
+    assert widths == pytest.approx([rows["sequential"].median, rows["threads"].median])
+    assert bars.get_title() == "speedup vs eager"
+    table = speedup_table(list(rows.items()), "eager")
+    for ax, s in zip(gantts, rows.values(), strict=True):
+        said = f"{s.median:.2f}x, {s.verdict}"
+        assert said in ax.get_title(loc="left")
+        assert f"{s.median:.2f}x" in table and s.verdict in table
+    assert "within noise" in gantts[0].get_title(loc="left")
+    with pytest.raises(ValueError, match="no timed rounds for \\['threads'\\]"):
+        viz.compare(traces, speedups={"sequential": rows["sequential"]})
