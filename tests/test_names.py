@@ -210,3 +210,22 @@ def test_a_slow_reference_row_is_reported_without_a_cause():
     assert "slower reference" in note
     for cause in ("took the cores", "leaves running", "because"):
         assert cause not in note
+
+
+def test_one_lane_reasons_keep_inline_for_cheap_tasks(trace):
+    """ "inline" means a task too cheap to dispatch (drawn dashed); a plan run one task after
+    another, or the module run as it is, is said in other words, and the why once."""
+    chose = dataclasses.replace(trace.plan, serial_reason="overlap ran 1.2x slower")
+    lane = trace.events[0].lane
+    events = tuple(dataclasses.replace(e, lane=lane) for e in trace.events)
+    one = dataclasses.replace(trace, plan=chose, events=events)
+    assert one.one_lane_reason() == "the plan chose one after another (measured)"
+    why = "runs the traced module as it is: the best plan ran 1.07x slower than it"
+    as_is = dataclasses.replace(
+        one, plan=dataclasses.replace(chose, as_is=print, serial_reason=why)
+    )
+    assert as_is.one_lane_reason() == "the plan runs the traced module as it is"
+    summary = as_is.summary()
+    assert "inline" not in as_is.one_lane_reason()
+    assert summary.count("runs the traced module as it is") == 1
+    assert "(the best plan ran 1.07x slower than it)" in summary

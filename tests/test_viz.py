@@ -260,3 +260,16 @@ def test_compare_given_timed_rounds_draws_the_tables_numbers(tmp_path, run_trace
     assert "within noise" in gantts[0].get_title(loc="left")
     with pytest.raises(ValueError, match="no timed rounds for \\['threads'\\]"):
         viz.compare(traces, speedups={"sequential": rows["sequential"]})
+
+
+def test_inputs_dynamo_lifted_from_parameters_are_labelled_by_module_path():
+    """Dynamo hands parameters over as graph inputs named ``L_self_modules_..._weight_``: too
+    long for an oval, they were drawn blank (8 of 9 in docs/img/compiled_plan.png)."""
+    g = gx.Graph("lifted")
+    x = g.input("L_x_")
+    w = g.input("L_self_modules_a_modules_0_parameters_weight_")
+    b = g.input("L_self_modules_a_modules_0_parameters_bias_")
+    g.output(g.node("linear", torch.nn.functional.linear, x, w, b))
+    fig = gx.plan(g).draw()
+    texts = {t.get_text() for t in fig.axes[0].texts}
+    assert {"x", "a.0.weight", "a.0.bias"} <= texts

@@ -25,7 +25,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..units import compact_name, fit_name, format_seconds
+from ..units import compact_name, fit_name, format_seconds, input_name
 from ._style import (
     _CRIT_FILL,
     _CRITICAL,
@@ -327,7 +327,7 @@ def _draw_input(ax: Axes, name: str, sheet: _Sheet) -> None:
     left, height = cx - _BOX_W / 2, top - bottom
     _add_box(ax, left, bottom, _BOX_W, height, 0.15, fc=_INPUT_FILL, ec="#555555", zorder=3)
     font = {"size": sheet.font, "style": "italic"}
-    label = _fit(ax, name, _BOX_W, sheet, font) or ""
+    label = _fit(ax, input_name(name), _BOX_W, sheet, font) or ""
     _centred_text(ax, cx, (top + bottom) / 2, label, fontsize=sheet.font, style="italic", zorder=4)
 
 
