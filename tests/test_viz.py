@@ -273,3 +273,14 @@ def test_inputs_dynamo_lifted_from_parameters_are_labelled_by_module_path():
     fig = gx.plan(g).draw()
     texts = {t.get_text() for t in fig.axes[0].texts}
     assert {"x", "a.0.weight", "a.0.bias"} <= texts
+
+
+def test_a_sequential_node_is_labelled_by_its_layers_in_order():
+    """Sequential(Linear, ReLU, Linear) read "Linear+ReLU": a second Linear went missing."""
+    g = gx.Graph("seq")
+    x = g.input("x")
+    mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 4))
+    g.output(g.node("head", nn.Linear(4, 2), g.node("mlp", mlp, x)))
+    fig = gx.plan(g, fuse_chains=True, inline_below=0.0).draw()
+    texts = " ".join(t.get_text() for t in fig.axes[0].texts)
+    assert "Linear+ReLU+Linear" in texts
