@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
-	$(MAKE) torchvision-hook
+	$(MAKE) --no-print-directory torchvision-hook
 	touch $(STAMP)
 
 # PyPI's torchvision for torch 2.13 is a CUDA build that cannot load beside the CPU torch
