@@ -368,7 +368,9 @@ def _why(plan: Plan, faster: bool, lanes: str, loads: tuple[float, float] | None
             seen = f" (load average {loads[0]:.1f} while planning, {loads[1]:.1f} while timing)"
         return f"{ran}, which its trial found faster ({trial}), but these rounds did not{seen}"
     if plan.as_is is not None:
-        return f"graphexec {next(d for d in plan.decisions if d.startswith('runs the traced'))}"
+        said = next((d for d in plan.decisions if d.startswith("runs the traced")), None)
+        why = plan.serial_reason or "no plan beat it (measured)"
+        return f"graphexec {said}" if said else f"graphexec runs the traced module as it is: {why}"
     if plan.serial_reason:
         verb = "so graphexec runs them one after another" + (
             ", with every core for each task, as eager does" if not faster else ""
