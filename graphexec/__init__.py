@@ -84,3 +84,9 @@ def __getattr__(name: str) -> Any:
 
         return PlacementError
     raise AttributeError(f"module 'graphexec' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public names (tab completion, ``dir(gx)``): the lazy ones included, the imports
+    this file needs (``Any``, ``annotations``) and the submodules left out."""
+    return sorted({*__all__, "sum", "tuple", "Trace", "PlacementError", "__version__"})

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import importlib.util
 import os
 import statistics
 import sys
@@ -132,6 +133,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     target = load_target(args.target)
     inputs = target_inputs(target, args.input_shape)
     name = _resolve(args.executor, target.graph)
+    _check_address(args, [name])
     t0 = time.perf_counter()
     plan = _plan(target, inputs, args, name)  # as bench and viz: measured (CUDA: estimated)
     planned = time.perf_counter() - t0
@@ -172,6 +174,8 @@ def _cmd_viz(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = _resolve(args.executor, target.graph)
+    _needs_pictures()
+    _check_address(args, [name])
     plan = _plan(target, inputs, args, name)  # costs measured on the inputs (CPU executors)
     plan.draw(out / "plan.png")
     (out / "plan.dot").write_text(plan.to_dot(), encoding="utf-8")
@@ -199,6 +203,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         if n not in (*EXECUTORS, "auto"):
             raise UsageError(f"unknown executor {n!r}; choose from {', '.join(EXECUTORS)}, auto")
     names = list(dict.fromkeys(_resolve(n, target.graph) for n in names))
+    _needs_pictures()
+    _check_address(args, names)
     plans: dict[bool, Plan] = {}  # CUDA streams run on an estimated plan, the others measured
 
     def plan_for(name: str) -> Plan:
@@ -223,8 +229,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                 with _executor(name, args, target.graph) as ex:
                     speedup = paired(lambda ex=ex, p=p: ex.run(p, *inputs), reference,
                                      args.repeat)  # fmt: skip
-                    rows.append((f"{name} ({args.schedule})", speedup))
-                    traces[name] = median_run(
+                    # the sequential executor runs one task after another: no schedule to name
+                    label = name if name == "sequential" else f"{name} ({args.schedule})"
+                    rows.append((label, speedup))
+                    traces[label] = median_run(
                         [ex.run(p, *inputs, profile=True)[1] for _ in range(5)]
                     )
                 if bar is not None:
@@ -235,13 +243,28 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     print(plan)
     print(speedup_table(rows, base))
     out = Path(args.out)
-    compare(traces, out / "compare.png")
+    compare(traces, out / "compare.png", speedups=dict(rows), reference=base)
     print(f"comparison figure: {out / 'compare.png'}")
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    _needs_pictures()
     return run_demo(Path(args.out), repeat=args.repeat, dask=not args.no_dask)
+
+
+def _needs_pictures() -> None:
+    """Say that matplotlib is missing before minutes of planning and runs, not after."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise CLIError("this command draws pictures, which need matplotlib: "
+                       "pip install 'graphexec[viz]'")  # fmt: skip
+
+
+def _check_address(args: argparse.Namespace, names: Sequence[str]) -> None:
+    """Join the Dask scheduler of ``--address`` once before planning (seconds), so that an
+    address that cannot be reached fails at once with the executor's own error."""
+    if "dask" in names and getattr(args, "address", None):
+        make_executor("dask", address=args.address).close()
 
 
 # -- argument parsing ---------------------------------------------------------------------------
@@ -338,13 +361,20 @@ def _parser() -> argparse.ArgumentParser:
     p = command("bench", "the same graph on several executors: table and figure", _cmd_bench)
     _target_args(p)
     _executor_args(p, many=True)
-    p.add_argument("--executors", default="sequential,threads", help="comma-separated")
+    p.add_argument("--executors", default="sequential,threads", metavar="E1,E2,...",
+                   help=f"comma-separated, from {', '.join((*EXECUTORS, 'auto'))} "
+                        "(default sequential,threads)")  # fmt: skip
     p.add_argument("--repeat", type=_count, default=15,
                    help="timed rounds per executor, each against eager PyTorch (or the "
                         "sequential executor for a graph target); default 15")  # fmt: skip
     p.add_argument("--out", default="out/bench", help="output folder (default out/bench)")
 
-    p = command("demo", "plan, draw and run a multi-branch model on threads and Dask", _cmd_demo)
+    p = command(
+        "demo",
+        "plan, draw and run two multi-branch models on threads and Dask, and "
+        "say whether graphexec was faster than eager PyTorch",
+        _cmd_demo,
+    )
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     p.add_argument(
         "--repeat",

@@ -88,6 +88,8 @@ class GraphModule(nn.Module):
         measure: bool = True,
         **plan_kwargs: Any,
     ):
+        """An `nn.Module` that runs ``graph`` on ``executor``: see `GraphModule` for the
+        parameters."""
         expect_graph(graph, "gx.GraphModule")
         super().__init__()
         self.graph = graph

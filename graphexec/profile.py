@@ -100,8 +100,10 @@ class Timeline:
             return None
         if self.executor == "sequential":
             return "the sequential executor runs one task at a time"
+        if self.plan.as_is is not None:  # "inline" is kept for tasks too cheap to dispatch
+            return "the plan runs the traced module as it is"
         if self.plan.serial_reason:
-            return "the plan chose to run inline"
+            return "the plan chose one after another (measured)"
         if self.plan.max_width <= 1:
             return "no two tasks could run at once"
         return f"{self.executor} ran every task on one lane"
@@ -150,7 +152,8 @@ class Timeline:
         if why is not None:
             rows = [f"  one lane        tasks ran one after another: {why}"]
             if self.plan.serial_reason and self.executor != "sequential":
-                rows.append(f"                  ({self.plan.serial_reason})")
+                said = self.plan.serial_reason.removeprefix("runs the traced module as it is: ")
+                rows.append(f"                  ({said})")  # the why, said once
             return rows
         span, _ = self.measured_span()
         bound = self.busy / span if span > 0 else 1.0

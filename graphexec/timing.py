@@ -149,8 +149,9 @@ def speedup_table(rows: Sequence[tuple[str, Speedup]], base: str) -> str:
     rounds, the median speedup, the middle half of the rounds' speedups and the verdict.
 
     ``base`` is timed beside each candidate, so each row has its own: where one is far slower
-    than the others, what that candidate leaves running (its threads, worker processes, a
-    scheduler) slowed the runs after it, and a line under the table says so.
+    than the others, a line under the table says so, without a cause (a candidate's leftover
+    threads or processes, or a burst of load from elsewhere, look the same from here): that
+    row's ratio compares with a slower reference, so read its medians too.
 
     Examples
     --------
@@ -179,6 +180,6 @@ def speedup_table(rows: Sequence[tuple[str, Speedup]], base: str) -> str:
         if quiet > 0 and ref > DISTURBED * quiet:
             lines.append(
                 f"({base} ran {ref / quiet:.1f}x slower beside {label} than beside the others: "
-                "what it leaves running between calls took the cores from it; compare medians)"
+                "that row's ratio compares with a slower reference; read its medians too)"
             )
     return "\n".join(lines)

@@ -23,6 +23,7 @@ __all__ = [
     "compact_name",
     "fit_name",
     "format_seconds",
+    "input_name",
     "lane_label",
     "name_forms",
     "short_label",
@@ -131,6 +132,27 @@ def name_forms(name: str, min_chars: int = 5) -> Iterator[str]:
     keep = max(min_chars, len(compact) // 2)
     cuts = (short_label(compact, width) for width in range(len(compact) - 1, keep, -1))
     yield from dict.fromkeys(c for c in cuts if len(c) - 1 >= keep)  # dots dropped at a cut
+
+
+def input_name(name: str) -> str:
+    """A graph input's name as its module path, where Dynamo lifted a parameter or buffer into
+    an input (``L_self_modules_a_modules_0_parameters_weight_`` is ``a.0.weight``); any other
+    name as it is, less Dynamo's ``L_``/``_`` wrapping (``L_x_`` is ``x``).
+
+    >>> input_name("L_self_modules_a_modules_0_parameters_weight_"), input_name("L_x_")
+    ('a.0.weight', 'x')
+    >>> input_name("L_self_buffers_running_mean_"), input_name("tokens")
+    ('running_mean', 'tokens')
+    """
+    if not (name.startswith("L_") and name.endswith("_")):
+        return name
+    inner = name[2:-1]
+    if inner.startswith("self_"):
+        inner = inner.removeprefix("self_")
+        for kind in ("modules", "parameters", "buffers"):
+            inner = inner.replace(f"_{kind}_", ".")
+            inner = inner.removeprefix(f"{kind}_")
+    return inner or name
 
 
 def compact_name(name: str) -> str:

@@ -59,3 +59,17 @@ def test_every_skip_says_why():
     for page in PAGES:
         for line, _, why in blocks(page):
             assert why is None or why.strip(), f"{page.name}:{line}: a skip without a reason"
+
+
+def test_every_picture_exists_and_every_caption_is_written_by_make_pictures():
+    """A picture in README or docs is a file, and the measured words beside it sit in a
+    ``<!-- pictures:KEY -->`` block that docs/make_pictures.py writes (not a placeholder)."""
+    source = (ROOT / "docs" / "make_pictures.py").read_text()
+    for page in PAGES:
+        text = page.read_text()
+        for target in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
+            assert (page.parent / target).is_file(), f"{page.name}: no picture {target}"
+        for key, body in re.findall(r"<!-- pictures:(\w+) -->\n(.*?)\n<!-- /pictures:", text,
+                                    re.S):  # fmt: skip
+            assert f'"{key}"' in source, f"{page.name}: make_pictures writes no {key!r}"
+            assert "written by `make pictures`" not in body, f"{page.name}: {key} is empty"

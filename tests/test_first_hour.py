@@ -166,3 +166,22 @@ def test_an_unreachable_scheduler_says_the_real_cause_at_once(address, cause):
     with pytest.raises(SchedulerUnreachableError, match=f"{re.escape(address)}: {cause}"):
         gx.DaskExecutor(address=address, timeout="60s")
     assert time.monotonic() - t0 < 30  # far below the timeout: nothing waited for it
+
+
+@pytest.mark.zoo
+def test_torchvision_imports_where_the_docs_trace_it():
+    """docs/entry_points.md and docs/executors/cuda.md trace torchvision models. In the venv
+    ``make`` builds, PyPI's torchvision is a CUDA build beside the CPU torch and failed to
+    import ("operator torchvision::nms does not exist"); tools/torchvision_hook.py, linked in
+    by ``make``, lets it import (a fresh process: the import happens once)."""
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is None:
+        pytest.skip("torchvision is not installed (the zoo extra)")
+    code = (
+        "import torch, torchvision, timm, graphexec as gx\n"
+        "m, x = torchvision.models.resnet18().eval(), torch.randn(1, 3, 32, 32)\n"
+        "torch.testing.assert_close(gx.SequentialExecutor().run(gx.plan(gx.trace(m)), x), m(x))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -178,3 +178,54 @@ def test_median_run_is_a_real_run_of_median_wall(trace):
     assert median_run(runs[:4]).wall == 0.002, "the lower median of an even count"
     with pytest.raises(ValueError):
         median_run([])
+
+
+def test_dir_lists_the_public_names_and_no_imports():
+    names = dir(gx)
+    for name in ("DaskExecutor", "GraphModule", "plan", "trace", "sum", "tuple", "Trace"):
+        assert name in names
+    for name in ("Any", "annotations", "tune", "executors"):
+        assert name not in names
+    assert all(hasattr(gx, n) for n in names)
+
+
+def test_help_of_graphmodule_init_is_its_own():
+    doc = gx.GraphModule.__init__.__doc__ or ""
+    assert doc != nn.Module.__init__.__doc__ and "GraphModule" in doc
+
+
+def test_a_slow_reference_row_is_reported_without_a_cause():
+    """The reference ran slower beside one candidate: the table says so and what it means for
+    that row's ratio, but claims no cause it did not measure (issue 20, item 6)."""
+    from graphexec.timing import Speedup, speedup_table
+
+    text = speedup_table(
+        [("threads", Speedup((1.0,) * 3, (1.0,) * 3)),
+         ("sequential", Speedup((1.3,) * 3, (1.3,) * 3)),
+         ("dask", Speedup((6.0,) * 3, (5.0,) * 3))],
+        "eager",
+    )  # fmt: skip
+    note = text.splitlines()[-1]
+    assert note.startswith("(eager ran 5.0x slower beside dask than beside the others")
+    assert "slower reference" in note
+    for cause in ("took the cores", "leaves running", "because"):
+        assert cause not in note
+
+
+def test_one_lane_reasons_keep_inline_for_cheap_tasks(trace):
+    """ "inline" means a task too cheap to dispatch (drawn dashed); a plan run one task after
+    another, or the module run as it is, is said in other words, and the why once."""
+    chose = dataclasses.replace(trace.plan, serial_reason="overlap ran 1.2x slower")
+    lane = trace.events[0].lane
+    events = tuple(dataclasses.replace(e, lane=lane) for e in trace.events)
+    one = dataclasses.replace(trace, plan=chose, events=events)
+    assert one.one_lane_reason() == "the plan chose one after another (measured)"
+    why = "runs the traced module as it is: the best plan ran 1.07x slower than it"
+    as_is = dataclasses.replace(
+        one, plan=dataclasses.replace(chose, as_is=print, serial_reason=why)
+    )
+    assert as_is.one_lane_reason() == "the plan runs the traced module as it is"
+    summary = as_is.summary()
+    assert "inline" not in as_is.one_lane_reason()
+    assert summary.count("runs the traced module as it is") == 1
+    assert "(the best plan ran 1.07x slower than it)" in summary

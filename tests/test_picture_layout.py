@@ -245,10 +245,13 @@ def test_rewrite_replaces_only_between_markers(tmp_path):
     spec.loader.exec_module(mod)
     page = tmp_path / "p.md"
     page.write_text("keep\n<!-- pictures:k -->\nold\n<!-- /pictures:k -->\nkeep too\n")
-    mod.rewrite(page, {"k": "new *1.5 ms*"})
-    assert (
-        page.read_text()
-        == "keep\n<!-- pictures:k -->\nnew *1.5 ms*\n<!-- /pictures:k -->\nkeep too\n"
-    )
+    other = tmp_path / "README.md"  # a key may sit on several pages (README and docs)
+    other.write_text(page.read_text())
+    mod.rewrite([page, other], {"k": "new *1.5 ms*"})
+    for p in (page, other):
+        assert (
+            p.read_text()
+            == "keep\n<!-- pictures:k -->\nnew *1.5 ms*\n<!-- /pictures:k -->\nkeep too\n"
+        )
     with pytest.raises(SystemExit, match="missing"):
-        mod.rewrite(page, {"missing": "x"})
+        mod.rewrite([page], {"missing": "x"})

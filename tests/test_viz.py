@@ -220,3 +220,67 @@ def test_missing_matplotlib_says_what_to_install(monkeypatch, run_trace):
 def test_short_labels():
     assert viz.short_label("abc", 5) == "abc"
     assert len(viz.short_label("a" * 50, 12)) == 12
+
+
+def test_no_level_colour_reads_as_the_critical_path_red():
+    """Red marks the critical path: no level's fill may be a saturated red of its own."""
+    import colorsys
+
+    from matplotlib.colors import to_rgb
+
+    from graphexec.viz._style import _CRITICAL, _LEVEL_COLOURS
+
+    red_hue = colorsys.rgb_to_hsv(*to_rgb(_CRITICAL))[0]
+    for colour in _LEVEL_COLOURS:
+        hue, saturation, _ = colorsys.rgb_to_hsv(*to_rgb(colour))
+        distance = min(abs(hue - red_hue), 1 - abs(hue - red_hue)) * 360
+        assert distance > 30 or saturation < 0.3, colour
+
+
+def test_compare_given_timed_rounds_draws_the_tables_numbers(tmp_path, run_trace):
+    """Beside a table (bench, the demo), the bars are the table's rounds against the table's
+    reference, with its verdicts: not one profiled run's wall against another's."""
+    from graphexec.timing import Speedup, speedup_table
+
+    _, seq = gx.SequentialExecutor().run(run_trace.plan, torch.randn(32, 64), profile=True)
+    rows = {"sequential": Speedup((1.0, 1.1, 0.9, 1.0), (1.0, 1.0, 1.0, 1.05)),
+            "threads": Speedup((1.0, 1.0, 1.0, 1.0), (1.5, 1.4, 1.6, 1.5))}  # fmt: skip
+    traces = {"sequential": seq, "threads": run_trace}
+    fig = viz.compare(traces, tmp_path / "cmp.png", speedups=rows, reference="eager")
+    assert_picture(tmp_path / "cmp.png", min_size=(600, 250))
+    *gantts, bars = fig.axes
+    widths = [p.get_width() for p in bars.patches]
+    assert widths == pytest.approx([rows["sequential"].median, rows["threads"].median])
+    assert bars.get_title() == "speedup vs eager"
+    table = speedup_table(list(rows.items()), "eager")
+    for ax, s in zip(gantts, rows.values(), strict=True):
+        said = f"{s.median:.2f}x, {s.verdict}"
+        assert said in ax.get_title(loc="left")
+        assert f"{s.median:.2f}x" in table and s.verdict in table
+    assert "within noise" in gantts[0].get_title(loc="left")
+    with pytest.raises(ValueError, match="no timed rounds for \\['threads'\\]"):
+        viz.compare(traces, speedups={"sequential": rows["sequential"]})
+
+
+def test_inputs_dynamo_lifted_from_parameters_are_labelled_by_module_path():
+    """Dynamo hands parameters over as graph inputs named ``L_self_modules_..._weight_``: too
+    long for an oval, they were drawn blank (8 of 9 in docs/img/compiled_plan.png)."""
+    g = gx.Graph("lifted")
+    x = g.input("L_x_")
+    w = g.input("L_self_modules_a_modules_0_parameters_weight_")
+    b = g.input("L_self_modules_a_modules_0_parameters_bias_")
+    g.output(g.node("linear", torch.nn.functional.linear, x, w, b))
+    fig = gx.plan(g).draw()
+    texts = {t.get_text() for t in fig.axes[0].texts}
+    assert {"x", "a.0.weight", "a.0.bias"} <= texts
+
+
+def test_a_sequential_node_is_labelled_by_its_layers_in_order():
+    """Sequential(Linear, ReLU, Linear) read "Linear+ReLU": a second Linear went missing."""
+    g = gx.Graph("seq")
+    x = g.input("x")
+    mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 4))
+    g.output(g.node("head", nn.Linear(4, 2), g.node("mlp", mlp, x)))
+    fig = gx.plan(g, fuse_chains=True, inline_below=0.0).draw()
+    texts = " ".join(t.get_text() for t in fig.axes[0].texts)
+    assert "Linear+ReLU+Linear" in texts

@@ -29,11 +29,12 @@ if TYPE_CHECKING:
 __all__ = ["short_label"]
 
 #: Pastel colours (ColorBrewer Set3) for levels: black text stays readable on all of them.
+#: Set3's salmon red is replaced by Pastel1's beige: red marks the critical path only.
 _LEVEL_COLOURS = (
     "#8dd3c7",
     "#ffffb3",
     "#bebada",
-    "#fb8072",
+    "#e5d8bd",
     "#80b1d3",
     "#fdb462",
     "#b3de69",

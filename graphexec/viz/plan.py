@@ -25,7 +25,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..units import compact_name, fit_name, format_seconds
+from ..units import compact_name, fit_name, format_seconds, input_name
 from ._style import (
     _CRIT_FILL,
     _CRITICAL,
@@ -87,10 +87,31 @@ def _kind(fn: Any) -> str:
         return str(describe())
     children = list(fn.children()) if hasattr(fn, "children") else []
     if type(fn).__name__ == "Sequential" and children:
-        return "+".join(dict.fromkeys(type(c).__name__ for c in children))
+        return _sequence_kind([type(c).__name__ for c in children])
     if hasattr(fn, "parameters") and hasattr(fn, "forward"):
         return type(fn).__name__
     return getattr(fn, "__name__", type(fn).__name__).strip("<>")
+
+
+def _sequence_kind(names: list[str], most: int = 4) -> str:
+    """A `Sequential`'s layers in order, each one written (``Linear+ReLU+Linear``), a run of
+    one type counted (``Linear×2``), beyond ``most`` parts the count of the rest.
+
+    >>> _sequence_kind(["Linear", "ReLU", "Linear"]), _sequence_kind(["Linear", "Linear"])
+    ('Linear+ReLU+Linear', 'Linear×2')
+    >>> _sequence_kind(["Conv2d", "ReLU"] * 4)
+    'Conv2d+ReLU+Conv2d+5 more'
+    """
+    parts: list[list] = []
+    for name in names:
+        if parts and parts[-1][0] == name:
+            parts[-1][1] += 1
+        else:
+            parts.append([name, 1])
+    words = [name if n == 1 else f"{name}×{n}" for name, n in parts]
+    if len(words) > most:
+        words = [*words[: most - 1], f"{len(words) - most + 1} more"]
+    return "+".join(words)
 
 
 # -- layout -----------------------------------------------------------------------------------
@@ -327,7 +348,7 @@ def _draw_input(ax: Axes, name: str, sheet: _Sheet) -> None:
     left, height = cx - _BOX_W / 2, top - bottom
     _add_box(ax, left, bottom, _BOX_W, height, 0.15, fc=_INPUT_FILL, ec="#555555", zorder=3)
     font = {"size": sheet.font, "style": "italic"}
-    label = _fit(ax, name, _BOX_W, sheet, font) or ""
+    label = _fit(ax, input_name(name), _BOX_W, sheet, font) or ""
     _centred_text(ax, cx, (top + bottom) / 2, label, fontsize=sheet.font, style="italic", zorder=4)
 
 

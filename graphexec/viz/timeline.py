@@ -16,11 +16,17 @@
   is what its title says, speedups over a baseline (longer is faster), each bar annotated with
   its wall time. It takes a mapping label -> trace, or a sequence of traces labelled by their
   executor's name (``threads``, ``threads #2``, ...).
+* **Beside a table, the table's numbers.** Given the timed rounds of each row
+  (``speedups=``, `graphexec.timing.Speedup`, as ``graphexec bench`` and the demo pass them),
+  the bars are those rounds' median speedups over the same reference, with their middle half
+  as a whisker and the same verdict (*within noise*) as the table, so picture and table cannot
+  disagree; the Gantt rows are one profiled run each, and their titles say so.
 
 Call tree::
 
     gantt   -> _draw_lanes, _gantt_title, _draw_level_legend
     compare -> _labelled, _draw_runs (-> _draw_lanes per trace), _draw_speedups
+               (or _draw_rounds, given speedups=)
     _draw_lanes -> _label_lanes, _bars, _draw_bars (-> _bar_label),
                    _draw_path_arrows (-> _critical_routes -> _routes.route)
 """
@@ -41,6 +47,7 @@ if TYPE_CHECKING:
     from matplotlib.gridspec import GridSpec
 
     from ..profile import TaskEvent, Timeline
+    from ..timing import Speedup
 
 __all__ = ["gantt", "compare"]
 
@@ -263,6 +270,8 @@ def compare(
     path: str | os.PathLike[str] | None = None,
     *,
     baseline: str | None = None,
+    speedups: Mapping[str, Speedup] | None = None,
+    reference: str = "eager PyTorch",
     width: float = 12.0,
     dpi: float = 100,
 ) -> Figure:
@@ -276,7 +285,14 @@ def compare(
     path : str or path-like, optional
         Also write the figure there (format by suffix).
     baseline : str, optional
-        The label speedups are relative to (default: the first).
+        The label speedups are relative to (default: the first), when ``speedups`` is not
+        given: one run's wall time against another's.
+    speedups : mapping of label to Speedup, optional
+        Timed rounds of every label against ``reference`` (`graphexec.timing.paired`): the
+        bars then show their median speedups, middle halves and verdicts, the numbers of
+        `graphexec.timing.speedup_table` for the same rows.
+    reference : str
+        What ``speedups`` were timed against (default ``"eager PyTorch"``).
     width : float
         Figure width in inches.
     dpi : float
@@ -291,7 +307,8 @@ def compare(
     Raises
     ------
     ValueError
-        If ``traces`` is empty or ``baseline`` is not one of its labels.
+        If ``traces`` is empty, ``baseline`` is not one of its labels, or ``speedups`` lacks
+        one.
     ImportError
         If matplotlib is not installed.
 
@@ -309,16 +326,22 @@ def compare(
         raise ValueError("compare() needs at least one trace")
     labels = list(runs)
     base = baseline or labels[0]
-    if base not in runs:
+    if speedups is None and base not in runs:
         raise ValueError(f"baseline {base!r} is not one of {labels}")
+    if speedups is not None and (missing := [k for k in labels if k not in speedups]):
+        raise ValueError(f"speedups has no timed rounds for {missing}")
     _, new_figure = _matplotlib()
     heights = [max(len(t.lanes), 1) + 0.9 for t in runs.values()]
     fig = new_figure(width, 1.0 + 0.5 * sum(heights))
     grid = fig.add_gridspec(
         len(labels), 2, width_ratios=(4, 1), height_ratios=heights, hspace=0.9, wspace=0.35
     )
-    _draw_runs(fig, grid, runs, base)
-    _draw_speedups(fig.add_subplot(grid[:, 1]), runs, base)
+    if speedups is None:
+        _draw_runs(fig, grid, runs, lambda k: f"{_speedup(runs[base], runs[k]):.2f}x vs {base}")
+        _draw_speedups(fig.add_subplot(grid[:, 1]), runs, base)
+    else:
+        _draw_runs(fig, grid, runs, lambda k: f"profiled run; timed: {_said(speedups[k])}")
+        _draw_rounds(fig.add_subplot(grid[:, 1]), {k: speedups[k] for k in labels}, reference)
     fig.suptitle(
         f"{runs[labels[0]].plan.graph.name}: {len(labels)} runs on one time axis",
         fontsize=10,
@@ -347,7 +370,14 @@ def _speedup(base: Timeline, trace: Timeline) -> float:
     return base.wall / trace.wall if trace.wall else 0.0
 
 
-def _draw_runs(fig: Figure, grid: GridSpec, runs: Mapping[str, Timeline], base: str) -> None:
+def _said(s: Speedup) -> str:
+    """A row's rounds as the table says them: ``0.97x, within noise``."""
+    return f"{s.median:.2f}x, {s.verdict}"
+
+
+def _draw_runs(
+    fig: Figure, grid: GridSpec, runs: Mapping[str, Timeline], speed: Callable[[str], str]
+) -> None:
     """The left column: each run's lanes, all on the time axis of the longest run."""
     longest = max(t.wall for t in runs.values()) * 1e3
     first = None
@@ -355,9 +385,8 @@ def _draw_runs(fig: Figure, grid: GridSpec, runs: Mapping[str, Timeline], base: 
         ax = fig.add_subplot(grid[i, 0], sharex=first)
         first = first or ax
         _draw_lanes(ax, trace, None, longest)
-        ratio = _speedup(runs[base], trace)
         ax.set_title(
-            f"{label}: wall {format_seconds(trace.wall)}, {ratio:.2f}x vs {base}",
+            f"{label}: wall {format_seconds(trace.wall)}, {speed(label)}",
             fontsize=9,
             loc="left",
         )
@@ -380,3 +409,26 @@ def _draw_speedups(bars: Axes, runs: Mapping[str, Timeline], base: str) -> None:
     bars.set_xlim(0, max(speedups) * 1.45)
     bars.set_xlabel(f"{base} wall / wall (longer is faster)", fontsize=8)
     bars.set_title(f"speedup vs {base}", fontsize=9)
+
+
+def _draw_rounds(bars: Axes, speedups: Mapping[str, Speedup], reference: str) -> None:
+    """The right column from timed rounds: each row's median speedup over ``reference``, its
+    middle half as a whisker, its verdict; the dashed line at 1x is the reference."""
+    labels = list(speedups)
+    medians = [speedups[k].median for k in labels]
+    low = [m - speedups[k].middle_half[0] for k, m in zip(labels, medians, strict=True)]
+    high = [speedups[k].middle_half[1] - m for k, m in zip(labels, medians, strict=True)]
+    colours = ["#1f77b4" if speedups[k].verdict != "within noise" else "#b0b0b0" for k in labels]
+    bars.barh(range(len(labels)), medians, color=colours, xerr=[low, high], capsize=3,
+              error_kw={"lw": 0.8})  # fmt: skip
+    bars.axvline(1.0, color="#555555", lw=0.8, ls="--")
+    bars.set_yticks(range(len(labels)), labels, fontsize=8)
+    bars.set_ylim(len(labels) - 0.5, -0.5)
+    for i, k in enumerate(labels):
+        top = speedups[k].middle_half[1]
+        bars.text(top, i, f" {medians[i]:.2f}x\n {speedups[k].verdict}", va="center", fontsize=8)
+    rounds = max(len(s.ratios) for s in speedups.values())
+    bars.set_xlim(0, max(max(s.middle_half[1] for s in speedups.values()), 1.0) * 1.6)
+    bars.set_xlabel(f"median of {rounds} paired rounds (whisker: middle half; grey: within "
+                    "noise)", fontsize=8)  # fmt: skip
+    bars.set_title(f"speedup vs {reference}", fontsize=9)
