@@ -264,17 +264,22 @@ def build_graph(
     hazards: list[tuple[fx.Node, fx.Node]],
     calls: dict[fx.Node, tuple[str, str]],
     checks: list[fx.Node],
+    constants: dict[fx.Node, Any] | None = None,
 ) -> Graph:
+    """The graph: one node per partition (in ``order``), ``check_inputs`` first when there are
+    ``checks``. ``constants`` are placeholders whose value export fixed (``None``, numbers):
+    no graph input, and partitions read the value in their place."""
+    constants = constants or {}
     g = Graph(graph_name)
     value: dict[fx.Node, Ref] = {}
     for n in gm.graph.nodes:
-        if n.op == "placeholder":
+        if n.op == "placeholder" and n not in constants:
             value[n] = g.input(n.target.lstrip("*"))
     first = []
     if checks:  # export's checks, once per call, before every partition (module docstring)
         read = list(dict.fromkeys(a for n in checks for a in n.all_input_nodes
-                                  if a.op == "placeholder"))  # fmt: skip
-        fn = _partition_module(gm, checks, read, [], class_name="InputChecks")
+                                  if a.op == "placeholder" and a not in constants))  # fmt: skip
+        fn = _partition_module(gm, checks, read, [], constants, class_name="InputChecks")
         first = [g.node("check_inputs", fn, *(value[a] for a in read)).node]
     members: dict[int, list[fx.Node]] = {p: [] for p in order}
     for n in nodes:
@@ -289,11 +294,12 @@ def build_graph(
                 a
                 for n in group
                 for a in n.all_input_nodes
-                if a not in inside and a.op != "get_attr"
+                if a not in inside and a.op != "get_attr" and a not in constants
             )
         )
         outputs = [n for n in group if any(u not in inside for u in n.users)]
-        fn = _partition_module(gm, group, inputs, outputs, class_name=_ops_name(gm, group))
+        fn = _partition_module(gm, group, inputs, outputs, constants,
+                               class_name=_ops_name(gm, group))  # fmt: skip
         after = {names[part[a]] for a, b in hazards if b in inside and a in part and part[a] != p}
         if not any(a in part for a in inputs):
             after.update(first)
@@ -346,7 +352,7 @@ def _ops_name(gm: fx.GraphModule, group: list[fx.Node], most: int = 3) -> str:
 
 def _partition_module(
     gm: fx.GraphModule, group: list[fx.Node], inputs: list[fx.Node], outputs: list[fx.Node],
-    class_name: str = "Partition",
+    constants: dict[fx.Node, Any], class_name: str = "Partition",
 ) -> nn.Module:  # fmt: skip
     only = group[0]
     if (
@@ -361,7 +367,9 @@ def _partition_module(
     for a in inputs:
         env[a] = sub.placeholder(a.name)
 
-    def arg(a: fx.Node) -> fx.Node:
+    def arg(a: fx.Node) -> Any:
+        if a in constants:  # a value export fixed: written into the call
+            return constants[a]
         if a not in env and a.op == "get_attr":  # parameters/buffers read by function nodes
             env[a] = sub.node_copy(a)
         return env[a]
