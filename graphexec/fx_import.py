@@ -52,16 +52,19 @@ What it decides
   orderings become ``after=`` edges between partitions, and mutating partitions are marked so
   they are never dropped. If folding would contradict an ordering (a cycle), function nodes
   get partitions of their own instead, which is always consistent.
-* **Thread-local state.** A graph that switches grad mode or autocast between its nodes
-  (Dynamo writes ``torch._C._set_grad_enabled`` for a ``with torch.no_grad():`` inside
-  ``forward``) cannot be split across threads: `GraphError` naming the node.
-* **Transform levels.** Dynamo and export write a ``torch.vmap`` inside ``forward`` (as
-  transformers 4.5x builds GPT-2's attention mask) as calls that push and pop a functorch
-  level (``_vmap_increment_nesting`` ... ``_vmap_decrement_nesting``, thread-local) around
-  batched tensors that must not leave the level, with level numbers written in as constants.
-  fx counts neither call as a side effect, and nobody reads their results: the span from the
-  first push to its matching pop (and the ``lazy_load_decompositions`` before it) is kept
-  whole and becomes one partition, run on one thread like any partition.
+* **Thread-local state.** A graph that switches grad mode between its nodes (Dynamo writes
+  ``torch._C._set_grad_enabled`` for a ``with torch.no_grad():`` inside ``forward``) cannot
+  be split across threads: `GraphError` naming the node.
+* **Regions of thread-local state.** Dynamo and export write a ``torch.vmap`` inside
+  ``forward`` (as transformers 4.5x builds GPT-2's attention mask) as calls that push and pop
+  a functorch level (``_vmap_increment_nesting`` ... ``_vmap_decrement_nesting``) around
+  batched tensors that must not leave the level, with level numbers written in as constants;
+  Dynamo writes a ``with torch.autocast(..., enabled=False):`` (the rotary embedding of
+  Llama and Qwen2) as ``_enter_autocast`` ... ``_exit_autocast``. Both states are
+  thread-local. fx counts none of these calls as a side effect, and nobody reads their
+  results: the span from the first push to its matching pop (and the
+  ``lazy_load_decompositions`` before a vmap) is kept whole and becomes one partition, run on
+  one thread like any partition; the rest of the graph is planned as usual.
 """
 
 from __future__ import annotations
@@ -96,11 +99,7 @@ __all__ = ["UntraceableError", "trace"]
 #: What fx writes for a specialised argument (``concrete_args``): dropped with it.
 _SPECIALISED = {operator.eq, torch._assert, fx._symbolic_trace._assert_is_none}
 #: Calls that switch thread-local state between nodes: such a graph cannot be split up.
-_THREAD_STATE = {
-    torch._C._set_grad_enabled,
-    torch.amp.autocast_mode._enter_autocast,
-    torch.amp.autocast_mode._exit_autocast,
-}
+_THREAD_STATE = {torch._C._set_grad_enabled}
 
 
 def _functorch(*names: str) -> set[Any]:
@@ -111,9 +110,16 @@ def _functorch(*names: str) -> set[Any]:
     }
 
 
-#: Calls that push and pop a functorch transform level (module docstring: transform levels).
-_LEVEL_PUSH = _functorch("_vmap_increment_nesting", "_jvp_increment_nesting", "_enter_dual_level")
-_LEVEL_POP = _functorch("_vmap_decrement_nesting", "_jvp_decrement_nesting", "_exit_dual_level")
+#: Calls that push and pop a functorch transform level or an autocast region (module
+#: docstring: regions of thread-local state).
+_LEVEL_PUSH = {
+    *_functorch("_vmap_increment_nesting", "_jvp_increment_nesting", "_enter_dual_level"),
+    torch.amp.autocast_mode._enter_autocast,
+}
+_LEVEL_POP = {
+    *_functorch("_vmap_decrement_nesting", "_jvp_decrement_nesting", "_exit_dual_level"),
+    torch.amp.autocast_mode._exit_autocast,
+}
 _LEVEL_PREPARE = _functorch("lazy_load_decompositions")
 
 
@@ -178,7 +184,8 @@ def trace(
         raising on a proxy) and, with ``example_inputs``, ``torch.export`` cannot export it:
         naming the submodule where tracing stopped, with the library's message.
     GraphError
-        If the graph switches grad mode between nodes, naming that node.
+        If the graph switches grad mode between nodes (an autocast region is kept whole in
+        one node instead), naming that node.
 
     Examples
     --------
@@ -210,8 +217,8 @@ def trace(
     for n in gm.graph.nodes:
         if n.op == "call_function" and n.target in _THREAD_STATE:
             raise GraphError(
-                f"node '{n.name}' ({_target_name(n)}) switches grad mode or autocast between "
-                "nodes: graphexec runs nodes on several threads and cannot split this graph",
+                f"node '{n.name}' ({_target_name(n)}) switches grad mode between nodes: "
+                "graphexec runs nodes on several threads and cannot split this graph",
                 n.name,
             )
     checks = input_checks(gm)
