@@ -84,12 +84,14 @@ from .exported import as_called, constant_inputs, export, input_checks, is_check
 from .fx_partition import (
     Leaves,
     build_graph,
+    concrete_size,
     hazard_pairs,
     leaf_calls,
     live_nodes,
     partition,
     partition_order,
     qualname,
+    symbolic_size,
 )
 from .graph import Graph
 
@@ -286,7 +288,11 @@ def _import(
         gm = module.module()
         return gm, as_called(gm, gm), _PROGRAM_NOTE
     if isinstance(module, fx.GraphModule):
-        return module, as_called(module, module), "an fx GraphModule, taken as it is"
+        return (
+            module,
+            _sized(module, as_called(module, module)),
+            "an fx GraphModule, taken as it is",
+        )
     try:
         gm, source = _fx_trace(module, leaves, concrete_args, example)
     except UntraceableError as fx_error:
@@ -294,6 +300,20 @@ def _import(
             raise
         return _export_route(module, example, fx_error)
     return gm, source, "torch.fx"
+
+
+def _sized(gm: fx.GraphModule, source: Any) -> Any:
+    """``source`` taking Dynamo's symbolic sizes as their example ints (`concrete_size`)."""
+    sizes = [i for i, n in enumerate(n for n in gm.graph.nodes if n.op == "placeholder")
+             if symbolic_size(n)]  # fmt: skip
+    if not sizes:
+        return source
+
+    def call(*args: Any) -> Any:
+        return source(*(concrete_size(a) if i in sizes else a for i, a in enumerate(args)))
+
+    call.__wrapped__ = source  # type: ignore[attr-defined]
+    return call
 
 
 def _fx_trace(

@@ -21,8 +21,8 @@ import torch.utils._pytree as pytree
 
 from .graph import Graph, Ref
 
-__all__ = ["Leaves", "build_graph", "hazard_pairs", "leaf_calls", "live_nodes", "partition",
-           "partition_order", "qualname"]  # fmt: skip
+__all__ = ["Leaves", "build_graph", "concrete_size", "hazard_pairs", "leaf_calls", "live_nodes",
+           "partition", "partition_order", "qualname", "symbolic_size"]  # fmt: skip
 
 _VIEW_METHODS = {
     "view", "view_as", "reshape", "reshape_as", "transpose", "permute", "t", "flatten",
@@ -366,6 +366,8 @@ def _partition_module(
     env: dict[fx.Node, fx.Node] = {}
     for a in inputs:
         env[a] = sub.placeholder(a.name)
+        if symbolic_size(a):  # Dynamo's example inputs: a SymInt where a call gives an int
+            env[a] = sub.call_function(concrete_size, (env[a],))
 
     def arg(a: fx.Node) -> Any:
         if a in constants:  # a value export fixed: written into the call
@@ -378,6 +380,32 @@ def _partition_module(
         env[n] = sub.node_copy(n, arg)
     sub.output(env[outputs[0]] if len(outputs) == 1 else tuple(env[o] for o in outputs))
     return _Partition(gm, sub, class_name=class_name)
+
+
+def symbolic_size(n: fx.Node) -> bool:
+    """A placeholder for a size Dynamo made symbolic (``dynamic=True``, or a recompile)."""
+    value = n.meta.get("example_value", n.meta.get("val"))
+    return n.op == "placeholder" and isinstance(value, torch.SymInt)
+
+
+def concrete_size(v: Any) -> Any:
+    """A symbolic size (``torch.SymInt``: Dynamo hands a backend of a graph with dynamic
+    shapes symbolic sizes beside its real example tensors) as the ``int`` it stands for in
+    that example; a real call's ``int`` as it is. Aten ops given a ``SymInt`` outside tracing
+    raise ``SymIntArrayRef expected to contain only concrete integers``.
+
+    >>> concrete_size(3)
+    3
+    """
+    if not isinstance(v, torch.SymInt):
+        return v
+    hint = v.node.hint if v.node.has_hint() else None
+    if hint is None:
+        raise TypeError(
+            f"a symbolic size ({v}) with no example value reached a graph input: run the "
+            "graph on real sizes (graphexec's torch.compile backend plans on the first call)"
+        )
+    return int(hint)
 
 
 class _Partition(fx.GraphModule):

@@ -274,3 +274,41 @@ def test_an_autocast_region_is_one_task_and_the_rest_is_planned(autocast, monkey
     assert len(region) == 1 and "_exit_autocast" in codes[region[0]], codes
     assert {"a", "b"} <= set(codes) and graph.plan.parallel
     backend.close()
+
+
+class Regroup(nn.Module):
+    """Reshapes by the input's sizes (as sequencer2d's LSTM blocks do): with dynamic shapes
+    Dynamo's graph takes those sizes as ``SymInt`` inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x):
+        rows = x.permute(0, 2, 1).reshape(-1, x.shape[1])
+        y = rows.reshape(x.shape[0], x.shape[2], x.shape[1])
+        return self.a(y) + self.b(y)
+
+
+def test_a_dynamo_graph_with_symbolic_sizes_runs_on_the_example_inputs_dynamo_passed():
+    """Dynamo hands a backend symbolic sizes beside real tensors: planned on them, each size
+    is the int it stands for (aten ops raised ``SymIntArrayRef expected to contain only
+    concrete integers``)."""
+    given = []
+
+    def keep(gm, example_inputs):
+        given.append((gm, list(example_inputs)))
+        return gm.forward
+
+    model, x = Regroup().eval(), torch.randn(2, 8, 8)
+    with torch.no_grad():
+        torch.compile(model, backend=keep, dynamic=True)(x)
+        ((gm, example),) = given
+        assert any(isinstance(v, torch.SymInt) for v in example)
+        g = gx.trace(gm)
+        for p in (gx.plan(g, example_inputs=example), gx.plan(g, inline_below=0)):
+            (out,) = gx.SequentialExecutor().run(p, *example)
+            torch.testing.assert_close(out, model(x))
+        real = [int(v) if isinstance(v, torch.SymInt) else v for v in example]
+        with gx.ThreadExecutor() as ex:
+            torch.testing.assert_close(ex.run(p, *real)[0], model(x))

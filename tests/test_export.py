@@ -282,8 +282,9 @@ def test_a_model_fx_cannot_trace_imports_through_export_and_keeps_the_users_modu
         expected = model(x, mask)
         p = gx.plan(g, example_inputs=(x, mask))
         assert p.as_is in (None, model)  # "as it is" runs the user's model, not export's
-        for plan in (p, gx.plan(g, inline_below=0)):
-            torch.testing.assert_close(gx.ThreadExecutor().run(plan, x, mask), expected)
+        with gx.ThreadExecutor() as ex:
+            for plan in (p, gx.plan(g, inline_below=0)):
+                torch.testing.assert_close(ex.run(plan, x, mask), expected)
         gm = gx.GraphModule(g)
         torch.testing.assert_close(gm(x, mask), expected)
         gm.close()
