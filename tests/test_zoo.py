@@ -150,3 +150,19 @@ def test_qwen2_rotary_autocast_region_is_planned_through_dynamo():
     finally:
         backend.close()
         torch._dynamo.reset()
+
+
+def test_the_busy_loop_of_the_benchmark_is_killed_on_every_path():
+    """``--mode busy``'s background process: running inside the block, gone after it, an
+    error included."""
+    import os
+
+    from benchmarks import bench_zoo
+
+    with pytest.raises(RuntimeError, match="stop"), bench_zoo._busy_core() as proc:
+        pid = proc.pid
+        assert proc.poll() is None
+        raise RuntimeError("stop")
+    assert proc.returncode is not None  # killed and reaped
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
