@@ -33,6 +33,8 @@ import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 
+from .fx_partition import closure
+
 __all__ = ["as_called", "constant_inputs", "input_checks", "is_check"]
 
 
@@ -116,20 +118,9 @@ def input_checks(gm: fx.GraphModule) -> list[fx.Node]:
     for n in gm.graph.nodes:
         if not is_check(n):
             continue
-        up = _inputs_closure(n)
+        up = closure([n], lambda m: m.all_input_nodes)
         if all(a.op in ("placeholder", "get_attr") or is_check(a)
                or ("val" in a.meta and not isinstance(a.meta["val"], torch.Tensor))
                for a in up):  # fmt: skip
             taken |= up | {n}
     return [n for n in gm.graph.nodes if n in taken and n.op not in ("placeholder", "get_attr")]
-
-
-def _inputs_closure(n: fx.Node) -> set[fx.Node]:
-    seen: set[fx.Node] = set()
-    todo = [n]
-    while todo:
-        for a in todo.pop().all_input_nodes:
-            if a not in seen:
-                seen.add(a)
-                todo.append(a)
-    return seen

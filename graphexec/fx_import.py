@@ -84,6 +84,7 @@ from .exported import as_called, constant_inputs, export, input_checks, is_check
 from .fx_partition import (
     Leaves,
     build_graph,
+    closure,
     concrete_size,
     hazard_pairs,
     leaf_calls,
@@ -401,7 +402,7 @@ def _drop_specialised(gm: fx.GraphModule, module: nn.Module, concrete: dict[str,
         return
     index = {n: i for i, n in enumerate(gm.graph.nodes)}
     for param, holder in zip(params, holders, strict=True):
-        below = _closure([holder], lambda n: n.users)
+        below = closure([holder], lambda n: n.users)
         if param in concrete and all(n.target in _SPECIALISED for n in below):
             for n in sorted(below, key=index.__getitem__, reverse=True):
                 gm.graph.erase_node(n)
@@ -452,18 +453,6 @@ def _untraceable(
     ways.append('torch.compile(model, backend="graphexec"), which splits the model there')
     return (f"gx.trace({kind}): torch.fx cannot trace {place}: {reason}{note}. To import it, "
             + "; or ".join(ways), reason)  # fmt: skip
-
-
-def _closure(start: Iterable[fx.Node], step: Any) -> set[fx.Node]:
-    """Every node reachable from ``start`` (not included) by ``step`` (users or inputs)."""
-    seen: set[fx.Node] = set()
-    todo = list(start)
-    while todo:
-        for m in step(todo.pop()):
-            if m not in seen:
-                seen.add(m)
-                todo.append(m)
-    return seen
 
 
 def _root_name(gm: fx.GraphModule) -> str | None:

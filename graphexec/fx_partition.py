@@ -21,8 +21,8 @@ import torch.utils._pytree as pytree
 
 from .graph import Graph, Ref
 
-__all__ = ["Leaves", "build_graph", "concrete_size", "hazard_pairs", "leaf_calls", "live_nodes",
-           "partition", "partition_order", "qualname", "symbolic_size"]  # fmt: skip
+__all__ = ["Leaves", "build_graph", "closure", "concrete_size", "hazard_pairs", "leaf_calls",
+           "live_nodes", "partition", "partition_order", "qualname", "symbolic_size"]  # fmt: skip
 
 _VIEW_METHODS = {
     "view", "view_as", "reshape", "reshape_as", "transpose", "permute", "t", "flatten",
@@ -101,13 +101,19 @@ def live_nodes(
     keep = [n for n in gm.graph.nodes if n not in skip and (
             n in kept or n.op == "output" or _mutated_arg(gm, n) is not None
             or n.is_impure())]  # fmt: skip
-    live = set(keep)
-    while keep:
-        for a in keep.pop().all_input_nodes:
-            if a not in live:
-                live.add(a)
-                keep.append(a)
-    return live
+    return set(keep) | closure(keep, lambda n: n.all_input_nodes)
+
+
+def closure(start: Iterable[fx.Node], step: Any) -> set[fx.Node]:
+    """Every node reachable from ``start`` (not included) by ``step`` (users or inputs)."""
+    seen: set[fx.Node] = set()
+    todo = list(start)
+    while todo:
+        for m in step(todo.pop()):
+            if m not in seen:
+                seen.add(m)
+                todo.append(m)
+    return seen
 
 
 def _is_view(n: fx.Node) -> bool:
