@@ -135,11 +135,15 @@ def _trace_table(rows: list[Row]) -> list[str]:
 def _decisions(rows: list[Row], limit: int = 6) -> list[str]:
     lines = []
     for row in rows:
-        if row.plan is None and not (row.dynamo and row.dynamo.graphs):
+        if row.plan is None and row.example_plan is None and not (row.dynamo and row.dynamo.graphs):
             continue
         lines.append(f"- **{row.key}**")
         if row.plan is not None:
             lines += _plan_lines(row.plan, limit)
+        if row.example_plan is not None:
+            how = row.zm.example_graph.imported_by if row.zm and row.zm.example_graph else "?"
+            lines.append(f"  - `gx example_inputs`, imported by {how}:")
+            lines += ["  " + ln for ln in _plan_lines(row.example_plan, limit)]
         for graph in row.dynamo.graphs if row.dynamo else ():
             lines.append(f'  - `backend="graphexec"`, {_dynamo_state(graph)}')
     return lines

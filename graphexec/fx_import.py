@@ -289,11 +289,7 @@ def _import(
         gm = module.module()
         return gm, as_called(gm, gm), _PROGRAM_NOTE
     if isinstance(module, fx.GraphModule):
-        return (
-            module,
-            _sized(module, as_called(module, module)),
-            "an fx GraphModule, taken as it is",
-        )
+        return module, _sized(module, as_called(module, module)), "an fx GraphModule, as it is"
     try:
         gm, source = _fx_trace(module, leaves, concrete_args, example)
     except UntraceableError as fx_error:
