@@ -27,6 +27,11 @@ What it decides
   input_ids ...``) becomes `UntraceableError`, naming the submodule where it stopped, with the
   library's message and the ways out; with ``example_inputs`` it is raised only when export
   fails too, saying both.
+* **Symbolic sizes.** With dynamic shapes Dynamo's graphs take sizes as inputs, and hands a
+  backend ``SymInt`` s for them beside real example tensors; aten ops called with a ``SymInt``
+  outside tracing raise. A partition (and the graph as its source) reads such an input as
+  the int it stands for in the example (`graphexec.fx_partition.concrete_size`); a real
+  call's int passes as it is.
 * **Export's bookkeeping.** Guards and assertion nodes that read only graph inputs run
   together as one cheap first node, ``check_inputs``, which every partition without a
   producer waits for (``after=``): once per call, before any model code, as in the exported
