@@ -330,7 +330,7 @@ def _fx_trace(
     except Exception as exc:  # noqa: BLE001 - a library raising on a proxy stops fx too
         where = _where(module, exc.__traceback__)
         message, reason = _untraceable(module, exc, where, concrete, example)
-        raise UntraceableError(message, where and where[0], reason) from exc
+        raise UntraceableError(message, (where and where[0]) or None, reason) from exc
     gm = fx.GraphModule(tracer.root, graph, type(module).__name__)
     if not concrete:
         return gm, module
@@ -433,23 +433,25 @@ def _untraceable(
     """The error's message (where, the library's words, the ways out) and its reason."""
     kind = type(module).__name__
     at = f" ({where[1]}:{where[2]})" if where else ""
-    reason = _first_line(exc) if not isinstance(exc, fx.proxy.TraceError) else str(exc)
+    branch = isinstance(exc, fx.proxy.TraceError)  # control flow on a proxy, not a library
+    reason = str(exc) if branch else _first_line(exc)
+    ways = []
     if where and where[0]:
         place = f"in submodule '{where[0]}'{at}"
-        fix = f"name it in leaves=['{where[0]}'] to run it as one node"
+        ways.append(f"name it in leaves=['{where[0]}'] to run it as one node")
     else:
         place = f"in {kind}.forward{at}"
-        fix = "move the branch into a submodule and name it in leaves="
+        if branch:
+            ways.append("move the branch into a submodule and name it in leaves=")
     fixed = ", ".join(f"{k}={v!r}" for k, v in concrete.items())
     note = ""
-    if example is None and fixed:
-        note = (f" (gx.trace fixed every argument with a default to it: {fixed}; "
-                "example_inputs= says which ones a call gives)")  # fmt: skip
-    ways = [fix]
     if example is None:
-        ways.append("gx.trace(model, example_inputs=args), which imports it through "
-                    "torch.export where fx cannot")  # fmt: skip
-    else:
+        if fixed:
+            note = (f" (gx.trace fixed every argument with a default to it: {fixed}; "
+                    "example_inputs= says which ones a call gives)")  # fmt: skip
+        ways.insert(0 if not branch else 1, "gx.trace(model, example_inputs=args), which "
+                    "imports it through torch.export where fx cannot")  # fmt: skip
+    elif branch:
         ways.append("write the branch with torch.cond (export takes it)")
     ways.append('torch.compile(model, backend="graphexec"), which splits the model there')
     return (f"gx.trace({kind}): torch.fx cannot trace {place}: {reason}{note}. To import it, "
