@@ -35,7 +35,7 @@ import torch.utils._pytree as pytree
 
 from .fx_partition import closure
 
-__all__ = ["as_called", "constant_inputs", "input_checks", "is_check"]
+__all__ = ["as_called", "constant_inputs", "export", "input_checks", "is_check"]
 
 
 def _aten(*names: str) -> set[Any]:
