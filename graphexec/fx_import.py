@@ -21,7 +21,9 @@ What it decides
   the arguments the call does not give are fixed (transformers' ``input_ids=None`` is given,
   not fixed), and given ``None`` s and numbers are fixed to their values, as export fixes
   them. ``concrete_args={"scale": 3.0}`` fixes another value; ``concrete_args={"scale":
-  torch.fx.PH}`` keeps one as a (required) graph input.
+  torch.fx.PH}`` keeps one as a (required) graph input. The source is the module itself
+  when the graph's inputs are its leading arguments and the rest keep their defaults (one
+  call less per run); otherwise a function calling it with the fixed values.
 * **Errors.** Anything raised while fx traces (data-dependent control flow, a library
   raising on a proxy: ``torch.finfo(x.dtype)``, ``ValueError: You have to specify either
   input_ids ...``) becomes `UntraceableError`, naming the submodule where it stopped, with the
@@ -336,6 +338,8 @@ def _fx_trace(
         return gm, module
     _drop_specialised(gm, module, concrete)
     inputs = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
+    if _called_plainly(module, inputs, concrete):
+        return gm, module
 
     def source(*args: Any) -> Any:  # the module called as the graph is: the rest fixed
         return module(**dict(zip(inputs, args, strict=False)), **concrete)
@@ -393,6 +397,22 @@ def _defaults(
              and p.default is not p.empty}  # fmt: skip
     fixed.update((k, v) for k, v in called.items() if isinstance(v, _PLAIN))
     return {k: v for k, v in {**fixed, **given_args}.items() if v is not fx.PH}
+
+
+def _called_plainly(module: nn.Module, inputs: list[str], concrete: dict[str, Any]) -> bool:
+    """True when ``module(*inputs)`` is the call the graph makes: the inputs are its leading
+    positional arguments, and every fixed one is fixed to its own default (so the module
+    itself is the graph's source, with nothing between a call and it)."""
+    try:
+        params = inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    positional = [p.name for p in params.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]  # fmt: skip
+    return inputs == positional[: len(inputs)] and all(
+        k in params and type(v) is type(params[k].default) and v == params[k].default
+        for k, v in concrete.items()
+    )
 
 
 def _drop_specialised(gm: fx.GraphModule, module: nn.Module, concrete: dict[str, Any]) -> None:

@@ -242,14 +242,15 @@ def test_example_inputs_fix_only_the_arguments_not_given(local_executor):
     model, ids = EitherInput().eval(), torch.randint(0, 50, (2, 5))
     g = gx.trace(model, example_inputs=(ids,))
     assert g.imported_by == "torch.fx" and g.inputs == ("input_ids",)
+    assert g.source is model  # the rest fixed to its defaults: the model itself, called plainly
     with torch.no_grad():
         expected = model(ids)
-        torch.testing.assert_close(g.source(ids), expected)  # the user's module, as called
         p = gx.plan(g, example_inputs=(ids,))
         torch.testing.assert_close(local_executor.run(p, ids), expected)
         embeds = torch.randn(2, 5, 8)
         other = gx.trace(model, example_kwargs={"inputs_embeds": embeds, "scale": 0.5})
-        assert other.inputs == ("inputs_embeds",)
+        assert other.inputs == ("inputs_embeds",) and other.source.__wrapped__ is model
+        torch.testing.assert_close(other.source(embeds), model(inputs_embeds=embeds, scale=0.5))
         got = local_executor.run(gx.plan(other), embeds)
         torch.testing.assert_close(got, model(inputs_embeds=embeds, scale=0.5))
 
