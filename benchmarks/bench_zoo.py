@@ -279,10 +279,14 @@ def decision_key(plan: gx.Plan) -> str:
 
 
 @contextlib.contextmanager
-def _environ(**values: str) -> Iterator[None]:
-    """Environment variables set for the block, restored on every path."""
+def _environ(**values: str | None) -> Iterator[None]:
+    """Environment variables set (None: unset) for the block, restored on every path."""
     old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
+    for k, v in values.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
     try:
         yield
     finally:
@@ -315,12 +319,12 @@ def replan(g: gx.Graph, inputs: tuple[Any, ...], n: int) -> Replans:
         with tempfile.TemporaryDirectory(prefix="gx-zoo-cache-") as cache:
             for i in range(n):
                 last = i == n - 1  # fills the cache the warm module reads
-                env = {"GRAPHEXEC_CACHE_DIR": cache, "GRAPHEXEC_CACHE": "1" if last else "0"}
+                env = {"GRAPHEXEC_CACHE_DIR": cache, "GRAPHEXEC_CACHE": None if last else "0"}
                 with _environ(**env):
                     key, took = _first_call(g, inputs)
                 out.keys.append(key)
                 out.first_s.append(took)
-            with _environ(GRAPHEXEC_CACHE_DIR=cache, GRAPHEXEC_CACHE="1"):
+            with _environ(GRAPHEXEC_CACHE_DIR=cache, GRAPHEXEC_CACHE=None):
                 out.cached_key, out.cached_s = _first_call(g, inputs)
     except Exception as exc:
         out.error = suite.error_text(exc)
