@@ -28,8 +28,10 @@ builds CLIP's causal mask, and the text tower then computes something else.
 The fx GraphModule goes to ``gx.trace``, which takes a traced GraphModule as it is, so the
 fx column and every gx column run the very same graph.
 
-``export`` is the second entry point: ``gx.trace(torch.export.export(model, inputs))``; the
-third, ``torch.compile(model, backend="graphexec")``, needs nothing here (`benchmarks.bench_zoo`
+``export`` is the second entry point: ``gx.trace(torch.export.export(model, inputs))``;
+``example`` the one-import route, ``gx.trace(model, example_inputs=inputs)`` (fx where it
+traces, else export, with the model itself as the module "as it is"); the last,
+``torch.compile(model, backend="graphexec")``, needs nothing here (`benchmarks.bench_zoo`
 compiles the eager model).
 
 ``import_zoo`` is the one place that deals with a broken install: see
@@ -58,7 +60,7 @@ import graphexec as gx
 from .suite import error_text
 
 __all__ = ["Spec", "ZooModel", "SPECS", "import_zoo", "prepare_torchvision", "build", "trace",
-           "export"]  # fmt: skip
+           "export", "example"]  # fmt: skip
 
 Inputs = dict[str, torch.Tensor]
 
@@ -168,6 +170,10 @@ class ZooModel:
     export_graph: gx.Graph | None = None
     export_s: float = 0.0
     export_error: str = ""
+    #: ``gx.trace(model, example_inputs=inputs)`` (see `example`), or why there is none.
+    example_graph: gx.Graph | None = None
+    example_s: float = 0.0
+    example_error: str = ""
 
     @property
     def graph_inputs(self) -> tuple[Any, ...]:
@@ -269,6 +275,21 @@ SPECS: dict[str, Spec] = {
                  encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
                  decoder_attention_heads=2, encoder_ffn_dim=256, decoder_ffn_dim=256,
                  **_NO_CACHE), tracer="hf"),
+        # transformers that plain fx cannot trace (issue 19): `gx.trace(model, example_inputs=)`
+        Spec("distilbert", "transformers", "attention",
+             _hf("DistilBertModel", "DistilBertConfig", _text, vocab_size=VOCAB, dim=128,
+                 n_layers=2, n_heads=2, hidden_dim=256), tracer="hf"),
+        Spec("deberta_v2", "transformers", "attention (disentangled)",
+             _hf("DebertaV2Model", "DebertaV2Config", _text, vocab_size=VOCAB, **HIDDEN),
+             tracer="hf"),
+        Spec("qwen2", "transformers", "decoder (rotary, GQA)",
+             _hf("Qwen2Model", "Qwen2Config", _text, vocab_size=VOCAB, num_key_value_heads=1,
+                 **HIDDEN, **_NO_CACHE), tracer="hf"),
+        Spec("marian", "transformers", "encoder-decoder",
+             _hf("MarianModel", "MarianConfig", _seq2seq, vocab_size=VOCAB, d_model=128,
+                 encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+                 decoder_attention_heads=2, encoder_ffn_dim=256, decoder_ffn_dim=256,
+                 pad_token_id=0, decoder_start_token_id=0, **_NO_CACHE), tracer="hf"),
     ]
 }  # fmt: skip
 
@@ -338,6 +359,20 @@ def export(zm: ZooModel) -> ZooModel:
         except Exception as exc:
             zm.export_error = f"gx.trace: {error_text(exc)}"
     zm.export_s = time.perf_counter() - t0
+    return zm
+
+
+def example(zm: ZooModel) -> ZooModel:
+    """Fill in ``example_graph`` from ``gx.trace(model, example_inputs=inputs)`` (fx where it
+    traces, else ``torch.export``; the model itself stays "the module as it is"), or
+    ``example_error``; returns ``zm``."""
+    t0 = time.perf_counter()
+    try:
+        zm.example_graph = gx.trace(zm.model, example_inputs=zm.inputs,
+                                    name=f"{zm.spec.key}_example")  # fmt: skip
+    except Exception as exc:
+        zm.example_error = f"gx.trace: {error_text(exc)}"
+    zm.example_s = time.perf_counter() - t0
     return zm
 
 

@@ -19,9 +19,36 @@ from . import suite, zoo
 from .run import fmt_ms
 
 REFERENCE = suite.REFERENCE
-SHORT = {"gx default, hfuse off": "hfuse off", "gx tasks onnxruntime": "gx tasks ORT"}
+ONE_THREAD = "eager 1 thr"
+SHORT = {"gx default, hfuse off": "hfuse off", "gx tasks onnxruntime": "gx tasks ORT",
+         "gx example_inputs": "gx example_inputs"}  # fmt: skip
+#: The default modules compared with both eager columns (`_eager_table`).
+DEFAULTS = ("gx default", "gx example_inputs")
 #: Lines of ``print(plan)`` that say what the planner decided (inline, overlap, fusion).
 _DECISION_PREFIXES = ("work ", "runs inline", "horizontal fusion", "not run")
+
+
+@dataclass
+class Replans:
+    """A model's default module planned again in fresh modules (`benchmarks.bench_zoo.replan`):
+    each one's decisions (without numbers) and first-call seconds, then one that found the
+    cache directory filled."""
+
+    keys: list[str] = field(default_factory=list)
+    first_s: list[float] = field(default_factory=list)
+    cached_key: str = ""
+    cached_s: float | None = None
+    error: str = ""
+
+    def same(self) -> int:
+        """How many plans made the most common decisions."""
+        return max((self.keys.count(k) for k in set(self.keys)), default=0)
+
+    def summary(self) -> str:
+        if self.error:
+            return f"error: {self.error}"
+        kinds = "; ".join(f"{self.keys.count(k)}x {k}" for k in dict.fromkeys(self.keys))
+        return f"{self.same()}/{len(self.keys)} same ({kinds})"
 
 
 @dataclass
@@ -37,6 +64,9 @@ class Row:
     wall_s: float = 0.0
     same_as_default: list[str] = field(default_factory=list)
     dynamo: Backend | None = None  # the graphexec backend's graphs and plans
+    example_plan: gx.Plan | None = None  # ``gx.trace(model, example_inputs=)``'s module's
+    example_first_s: float | None = None  # its first call (plans), trace excluded
+    replans: Replans | None = None
 
 
 def versions() -> str:
@@ -105,11 +135,15 @@ def _trace_table(rows: list[Row]) -> list[str]:
 def _decisions(rows: list[Row], limit: int = 6) -> list[str]:
     lines = []
     for row in rows:
-        if row.plan is None and not (row.dynamo and row.dynamo.graphs):
+        if row.plan is None and row.example_plan is None and not (row.dynamo and row.dynamo.graphs):
             continue
         lines.append(f"- **{row.key}**")
         if row.plan is not None:
             lines += _plan_lines(row.plan, limit)
+        if row.example_plan is not None:
+            how = row.zm.example_graph.imported_by if row.zm and row.zm.example_graph else "?"
+            lines.append(f"  - `gx example_inputs`, imported by {how}:")
+            lines += ["  " + ln for ln in _plan_lines(row.example_plan, limit)]
         for graph in row.dynamo.graphs if row.dynamo else ():
             lines.append(f'  - `backend="graphexec"`, {_dynamo_state(graph)}')
     return lines
@@ -142,7 +176,8 @@ def _dynamo_state(graph: Any) -> str:
 
 
 # -- which entry point imports which model -----------------------------------------------------
-ENTRY_POINTS = ("fx → `gx.trace`", "`torch.export` → `gx.trace`", '`backend="graphexec"`')
+ENTRY_POINTS = ("fx → `gx.trace`", "`torch.export` → `gx.trace`",
+                "`gx.trace(model, example_inputs=)`", '`backend="graphexec"`')  # fmt: skip
 
 
 def _entries(row: Row) -> list[str]:
@@ -165,6 +200,9 @@ def _entries(row: Row) -> list[str]:
     export_cell = (f"✗ {zm.export_error}" if zm.export_graph is None else
                    f"✗ {failed['gx export']}" if "gx export" in failed else
                    f"✓ {nodes(zm.export_graph)}")  # fmt: skip
+    example_cell = (f"✗ {zm.example_error}" if zm.example_graph is None else
+                    f"✗ {failed['gx example_inputs']}" if "gx example_inputs" in failed else
+                    f"✓ {nodes(zm.example_graph)} by {_route(zm.example_graph)}")  # fmt: skip
     graphs = row.dynamo.graphs if row.dynamo else []
     if "compile graphexec" in failed:
         dynamo_cell = f"✗ {failed['compile graphexec']}"
@@ -175,7 +213,13 @@ def _entries(row: Row) -> list[str]:
         dynamo_cell = (f"✓ {len(graphs)} graph{'s' * (len(graphs) != 1)}: {run} run by "
                        f"graphexec, {back} handed back" +
                        (f", {unplanned} could not be planned" if unplanned else ""))  # fmt: skip
-    return [fx_cell, export_cell, dynamo_cell]
+    return [fx_cell, export_cell, example_cell, dynamo_cell]
+
+
+def _route(g: gx.Graph) -> str:
+    """``torch.fx`` or ``torch.export`` (why: the first words of fx's error)."""
+    how = g.imported_by or "?"
+    return how if len(how) <= 90 else how[:87] + "..."
 
 
 def _dynamo_table(rows: list[Row]) -> list[str]:
@@ -210,7 +254,8 @@ def _dynamo_table(rows: list[Row]) -> list[str]:
 
 
 def _entry_table(rows: list[Row]) -> list[str]:
-    lines = ["| model | " + " | ".join(ENTRY_POINTS) + " |", "|---" * 4 + "|"]
+    lines = ["| model | " + " | ".join(ENTRY_POINTS) + " |",
+             "|---" * (len(ENTRY_POINTS) + 1) + "|"]  # fmt: skip
     for row in rows:
         lines.append(f"| {row.key} | " + " | ".join(c.replace("|", "/") for c in _entries(row))
                      + " |")  # fmt: skip
@@ -221,6 +266,62 @@ def _entry_table(rows: list[Row]) -> list[str]:
         else f"No entry point imports: {', '.join(none)}."
     )
     return [*lines, "", verdict]  # fmt: skip
+
+
+def _eager_table(rows: list[Row]) -> list[str]:
+    """The default modules against both eager columns (ratios of medians), and the better of
+    the two: on a busy machine eager at 1 thread can beat eager at 2."""
+    head = []
+    for d in DEFAULTS:
+        head += [f"{d} ÷ eager 2 thr", f"{d} ÷ eager 1 thr", f"{d} ÷ better eager"]
+    lines = ["| model | eager 2 thr (ms) | eager 1 thr ÷ 2 thr | " + " | ".join(head) + " |",
+             "|---" * (len(head) + 3) + "|"]  # fmt: skip
+    worst: dict[str, list[float]] = {h: [] for h in head}
+    for row in rows:
+        r = row.result
+        if r is None or REFERENCE not in r.median:
+            continue
+        e2, e1 = r.median[REFERENCE], r.median.get(ONE_THREAD)
+        cells = [fmt_ms(e2), f"{e1 / e2:.2f}" if e1 else "–"]
+        for d in DEFAULTS:
+            got = r.median.get(d)
+            ratios = [got / e2 if got else None, got / e1 if got and e1 else None,
+                      got / min(e2, e1 or e2) if got else None]  # fmt: skip
+            for h, v in zip(head[len(cells) - 2 :], ratios, strict=False):
+                if v is not None:
+                    worst[h].append(v)
+            cells += ["–" if v is None else f"{v:.2f}" for v in ratios]
+        lines.append(f"| {row.key} | " + " | ".join(cells) + " |")
+    lines.append("| worst | | | " + " | ".join(f"{max(v):.2f}" if v else "–"
+                                               for v in worst.values()) + " |")  # fmt: skip
+    return lines
+
+
+def _planning_table(rows: list[Row]) -> list[str]:
+    """Planned N times: same decisions? First calls in forward passes of eager at 2 threads."""
+    lines = ["| model | same decisions | decisions | first call, forward passes (median; "
+             "range) | from the filled cache dir | gx example_inputs first call |",
+             "|---" * 6 + "|"]  # fmt: skip
+    for row in rows:
+        r, rp = row.result, row.replans
+        forward = r.median.get(REFERENCE) if r is not None else None
+        if rp is None or not forward:
+            continue
+        if rp.error:
+            lines.append(f"| {row.key} | error: {rp.error} |" + " – |" * 4)
+            continue
+        passes = [t / forward for t in rp.first_s]
+        first = (f"{statistics.median(passes):.0f} ({min(passes):.0f}–{max(passes):.0f})"
+                 if passes else "–")  # fmt: skip
+        cached = "–" if rp.cached_s is None else f"{rp.cached_s / forward:.1f}"
+        if rp.cached_key and rp.keys and rp.cached_key != rp.keys[-1]:
+            cached += f" (decided: {rp.cached_key})"
+        example = ("–" if row.example_first_s is None
+                   else f"{row.example_first_s / forward:.0f}")  # fmt: skip
+        kinds = "; ".join(f"{rp.keys.count(k)}x {k}" for k in dict.fromkeys(rp.keys))
+        lines.append(f"| {row.key} | {rp.same()}/{len(rp.keys)} | {kinds} | {first} | "
+                     f"{cached} | {example} |")  # fmt: skip
+    return lines
 
 
 def _correctness_table(rows: list[Row], columns: list[str]) -> list[str]:
@@ -280,6 +381,19 @@ def render(rows: list[Row], header: list[str], reps: int, columns: list[str], to
              "A cell says `mismatch` when the output differed from eager's (not timed), `error` "
              "when the column could not be built or run (both listed below).", "",
              *_ratio_table(rows, columns), "",
+             "## The default modules against both eager columns", "",
+             "Ratios of medians. `better eager` is the faster of eager at 2 and at 1 intra-op "
+             "thread in this run (issue 19's targets: ≤ 1.03 against eager at default threads "
+             "on a quiet machine; ≤ 1.15 against the better eager with one core busy). "
+             "`gx example_inputs` is `gx.GraphModule(gx.trace(model, example_inputs=inputs))`.",
+             "", *_eager_table(rows), "",
+             "## Planned again: same decisions? first call in forward passes", "",
+             "Each model's default module planned again in fresh modules with nothing cached "
+             "(`GRAPHEXEC_CACHE=0`); decisions compared without their measured numbers. A first "
+             "call is its seconds over the median eager forward at 2 threads (issue 19: ≤ 30; "
+             "≤ 3 from the cache). `from the filled cache dir`: one more module, in this "
+             "process, with `GRAPHEXEC_CACHE_DIR` the last one filled.", "",
+             *_planning_table(rows), "",
              "## Which entry point imports which model", "",
              "✓: imported, and its output equals eager's (the cells of the table above); a "
              "Dynamo graph is *handed back* when its plan did not beat it (it then runs as "

@@ -1,25 +1,44 @@
-"""Import an existing ``nn.Module`` as a `Graph`, through ``torch.fx``.
+"""Import an existing ``nn.Module`` as a `Graph`: through ``torch.fx``, else ``torch.export``.
 
 What it decides
 ---------------
+* **The route.** ``gx.trace(model)`` traces with ``torch.fx``. ``gx.trace(model,
+  example_inputs=args)`` (``torch.export.export``'s ``args``, and ``example_kwargs`` its
+  ``kwargs``) traces with fx where fx can, and otherwise exports the model with that call
+  and imports the program (`graphexec.exported`); ``graph.imported_by`` says which route and
+  why. Either way ``graph.source`` is the user's own module, called as the graph is: the
+  module `graphexec.plan` times its plans against and runs as it is when none beats it.
 * **Tracing.** ``torch.fx`` symbolic tracing with its default leaves (modules of ``torch.nn``)
   plus any modules named in ``leaves=`` (qualified names or types): naming a whole branch
   makes it one node (coarser granularity). An already-traced ``fx.GraphModule`` (HF
   transformers, timm and others trace with their own tracers; Dynamo hands its graphs to
   `graphexec.dynamo` as ones) is taken as it is, every placeholder a graph input. A
-  ``torch.export.ExportedProgram`` is taken through its ``.module()``.
+  ``torch.export.ExportedProgram`` is taken through its ``.module()``, one graph input per
+  tensor leaf (a ``None`` argument is none: export fixed it).
 * **Defaults.** ``forward(x, scale=2.0)`` traces to a graph of ``x`` alone: arguments with a
   default are fixed to it (fx's ``concrete_args``, so ``if flag:`` on them traces too) and
-  their placeholders and specialisation asserts are dropped. ``concrete_args={"scale": 3.0}``
-  fixes another value; ``concrete_args={"scale": torch.fx.PH}`` keeps one as a (required)
-  graph input. Data-dependent control flow raises `UntraceableError`, naming the submodule.
-* **Export's bookkeeping.** Guards (``_guards_fn``) and assertion nodes (``_assert_scalar``,
-  ``_assert_tensor_metadata``, ``sym_constrain_range*``) that read only graph inputs and
-  shape arithmetic are taken out of the model's nodes and run together as one cheap first
-  node, ``check_inputs``, which every partition without a producer waits for (``after=``):
-  the checks run once per call, before any model code, as in the exported module.
-  Assertions on intermediate values run inside the partition of the value they check (nobody
-  reads them: a partition of their own would be dropped as dead).
+  their placeholders and specialisation asserts are dropped. With ``example_inputs`` only
+  the arguments the call does not give are fixed (transformers' ``input_ids=None`` is given,
+  not fixed), and given ``None`` s and numbers are fixed to their values, as export fixes
+  them. ``concrete_args={"scale": 3.0}`` fixes another value; ``concrete_args={"scale":
+  torch.fx.PH}`` keeps one as a (required) graph input. The source is the module itself
+  when the graph's inputs are its leading arguments and the rest keep their defaults (one
+  call less per run); otherwise a function calling it with the fixed values.
+* **Errors.** Anything raised while fx traces (data-dependent control flow, a library
+  raising on a proxy: ``torch.finfo(x.dtype)``, ``ValueError: You have to specify either
+  input_ids ...``) becomes `UntraceableError`, naming the submodule where it stopped, with the
+  library's message and the ways out; with ``example_inputs`` it is raised only when export
+  fails too, saying both.
+* **Symbolic sizes.** With dynamic shapes Dynamo's graphs take sizes as inputs, and hands a
+  backend ``SymInt`` s for them beside real example tensors; aten ops called with a ``SymInt``
+  outside tracing raise. A partition (and the graph as its source) reads such an input as
+  the int it stands for in the example (`graphexec.fx_partition.concrete_size`); a real
+  call's int passes as it is.
+* **Export's bookkeeping.** Guards and assertion nodes that read only graph inputs run
+  together as one cheap first node, ``check_inputs``, which every partition without a
+  producer waits for (``after=``): once per call, before any model code, as in the exported
+  module. Assertions on intermediate values run inside the partition of the value they check
+  (nobody reads them: a partition of their own would be dropped as dead).
 * **Partitions.** Each leaf-module call starts a partition. In aten-level graphs (export,
   Dynamo) there are no ``call_module`` nodes: a node belongs to the call of the outermost
   leaf module in its ``nn_module_stack`` meta (a ``torch.nn`` module other than
@@ -40,16 +59,19 @@ What it decides
   orderings become ``after=`` edges between partitions, and mutating partitions are marked so
   they are never dropped. If folding would contradict an ordering (a cycle), function nodes
   get partitions of their own instead, which is always consistent.
-* **Thread-local state.** A graph that switches grad mode or autocast between its nodes
-  (Dynamo writes ``torch._C._set_grad_enabled`` for a ``with torch.no_grad():`` inside
-  ``forward``) cannot be split across threads: `GraphError` naming the node.
-* **Transform levels.** Dynamo and export write a ``torch.vmap`` inside ``forward`` (as
-  transformers 4.5x builds GPT-2's attention mask) as calls that push and pop a functorch
-  level (``_vmap_increment_nesting`` ... ``_vmap_decrement_nesting``, thread-local) around
-  batched tensors that must not leave the level, with level numbers written in as constants.
-  fx counts neither call as a side effect, and nobody reads their results: the span from the
-  first push to its matching pop (and the ``lazy_load_decompositions`` before it) is kept
-  whole and becomes one partition, run on one thread like any partition.
+* **Thread-local state.** A graph that switches grad mode between its nodes (Dynamo writes
+  ``torch._C._set_grad_enabled`` for a ``with torch.no_grad():`` inside ``forward``) cannot
+  be split across threads: `GraphError` naming the node.
+* **Regions of thread-local state.** Dynamo and export write a ``torch.vmap`` inside
+  ``forward`` (as transformers 4.5x builds GPT-2's attention mask) as calls that push and pop
+  a functorch level (``_vmap_increment_nesting`` ... ``_vmap_decrement_nesting``) around
+  batched tensors that must not leave the level, with level numbers written in as constants;
+  Dynamo writes a ``with torch.autocast(..., enabled=False):`` (the rotary embedding of
+  Llama and Qwen2) as ``_enter_autocast`` ... ``_exit_autocast``. Both states are
+  thread-local. fx counts none of these calls as a side effect, and nobody reads their
+  results: the span from the first push to its matching pop (and the
+  ``lazy_load_decompositions`` before a vmap) is kept whole and becomes one partition, run on
+  one thread like any partition; the rest of the graph is planned as usual.
 """
 
 from __future__ import annotations
@@ -57,7 +79,7 @@ from __future__ import annotations
 import inspect
 import operator
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -65,37 +87,29 @@ import torch.fx as fx
 import torch.nn as nn
 
 from .errors import GraphError
+from .exported import as_called, constant_inputs, export, input_checks, is_check
 from .fx_partition import (
     Leaves,
     build_graph,
+    closure,
+    concrete_size,
     hazard_pairs,
     leaf_calls,
     live_nodes,
     partition,
     partition_order,
     qualname,
+    symbolic_size,
 )
 from .graph import Graph
 
 __all__ = ["UntraceableError", "trace"]
 
 
-def _aten(*names: str) -> set[Any]:
-    ops = (getattr(torch.ops.aten, n) for n in names if hasattr(torch.ops.aten, n))
-    return {getattr(op, o) for op in ops for o in op.overloads()}
-
-
-#: Export's checks on its inputs (with ``_guards_fn`` modules): run in ``check_inputs``.
-_CHECKS = _aten("_assert_scalar", "_assert_tensor_metadata", "sym_constrain_range",
-                "sym_constrain_range_for_size", "_assert_async")  # fmt: skip
 #: What fx writes for a specialised argument (``concrete_args``): dropped with it.
 _SPECIALISED = {operator.eq, torch._assert, fx._symbolic_trace._assert_is_none}
 #: Calls that switch thread-local state between nodes: such a graph cannot be split up.
-_THREAD_STATE = {
-    torch._C._set_grad_enabled,
-    torch.amp.autocast_mode._enter_autocast,
-    torch.amp.autocast_mode._exit_autocast,
-}
+_THREAD_STATE = {torch._C._set_grad_enabled}
 
 
 def _functorch(*names: str) -> set[Any]:
@@ -106,53 +120,82 @@ def _functorch(*names: str) -> set[Any]:
     }
 
 
-#: Calls that push and pop a functorch transform level (module docstring: transform levels).
-_LEVEL_PUSH = _functorch("_vmap_increment_nesting", "_jvp_increment_nesting", "_enter_dual_level")
-_LEVEL_POP = _functorch("_vmap_decrement_nesting", "_jvp_decrement_nesting", "_exit_dual_level")
+#: Calls that push and pop a functorch transform level or an autocast region (module
+#: docstring: regions of thread-local state).
+_LEVEL_PUSH = {
+    *_functorch("_vmap_increment_nesting", "_jvp_increment_nesting", "_enter_dual_level"),
+    torch.amp.autocast_mode._enter_autocast,
+}
+_LEVEL_POP = {
+    *_functorch("_vmap_decrement_nesting", "_jvp_decrement_nesting", "_exit_dual_level"),
+    torch.amp.autocast_mode._exit_autocast,
+}
 _LEVEL_PREPARE = _functorch("lazy_load_decompositions")
 
 
 class UntraceableError(GraphError, fx.proxy.TraceError):
-    """``torch.fx`` could not trace the module (data-dependent control flow, say); ``node``
-    names the submodule where it stopped, if any."""
+    """The module could not be imported: ``torch.fx`` stopped (data-dependent control flow, a
+    library raising on a proxy) and, with ``example_inputs``, ``torch.export`` too. ``node``
+    names the submodule where tracing stopped, if any; ``reason`` is the library's own
+    message (``TypeError: ...``); the message also says the ways out."""
+
+    def __init__(self, message: str, node: str | None = None, reason: str = ""):
+        super().__init__(message, node)
+        self.reason = reason
 
 
 def trace(
     module: nn.Module | Any,
+    example_inputs: Sequence[Any] | Any | None = None,
+    example_kwargs: dict[str, Any] | None = None,
     *,
     leaves: Iterable[str | type] = (),
     name: str | None = None,
     concrete_args: dict[str, Any] | None = None,
 ) -> Graph:
-    """Trace ``module`` with ``torch.fx`` into a `Graph` of module-sized nodes.
+    """Import ``module`` into a `Graph` of module-sized nodes: through ``torch.fx``, or through
+    ``torch.export`` where fx cannot trace it and ``example_inputs`` are given.
 
     Parameters
     ----------
     module : nn.Module, torch.fx.GraphModule or torch.export.ExportedProgram
         A module to trace, a GraphModule traced already (used as it is, not re-traced), or
         an exported program (its ``.module()``, with export's checks in ``check_inputs``).
+    example_inputs : tuple, optional
+        Positional arguments of a call, as ``torch.export.export(module, args)`` takes them (a
+        single tensor is one argument). Only the arguments not given are fixed to their
+        defaults; given tensors are graph inputs, given ``None`` and plain numbers are fixed.
+        Where fx cannot trace the module, it is exported with these inputs instead.
+    example_kwargs : dict, optional
+        Keyword arguments of that call (``torch.export.export``'s ``kwargs``).
     leaves : iterable of str or type
         Extra leaf modules, by qualified name (``"branch1"``) or type: each becomes one node.
     name : str, optional
         The graph's name (default: the module's class name).
     concrete_args : dict, optional
-        Passed to ``torch.fx.Tracer.trace``; arguments with defaults are fixed to them
-        unless given here (``torch.fx.PH`` keeps one a graph input).
+        Passed to ``torch.fx.Tracer.trace``; arguments with defaults (without
+        ``example_inputs``: all of them; with: those not given) are fixed to them unless given
+        here (``torch.fx.PH`` keeps one a graph input).
 
     Returns
     -------
     Graph
-        Inputs are the module's ``forward`` arguments without defaults (for a GraphModule or
-        an exported program: its placeholders); outputs have the same structure as the
-        module's (tensor, tuple or dict).
+        Inputs are the module's ``forward`` arguments without defaults, or with
+        ``example_inputs`` the tensors given (for a GraphModule or an exported program: its
+        placeholders, one per tensor leaf); outputs have the same structure as the module's
+        (tensor, tuple or dict). ``graph.source`` is the user's module, called as the graph is
+        (what `graphexec.plan` times its plans against, and runs as it is when none beats it);
+        ``graph.imported_by`` says which route imported it and why.
 
     Raises
     ------
     UntraceableError
-        If ``torch.fx`` cannot trace ``module`` (data-dependent control flow), naming the
-        submodule where tracing stopped.
+        If ``torch.fx`` cannot trace ``module`` (data-dependent control flow, a library
+        raising on a proxy) and, with ``example_inputs``, ``torch.export`` cannot export it:
+        naming the submodule where tracing stopped, with the library's message.
     GraphError
-        If the graph switches grad mode or autocast between nodes, naming that node.
+        If the graph switches grad mode between nodes (an autocast region is kept whole in
+        one node instead), naming that node.
 
     Examples
     --------
@@ -166,18 +209,29 @@ def trace(
     >>> g = gx.trace(TwoTowers())
     >>> g.inputs, [n.name for n in g if not n.is_input]
     (('x',), ['a', 'b', 'add'])
+    >>> class Masked(nn.Module):  # fx cannot trace torch.finfo of a proxy's dtype
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.a = nn.Linear(4, 4)
+    ...     def forward(self, x, mask=None):
+    ...         return self.a(x).masked_fill(mask, torch.finfo(x.dtype).min)
+    >>> model, x = Masked(), torch.randn(2, 4)
+    >>> g = gx.trace(model, example_inputs=(x, x > 0))
+    >>> g.imported_by.split(":")[0], g.inputs, g.source is model
+    ('torch.export', ('x', 'mask'), True)
     """
     leaf = Leaves(leaves)
-    gm, source = _import(module, leaf, concrete_args)
+    example = _example(example_inputs, example_kwargs)
+    gm, source, how = _import(module, leaf, concrete_args, example)
     graph_name = name or _root_name(gm) or type(module).__name__
     for n in gm.graph.nodes:
         if n.op == "call_function" and n.target in _THREAD_STATE:
             raise GraphError(
-                f"node '{n.name}' ({_target_name(n)}) switches grad mode or autocast between "
-                "nodes: graphexec runs nodes on several threads and cannot split this graph",
+                f"node '{n.name}' ({_target_name(n)}) switches grad mode between nodes: "
+                "graphexec runs nodes on several threads and cannot split this graph",
                 n.name,
             )
-    checks = _input_checks(gm)
+    checks = input_checks(gm)
     levels = _level_spans(gm)
     live = live_nodes(gm, skip=set(checks), keep=levels)
     nodes = [n for n in gm.graph.nodes
@@ -185,16 +239,32 @@ def trace(
     index = {n: i for i, n in enumerate(gm.graph.nodes)}
     hazards = hazard_pairs(gm, index)
     calls = leaf_calls(nodes, leaf)
-    inner = [n for n in nodes if _is_check(n) and not n.users]  # checks on intermediates
+    inner = [n for n in nodes if is_check(n) and not n.users]  # checks on intermediates
     part = partition(nodes, calls, folded=True, together=levels, attached=inner)
     order = partition_order(nodes, part, hazards, index)
     if order is None:  # folding contradicted an in-place ordering: keep functions apart
         part = partition(nodes, calls, folded=False, together=levels, attached=inner)
         order = partition_order(nodes, part, hazards, index)
         assert order is not None, "one node per partition follows program order"
-    g = build_graph(gm, graph_name, nodes, part, order, hazards, calls, checks)
+    g = build_graph(gm, graph_name, nodes, part, order, hazards, calls, checks,
+                    constant_inputs(gm))  # fmt: skip
     g.source = source  # what `graphexec.plan` measures its plans against
+    g.imported_by = how
     return g
+
+
+_Example = tuple[tuple[Any, ...], dict[str, Any]]
+
+
+def _example(args: Any, kwargs: dict[str, Any] | None) -> _Example | None:
+    """``(args, kwargs)`` of the example call, or None without one."""
+    if args is None and kwargs is None:
+        return None
+    if args is None:
+        args = ()
+    elif not isinstance(args, tuple | list):
+        args = (args,)  # one tensor: one argument, as torch.export takes ``(x,)``
+    return tuple(args), dict(kwargs or {})
 
 
 class _Tracer(fx.Tracer):
@@ -210,45 +280,139 @@ class _Tracer(fx.Tracer):
         )
 
 
-def _import(module: Any, leaves: Leaves, concrete_args: Any) -> tuple[fx.GraphModule, Any]:
-    """The fx graph to partition, and the callable it came from (`Graph.source`)."""
+_PROGRAM_NOTE = (
+    "torch.export (an ExportedProgram): the module as it is is the program's module(); "
+    "gx.trace(model, example_inputs=args) keeps your own model as it is"
+)
+
+
+def _import(
+    module: Any, leaves: Leaves, concrete_args: Any, example: _Example | None
+) -> tuple[fx.GraphModule, Any, str]:
+    """The fx graph to partition, the callable it came from (`Graph.source`), and which
+    route made it and why (`Graph.imported_by`)."""
     exported = sys.modules.get("torch.export")
     if exported is not None and isinstance(module, exported.ExportedProgram):
         gm = module.module()
-        return gm, gm
+        return gm, as_called(gm, gm), _PROGRAM_NOTE
     if isinstance(module, fx.GraphModule):
-        return module, module
-    concrete = _defaults(module, concrete_args)
+        return module, _sized(module, as_called(module, module)), "an fx GraphModule, as it is"
+    try:
+        gm, source = _fx_trace(module, leaves, concrete_args, example)
+    except UntraceableError as fx_error:
+        if example is None:
+            raise
+        return _export_route(module, example, fx_error)
+    return gm, source, "torch.fx"
+
+
+def _sized(gm: fx.GraphModule, source: Any) -> Any:
+    """``source`` taking Dynamo's symbolic sizes as their example ints (`concrete_size`)."""
+    sizes = [i for i, n in enumerate(n for n in gm.graph.nodes if n.op == "placeholder")
+             if symbolic_size(n)]  # fmt: skip
+    if not sizes:
+        return source
+
+    def call(*args: Any) -> Any:
+        return source(*(concrete_size(a) if i in sizes else a for i, a in enumerate(args)))
+
+    call.__wrapped__ = source  # type: ignore[attr-defined]
+    return call
+
+
+def _fx_trace(
+    module: nn.Module, leaves: Leaves, concrete_args: Any, example: _Example | None
+) -> tuple[fx.GraphModule, Any]:
+    """``torch.fx`` with every argument not given fixed (`_defaults`); any exception raised
+    while tracing becomes an `UntraceableError` naming where it stopped."""
+    concrete = _defaults(module, concrete_args, example)
     tracer = _Tracer(leaves)
     try:
         graph = tracer.trace(module, concrete or None)
-    except fx.proxy.TraceError as exc:
+    except Exception as exc:  # noqa: BLE001 - a library raising on a proxy stops fx too
         where = _where(module, exc.__traceback__)
-        raise UntraceableError(_untraceable(module, exc, where), where and where[0]) from exc
+        message, reason = _untraceable(module, exc, where, concrete, example)
+        raise UntraceableError(message, (where and where[0]) or None, reason) from exc
     gm = fx.GraphModule(tracer.root, graph, type(module).__name__)
     if not concrete:
         return gm, module
     _drop_specialised(gm, module, concrete)
     inputs = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
+    if _called_plainly(module, inputs, concrete):
+        return gm, module
 
     def source(*args: Any) -> Any:  # the module called as the graph is: the rest fixed
         return module(**dict(zip(inputs, args, strict=False)), **concrete)
 
+    source.__wrapped__ = module  # type: ignore[attr-defined]
     return gm, source
 
 
-def _defaults(module: nn.Module, concrete_args: dict[str, Any] | None) -> dict[str, Any]:
-    """``concrete_args`` with every plain default of ``forward`` it does not name."""
-    given = dict(concrete_args or {})
+def _export_route(
+    module: nn.Module, example: _Example, fx_error: UntraceableError
+) -> tuple[fx.GraphModule, Any, str]:
+    """``torch.export`` with the example call, where fx stopped; the user's module stays the
+    one the graph is measured against (`graphexec.exported`)."""
+    kind = type(module).__name__
     try:
-        params = inspect.signature(module.forward).parameters.values()
+        gm = export(module, *example)
+    except Exception as exc:  # noqa: BLE001 - whatever export raises, say both
+        reason = _first_line(exc)
+        raise UntraceableError(
+            f"gx.trace({kind}): torch.fx cannot trace it ({fx_error.reason}) and "
+            f"torch.export cannot export it with the example inputs ({reason}). {fx_error}",
+            fx_error.node,
+            reason,
+        ) from exc
+    how = f"torch.export: torch.fx could not trace {kind} ({fx_error.reason})"
+    return gm, as_called(gm, module), how
+
+
+def _first_line(exc: BaseException, most: int = 300) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+    return text if len(text) <= most else text[: most - 3] + "..."
+
+
+_PLAIN = (type(None), bool, int, float, str)  # fixed; tensors and containers: left as inputs
+
+
+def _defaults(
+    module: nn.Module, concrete_args: dict[str, Any] | None, example: _Example | None = None
+) -> dict[str, Any]:
+    """``concrete_args`` with every plain default of ``forward`` it does not name; with an
+    example call, only the defaults of arguments it does not give, and the plain values it
+    gives (``None``, numbers: export fixes them too)."""
+    given_args = dict(concrete_args or {})
+    try:
+        params = list(inspect.signature(module.forward).parameters.values())
     except (TypeError, ValueError):
-        return given
-    plain = (type(None), bool, int, float, str)  # tensors and containers: left as inputs
-    fixed = {p.name: p.default for p in params
-             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-             and isinstance(p.default, plain) and p.default is not p.empty}  # fmt: skip
-    return {k: v for k, v in {**fixed, **given}.items() if v is not fx.PH}
+        return given_args
+    named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    called: dict[str, Any] = {}
+    if example is not None:
+        positional = [p.name for p in params if p.kind == p.POSITIONAL_OR_KEYWORD]
+        called = {**dict(zip(positional, example[0], strict=False)), **example[1]}
+    fixed = {p.name: p.default for p in named
+             if p.name not in called and isinstance(p.default, _PLAIN)
+             and p.default is not p.empty}  # fmt: skip
+    fixed.update((k, v) for k, v in called.items() if isinstance(v, _PLAIN))
+    return {k: v for k, v in {**fixed, **given_args}.items() if v is not fx.PH}
+
+
+def _called_plainly(module: nn.Module, inputs: list[str], concrete: dict[str, Any]) -> bool:
+    """True when ``module(*inputs)`` is the call the graph makes: the inputs are its leading
+    positional arguments, and every fixed one is fixed to its own default (so the module
+    itself is the graph's source, with nothing between a call and it)."""
+    try:
+        params = inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    positional = [p.name for p in params.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]  # fmt: skip
+    return inputs == positional[: len(inputs)] and all(
+        k in params and type(v) is type(params[k].default) and v == params[k].default
+        for k, v in concrete.items()
+    )
 
 
 def _drop_specialised(gm: fx.GraphModule, module: nn.Module, concrete: dict[str, Any]) -> None:
@@ -259,7 +423,7 @@ def _drop_specialised(gm: fx.GraphModule, module: nn.Module, concrete: dict[str,
         return
     index = {n: i for i, n in enumerate(gm.graph.nodes)}
     for param, holder in zip(params, holders, strict=True):
-        below = _closure([holder], lambda n: n.users)
+        below = closure([holder], lambda n: n.users)
         if param in concrete and all(n.target in _SPECIALISED for n in below):
             for n in sorted(below, key=index.__getitem__, reverse=True):
                 gm.graph.erase_node(n)
@@ -279,32 +443,39 @@ def _where(module: nn.Module, tb: Any) -> tuple[str, str, int] | None:
     return where
 
 
-def _untraceable(module: nn.Module, exc: Exception, where: tuple[str, str, int] | None) -> str:
+def _untraceable(
+    module: nn.Module,
+    exc: Exception,
+    where: tuple[str, str, int] | None,
+    concrete: dict[str, Any],
+    example: _Example | None,
+) -> tuple[str, str]:
+    """The error's message (where, the library's words, the ways out) and its reason."""
     kind = type(module).__name__
     at = f" ({where[1]}:{where[2]})" if where else ""
+    branch = isinstance(exc, fx.proxy.TraceError)  # control flow on a proxy, not a library
+    reason = str(exc) if branch else _first_line(exc)
+    ways = []
     if where and where[0]:
         place = f"in submodule '{where[0]}'{at}"
-        fix = f"name it in leaves=['{where[0]}'] to run it as one node"
+        ways.append(f"name it in leaves=['{where[0]}'] to run it as one node")
     else:
         place = f"in {kind}.forward{at}"
-        fix = "move the branch into a submodule and name it in leaves="
-    return (
-        f"gx.trace({kind}): torch.fx cannot trace {place}: {exc}. To import it, {fix}; or "
-        'use torch.compile(model, backend="graphexec"), which splits the model at the branch; '
-        "or gx.trace(torch.export.export(model, args)) with the branch written as torch.cond"
-    )
-
-
-def _closure(start: Iterable[fx.Node], step: Any) -> set[fx.Node]:
-    """Every node reachable from ``start`` (not included) by ``step`` (users or inputs)."""
-    seen: set[fx.Node] = set()
-    todo = list(start)
-    while todo:
-        for m in step(todo.pop()):
-            if m not in seen:
-                seen.add(m)
-                todo.append(m)
-    return seen
+        if branch:
+            ways.append("move the branch into a submodule and name it in leaves=")
+    fixed = ", ".join(f"{k}={v!r}" for k, v in concrete.items())
+    note = ""
+    if example is None:
+        if fixed:
+            note = (f" (gx.trace fixed every argument with a default to it: {fixed}; "
+                    "example_inputs= says which ones a call gives)")  # fmt: skip
+        ways.insert(0 if not branch else 1, "gx.trace(model, example_inputs=args), which "
+                    "imports it through torch.export where fx cannot")  # fmt: skip
+    elif branch:
+        ways.append("write the branch with torch.cond (export takes it)")
+    ways.append('torch.compile(model, backend="graphexec"), which splits the model there')
+    return (f"gx.trace({kind}): torch.fx cannot trace {place}: {reason}{note}. To import it, "
+            + "; or ".join(ways), reason)  # fmt: skip
 
 
 def _root_name(gm: fx.GraphModule) -> str | None:
@@ -338,25 +509,3 @@ def _level_spans(gm: fx.GraphModule) -> dict[fx.Node, int]:
                 spans.update((m, number) for m in current if m.op != "placeholder")
                 current = []
     return spans
-
-
-# -- export's checks ----------------------------------------------------------------------------
-def _is_check(n: fx.Node) -> bool:
-    return (n.op == "call_module" and str(n.target).startswith("_guards_fn")) or (
-        n.op == "call_function" and n.target in _CHECKS
-    )
-
-
-def _input_checks(gm: fx.GraphModule) -> list[fx.Node]:
-    """Export's guard and assert nodes that read only graph inputs and shape arithmetic
-    (nodes whose example value is no tensor), with that arithmetic, in program order."""
-    taken: set[fx.Node] = set()
-    for n in gm.graph.nodes:
-        if not _is_check(n):
-            continue
-        up = _closure([n], lambda m: m.all_input_nodes)
-        if all(a.op in ("placeholder", "get_attr") or _is_check(a)
-               or ("val" in a.meta and not isinstance(a.meta["val"], torch.Tensor))
-               for a in up):  # fmt: skip
-            taken |= up | {n}
-    return [n for n in gm.graph.nodes if n in taken and n.op not in ("placeholder", "get_attr")]

@@ -21,8 +21,8 @@ import torch.utils._pytree as pytree
 
 from .graph import Graph, Ref
 
-__all__ = ["Leaves", "build_graph", "hazard_pairs", "leaf_calls", "live_nodes", "partition",
-           "partition_order", "qualname"]  # fmt: skip
+__all__ = ["Leaves", "build_graph", "closure", "concrete_size", "hazard_pairs", "leaf_calls",
+           "live_nodes", "partition", "partition_order", "qualname", "symbolic_size"]  # fmt: skip
 
 _VIEW_METHODS = {
     "view", "view_as", "reshape", "reshape_as", "transpose", "permute", "t", "flatten",
@@ -101,13 +101,19 @@ def live_nodes(
     keep = [n for n in gm.graph.nodes if n not in skip and (
             n in kept or n.op == "output" or _mutated_arg(gm, n) is not None
             or n.is_impure())]  # fmt: skip
-    live = set(keep)
-    while keep:
-        for a in keep.pop().all_input_nodes:
-            if a not in live:
-                live.add(a)
-                keep.append(a)
-    return live
+    return set(keep) | closure(keep, lambda n: n.all_input_nodes)
+
+
+def closure(start: Iterable[fx.Node], step: Any) -> set[fx.Node]:
+    """Every node reachable from ``start`` (not included) by ``step`` (users or inputs)."""
+    seen: set[fx.Node] = set()
+    todo = list(start)
+    while todo:
+        for m in step(todo.pop()):
+            if m not in seen:
+                seen.add(m)
+                todo.append(m)
+    return seen
 
 
 def _is_view(n: fx.Node) -> bool:
@@ -264,17 +270,22 @@ def build_graph(
     hazards: list[tuple[fx.Node, fx.Node]],
     calls: dict[fx.Node, tuple[str, str]],
     checks: list[fx.Node],
+    constants: dict[fx.Node, Any] | None = None,
 ) -> Graph:
+    """The graph: one node per partition (in ``order``), ``check_inputs`` first when there are
+    ``checks``. ``constants`` are placeholders whose value export fixed (``None``, numbers):
+    no graph input, and partitions read the value in their place."""
+    constants = constants or {}
     g = Graph(graph_name)
     value: dict[fx.Node, Ref] = {}
     for n in gm.graph.nodes:
-        if n.op == "placeholder":
+        if n.op == "placeholder" and n not in constants:
             value[n] = g.input(n.target.lstrip("*"))
     first = []
     if checks:  # export's checks, once per call, before every partition (module docstring)
         read = list(dict.fromkeys(a for n in checks for a in n.all_input_nodes
-                                  if a.op == "placeholder"))  # fmt: skip
-        fn = _partition_module(gm, checks, read, [], class_name="InputChecks")
+                                  if a.op == "placeholder" and a not in constants))  # fmt: skip
+        fn = _partition_module(gm, checks, read, [], constants, class_name="InputChecks")
         first = [g.node("check_inputs", fn, *(value[a] for a in read)).node]
     members: dict[int, list[fx.Node]] = {p: [] for p in order}
     for n in nodes:
@@ -289,11 +300,12 @@ def build_graph(
                 a
                 for n in group
                 for a in n.all_input_nodes
-                if a not in inside and a.op != "get_attr"
+                if a not in inside and a.op != "get_attr" and a not in constants
             )
         )
         outputs = [n for n in group if any(u not in inside for u in n.users)]
-        fn = _partition_module(gm, group, inputs, outputs, class_name=_ops_name(gm, group))
+        fn = _partition_module(gm, group, inputs, outputs, constants,
+                               class_name=_ops_name(gm, group))  # fmt: skip
         after = {names[part[a]] for a, b in hazards if b in inside and a in part and part[a] != p}
         if not any(a in part for a in inputs):
             after.update(first)
@@ -346,7 +358,7 @@ def _ops_name(gm: fx.GraphModule, group: list[fx.Node], most: int = 3) -> str:
 
 def _partition_module(
     gm: fx.GraphModule, group: list[fx.Node], inputs: list[fx.Node], outputs: list[fx.Node],
-    class_name: str = "Partition",
+    constants: dict[fx.Node, Any], class_name: str = "Partition",
 ) -> nn.Module:  # fmt: skip
     only = group[0]
     if (
@@ -360,8 +372,12 @@ def _partition_module(
     env: dict[fx.Node, fx.Node] = {}
     for a in inputs:
         env[a] = sub.placeholder(a.name)
+        if symbolic_size(a):  # Dynamo's example inputs: a SymInt where a call gives an int
+            env[a] = sub.call_function(concrete_size, (env[a],))
 
-    def arg(a: fx.Node) -> fx.Node:
+    def arg(a: fx.Node) -> Any:
+        if a in constants:  # a value export fixed: written into the call
+            return constants[a]
         if a not in env and a.op == "get_attr":  # parameters/buffers read by function nodes
             env[a] = sub.node_copy(a)
         return env[a]
@@ -370,6 +386,32 @@ def _partition_module(
         env[n] = sub.node_copy(n, arg)
     sub.output(env[outputs[0]] if len(outputs) == 1 else tuple(env[o] for o in outputs))
     return _Partition(gm, sub, class_name=class_name)
+
+
+def symbolic_size(n: fx.Node) -> bool:
+    """A placeholder for a size Dynamo made symbolic (``dynamic=True``, or a recompile)."""
+    value = n.meta.get("example_value", n.meta.get("val"))
+    return n.op == "placeholder" and isinstance(value, torch.SymInt)
+
+
+def concrete_size(v: Any) -> Any:
+    """A symbolic size (``torch.SymInt``: Dynamo hands a backend of a graph with dynamic
+    shapes symbolic sizes beside its real example tensors) as the ``int`` it stands for in
+    that example; a real call's ``int`` as it is. Aten ops given a ``SymInt`` outside tracing
+    raise ``SymIntArrayRef expected to contain only concrete integers``.
+
+    >>> concrete_size(3)
+    3
+    """
+    if not isinstance(v, torch.SymInt):
+        return v
+    hint = v.node.hint if v.node.has_hint() else None
+    if hint is None:
+        raise TypeError(
+            f"a symbolic size ({v}) with no example value reached a graph input: run the "
+            "graph on real sizes (graphexec's torch.compile backend plans on the first call)"
+        )
+    return int(hint)
 
 
 class _Partition(fx.GraphModule):

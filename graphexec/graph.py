@@ -148,6 +148,9 @@ class Graph:
         #: The module this graph was traced from (`graphexec.trace`), called with the graph's
         #: inputs: `graphexec.plan` tries it as "the module as it is" against its plans.
         self.source: Callable[..., Any] | None = None
+        #: How `graphexec.trace` imported the graph, and why that way (``"torch.fx"``,
+        #: ``"torch.export: torch.fx could not trace ..."``); None for a declared graph.
+        self.imported_by: str | None = None
 
     # -- building ---------------------------------------------------------------------------
     def input(self, name: str) -> Ref:
@@ -326,6 +329,8 @@ class Graph:
 
     def __str__(self) -> str:
         rows = [repr(self)]
+        if self.imported_by:
+            rows.append(f"  imported by {self.imported_by}")
         for node in self._nodes.values():
             if node.is_input:
                 rows.append(f"  {node.name:<24} <input>")

@@ -225,3 +225,90 @@ def test_the_trials_leave_no_trace():
     assert said is None or "measured" in said or "one after another" in said
     torch.testing.assert_close(model[2].running_mean, stats)
     assert torch.equal(torch.random.get_rng_state(), rng)
+
+
+class Rotary(nn.Module):
+    """Llama's and Qwen2's rotary embedding computes cos/sin in float32 with autocast off."""
+
+    def forward(self, x):
+        with torch.autocast(device_type="cpu", enabled=False):
+            angles = x.float() * 0.5
+            return angles.cos(), angles.sin()
+
+
+class RotaryTowers(nn.Module):
+    """An autocast region, then two branches that read it::
+
+        x -> rotary [_enter_autocast ... _exit_autocast] -> cos -> a -\\
+                                                         \\-> sin -> b --+ add
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.rotary, self.a, self.b = Rotary(), nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x):
+        cos, sin = self.rotary(x)
+        return self.a(x * cos) + self.b(x * sin)
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+def test_an_autocast_region_is_one_task_and_the_rest_is_planned(autocast, monkeypatch):
+    """Dynamo writes the region as ``_enter_autocast`` ... ``_exit_autocast`` (thread-local
+    state): kept whole in one node, never split across threads; the branches after it are
+    planned and run on graphexec's threads, under the caller's autocast."""
+    monkeypatch.setattr(gx.tune, "_concurrency_pays", lambda p, costs: None)
+    model, x = RotaryTowers(), torch.randn(4, 8)
+    twin = copy.deepcopy(model)
+    backend = gx.compile_backend(executor="threads", check=False, inline_below=0.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out, expected = torch.compile(model, backend=backend)(x), twin(x)
+    torch.testing.assert_close(out, expected)
+    out.sum().backward()
+    expected.sum().backward()
+    torch.testing.assert_close(model.a.weight.grad, twin.a.weight.grad)
+    (graph,) = backend.graphs
+    assert graph.fallback is None and graph.handed_back is None, graph
+    codes = {n.name: getattr(n.fn, "code", "") for n in graph.plan.graph if not n.is_input}
+    region = [name for name, code in codes.items() if "_enter_autocast" in code]
+    assert len(region) == 1 and "_exit_autocast" in codes[region[0]], codes
+    assert {"a", "b"} <= set(codes) and graph.plan.parallel
+    backend.close()
+
+
+class Regroup(nn.Module):
+    """Reshapes by the input's sizes (as sequencer2d's LSTM blocks do): with dynamic shapes
+    Dynamo's graph takes those sizes as ``SymInt`` inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x):
+        rows = x.permute(0, 2, 1).reshape(-1, x.shape[1])
+        y = rows.reshape(x.shape[0], x.shape[2], x.shape[1])
+        return self.a(y) + self.b(y)
+
+
+def test_a_dynamo_graph_with_symbolic_sizes_runs_on_the_example_inputs_dynamo_passed():
+    """Dynamo hands a backend symbolic sizes beside real tensors: planned on them, each size
+    is the int it stands for (aten ops raised ``SymIntArrayRef expected to contain only
+    concrete integers``)."""
+    given = []
+
+    def keep(gm, example_inputs):
+        given.append((gm, list(example_inputs)))
+        return gm.forward
+
+    model, x = Regroup().eval(), torch.randn(2, 8, 8)
+    with torch.no_grad():
+        torch.compile(model, backend=keep, dynamic=True)(x)
+        ((gm, example),) = given
+        assert any(isinstance(v, torch.SymInt) for v in example)
+        g = gx.trace(gm)
+        for p in (gx.plan(g, example_inputs=example), gx.plan(g, inline_below=0)):
+            (out,) = gx.SequentialExecutor().run(p, *example)
+            torch.testing.assert_close(out, model(x))
+        real = [int(v) if isinstance(v, torch.SymInt) else v for v in example]
+        with gx.ThreadExecutor() as ex:
+            torch.testing.assert_close(ex.run(p, *real)[0], model(x))

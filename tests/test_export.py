@@ -211,3 +211,137 @@ def test_a_check_on_an_intermediate_value_runs_inside_its_partition():
     assert checking == ["add"], [n.name for n in g]
     with torch.no_grad():
         torch.testing.assert_close(gx.SequentialExecutor().run(gx.plan(g), x), model(x))
+
+
+# -- gx.trace(model, example_inputs=...): fx where it traces, else torch.export ----------------
+class EitherInput(nn.Module):
+    """A transformers-style signature: every argument defaults to None, and ``forward`` raises
+    when the one it needs is missing (as ``input_ids=None`` fixed by fx makes it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.a, self.b = nn.Embedding(50, 8), nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, input_ids=None, inputs_embeds=None, scale=2.0):
+        if input_ids is None and inputs_embeds is None:
+            raise ValueError("You have to specify either input_ids or inputs_embeds")
+        h = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
+        return self.a(h) + scale * self.b(h)
+
+
+def test_a_library_exception_while_tracing_is_an_untraceable_error_with_its_message():
+    with pytest.raises(gx.UntraceableError) as info:
+        gx.trace(EitherInput())
+    message = str(info.value)
+    assert "ValueError: You have to specify either input_ids or inputs_embeds" in message
+    assert "input_ids=None" in message and "example_inputs=" in message  # why, and the way out
+    assert isinstance(info.value.__cause__, ValueError)
+
+
+def test_example_inputs_fix_only_the_arguments_not_given(local_executor):
+    model, ids = EitherInput().eval(), torch.randint(0, 50, (2, 5))
+    g = gx.trace(model, example_inputs=(ids,))
+    assert g.imported_by == "torch.fx" and g.inputs == ("input_ids",)
+    assert g.source is model  # the rest fixed to its defaults: the model itself, called plainly
+    with torch.no_grad():
+        expected = model(ids)
+        p = gx.plan(g, example_inputs=(ids,))
+        torch.testing.assert_close(local_executor.run(p, ids), expected)
+        embeds = torch.randn(2, 5, 8)
+        other = gx.trace(model, example_kwargs={"inputs_embeds": embeds, "scale": 0.5})
+        assert other.inputs == ("inputs_embeds",) and other.source.__wrapped__ is model
+        torch.testing.assert_close(other.source(embeds), model(inputs_embeds=embeds, scale=0.5))
+        got = local_executor.run(gx.plan(other), embeds)
+        torch.testing.assert_close(got, model(inputs_embeds=embeds, scale=0.5))
+
+
+class FinfoMask(nn.Module):
+    """``torch.finfo`` of a proxy's dtype stops fx (a TypeError inside torch), as in
+    transformers' attention masks; export runs it::
+
+        x -> a -\\
+        x -> b --+ add -> masked_fill(mask, finfo.min) -> head
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x, mask=None, bias=None):
+        y = (self.a(x) + self.b(x)).masked_fill(mask, torch.finfo(x.dtype).min / 2)
+        return self.head(y.softmax(-1) if bias is None else y.softmax(-1) + bias)
+
+
+def test_a_model_fx_cannot_trace_imports_through_export_and_keeps_the_users_module():
+    model, x = FinfoMask().eval(), torch.randn(4, 8)
+    mask = x > 1
+    g = gx.trace(model, example_inputs=(x, mask))
+    assert g.imported_by.startswith("torch.export: torch.fx could not trace FinfoMask")
+    assert "finfo" in g.imported_by and "imported by torch.export" in str(g)
+    assert g.inputs == ("x", "mask") and g.source is model  # no wrapper between call and model
+    with torch.no_grad():
+        expected = model(x, mask)
+        p = gx.plan(g, example_inputs=(x, mask))
+        assert p.as_is in (None, model)  # "as it is" runs the user's model, not export's
+        with gx.ThreadExecutor() as ex:
+            for plan in (p, gx.plan(g, inline_below=0)):
+                torch.testing.assert_close(ex.run(plan, x, mask), expected)
+        gm = gx.GraphModule(g)
+        torch.testing.assert_close(gm(x, mask), expected)
+        gm.close()
+
+
+def test_export_route_with_keyword_inputs_calls_the_users_module_with_them():
+    model, x = FinfoMask().eval(), torch.randn(4, 8)
+    mask, bias = x > 1, torch.randn(8)
+    g = gx.trace(model, (x,), {"bias": bias, "mask": mask})
+    assert g.inputs == ("x", "bias", "mask") and g.source.__wrapped__ is model
+    with torch.no_grad():
+        expected = model(x, mask, bias)
+        torch.testing.assert_close(g.source(x, bias, mask), expected)
+        got = gx.SequentialExecutor().run(gx.plan(g), x, bias=bias, mask=mask)
+        torch.testing.assert_close(got, expected)
+
+
+def test_when_fx_and_export_both_fail_the_error_says_both():
+    with pytest.raises(gx.UntraceableError) as info:
+        gx.trace(Gated(), example_inputs=(torch.randn(2, 4),))
+    message = str(info.value)
+    assert "torch.fx cannot trace" in message and "torch.export cannot export" in message
+    assert "leaves=['gate']" in message and info.value.node == "gate"
+
+
+class WhisperLike(nn.Module):
+    """An encoder-decoder called with ``(features, None, decoder_ids)``::
+
+        features -> enc -\\
+        decoder_ids -> dec --+ add
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.enc, self.dec = nn.Linear(8, 8), nn.Embedding(10, 8)
+
+    def forward(self, features, attention_mask=None, decoder_input_ids=None):
+        h = self.enc(features)
+        if attention_mask is not None:
+            h = h * attention_mask[..., None]
+        return self.dec(decoder_input_ids) + h.mean(1, keepdim=True)
+
+
+@pytest.mark.parametrize("entry", ["export", "example_inputs"])
+def test_a_none_argument_is_no_graph_input(entry, local_executor):
+    """Export records the None as a placeholder with its value fixed: one graph input per
+    tensor leaf, and the source puts the None back."""
+    model = WhisperLike().eval()
+    features, ids = torch.randn(2, 5, 8), torch.randint(0, 10, (2, 3))
+    call = (features, None, ids)
+    g = gx.trace(torch.export.export(model, call) if entry == "export" else model, call)
+    assert g.inputs == ("features", "decoder_input_ids")
+    with torch.no_grad():
+        expected = model(*call)
+        torch.testing.assert_close(g.source(features, ids), expected)
+        for p in (gx.plan(g), gx.plan(g, example_inputs=(features, ids))):
+            torch.testing.assert_close(local_executor.run(p, features, ids), expected)
+        gm = gx.GraphModule(g, executor="sequential")
+        torch.testing.assert_close(gm(features, decoder_input_ids=ids), expected)

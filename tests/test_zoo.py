@@ -112,3 +112,57 @@ def test_gpt2_the_fx_tracer_cannot_take_imports_through_export_and_dynamo(entry)
         assert_same(torch.compile(zm.model, backend=backend)(*zm.inputs), ref)
     assert backend.graphs and all(g.fallback is None for g in backend.graphs), backend.graphs
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("key", ["distilbert", "qwen2"])
+def test_models_fx_cannot_trace_import_with_example_inputs_and_keep_the_model(key):
+    """transformers models plain fx cannot trace (issue 19: ``input_ids=None`` fixed, or
+    ``torch.finfo`` of a proxy): `gx.trace(model, example_inputs=...)` exports them, and the
+    model itself is what the plan is timed against and falls back to."""
+    zm = zoo.example(zoo.build(key, traced=False))
+    g = zm.example_graph
+    assert g is not None, zm.example_error
+    assert g.imported_by.startswith("torch.export: torch.fx could not trace"), g.imported_by
+    assert g.source is zm.model and g.inputs == zm.names
+    with torch.no_grad():
+        ref = zm.model(*zm.inputs)
+        gm = gx.GraphModule(g)
+        try:
+            assert_same(gm(*zm.inputs), ref)
+            assert gm.plan.as_is in (None, zm.model)
+            assert_same(gm(*zm.inputs), ref)
+        finally:
+            gm.close()
+
+
+@pytest.mark.filterwarnings("ignore:.*should not be instantiated:DeprecationWarning")
+def test_qwen2_rotary_autocast_region_is_planned_through_dynamo():
+    """Its rotary embedding's ``torch.autocast(enabled=False)`` region was a fallback to
+    Dynamo's graph; it is now one task and the graph is planned."""
+    zm = zoo.build("qwen2", traced=False)
+    torch._dynamo.reset()
+    backend = gx.compile_backend(executor="threads", check=False)
+    try:
+        with torch.no_grad():
+            ref = zm.model(*zm.inputs)
+            assert_same(torch.compile(zm.model, backend=backend)(*zm.inputs), ref)
+        assert backend.graphs and all(g.fallback is None for g in backend.graphs), backend.graphs
+    finally:
+        backend.close()
+        torch._dynamo.reset()
+
+
+def test_the_busy_loop_of_the_benchmark_is_killed_on_every_path():
+    """``--mode busy``'s background process: running inside the block, gone after it, an
+    error included."""
+    import os
+
+    from benchmarks import bench_zoo
+
+    with pytest.raises(RuntimeError, match="stop"), bench_zoo._busy_core() as proc:
+        pid = proc.pid
+        assert proc.poll() is None
+        raise RuntimeError("stop")
+    assert proc.returncode is not None  # killed and reaped
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)

@@ -1,0 +1,126 @@
+"""What `graphexec.trace` does with ``torch.export``: the second import route, export's
+constant inputs and checks, and the module a graph is measured against.
+
+What it decides
+---------------
+* **The route.** ``gx.trace(model, example_inputs=args)`` traces with ``torch.fx`` where fx
+  can; where fx stops (a library raising on a proxy, ``torch.finfo(x.dtype)``, a Python
+  ``if`` on a shape), it calls ``torch.export.export(model, args, kwargs)`` (non-strict, as
+  torch's default) and imports the program's ``module()``. ``graph.imported_by`` says which
+  route and why.
+* **Constant inputs.** Export records every leaf of ``(args, kwargs)`` as a placeholder, the
+  ``None`` of ``(features, None, decoder_ids)`` and plain numbers included, with its value
+  fixed (guards check it). Those are not graph inputs: the graph takes one input per tensor
+  leaf (`constant_inputs`), and partitions read the fixed value in place of the placeholder.
+* **The module as it is** (``graph.source``, what `graphexec.plan` times its plans against
+  and falls back to). On the export route it is the user's own module, called with the
+  original ``(args, kwargs)`` structure rebuilt from the graph's inputs (`as_called`): the
+  program's ``module()`` runs aten-level ops and ran ~1.2x slower than the model it came from
+  on transformer encoders, and the promise is "never slower than the model the user had". For
+  an ``ExportedProgram`` handed over directly the user's module is unknown: the source is the
+  program's ``module()``, and the note says how to keep the user's own.
+* **Export's checks.** Guards (``_guards_fn``) and assertion nodes (``_assert_scalar``,
+  ``_assert_tensor_metadata``, ``sym_constrain_range*``) that read only graph inputs and
+  shape arithmetic (`input_checks`) run together as one first node, ``check_inputs``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.utils._pytree as pytree
+
+from .fx_partition import closure
+
+__all__ = ["as_called", "constant_inputs", "export", "input_checks", "is_check"]
+
+
+def _aten(*names: str) -> set[Any]:
+    ops = (getattr(torch.ops.aten, n) for n in names if hasattr(torch.ops.aten, n))
+    return {getattr(op, o) for op in ops for o in op.overloads()}
+
+
+#: Export's checks on its inputs (with ``_guards_fn`` modules): run in ``check_inputs``.
+_CHECKS = _aten("_assert_scalar", "_assert_tensor_metadata", "sym_constrain_range",
+                "sym_constrain_range_for_size", "_assert_async")  # fmt: skip
+#: Values export fixes in a placeholder (``None``, plain numbers, strings): not graph inputs.
+_CONSTANT = (type(None), bool, int, float, str)
+
+
+def constant_inputs(gm: fx.GraphModule) -> dict[fx.Node, Any]:
+    """Placeholder -> value, for the placeholders of an exported module whose value export
+    fixed (``meta["val"]`` a constant, not a tensor or a symbolic size)."""
+    if _in_spec(gm) is None:  # a plain fx graph: every placeholder is an input
+        return {}
+    return {
+        n: n.meta["val"]
+        for n in gm.graph.nodes
+        if n.op == "placeholder" and "val" in n.meta and isinstance(n.meta["val"], _CONSTANT)
+    }
+
+
+def _in_spec(gm: fx.GraphModule) -> pytree.TreeSpec | None:
+    info = getattr(gm.graph._codegen, "pytree_info", None)
+    return None if info is None else info.in_spec
+
+
+def as_called(gm: fx.GraphModule, target: Callable[..., Any]) -> Callable[..., Any]:
+    """``target`` (the user's module, or the exported module ``gm`` itself) called as the
+    graph made from ``gm`` is: with its tensor inputs, positionally.
+
+    The graph's inputs are the placeholders of ``gm`` but its constants; the call puts the
+    constants back, rebuilds ``(args, kwargs)`` with the program's input spec and calls
+    ``target(*args, **kwargs)``. Where that is ``target(*inputs)`` already (positional tensors
+    only), ``target`` itself is returned: nothing runs between a call and the module.
+    """
+    spec = _in_spec(gm)
+    if spec is None:
+        return target
+    holders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    constants = constant_inputs(gm)
+    inputs = [i for i, n in enumerate(holders) if n not in constants]
+    if not constants and spec == pytree.tree_flatten((tuple(holders), {}))[1]:
+        return target
+    template = [constants.get(n) for n in holders]
+
+    def call(*values: Any) -> Any:
+        leaves = list(template)
+        for i, v in zip(inputs, values, strict=True):
+            leaves[i] = v
+        args, kwargs = pytree.tree_unflatten(leaves, spec)
+        return target(*args, **kwargs)
+
+    call.__wrapped__ = target  # type: ignore[attr-defined]
+    return call
+
+
+def export(module: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> fx.GraphModule:
+    """``torch.export.export(module, args, kwargs).module()``."""
+    import torch.export
+
+    return torch.export.export(module, tuple(args), kwargs).module()
+
+
+# -- export's checks ----------------------------------------------------------------------------
+def is_check(n: fx.Node) -> bool:
+    return (n.op == "call_module" and str(n.target).startswith("_guards_fn")) or (
+        n.op == "call_function" and n.target in _CHECKS
+    )
+
+
+def input_checks(gm: fx.GraphModule) -> list[fx.Node]:
+    """Export's guard and assert nodes that read only graph inputs and shape arithmetic
+    (nodes whose example value is no tensor), with that arithmetic, in program order."""
+    taken: set[fx.Node] = set()
+    for n in gm.graph.nodes:
+        if not is_check(n):
+            continue
+        up = closure([n], lambda m: m.all_input_nodes)
+        if all(a.op in ("placeholder", "get_attr") or is_check(a)
+               or ("val" in a.meta and not isinstance(a.meta["val"], torch.Tensor))
+               for a in up):  # fmt: skip
+            taken |= up | {n}
+    return [n for n in gm.graph.nodes if n in taken and n.op not in ("placeholder", "get_attr")]
