@@ -1,0 +1,193 @@
+"""Side-by-side trials: how `graphexec.tune` measures a decision, and how it picks a winner.
+
+A trial runs every candidate once per round, in an order shuffled by a fixed seed (so no
+candidate always follows another's spinning OpenMP workers), and compares runs made moments
+apart: each candidate's ratio to the first (the reference) is the median over rounds of its
+per-round ratio, so an outlier round (a scheduler hiccup, a page fault) cannot decide.
+
+What a trial costs, and when it stops
+-------------------------------------
+At least `TRIAL_ROUNDS` rounds. Then it stops as soon as its answer is clear (every round on
+its own picks the same winner, by `choose`), and otherwise at `TRIAL_PASSES` runs of the
+candidates, `TRIAL_BUDGET` seconds or `TRIAL_MAX` rounds, whichever comes first: on a real
+model a trial costs a handful of forward passes, not half a second of them.
+
+How a winner is picked
+----------------------
+Candidates are listed simplest first. `choose` walks them in that order and moves to a
+candidate only when it takes below `GAIN` of the one chosen so far, so a difference inside
+the noise always resolves to the simpler plan: planning the same model twice on a quiet
+machine reaches the same decisions.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = ["GAIN", "Outcome", "choose", "decide", "trial", "trial_twice"]
+
+#: A measured decision is kept when the plan it makes takes below this share of the plan
+#: without it (side by side, median of rounds): 5% beats hand-off costs and noise.
+GAIN = 0.95
+
+#: Rounds: at least `TRIAL_ROUNDS`; then until clear, `TRIAL_PASSES` runs, `TRIAL_BUDGET`
+#: seconds or `TRIAL_MAX` rounds.
+TRIAL_ROUNDS, TRIAL_MAX, TRIAL_BUDGET, TRIAL_PASSES = 3, 41, 0.5, 16
+
+
+def choose(ratios: Mapping[str, float], order: Sequence[str], gain: float | None = None) -> str:
+    """The simplest candidate no later one beats by ``gain`` (default `GAIN`).
+
+    >>> choose({"plain": 1.0, "fused": 0.97, "overlap": 0.5}, ["plain", "fused", "overlap"])
+    'overlap'
+    >>> choose({"plain": 1.0, "fused": 0.97}, ["plain", "fused"])  # inside the noise
+    'plain'
+    """
+    gain = GAIN if gain is None else gain
+    best = order[0]
+    for name in order[1:]:
+        if ratios[name] < gain * ratios[best]:
+            best = name
+    return best
+
+
+def trial(
+    runs: Mapping[str, Callable[[], Any]],
+    decide: Callable[[Mapping[str, float]], str] | None = None,
+) -> tuple[dict[str, float], float]:
+    """Time candidates side by side: each one's median ratio to the first, and the first's
+    median seconds.
+
+    ``decide`` maps one round's ratios to a winner (default: `choose` in the order of
+    ``runs``); the trial stops early once every round agrees on it.
+    """
+    names = list(runs)
+    decide = decide or (lambda r: choose(r, list(runs)))
+    rng = random.Random(0)
+    rounds: list[dict[str, float]] = []
+    base = names[0]
+    with torch.no_grad():
+        for fn in runs.values():  # warm-up: pools, allocators, lazy inits
+            fn()
+        start = time.perf_counter()
+        while True:
+            rng.shuffle(names)
+            times = {}
+            for n in names:
+                t0 = time.perf_counter()
+                runs[n]()
+                times[n] = time.perf_counter() - t0
+            rounds.append({n: t / times[base] for n, t in times.items()} | {"": times[base]})
+            if _done(rounds, decide, len(names), time.perf_counter() - start):
+                break
+    ratios = {n: statistics.median(r[n] for r in rounds) for n in runs}
+    return ratios, statistics.median(r[""] for r in rounds)
+
+
+def _done(
+    rounds: list[dict[str, float]], decide: Callable[[Mapping[str, float]], str], width: int,
+    elapsed: float,
+) -> bool:  # fmt: skip
+    if len(rounds) < TRIAL_ROUNDS:
+        return False
+    if len({decide(r) for r in rounds}) == 1:  # clear: every round picks the same winner
+        return True
+    return (
+        len(rounds) >= TRIAL_MAX or elapsed >= TRIAL_BUDGET or len(rounds) * width >= TRIAL_PASSES
+    )
+
+
+def trial_twice(
+    runs: Mapping[str, Callable[[], Any]], candidate: str, gain: float | None = None
+) -> tuple[float, float]:
+    """`trial`, and a second one when ``candidate`` won the first (ran below ``gain`` of the
+    first entry): its worse ratio of the two, and the first entry's median seconds.
+
+    A decision kept on one trial can be fooled by a burst of load on a shared machine;
+    winning two in a row by chance is much rarer, and the second costs time only where
+    something is about to be kept.
+    """
+    gain = GAIN if gain is None else gain
+    ratios, base = trial(runs, lambda r: candidate if r[candidate] < gain else "")
+    if ratios[candidate] >= gain:
+        return ratios[candidate], base
+    again, _ = trial(runs, lambda r: candidate if r[candidate] < gain else "")
+    return max(ratios[candidate], again[candidate]), base
+
+
+#: An implausible trial is run again at most this many times before it is set aside.
+RERUNS = 2
+
+
+@dataclass
+class Outcome:
+    """What `decide` measured: ratios to the first candidate, its median seconds, the winner,
+    the candidates set aside (name -> why, in measured words) and how many trials ran."""
+
+    ratios: dict[str, float]
+    seconds: float
+    pick: str
+    aside: dict[str, str] = field(default_factory=dict)
+    trials: int = 1
+
+    def seconds_of(self, name: str) -> float:
+        return self.ratios[name] * self.seconds
+
+
+def decide(
+    runs: Mapping[str, Callable[[], Any]],
+    gain: float | None = None,
+    floors: Mapping[str, tuple[str, float]] | None = None,
+    words: Mapping[str, str] | None = None,
+) -> Outcome:
+    """Try ``runs`` (simplest first) side by side and pick one by `choose`.
+
+    ``floors`` maps a candidate to ``(reference, floor)``: it cannot take below ``floor`` of
+    the reference's time (overlapping the same ops on ``L`` lanes: ``1/L``). A trial that says
+    otherwise was disturbed: it is run again, at most `RERUNS` times; a candidate still below
+    its floor is set aside, and `Outcome.aside` says what it measured and why. A winner other
+    than the simplest must win a second trial too (its worse ratio of the two counts).
+    """
+    order, floors, words = list(runs), floors or {}, words or {}
+    gain = GAIN if gain is None else gain
+    ratios, seconds = trial(runs, lambda r: choose(r, order, gain))
+    seen = {n: [ratios[n] / ratios[ref]] for n, (ref, _) in floors.items() if n in runs}
+    n_trials = 1
+    while _below(ratios, floors, runs) and n_trials <= RERUNS:
+        ratios, seconds = trial(runs, lambda r: choose(r, order, gain))
+        n_trials += 1
+        for n in seen:
+            seen[n].append(ratios[n] / ratios[floors[n][0]])
+    aside = {}
+    for n in _below(ratios, floors, runs):
+        ref, floor = floors[n]
+        measured = ", ".join(f"{r:.2f}x" for r in seen[n])
+        aside[n] = (
+            f"{words.get(n, n)} measured {measured} of {words.get(ref, ref)} in {n_trials} "
+            f"trials, below the {floor:.2f}x the same work could take: a disturbed measurement, "
+            "set aside"
+        )
+    if order[0] in aside:  # the reference itself is in doubt: keep it, try nothing else
+        aside.update({n: aside[order[0]] for n in order[1:]})
+    left = [n for n in order if n not in aside or n == order[0]]
+    pick = choose(ratios, left, gain)
+    if pick != left[0]:  # a change must hold in a second trial
+        again, _ = trial({n: runs[n] for n in left}, lambda r: choose(r, left, gain))
+        n_trials += 1
+        ratios = {**ratios, **{n: max(ratios[n], again[n]) for n in left}}
+        pick = choose(ratios, left, gain)
+    return Outcome(ratios, seconds, pick, aside, n_trials)
+
+
+def _below(
+    ratios: Mapping[str, float], floors: Mapping[str, tuple[str, float]], runs: Mapping[str, Any]
+) -> list[str]:
+    return [n for n, (ref, floor) in floors.items()
+            if n in runs and ref in runs and ratios[n] < floor * ratios[ref]]  # fmt: skip
