@@ -208,7 +208,8 @@ def _written(p: Plan, found: Sequence[Shape], pick: Shape, outcome: trials.Outco
         reason = _overlap_words(found, pick, outcome, tried, kept=False)
     elif pick.overlaps:
         lines.append("overlap kept: " + _overlap_words(found, pick, outcome, tried, kept=True))
-    seconds = outcome.seconds_of(pick.name) if outcome is not None else None
+    # the trial's seconds, else the node times measured one by one (the pick was not tried)
+    seconds = outcome.seconds_of(pick.name) if outcome is not None else pick.estimate
     return dataclasses.replace(pick.plan, serial_reason=reason, call_seconds=seconds,
                                decisions=(*p.decisions, *lines))  # fmt: skip
 

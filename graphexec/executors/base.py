@@ -52,6 +52,7 @@ __all__ = [
     "capture_modes",
     "collect_outputs",
     "enter_lane",
+    "process_default",
     "run_task",
     "SCHEDULES",
 ]
@@ -92,6 +93,16 @@ def capture_modes() -> Modes:
 
 # -- thread budgets ------------------------------------------------------------------------------
 _lane = threading.local()  # .threads: the budget of the lane this thread is, if it is one
+
+
+def process_default() -> int:
+    """The intra-op thread count a thread started now would get (torch's process default;
+    read on a new thread, because the calling thread may be a lane with its own count)."""
+    got: list[int] = []
+    reader = threading.Thread(target=lambda: got.append(torch.get_num_threads()))
+    reader.start()
+    reader.join()
+    return got[0]
 
 
 def enter_lane(threads: int, keep: int) -> None:
@@ -143,7 +154,7 @@ class BudgetLanes:
                 if pool is None:
                     pool = self._pools[threads] = ThreadPoolExecutor(
                         1, thread_name_prefix=f"graphexec-budget{threads}",
-                        initializer=enter_lane, initargs=(threads, torch.get_num_threads()),
+                        initializer=enter_lane, initargs=(threads, process_default()),
                     )  # fmt: skip
         modes = capture_modes()
 

@@ -34,7 +34,7 @@ import torch
 
 from ..plans import Plan
 from ..profile import TaskEvent
-from .base import enter_lane
+from .base import enter_lane, process_default
 from .local import LocalExecutor
 from .sequential import SequentialExecutor
 
@@ -89,7 +89,7 @@ class ThreadExecutor(LocalExecutor):
                         self.workers,
                         thread_name_prefix="graphexec",
                         initializer=enter_lane,
-                        initargs=(self.intra_op_threads, torch.get_num_threads()),
+                        initargs=(self.intra_op_threads, process_default()),
                     )
                 pool = self._pool
         return pool.submit(fn)
