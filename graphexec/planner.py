@@ -122,7 +122,6 @@ def arrange(
     p = _assemble(graph, dag, groups, costs, position, inline_below, measured)
     return dataclasses.replace(p, hazard_edges=tuple(hazards), dead=dead)
 
-
 # -- steps ------------------------------------------------------------------------------------
 class _Dag:
     """The compute nodes' dependencies as flat lists (networkx is too slow for 100k nodes).

@@ -78,6 +78,6 @@ def explain(exc: BaseException) -> UnguardedMainError | None:
         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}). Dask starts "
         f"workers with 'spawn', which runs the top level of {script} again in each of them, "
         "and that starts a cluster again. Put the code that starts the cluster under\n"
-        '    if __name__ == "__main__":\n(see https://docs.python.org/3/library/'
+        "    if __name__ == \"__main__\":\n(see https://docs.python.org/3/library/"
         "multiprocessing.html#the-spawn-and-forkserver-start-methods)"
     )
