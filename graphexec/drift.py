@@ -65,7 +65,7 @@ class Watch:
     >>> w.start(None)
     >>> [w.observe(0.01) for _ in range(4)]  # the first window sets the baseline
     [None, None, None, None]
-    >>> w.observe(0.05) is None, w.observe(0.05)[:20]
+    >>> w.observe(0.05) is None, w.observe(0.05)[:21]
     (True, 'the last 2 calls took')
     """
 

@@ -62,12 +62,5 @@ def _seed():
     torch.manual_seed(0)
 
 
-@pytest.fixture(autouse=True)
-def _cache_dir(tmp_path_factory, monkeypatch):
-    """Measured plans are cached per test in a directory of its own (never the user's cache,
-    and no test reuses another's decisions); subprocesses inherit it."""
-    monkeypatch.setenv("GRAPHEXEC_CACHE_DIR", str(tmp_path_factory.mktemp("graphexec-cache")))
-
-
 def graphexec_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("graphexec")]
