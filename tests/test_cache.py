@@ -67,9 +67,8 @@ def test_a_second_plan_reuses_the_measured_decisions(cache_dir):
     assert (again.thread_budget, again.parallel, again.levels) == (
         first.thread_budget, first.parallel, first.levels)  # fmt: skip
     g3, a3 = counted()
-    with gx.GraphModule(g3) as gm:
-        with torch.no_grad():
-            torch.testing.assert_close(gm(x), g3.nodes["a"].fn(x) + g3.nodes["b"].fn(x))
+    with gx.GraphModule(g3) as gm, torch.no_grad():
+        torch.testing.assert_close(gm(x), g3.nodes["a"].fn(x) + g3.nodes["b"].fn(x))
     assert a3.calls <= 3 + 1  # the plan from the cache, the call, the check above
 
 
