@@ -1,36 +1,48 @@
 """Tuning: measured decisions, one layer above the planner and the executors (``gx.plan``).
 
 The planner (`graphexec.planner.arrange`) is a pure pass from a graph and node costs to a
-plan. Everything that needs the model run on real inputs happens here, in this order:
+plan. Everything that needs the model run on real inputs happens here, in this order::
 
-1. **Measure** each node (`graphexec.interpret.time_nodes`: the median of ``repeats`` timed
-   sequential runs after a warm-up, under ``no_grad``).
-2. **Arrange** (`graphexec.planner.arrange`) with the measured costs: chain fusion and
-   inlining never lose (they remove hand-offs, never parallelism). This plan, run inline,
-   is *the plan as it is*: the graph's nodes one after another on the calling thread, as
-   one generated function (`graphexec.codegen`), like the ``torch.fx`` module it may come from.
+    plan(graph, example_inputs)
+      -> _cached_or_measured      a plan rebuilt from the cache (`graphexec.cache`) when one fits
+      -> _measured                otherwise, and stored for the next process:
+           _node_costs            each node at the caller's threads and at 1 (interleaved)
+           arrange                chain fusion and inlining: they never lose
+           _fusion_step           horizontal fusion, fused against unfused
+           shape_step             thread budget and overlap (`graphexec.budget`)
+           _compile_step          compiled tasks against eager ones (``backend=``)
+           _source_step           the plan against the traced module as it is
+
+1. **Measure** each node (`graphexec.interpret.time_nodes_beside`): the median of ``repeats``
+   runs at the caller's intra-op threads and as many on a pool thread at one thread,
+   interleaved run by run, after a warm-up, under ``no_grad``. The caller's own thread count
+   is never changed.
+2. **Arrange** with the measured costs. This plan, run inline, is *the plan as it is*: the
+   graph's nodes one after another on the calling thread, as one generated function
+   (`graphexec.codegen`), like the ``torch.fx`` module it may come from.
 3. **Horizontal fusion** (`graphexec.hfuse`): groups of small identical same-level modules
-   become one batched call, by the rule in `graphexec.hfuse.should_fuse`; the fused plan is
-   kept only if it beats the plain one side by side (`trial`). Measured on real models
-   (GoogLeNet, CLIP), fusing two small convolutions or q/k/v projections made them slower.
-4. **Overlap.** Torch already spreads one op over every core, and branch concurrency gives each
-   concurrent task one core instead. `_concurrency_pays` estimates both schedules from the
-   per-node times at one and at all intra-op threads; where the estimate says overlap pays,
-   `_overlap_trial` runs the plan both ways and keeps overlap only if it wins. Per-node times
-   cannot see memory bandwidth or OpenMP workers that spin after each parallel region
-   (libgomp's default) and take a core from the other lane: measured here, 8 wide branches
-   estimated at 0.8x of inline ran 1.2x.
+   become one batched call, kept only if the fused plan beats the plain one side by side.
+   Measured on real models (GoogLeNet, CLIP), fusing two small convolutions or q/k/v
+   projections made them slower.
+4. **Thread budget and overlap** (`graphexec.budget`): one by one or overlapped, at the
+   caller's threads or on a pool thread at one; estimated from the node times, the ways the
+   estimate does not rule out are tried side by side. Per-node times cannot see memory
+   bandwidth, OpenMP workers that spin after each parallel region, or a load that makes the
+   caller's threads collapse: the trial decides.
 5. **Compiled tasks** (``backend=``, `graphexec.backends.compile_plan`), kept only if they
    beat the plan as it is.
+6. **The traced module** (``graph.source``), at the plan's thread budget: kept as it is
+   (``plan.as_is``) unless the plan is within ``source_margin`` of it.
 
 Every kept decision must make the plan faster than the one without it by `GAIN` (5%),
-measured side by side on the example inputs (`trial`: shuffled rounds, the median of the
-per-round ratios, so one outlier cannot decide), twice in a row (`trial_twice`: a burst of
-load from another process can fool one half-second trial), so the plan is never slower than
-running the graph as it is beyond noise. An overlap trial faster than the lanes could ever
-be (below 1/lanes of one by one) is a disturbed measurement, not a win. Each decision is
-written into the plan (``serial_reason``, ``fusion``, ``decisions``), so ``print(plan)`` says
-what was measured and why it was kept or dropped.
+measured side by side (`graphexec.trials`: shuffled rounds, the median of the per-round
+ratios, a change confirmed by a second trial, a difference inside the noise resolved to the
+simpler plan). A trial faster than the cores could make the same work is re-run, then set
+aside with what it measured. Each decision is written into the plan (``serial_reason``,
+``fusion``, ``decisions``, ``thread_budget``), so ``print(plan)`` says what was measured and
+why it was kept or dropped; ``call_seconds`` is what `graphexec.drift` later compares the
+calls with. Planning that takes over `SLOW_PLANNING` seconds says what it measures on the
+``graphexec`` logger.
 """
 
 from __future__ import annotations
@@ -107,14 +119,17 @@ def plan(
         A complete graph (outputs declared).
     example_inputs : sequence, optional
         Positional graph inputs. When given, each node is timed (median of ``repeats`` runs
-        after one warm-up, under ``torch.no_grad``) and costs are seconds measured here;
-        otherwise they are estimated from parameter counts.
+        after one warm-up, under ``torch.no_grad``) and costs are seconds measured here, and
+        the decisions that can lose are tried on them (the thread budget among them); the
+        measured decisions are kept in the cache (`graphexec.cache`) for the next process.
+        Without them, costs are estimated from parameter counts.
     inline_below : float
         Tasks cheaper than this many seconds are folded into their consumer or run inline.
     fuse_chains : bool
         Fuse straight chains into one task (default). Off: one task per node.
     repeats : int
-        Timed runs when measuring.
+        Timed runs of each node when measuring, at the caller's intra-op threads and as many
+        at one thread (after one warm-up).
     hfuse : {"auto", True, False}
         Horizontal fusion (`graphexec.hfuse`): same-level nodes with identical module
         structure run as one batched call. ``"auto"`` (default): with ``example_inputs``, fuse

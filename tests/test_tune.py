@@ -5,6 +5,7 @@ Every decision that can lose is tried end to end; whichever way it goes, outputs
 
 from __future__ import annotations
 
+import logging
 import math
 import types
 import warnings
@@ -217,3 +218,15 @@ def test_a_plan_must_beat_its_module_within_what_overlap_can_do(monkeypatch, pla
     assert (p.as_is is None) == kept, p.decisions
     if not kept:
         assert "disturbed measurement" in p.decisions[-1]
+
+
+def test_slow_planning_says_what_it_measures(monkeypatch, caplog):
+    """Past `SLOW_PLANNING` seconds each step names the graph and what it measures, on the
+    ``graphexec`` logger (so it can be silenced)."""
+    monkeypatch.setattr(tune, "SLOW_PLANNING", 0.0)
+    with caplog.at_level(logging.WARNING, logger="graphexec"):
+        gx.plan(_small_branches(2), example_inputs=(torch.randn(4, 16),), hfuse=False)
+    lines = [r.getMessage() for r in caplog.records if r.name == "graphexec"]
+    assert lines[0].startswith("graphexec: planning graph 'small'")
+    assert "measuring each node at" in lines[0]
+    assert any("thread budget and overlap" in line for line in lines)
