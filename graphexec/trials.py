@@ -65,30 +65,68 @@ def trial(
     """Time candidates side by side: each one's median ratio to the first, and the first's
     median seconds.
 
-    ``decide`` maps one round's ratios to a winner (default: `choose` in the order of
-    ``runs``); the trial stops early once every round agrees on it.
+    ``decide`` maps one round's seconds (of the candidates that ran in it) to a winner
+    (default: `choose` in the order of ``runs``); the trial stops early once every round
+    agrees on it. A candidate slower than `DROP` times the fastest in two runs in a row (its
+    warm-up included) has lost whatever the noise: it stops running, and its ratio is what
+    its runs measured. Under load, the caller's collapsed threads are the slow candidate.
     """
     names = list(runs)
-    decide = decide or (lambda r: choose(r, list(runs)))
+    decide = decide or (lambda r: choose(r, [n for n in runs if n in r]))
     rng = random.Random(0)
     rounds: list[dict[str, float]] = []
-    base = names[0]
     with torch.no_grad():
-        for fn in runs.values():  # warm-up: pools, allocators, lazy inits
+        warm = {}
+        for n, fn in runs.items():  # warm-up: pools, allocators, lazy inits
+            t0 = time.perf_counter()
             fn()
+            warm[n] = time.perf_counter() - t0
         start = time.perf_counter()
+        live = list(names)
         while True:
-            rng.shuffle(names)
+            rng.shuffle(live)
             times = {}
-            for n in names:
+            for n in live:
                 t0 = time.perf_counter()
                 runs[n]()
                 times[n] = time.perf_counter() - t0
-            rounds.append({n: t / times[base] for n, t in times.items()} | {"": times[base]})
-            if _done(rounds, decide, len(names), time.perf_counter() - start):
+            rounds.append(times)
+            live = _survivors(live, warm, rounds)
+            if len(live) == 1 or _done(rounds, decide, len(live), time.perf_counter() - start):
                 break
-    ratios = {n: statistics.median(r[n] for r in rounds) for n in runs}
-    return ratios, statistics.median(r[""] for r in rounds)
+    return _ratios(names, rounds)
+
+
+#: A candidate this many times slower than the fastest, twice in a row, stops running.
+DROP = 3.0
+
+
+def _survivors(live: list[str], warm: Mapping[str, float], rounds: list[dict[str, float]]
+               ) -> list[str]:  # fmt: skip
+    before = rounds[-2] if len(rounds) > 1 else warm
+    now = rounds[-1]
+
+    def lost(n: str) -> bool:
+        return all(n in r and r[n] > DROP * min(r[m] for m in live if m in r)
+                   for r in (before, now))  # fmt: skip
+
+    return [n for n in live if not lost(n)]
+
+
+def _ratios(names: list[str], rounds: list[dict[str, float]]) -> tuple[dict[str, float], float]:
+    """Median per-round ratios to the first candidate; through the fastest candidate still
+    running at the end (the anchor) for rounds the first did not run in."""
+    base = names[0]
+    last = rounds[-1]
+    anchor = base if base in last else min(last, key=last.__getitem__)
+
+    def rel(a: str, b: str) -> float:
+        return statistics.median(r[a] / r[b] for r in rounds if a in r and b in r)
+
+    to_anchor = rel(anchor, base)
+    ratios = {n: rel(n, anchor) * to_anchor for n in names}
+    ratios[base] = 1.0
+    return ratios, statistics.median(r[base] for r in rounds if base in r)
 
 
 def _done(
@@ -115,10 +153,15 @@ def trial_twice(
     something is about to be kept.
     """
     gain = GAIN if gain is None else gain
-    ratios, base = trial(runs, lambda r: candidate if r[candidate] < gain else "")
+    first = next(iter(runs))
+
+    def wins(r: Mapping[str, float]) -> str:
+        return candidate if candidate in r and first in r and r[candidate] < gain * r[first] else ""
+
+    ratios, base = trial(runs, wins)
     if ratios[candidate] >= gain:
         return ratios[candidate], base
-    again, _ = trial(runs, lambda r: candidate if r[candidate] < gain else "")
+    again, _ = trial(runs, wins)
     return max(ratios[candidate], again[candidate]), base
 
 
@@ -157,11 +200,11 @@ def decide(
     """
     order, floors, words = list(runs), floors or {}, words or {}
     gain = GAIN if gain is None else gain
-    ratios, seconds = trial(runs, lambda r: choose(r, order, gain))
+    ratios, seconds = trial(runs, lambda r: choose(r, [n for n in order if n in r], gain))
     seen = {n: [ratios[n] / ratios[ref]] for n, (ref, _) in floors.items() if n in runs}
     n_trials = 1
     while _below(ratios, floors, runs) and n_trials <= RERUNS:
-        ratios, seconds = trial(runs, lambda r: choose(r, order, gain))
+        ratios, seconds = trial(runs, lambda r: choose(r, [n for n in order if n in r], gain))
         n_trials += 1
         for n in seen:
             seen[n].append(ratios[n] / ratios[floors[n][0]])
@@ -179,7 +222,8 @@ def decide(
     left = [n for n in order if n not in aside or n == order[0]]
     pick = choose(ratios, left, gain)
     if pick != left[0]:  # a change must hold in a second trial
-        again, _ = trial({n: runs[n] for n in left}, lambda r: choose(r, left, gain))
+        again, _ = trial({n: runs[n] for n in left},
+                         lambda r: choose(r, [n for n in left if n in r], gain))  # fmt: skip
         n_trials += 1
         ratios = {**ratios, **{n: max(ratios[n], again[n]) for n in left}}
         pick = choose(ratios, left, gain)

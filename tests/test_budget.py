@@ -227,3 +227,22 @@ def test_adapt_false_keeps_the_plan(monkeypatch):
         for _ in range(30):
             gm(torch.ones(3))
         assert gm.plan is first and gm.plan.thread_budget is None
+
+
+def test_a_candidate_that_clearly_lost_stops_running(monkeypatch):
+    """Under load the caller's threads can be 10x slower: two runs of that (its warm-up and
+    one round) say enough, and the trial does not pay for more."""
+    clock = {"now": 0.0}
+    calls = {"slow": 0, "fast": 0}
+
+    def cost(name, seconds):
+        def fn():
+            clock["now"] += seconds
+            calls[name] += 1
+
+        return fn
+
+    monkeypatch.setattr(trials, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
+    ratios, base = trials.trial({"slow": cost("slow", 10.0), "fast": cost("fast", 1.0)})
+    assert calls == {"slow": 2, "fast": 2}
+    assert ratios == {"slow": 1.0, "fast": pytest.approx(0.1)} and base == 10.0
