@@ -290,7 +290,7 @@ def _estimated_no(found: Sequence[Shape]) -> str:
 def _disagreement(p: Plan, outcome: trials.Outcome) -> list[str]:
     """Node costs and the trial's run of the same plan, measured moments apart, that
     disagree beyond `DISAGREE`: said, so nobody reads one as the other."""
-    run, nodes = outcome.seconds, p.work
+    run, nodes = outcome.seconds_of(ONE_BY_ONE), p.work
     far = max(run, nodes) / max(min(run, nodes), 1e-9)
     if far < DISAGREE or max(run, nodes) < 1e-3:
         return []

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["GAIN", "Outcome", "choose", "decide", "trial", "trial_twice"]
+__all__ = ["GAIN", "Outcome", "choose", "decide", "timed", "trial", "trial_twice"]
 
 #: A measured decision is kept when the plan it makes takes below this share of the plan
 #: without it (side by side, median of rounds): 5% beats hand-off costs and noise.
@@ -63,7 +63,17 @@ def trial(
     decide: Callable[[Mapping[str, float]], str] | None = None,
 ) -> tuple[dict[str, float], float]:
     """Time candidates side by side: each one's median ratio to the first, and the first's
-    median seconds.
+    median seconds (`timed` gives every candidate's median seconds).
+    """
+    ratios, seconds = timed(runs, decide)
+    return ratios, seconds[next(iter(runs))]
+
+
+def timed(
+    runs: Mapping[str, Callable[[], Any]],
+    decide: Callable[[Mapping[str, float]], str] | None = None,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """`trial`'s rounds: each candidate's median ratio to the first, and its median seconds.
 
     ``decide`` maps one round's seconds (of the candidates that ran in it) to a winner
     (default: `choose` in the order of ``runs``); the trial stops early once every round
@@ -113,7 +123,9 @@ def _survivors(live: list[str], warm: Mapping[str, float], rounds: list[dict[str
     return [n for n in live if not lost(n)]
 
 
-def _ratios(names: list[str], rounds: list[dict[str, float]]) -> tuple[dict[str, float], float]:
+def _ratios(
+    names: list[str], rounds: list[dict[str, float]]
+) -> tuple[dict[str, float], dict[str, float]]:
     """Median per-round ratios to the first candidate; through the fastest candidate still
     running at the end (the anchor) for rounds the first did not run in."""
     base = names[0]
@@ -126,7 +138,7 @@ def _ratios(names: list[str], rounds: list[dict[str, float]]) -> tuple[dict[str,
     to_anchor = rel(anchor, base)
     ratios = {n: rel(n, anchor) * to_anchor for n in names}
     ratios[base] = 1.0
-    return ratios, statistics.median(r[base] for r in rounds if base in r)
+    return ratios, {n: statistics.median(r[n] for r in rounds if n in r) for n in names}
 
 
 def _done(
@@ -171,17 +183,17 @@ RERUNS = 2
 
 @dataclass
 class Outcome:
-    """What `decide` measured: ratios to the first candidate, its median seconds, the winner,
-    the candidates set aside (name -> why, in measured words) and how many trials ran."""
+    """What `decide` measured: ratios to the first candidate, each one's median seconds, the
+    winner, the candidates set aside (name -> why, in measured words), how many trials ran."""
 
     ratios: dict[str, float]
-    seconds: float
+    seconds: dict[str, float]
     pick: str
     aside: dict[str, str] = field(default_factory=dict)
     trials: int = 1
 
     def seconds_of(self, name: str) -> float:
-        return self.ratios[name] * self.seconds
+        return self.seconds[name]
 
 
 def decide(
@@ -200,11 +212,11 @@ def decide(
     """
     order, floors, words = list(runs), floors or {}, words or {}
     gain = GAIN if gain is None else gain
-    ratios, seconds = trial(runs, lambda r: choose(r, [n for n in order if n in r], gain))
+    ratios, seconds = timed(runs, lambda r: choose(r, [n for n in order if n in r], gain))
     seen = {n: [ratios[n] / ratios[ref]] for n, (ref, _) in floors.items() if n in runs}
     n_trials = 1
     while _below(ratios, floors, runs) and n_trials <= RERUNS:
-        ratios, seconds = trial(runs, lambda r: choose(r, [n for n in order if n in r], gain))
+        ratios, seconds = timed(runs, lambda r: choose(r, [n for n in order if n in r], gain))
         n_trials += 1
         for n in seen:
             seen[n].append(ratios[n] / ratios[floors[n][0]])

@@ -182,9 +182,10 @@ def test_node_costs_and_trials_that_disagree_are_flagged():
     g.output(g.node("n", nn.Linear(4, 4), g.input("x")))
     p = gx.plan(g, example_inputs=(torch.ones(2, 4),))
     p = dataclasses.replace(p, work=0.080)
-    far = budget._disagreement(p, trials.Outcome({"one by one": 1.0}, 0.0014, "one by one"))
+    measured = {"one by one": 1.0}
+    far = budget._disagreement(p, trials.Outcome(measured, {"one by one": 0.0014}, "one by one"))
     assert far and "80.00 ms" in far[0] and "1.40 ms" in far[0] and "57.1x apart" in far[0]
-    assert not budget._disagreement(p, trials.Outcome({"one by one": 1.0}, 0.07, "one by one"))
+    assert not budget._disagreement(p, trials.Outcome(measured, {"one by one": 0.07}, "x"))
 
 
 @needs_threads
