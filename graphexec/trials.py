@@ -72,8 +72,10 @@ def trial(
 def timed(
     runs: Mapping[str, Callable[[], Any]],
     decide: Callable[[Mapping[str, float]], str] | None = None,
+    warm: bool = True,
 ) -> tuple[dict[str, float], dict[str, float]]:
     """`trial`'s rounds: each candidate's median ratio to the first, and its median seconds.
+    ``warm=False`` skips the warm-up run of candidates that have just run.
 
     ``decide`` maps one round's seconds (of the candidates that ran in it) to a winner
     (default: `choose` in the order of ``runs``); the trial stops early once every round
@@ -86,11 +88,11 @@ def timed(
     rng = random.Random(0)
     rounds: list[dict[str, float]] = []
     with torch.no_grad():
-        warm = {}
-        for n, fn in runs.items():  # warm-up: pools, allocators, lazy inits
+        first: dict[str, float] = {}
+        for n, fn in runs.items() if warm else ():  # warm-up: pools, allocators, lazy inits
             t0 = time.perf_counter()
             fn()
-            warm[n] = time.perf_counter() - t0
+            first[n] = time.perf_counter() - t0
         start = time.perf_counter()
         live = list(names)
         while True:
@@ -101,7 +103,7 @@ def timed(
                 runs[n]()
                 times[n] = time.perf_counter() - t0
             rounds.append(times)
-            live = _survivors(live, warm, rounds)
+            live = _survivors(live, first, rounds)
             if len(live) == 1 or _done(rounds, decide, len(live), time.perf_counter() - start):
                 break
     return _ratios(names, rounds)
@@ -201,6 +203,7 @@ def decide(
     gain: float | None = None,
     floors: Mapping[str, tuple[str, float]] | None = None,
     words: Mapping[str, str] | None = None,
+    warm: bool = True,
 ) -> Outcome:
     """Try ``runs`` (simplest first) side by side and pick one by `choose`.
 
@@ -212,7 +215,7 @@ def decide(
     """
     order, floors, words = list(runs), floors or {}, words or {}
     gain = GAIN if gain is None else gain
-    ratios, seconds = timed(runs, lambda r: choose(r, [n for n in order if n in r], gain))
+    ratios, seconds = timed(runs, lambda r: choose(r, [n for n in order if n in r], gain), warm)
     seen = {n: [ratios[n] / ratios[ref]] for n, (ref, _) in floors.items() if n in runs}
     n_trials = 1
     while _below(ratios, floors, runs) and n_trials <= RERUNS:
