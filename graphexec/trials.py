@@ -39,7 +39,7 @@ GAIN = 0.95
 
 #: Rounds: at least `TRIAL_ROUNDS`; then until clear, `TRIAL_PASSES` runs, `TRIAL_BUDGET`
 #: seconds or `TRIAL_MAX` rounds.
-TRIAL_ROUNDS, TRIAL_MAX, TRIAL_BUDGET, TRIAL_PASSES = 3, 41, 0.5, 16
+TRIAL_ROUNDS, TRIAL_MAX, TRIAL_BUDGET, TRIAL_PASSES = 3, 41, 0.5, 12
 
 
 def choose(ratios: Mapping[str, float], order: Sequence[str], gain: float | None = None) -> str:
@@ -211,7 +211,8 @@ def decide(
     the reference's time (overlapping the same ops on ``L`` lanes: ``1/L``). A trial that says
     otherwise was disturbed: it is run again, at most `RERUNS` times; a candidate still below
     its floor is set aside, and `Outcome.aside` says what it measured and why. A winner other
-    than the simplest must win a second trial too (its worse ratio of the two counts).
+    than the simplest must win a second trial against the simplest too (its worse ratio of
+    the two counts).
     """
     order, floors, words = list(runs), floors or {}, words or {}
     gain = GAIN if gain is None else gain
@@ -236,11 +237,13 @@ def decide(
         aside.update({n: aside[order[0]] for n in order[1:]})
     left = [n for n in order if n not in aside or n == order[0]]
     pick = choose(ratios, left, gain)
-    if pick != left[0]:  # a change must hold in a second trial
-        again, _ = trial({n: runs[n] for n in left},
-                         lambda r: choose(r, [n for n in left if n in r], gain))  # fmt: skip
+    if pick != left[0]:  # a change must hold in a second trial, against the simplest
+        pair = [left[0], pick]
+        again, _ = timed({n: runs[n] for n in pair},
+                         lambda r: choose(r, [n for n in pair if n in r], gain),
+                         warm=False)  # fmt: skip
         n_trials += 1
-        ratios = {**ratios, **{n: max(ratios[n], again[n]) for n in left}}
+        ratios[pick] = max(ratios[pick], again[pick])
         pick = choose(ratios, left, gain)
     return Outcome(ratios, seconds, pick, aside, n_trials)
 
