@@ -237,13 +237,21 @@ def decide(
         aside.update({n: aside[order[0]] for n in order[1:]})
     left = [n for n in order if n not in aside or n == order[0]]
     pick = choose(ratios, left, gain)
-    if pick != left[0]:  # a change must hold in a second trial, against the simplest
-        pair = [left[0], pick]
+    if pick != left[0]:  # a change must hold in a second trial, against what it beat
+        prev = choose(ratios, left[: left.index(pick)], gain)
+        pair = [prev, pick]
         again, _ = timed({n: runs[n] for n in pair},
                          lambda r: choose(r, [n for n in pair if n in r], gain),
                          warm=False)  # fmt: skip
         n_trials += 1
-        ratios[pick] = max(ratios[pick], again[pick])
+        # the worse of the two trials, kept relative to what it beat: one trial's words
+        ratios[pick] = ratios[prev] * max(ratios[pick] / ratios[prev], again[pick] / again[prev])
+        for n in _below(ratios, floors, runs):
+            ref, floor = floors[n]
+            aside[n] = (f"{words.get(n, n)} measured {ratios[n] / ratios[ref]:.2f}x of "
+                        f"{words.get(ref, ref)} in a second trial, below the {floor:.2f}x the "
+                        "same work could take: a disturbed measurement, set aside")  # fmt: skip
+        left = [n for n in left if n not in aside or n == order[0]]
         pick = choose(ratios, left, gain)
     return Outcome(ratios, seconds, pick, aside, n_trials)
 
