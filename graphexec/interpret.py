@@ -204,27 +204,35 @@ def time_nodes_beside(
     example_inputs: Sequence[Any],
     repeats: int,
     elsewhere: Callable[[Callable[[], Any]], Any],
+    drop: float = 3.0,
 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Seconds of each node here and through ``elsewhere`` (which runs a function on another
     thread, e.g. a pool thread at 1 intra-op thread), interleaved run by run so both see the
     same moments of the machine's load; one warm-up run each first.
 
-    Returns ``(here, there)``: node name -> ``repeats`` samples each.
+    When the runs here take over ``drop`` times those elsewhere twice in a row (torch's
+    threads collapsing under load), they stop: the samples so far say enough.
+
+    Returns ``(here, there)``: node name -> up to ``repeats`` samples each (one at least).
     """
     here: dict[str, list[float]] = {n: [] for n in names}
     there: dict[str, list[float]] = {n: [] for n in names}
     discard: dict[str, list[float]] = {n: [] for n in names}
 
-    def one(samples: dict[str, list[float]], strict: bool) -> None:
+    def one(samples: dict[str, list[float]], strict: bool) -> float:
+        start = time.perf_counter()
         with torch.no_grad():
             env = bind_inputs(graph, example_inputs, {})
             run_nodes(graph.nodes, names, env, samples=samples, protect=True, strict=strict)
             if strict:
                 check_none(graph.nodes, None, env, graph.output_refs())
+        return time.perf_counter() - start
 
-    one(discard, strict=True)  # warms caches and allocators; finds a forgotten return
-    elsewhere(lambda: one(discard, strict=False))
+    slow = one(discard, strict=True) > drop * elsewhere(lambda: one(discard, strict=False))
+    stop = False
     for _ in range(repeats):
-        one(here, strict=False)
-        elsewhere(lambda: one(there, strict=False))
+        took = 0.0 if stop else one(here, strict=False)
+        away = elsewhere(lambda: one(there, strict=False))
+        if not stop:
+            stop, slow = slow and took > drop * away, took > drop * away
     return here, there
