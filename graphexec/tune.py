@@ -314,9 +314,16 @@ def _fusion_step(
     if fused_graph is p.graph:
         return dataclasses.replace(p, fusion=tuple(notes)), costs_1
     if opts.check and opts.hfuse is not True:
+        # at the thread count the node times favour: under load the caller's threads collapse
+        # (a run 50x slower), which would cost the trial more than the whole rest of planning
+        budget = 1 if sum(costs_1.values()) < sum(p.node_costs.values()) else None
+        plain = dataclasses.replace(p, thread_budget=budget)
         raw = arrange(fused_graph, warn_dead=False, **opts.arranging)
-        ratio, _ = trial_twice({"plain": _inline_run(p, example_inputs),
-                                "fused": _inline_run(raw, example_inputs)}, "fused")  # fmt: skip
+        raw = dataclasses.replace(raw, thread_budget=budget)
+        with SequentialExecutor() as ex:  # closed: its budget's pool thread ends here
+            args = tuple(example_inputs)
+            ratio, _ = trial_twice({"plain": lambda: ex.run(plain, *args),
+                                    "fused": lambda: ex.run(raw, *args)}, "fused")  # fmt: skip
         if ratio >= trials.GAIN:
             notes = [n.replace("fused ", "not fused ", 1) if n.startswith("fused ") else n
                      for n in notes]  # fmt: skip
