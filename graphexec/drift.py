@@ -6,9 +6,10 @@ core is taken: measured here, 2-23x slower). `GraphModule` times each call with 
 ``perf_counter`` pair and hands the seconds to a `Watch`, which answers "re-check now, because
 ..." or nothing:
 
-* **Drift.** The median of the last ``window`` calls against the baseline (the seconds the
-  plan's trial measured, or the median of the first window watched) is beyond ``factor``
-  either way: the load arrived or left.
+* **Drift.** The median of the last ``window`` calls against the baseline is beyond
+  ``factor`` either way: the load arrived or left. The baseline is the seconds the plan
+  measured (its trial, or its node times), and after a re-check the median of the next
+  window of calls (calls that train take longer than the ``no_grad`` trial for that alone).
 * **Probe.** A plan that kept a load-dependent choice (a thread budget of its own, or overlap)
   runs about as fast when the load leaves (a one-thread lane does not get faster when the
   other core frees up), so its calls cannot show that the choice went stale: it is
@@ -83,9 +84,11 @@ class Watch:
         self.calls = 0
         self.start(None)
 
-    def start(self, plan: Plan | None) -> None:
-        """Watch ``plan`` from now on: its measured seconds are the baseline, if it has them."""
-        self.baseline = plan.call_seconds if plan is not None else None
+    def start(self, plan: Plan | None, from_calls: bool = False) -> None:
+        """Watch ``plan`` from now on: its measured seconds are the baseline, if it has them,
+        or (``from_calls``, after a re-check) the median of the next window of calls: a
+        trial runs under ``no_grad``, and calls that train take longer for that alone."""
+        self.baseline = plan.call_seconds if plan is not None and not from_calls else None
         self.probe = plan is not None and _load_dependent(plan)
         self.recent: deque[float] = deque(maxlen=self.window)
         self.watched = 0.0

@@ -170,7 +170,7 @@ class GraphModule(nn.Module):
             with self._timing_mode():
                 new, _ = recheck(self._plan, self._inputs(args, kwargs), why, watch.calls)
             self._plan = new
-            watch.start(new)
+            watch.start(new, from_calls=True)
             watch.spent(watch.clock() - start)
         finally:
             self._lock.release()

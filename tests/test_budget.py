@@ -247,3 +247,18 @@ def test_a_candidate_that_clearly_lost_stops_running(monkeypatch):
     ratios, base = trials.trial({"slow": cost("slow", 10.0), "fast": cost("fast", 1.0)})
     assert calls == {"slow": 2, "fast": 2}
     assert ratios == {"slow": 1.0, "fast": pytest.approx(0.1)} and base == 10.0
+
+
+def test_after_a_re_check_the_baseline_is_the_calls_own():
+    """A trial runs under no_grad; calls that train take longer for that alone, which is no
+    drift: after a re-check the next window of calls is the baseline."""
+    g = gx.Graph("g")
+    g.output(g.node("n", nn.Linear(4, 4), g.input("x")))
+    p = dataclasses.replace(gx.plan(g), call_seconds=0.001)
+    w = Watch(window=2, share=1.0)
+    w.start(p, from_calls=True)
+    w.spent(0.0)
+    assert [w.observe(0.003) for _ in range(10)] == [None] * 10  # 3x the trial: no drift
+    w.start(p)  # a fresh plan: its measured seconds are the baseline
+    w.spent(0.0)
+    assert w.observe(0.003) is None and w.observe(0.003).startswith("the last 2 calls took")
