@@ -262,3 +262,18 @@ def test_after_a_re_check_the_baseline_is_the_calls_own():
     w.start(p)  # a fresh plan: its measured seconds are the baseline
     w.spent(0.0)
     assert w.observe(0.003) is None and w.observe(0.003).startswith("the last 2 calls took")
+
+
+def test_a_copied_executor_runs_budgets_on_lanes_of_its_own(local_executor):
+    """A deep copy (of a GraphModule, say) copies its executor: the copy's budget lanes are
+    new threads, made when first used."""
+    import copy
+
+    g, seen = _pair()
+    p = dataclasses.replace(gx.plan(g), thread_budget=1)
+    x = torch.randn(2, 4)
+    expected = local_executor.run(p, x)
+    twin = copy.deepcopy(local_executor)
+    torch.testing.assert_close(twin.run(p, x), expected)
+    twin.close()
+    assert set(seen.seen) == {1}
