@@ -268,16 +268,16 @@ def _overlap_words(found: Sequence[Shape], pick: Shape, outcome: trials.Outcome 
         base = next(s for s in tried if s.name == (AT_ONE if pick.name == OVERLAP_AT_ONE
                                                    else ONE_BY_ONE))  # fmt: skip
         ratio = outcome.ratios[pick.name] / outcome.ratios[base.name]
-        return (f"overlapping branches ran {_ran(ratio, 'one by one')} (one by one: "
-                f"{base.words}, {format_seconds(outcome.seconds_of(base.name))}; measured on "
-                "the example inputs)")  # fmt: skip
+        return (f"overlapping branches ran {_ran(ratio, base.words)} "
+                f"({format_seconds(outcome.seconds_of(base.name))}; measured on the example "
+                "inputs)")  # fmt: skip
     said = "; ".join(aside)
     if live:
         best = min(live, key=lambda s: outcome.ratios[s.name])
         ratio = outcome.ratios[best.name] / outcome.ratios[pick.name]
-        said = (f"overlapping branches ran {_ran(ratio, 'one by one')} (one by one: "
-                f"{pick.words}, {format_seconds(outcome.seconds_of(pick.name))}; measured on "
-                f"the example inputs); overlap must save {1 - trials.GAIN:.0%} to be chosen"
+        said = (f"overlapping branches ran {_ran(ratio, pick.words)} "
+                f"({format_seconds(outcome.seconds_of(pick.name))}; measured on the example "
+                f"inputs); overlap must save {1 - trials.GAIN:.0%} to be chosen"
                 + (f"; {said}" if said else ""))  # fmt: skip
     return said
 
