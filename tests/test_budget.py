@@ -10,6 +10,7 @@ and the drift watch's), so they check the rules, not this machine's noise::
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 import types
 
@@ -277,3 +278,19 @@ def test_a_copied_executor_runs_budgets_on_lanes_of_its_own(local_executor):
     torch.testing.assert_close(twin.run(p, x), expected)
     twin.close()
     assert set(seen.seen) == {1}
+
+
+def test_callers_on_many_threads_share_the_budget_lanes(local_executor):
+    """One lane per core's worth of the budget: callers on several threads run at once, each
+    at the budget, and get their own results."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    g, seen = _pair()
+    p = dataclasses.replace(gx.plan(g), thread_budget=1)
+    xs = [torch.randn(2, 4) for _ in range(32)]
+    with ThreadPoolExecutor(8) as callers:
+        outs = list(callers.map(lambda x: local_executor.run(p, x), xs))
+    for x, out in zip(xs, outs, strict=True):
+        torch.testing.assert_close(out, g.nodes["a"].fn(x) + x + 1)
+    lanes = [t for t in threading.enumerate() if t.name.startswith("graphexec-budget1")]
+    assert 1 <= len(lanes) <= max(1, os.cpu_count() or 1) and set(seen.seen) == {1}

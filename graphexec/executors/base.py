@@ -24,10 +24,11 @@ reads them on the calling thread and `run_task` re-enters them on whichever thre
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar
@@ -53,6 +54,7 @@ __all__ = [
     "collect_outputs",
     "enter_lane",
     "process_default",
+    "started",
     "run_task",
     "SCHEDULES",
 ]
@@ -123,9 +125,20 @@ def enter_lane(threads: int, keep: int) -> None:
         putback.join()
 
 
+def started(pool: ThreadPoolExecutor, workers: int) -> ThreadPoolExecutor:
+    """``pool`` with every worker started and through its initializer (`enter_lane`), so no
+    worker is still setting its thread count (and putting the process default back) after
+    the call that made the pool returns: a thread started then would read the wrong default.
+    """
+    barrier = threading.Barrier(workers, timeout=30)
+    wait([pool.submit(barrier.wait) for _ in range(workers)])
+    return pool
+
+
 class BudgetLanes:
-    """One pool thread per thread budget, made on first use: `Executor.run` hands a plan with
-    ``thread_budget=k`` to the thread of budget ``k``, one hand-off per call.
+    """Pool threads per thread budget, made on first use: `Executor.run` hands a plan with
+    ``thread_budget=k`` to a thread of budget ``k``, one hand-off per call. There are
+    cores // k of them, so callers on several threads still run at once (one caller uses one).
 
     ``torch.set_num_threads`` is per OS thread with torch's OpenMP backend (measured on torch
     2.13): a lane at 1 intra-op thread leaves the caller's count as it was, which is why a
@@ -152,10 +165,11 @@ class BudgetLanes:
             with self._lock:  # several callers may share one executor
                 pool = self._pools.get(threads)
                 if pool is None:
-                    pool = self._pools[threads] = ThreadPoolExecutor(
-                        1, thread_name_prefix=f"graphexec-budget{threads}",
+                    workers = max(1, (os.cpu_count() or 1) // threads)
+                    pool = self._pools[threads] = started(ThreadPoolExecutor(
+                        workers, thread_name_prefix=f"graphexec-budget{threads}",
                         initializer=enter_lane, initargs=(threads, process_default()),
-                    )  # fmt: skip
+                    ), workers)  # fmt: skip
         modes = capture_modes()
 
         def on_lane() -> Any:

@@ -27,14 +27,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import torch
 
 from ..plans import Plan
 from ..profile import TaskEvent
-from .base import enter_lane, process_default
+from .base import enter_lane, process_default, started
 from .local import LocalExecutor
 from .sequential import SequentialExecutor
 
@@ -85,7 +85,7 @@ class ThreadExecutor(LocalExecutor):
         if pool is None:
             with self._lock:  # several callers may share one executor
                 if self._pool is None:
-                    self._pool = _started(ThreadPoolExecutor(
+                    self._pool = started(ThreadPoolExecutor(
                         self.workers,
                         thread_name_prefix="graphexec",
                         initializer=enter_lane,
@@ -123,13 +123,3 @@ class ThreadExecutor(LocalExecutor):
             f"ThreadExecutor(workers={self.workers}, schedule={self.schedule!r}, "
             f"intra_op_threads={self.intra_op_threads})"
         )
-
-
-def _started(pool: ThreadPoolExecutor, workers: int) -> ThreadPoolExecutor:
-    """``pool`` with every worker started and through its initializer (`enter_lane`), so no
-    worker is still setting its thread count (and putting the process default back) after
-    the call that made the pool returns: a thread started then would read the wrong default.
-    """
-    barrier = threading.Barrier(workers, timeout=30)
-    wait([pool.submit(barrier.wait) for _ in range(workers)])
-    return pool
