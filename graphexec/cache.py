@@ -165,14 +165,18 @@ def store(digest: str, record: Mapping[str, Any]) -> Path | None:
     if path is None:
         return None
     data = {**record, "format": FORMAT, "key": digest}
+    temp: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(
             "w", dir=path.parent, prefix=".plan-", suffix=".tmp", delete=False, encoding="utf-8"
         ) as f:
+            temp = f.name
             json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(f.name, path)
+        os.replace(temp, path)
     except (OSError, TypeError, ValueError) as exc:
+        if temp is not None and os.path.exists(temp):
+            os.unlink(temp)  # a half-written file is nobody's
         warnings.warn(f"graphexec cache: could not write {path}: {exc}", CacheWarning, stacklevel=2)
         return None
     return path

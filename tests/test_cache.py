@@ -151,3 +151,13 @@ def test_a_second_process_reuses_the_first_ones_measurements(cache_dir):
     assert calls > 3, said
     calls, said = first_call()
     assert calls <= 3 and said.startswith("reused from the cache"), said
+
+
+def test_a_cache_that_cannot_be_written_costs_a_warning(tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the cache directory should be")
+    monkeypatch.setenv("GRAPHEXEC_CACHE_DIR", str(blocker))
+    g, _ = counted()
+    with pytest.warns(CacheWarning, match="could not write"):
+        p = gx.plan(g, example_inputs=(torch.randn(4, 8),))
+    assert p.measured and list(tmp_path.iterdir()) == [blocker]
