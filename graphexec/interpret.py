@@ -16,7 +16,7 @@ passes ``kwargs``, frees values at their last use and names the node that raised
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -24,7 +24,15 @@ import torch
 from .errors import ArityError, NodeError, none_error
 from .graph import Graph, Node, Ref
 
-__all__ = ["bind_inputs", "check_input", "check_none", "program_values", "run_nodes", "time_nodes"]
+__all__ = [
+    "bind_inputs",
+    "check_input",
+    "check_none",
+    "program_values",
+    "run_nodes",
+    "time_nodes",
+    "time_nodes_beside",
+]
 
 
 def run_nodes(
@@ -188,3 +196,43 @@ def time_nodes(
     finally:
         torch.set_num_threads(before)
     return samples
+
+
+def time_nodes_beside(
+    graph: Graph,
+    names: Sequence[str],
+    example_inputs: Sequence[Any],
+    repeats: int,
+    elsewhere: Callable[[Callable[[], Any]], Any],
+    drop: float = 3.0,
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Seconds of each node here and through ``elsewhere`` (which runs a function on another
+    thread, e.g. a pool thread at 1 intra-op thread), interleaved run by run so both see the
+    same moments of the machine's load; one warm-up run each first.
+
+    When the runs here take over ``drop`` times those elsewhere twice in a row (torch's
+    threads collapsing under load), they stop: the samples so far say enough.
+
+    Returns ``(here, there)``: node name -> up to ``repeats`` samples each (one at least).
+    """
+    here: dict[str, list[float]] = {n: [] for n in names}
+    there: dict[str, list[float]] = {n: [] for n in names}
+    discard: dict[str, list[float]] = {n: [] for n in names}
+
+    def one(samples: dict[str, list[float]], strict: bool) -> float:
+        start = time.perf_counter()
+        with torch.no_grad():
+            env = bind_inputs(graph, example_inputs, {})
+            run_nodes(graph.nodes, names, env, samples=samples, protect=True, strict=strict)
+            if strict:
+                check_none(graph.nodes, None, env, graph.output_refs())
+        return time.perf_counter() - start
+
+    slow = one(discard, strict=True) > drop * elsewhere(lambda: one(discard, strict=False))
+    stop = False
+    for _ in range(repeats):
+        took = 0.0 if stop else one(here, strict=False)
+        away = elsewhere(lambda: one(there, strict=False))
+        if not stop:
+            stop, slow = slow and took > drop * away, took > drop * away
+    return here, there

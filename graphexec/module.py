@@ -13,7 +13,15 @@ that call's inputs: each node is timed with the caller's intra-op threads and wi
 (a few extra runs of the graph, under ``no_grad`` and with the modules briefly in ``eval()`` so
 that no running statistic moves), and the planner decides from those times what to inline and
 whether overlapping branches pays at all. ``measure=False`` plans from parameter counts;
-``replan()`` makes a new plan.
+``replan()`` makes a new plan. Measured decisions are kept across processes
+(`graphexec.cache`): a second process with the same graph, inputs and machine reuses them.
+
+A measured plan is watched (``adapt=True``, the default): each call is timed with one
+``perf_counter`` pair and, when calls drift from what the plan measured (the load changed),
+the decisions that can flip with the load (the thread budget, overlap) are tried again on
+that call's inputs, at most a few percent of the time watched (`graphexec.drift`); a switch
+is written into ``plan.decisions``. ``adapt=False`` turns this off; a `graphexec.drift.Watch`
+sets its thresholds (and clock).
 
 On CUDA streams (`CudaStreamExecutor`) the plan is made from parameter counts, with that
 executor's `plan_defaults`: the planner times nodes on the host, which for GPU work measures
@@ -27,12 +35,15 @@ next call (closing the executor it made before, and planning again).
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch.nn as nn
 
+from .budget import recheck
+from .drift import Watch
 from .errors import GraphError
 from .executors import CudaStreamExecutor, Executor, make_executor
 from .executors.cuda import auto_choice
@@ -61,6 +72,10 @@ class GraphModule(nn.Module):
     measure : bool
         Without ``example_inputs``: measure costs on the first call's inputs (default), or
         estimate them from parameter counts (False).
+    adapt : bool or Watch
+        Re-try the load-dependent decisions of a measured plan when its calls drift (default
+        True; `graphexec.drift`); False: keep the plan as measured. A `graphexec.drift.Watch`
+        gives the thresholds and the clock.
     **plan_kwargs
         Passed to `graphexec.plan`.
 
@@ -86,6 +101,7 @@ class GraphModule(nn.Module):
         *,
         example_inputs: Sequence[Any] | None = None,
         measure: bool = True,
+        adapt: bool | Watch = True,
         **plan_kwargs: Any,
     ):
         """An `nn.Module` that runs ``graph`` on ``executor``: see `GraphModule` for the
@@ -100,6 +116,7 @@ class GraphModule(nn.Module):
         self._plan_kwargs = plan_kwargs
         self._plan: Plan | None = None
         self._measure = measure
+        self._watch = adapt if isinstance(adapt, Watch) else Watch() if adapt else None
         self._lock = threading.Lock()  # several threads may make the first call at once
         if example_inputs is not None:
             self.replan(example_inputs=example_inputs)
@@ -115,6 +132,8 @@ class GraphModule(nn.Module):
         """Plan again, e.g. with costs measured on ``example_inputs``."""
         self._plan_kwargs.update(plan_kwargs)
         self._plan = make_plan(self.graph, example_inputs, **self._planning())
+        if self._watch is not None:
+            self._watch.start(self._plan)
         return self._plan
 
     def _planning(self) -> dict[str, Any]:
@@ -127,9 +146,36 @@ class GraphModule(nn.Module):
         if self._plan is None and measure:
             with self._lock:
                 if self._plan is None:
-                    env = bind_inputs(self.graph, args, kwargs)
-                    self._measured_plan([env[n] for n in self.graph.inputs])
-        return self.executor.run(self.plan, *args, **kwargs)
+                    self._measured_plan(self._inputs(args, kwargs))
+        p, watch = self.plan, self._watch
+        if watch is None or not p.measured or not self.executor.honours_budget:
+            return self.executor.run(p, *args, **kwargs)
+        start = watch.clock()
+        out = self.executor.run(p, *args, **kwargs)
+        why = watch.observe(watch.clock() - start)  # races between callers cost a sample
+        if why is not None:
+            self._recheck(args, kwargs, why)
+        return out
+
+    def _inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
+        env = bind_inputs(self.graph, args, kwargs)
+        return [env[n] for n in self.graph.inputs]
+
+    def _recheck(self, args: tuple[Any, ...], kwargs: dict[str, Any], why: str) -> None:
+        """Try the plan's load-dependent decisions again on this call's inputs; another
+        caller already doing so is not waited for."""
+        if self._plan is None or self._watch is None or not self._lock.acquire(blocking=False):
+            return
+        try:
+            watch = self._watch
+            start = watch.clock()
+            with self._timing_mode():
+                new, _ = recheck(self._plan, self._inputs(args, kwargs), why, watch.calls)
+            self._plan = new
+            watch.start(new, from_calls=True)
+            watch.spent(watch.clock() - start)
+        finally:
+            self._lock.release()
 
     def _follow_parameters(self) -> None:
         """``executor="auto"``: switch executors when the parameters moved to or from a GPU."""
@@ -143,10 +189,17 @@ class GraphModule(nn.Module):
                 old.close()
 
     def _measured_plan(self, example_inputs: Sequence[Any]) -> None:
-        modes = {m: m.training for m in self.modules()}
-        self.eval()  # timing only: BatchNorm must not update its running statistics
-        try:
+        with self._timing_mode():
             self.replan(example_inputs=example_inputs)
+
+    @contextlib.contextmanager
+    def _timing_mode(self) -> Iterator[None]:
+        """Timing only: in ``eval()``, so BatchNorm does not update its running statistics;
+        each module's mode is restored on every path."""
+        modes = {m: m.training for m in self.modules()}
+        self.eval()
+        try:
+            yield
         finally:
             for m, training in modes.items():
                 m.training = training
@@ -195,7 +248,8 @@ def _registered(graph: Graph) -> dict[str, nn.Module]:
             if key in owner:
                 raise GraphError(
                     f"graph '{graph.name}': nodes '{owner[key]}' and '{n.name}' would both be "
-                    f"registered as GraphModule.nodes.{key}; rename one", n.name
+                    f"registered as GraphModule.nodes.{key}; rename one",
+                    n.name,
                 )
             modules[key], owner[key] = n.fn, n.name
     return modules

@@ -95,6 +95,14 @@ class Plan:
     #: Set when no plan beat the module the graph was traced from (``graph.source``): local
     #: executors then call it, as it is, instead of running the tasks.
     as_is: Callable[..., Any] | None = field(default=None, repr=False)
+    #: The measured thread budget: None runs the plan on the calling thread with the caller's
+    #: intra-op threads; an int runs it (its straight-line program, ``as_is``, or the loop that
+    #: dispatches its lanes) on one graphexec pool thread set to that many intra-op threads, one
+    #: hand-off per call. The caller's own setting is never changed (`graphexec.tune`).
+    thread_budget: int | None = None
+    #: Seconds per call of this plan as its trial measured it on the example inputs (None when
+    #: not measured): what `graphexec.drift` compares later calls with.
+    call_seconds: float | None = None
 
     @property
     def amdahl(self) -> float:
@@ -186,6 +194,12 @@ class Plan:
             )
         if self.serial_reason:
             rows.append(f"runs inline: {self.serial_reason}")
+        if self.thread_budget is not None:
+            rows.append(
+                f"thread budget: runs on a graphexec pool thread at {self.thread_budget} "
+                f"intra-op thread{'s' * (self.thread_budget != 1)}, one hand-off per call (the "
+                "caller's own setting is not changed)"
+            )
         rows.extend(f"horizontal fusion: {line}" for line in self.fusion)
         rows.extend(f"decision: {line}" for line in self.decisions)
         return rows

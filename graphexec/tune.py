@@ -1,36 +1,48 @@
 """Tuning: measured decisions, one layer above the planner and the executors (``gx.plan``).
 
 The planner (`graphexec.planner.arrange`) is a pure pass from a graph and node costs to a
-plan. Everything that needs the model run on real inputs happens here, in this order:
+plan. Everything that needs the model run on real inputs happens here, in this order::
 
-1. **Measure** each node (`graphexec.interpret.time_nodes`: the median of ``repeats`` timed
-   sequential runs after a warm-up, under ``no_grad``).
-2. **Arrange** (`graphexec.planner.arrange`) with the measured costs: chain fusion and
-   inlining never lose (they remove hand-offs, never parallelism). This plan, run inline,
-   is *the plan as it is*: the graph's nodes one after another on the calling thread, as
-   one generated function (`graphexec.codegen`), like the ``torch.fx`` module it may come from.
+    plan(graph, example_inputs)
+      -> _cached_or_measured      a plan rebuilt from the cache (`graphexec.cache`) when one fits
+      -> _measured                otherwise, and stored for the next process:
+           _node_costs            each node at the caller's threads and at 1 (interleaved)
+           arrange                chain fusion and inlining: they never lose
+           _fusion_step           horizontal fusion, fused against unfused
+           shape_step             thread budget and overlap (`graphexec.budget`)
+           _compile_step          compiled tasks against eager ones (``backend=``)
+           _source_step           the plan against the traced module as it is
+
+1. **Measure** each node (`graphexec.interpret.time_nodes_beside`): the median of ``repeats``
+   runs at the caller's intra-op threads and as many on a pool thread at one thread,
+   interleaved run by run, after a warm-up, under ``no_grad``. The caller's own thread count
+   is never changed.
+2. **Arrange** with the measured costs. This plan, run inline, is *the plan as it is*: the
+   graph's nodes one after another on the calling thread, as one generated function
+   (`graphexec.codegen`), like the ``torch.fx`` module it may come from.
 3. **Horizontal fusion** (`graphexec.hfuse`): groups of small identical same-level modules
-   become one batched call, by the rule in `graphexec.hfuse.should_fuse`; the fused plan is
-   kept only if it beats the plain one side by side (`trial`). Measured on real models
-   (GoogLeNet, CLIP), fusing two small convolutions or q/k/v projections made them slower.
-4. **Overlap.** Torch already spreads one op over every core, and branch concurrency gives each
-   concurrent task one core instead. `_concurrency_pays` estimates both schedules from the
-   per-node times at one and at all intra-op threads; where the estimate says overlap pays,
-   `_overlap_trial` runs the plan both ways and keeps overlap only if it wins. Per-node times
-   cannot see memory bandwidth or OpenMP workers that spin after each parallel region
-   (libgomp's default) and take a core from the other lane: measured here, 8 wide branches
-   estimated at 0.8x of inline ran 1.2x.
+   become one batched call, kept only if the fused plan beats the plain one side by side.
+   Measured on real models (GoogLeNet, CLIP), fusing two small convolutions or q/k/v
+   projections made them slower.
+4. **Thread budget and overlap** (`graphexec.budget`): one by one or overlapped, at the
+   caller's threads or on a pool thread at one; estimated from the node times, the ways the
+   estimate does not rule out are tried side by side. Per-node times cannot see memory
+   bandwidth, OpenMP workers that spin after each parallel region, or a load that makes the
+   caller's threads collapse: the trial decides.
 5. **Compiled tasks** (``backend=``, `graphexec.backends.compile_plan`), kept only if they
    beat the plan as it is.
+6. **The traced module** (``graph.source``), at the plan's thread budget: kept as it is
+   (``plan.as_is``) unless the plan is within ``source_margin`` of it.
 
 Every kept decision must make the plan faster than the one without it by `GAIN` (5%),
-measured side by side on the example inputs (`trial`: shuffled rounds, the median of the
-per-round ratios, so one outlier cannot decide), twice in a row (`trial_twice`: a burst of
-load from another process can fool one half-second trial), so the plan is never slower than
-running the graph as it is beyond noise. An overlap trial faster than the lanes could ever
-be (below 1/lanes of one by one) is a disturbed measurement, not a win. Each decision is
-written into the plan (``serial_reason``, ``fusion``, ``decisions``), so ``print(plan)`` says
-what was measured and why it was kept or dropped.
+measured side by side (`graphexec.trials`: shuffled rounds, the median of the per-round
+ratios, a change confirmed by a second trial, a difference inside the noise resolved to the
+simpler plan). A trial faster than the cores could make the same work is re-run, then set
+aside with what it measured. Each decision is written into the plan (``serial_reason``,
+``fusion``, ``decisions``, ``thread_budget``), so ``print(plan)`` says what was measured and
+why it was kept or dropped; ``call_seconds`` is what `graphexec.drift` later compares the
+calls with. Planning that takes over `SLOW_PLANNING` seconds says what it measures on the
+``graphexec`` logger.
 """
 
 from __future__ import annotations
@@ -38,7 +50,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import random
+import logging
 import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -46,22 +58,45 @@ from typing import Any
 
 import torch
 
+from . import cache, trials
 from .backends import compile_plan
+from .budget import concurrency_pays, lanes, recheck, shape_step
+from .executors.base import BudgetLanes
 from .executors.sequential import SequentialExecutor
 from .executors.threads import ThreadExecutor
 from .graph import Graph, expect_graph
 from .hfuse import has_candidates, horizontal_fuse
-from .interpret import bind_inputs, compute_order, time_nodes
+from .interpret import bind_inputs, compute_order, time_nodes, time_nodes_beside
 from .planner import INLINE_BELOW, arrange
 from .plans import Plan
+from .trials import GAIN, trial, trial_twice
 from .units import format_seconds, speed_words
 
-__all__ = ["GAIN", "plan", "trial", "trial_twice"]
+__all__ = ["GAIN", "SOURCE_MARGIN", "plan", "recheck", "trial", "trial_twice"]
 
-#: A measured decision is kept when the plan it makes takes below this share of the plan
-#: without it (side by side, median of rounds): 5% beats hand-off costs and noise.
-GAIN = 0.95
 OVERLAP_GAIN = GAIN  # the name before every decision shared one margin
+#: The traced module is run as it is when the best plan takes longer than this share of it.
+SOURCE_MARGIN = 1.03
+#: Planning that takes longer than this many seconds says what it is measuring (logging).
+SLOW_PLANNING = 2.0
+
+log = logging.getLogger("graphexec")
+_concurrency_pays = concurrency_pays  # looked up at each plan: tests make it say yes
+
+
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    inline_below: float
+    fuse_chains: bool
+    repeats: int
+    hfuse: bool | str
+    backend: str
+    check: bool
+    source_margin: float
+
+    @property
+    def arranging(self) -> dict[str, Any]:
+        return {"inline_below": self.inline_below, "fuse_chains": self.fuse_chains}
 
 
 def plan(
@@ -70,7 +105,7 @@ def plan(
     *,
     inline_below: float = INLINE_BELOW,
     fuse_chains: bool = True,
-    repeats: int = 5,
+    repeats: int = 3,
     hfuse: bool | str = "auto",
     backend: str = "eager",
     check: bool = True,
@@ -84,14 +119,17 @@ def plan(
         A complete graph (outputs declared).
     example_inputs : sequence, optional
         Positional graph inputs. When given, each node is timed (median of ``repeats`` runs
-        after one warm-up, under ``torch.no_grad``) and costs are seconds measured here;
-        otherwise they are estimated from parameter counts.
+        after one warm-up, under ``torch.no_grad``) and costs are seconds measured here, and
+        the decisions that can lose are tried on them (the thread budget among them); the
+        measured decisions are kept in the cache (`graphexec.cache`) for the next process.
+        Without them, costs are estimated from parameter counts.
     inline_below : float
         Tasks cheaper than this many seconds are folded into their consumer or run inline.
     fuse_chains : bool
         Fuse straight chains into one task (default). Off: one task per node.
     repeats : int
-        Timed runs when measuring.
+        Timed runs of each node when measuring, at the caller's intra-op threads and as many
+        at one thread (after one warm-up).
     hfuse : {"auto", True, False}
         Horizontal fusion (`graphexec.hfuse`): same-level nodes with identical module
         structure run as one batched call. ``"auto"`` (default): with ``example_inputs``, fuse
@@ -149,10 +187,12 @@ def plan(
     graph.validate()
     if example_inputs is not None:
         bind_inputs(graph, example_inputs, {})  # arity, before anything runs
+    margin = SOURCE_MARGIN if source_margin is None else source_margin
+    opts = _Options(inline_below, fuse_chains, repeats, hfuse, backend, check, margin)
     with _no_gc():
-        margin = SOURCE_MARGIN if source_margin is None else source_margin
-        return _tune(graph, example_inputs, inline_below, fuse_chains, repeats, hfuse, backend,
-                     check, margin)  # fmt: skip
+        if example_inputs is None:
+            return _estimated(graph, opts)
+        return _cached_or_measured(graph, tuple(example_inputs), opts)
 
 
 @contextlib.contextmanager
@@ -168,111 +208,94 @@ def _no_gc() -> Iterator[None]:
             gc.enable()
 
 
-def _tune(
-    graph: Graph,
-    example_inputs: Sequence[Any] | None,
-    inline_below: float,
-    fuse_chains: bool,
-    repeats: int,
-    hfuse: bool | str,
-    backend: str,
-    check: bool,
-    source_margin: float,
-) -> Plan:
-    arranging = {"inline_below": inline_below, "fuse_chains": fuse_chains}
-    if example_inputs is None:
-        fusion: list[str] = []
-        if hfuse is True:
-            graph = _fuse_horizontally(graph, None, None, fusion)
-        return dataclasses.replace(arrange(graph, **arranging), fusion=tuple(fusion))
-    costs = _median(time_nodes(graph, compute_order(graph), example_inputs, repeats))
-    p = arrange(graph, costs, **arranging)
-    as_is = p
-    if hfuse is not False and has_candidates(graph):
-        p = _fusion_step(p, example_inputs, repeats, arranging, forced=hfuse is True or not check)
-    if p.max_width > 1:
-        p = _overlap_step(p, example_inputs, repeats, check)
-    if backend != "eager":  # compiled last: its thread budget follows the overlap decision
-        p = _compile_step(p, as_is, backend, example_inputs, check)
-    if check and graph.source is not None:
-        p = _source_step(p, graph, graph.source, example_inputs, source_margin)
+def _estimated(graph: Graph, opts: _Options) -> Plan:
+    """Without example inputs: costs from parameter counts, nothing tried."""
+    fusion: list[str] = []
+    if opts.hfuse is True:
+        graph = _fuse_horizontally(graph, None, None, fusion)
+    return dataclasses.replace(arrange(graph, **opts.arranging), fusion=tuple(fusion))
+
+
+def _cached_or_measured(graph: Graph, inputs: tuple[Any, ...], opts: _Options) -> Plan:
+    """The plan from the cache when one fits (`graphexec.cache`), else measured and stored."""
+    digest = _cache_key(graph, inputs, opts)
+    record = cache.load(digest) if digest else None
+    if record is not None:
+        restored = _restore(graph, inputs, opts, record)
+        if restored is not None:
+            return restored
+        cache.ignored(digest, "its node names or decisions do not fit this graph")
+    p, costs = _measured(graph, inputs, opts, _Progress(graph.name))
+    if digest:
+        cache.store(digest, _record(graph, p, costs))
     return p
+
+
+def _cache_key(graph: Graph, inputs: tuple[Any, ...], opts: _Options) -> str | None:
+    if opts.backend != "eager" or cache.directory() is None:
+        return None  # compiled tasks are not plain data
+    options = {**dataclasses.asdict(opts), "gain": trials.GAIN}
+    return cache.key(graph, inputs, options)
+
+
+class _Progress:
+    """Says on the ``graphexec`` logger what planning measures once it has taken more than
+    `SLOW_PLANNING` seconds (silence it with ``logging.getLogger("graphexec")``)."""
+
+    def __init__(self, name: str):
+        self.name, self.start = name, time.perf_counter()
+
+    def step(self, what: str) -> None:
+        spent = time.perf_counter() - self.start
+        if spent > SLOW_PLANNING:
+            log.warning("graphexec: planning graph '%s' (%.1f s so far): measuring %s; the "
+                        "decisions are cached for the next process (GRAPHEXEC_CACHE_DIR)",
+                        self.name, spent, what)  # fmt: skip
+
+
+def _measured(
+    graph: Graph, inputs: tuple[Any, ...], opts: _Options, progress: _Progress
+) -> tuple[Plan, dict[str, float]]:
+    """Measure, arrange, then try what can lose, in order; the plan and the node costs."""
+    progress.step(f"each node at {torch.get_num_threads()} and at 1 intra-op thread")
+    costs, costs_1 = _node_costs(graph, inputs, opts.repeats)
+    p = arrange(graph, costs, **opts.arranging)
+    as_is = p
+    if opts.hfuse is not False and has_candidates(graph):
+        progress.step("horizontal fusion, fused against unfused")
+        p, costs_1 = _fusion_step(p, costs_1, inputs, opts)
+    progress.step("the thread budget and overlap, side by side")
+    p = shape_step(p, costs_1, inputs, opts.check,
+                   lambda q, c: _concurrency_pays(q, c) is None)  # fmt: skip
+    if opts.backend != "eager":  # compiled last: its thread budget follows the overlap decision
+        progress.step(f"{opts.backend} tasks against eager ones")
+        p = _compile_step(p, as_is, opts.backend, inputs, opts.check)
+    if opts.check and graph.source is not None:
+        progress.step("the plan against the traced module as it is")
+        p = _source_step(p, graph, graph.source, inputs, opts.source_margin)
+    return p, costs
 
 
 def _median(samples: Mapping[str, list[float]]) -> dict[str, float]:
     return {n: statistics.median(s) for n, s in samples.items()}
 
 
-#: Trials run every candidate once per round, in a shuffled order, for at least
-#: `TRIAL_ROUNDS` rounds and then while `TRIAL_BUDGET` seconds last (at most `TRIAL_MAX`).
-TRIAL_ROUNDS, TRIAL_MAX, TRIAL_BUDGET = 5, 41, 0.5
-
-
-def trial(runs: Mapping[str, Callable[[], Any]]) -> tuple[dict[str, float], float]:
-    """Time candidates side by side: each one's median ratio to the first, and the first's
-    median seconds.
-
-    Every round runs each candidate once, in an order shuffled by a fixed seed (so no
-    candidate always follows another's spinning OpenMP workers); a round's ratios compare
-    runs made moments apart, and the median over rounds ignores outlier rounds (a scheduler
-    hiccup, a page fault) where one slow sample would decide a mean or a single run.
-    """
-    names = list(runs)
-    rng = random.Random(0)
-    rounds: list[dict[str, float]] = []
-    with torch.no_grad():
-        for fn in runs.values():  # warm-up: pools, allocators, lazy inits
-            fn()
-        start = time.perf_counter()
-        while len(rounds) < TRIAL_ROUNDS or (
-            len(rounds) < TRIAL_MAX and time.perf_counter() - start < TRIAL_BUDGET
-        ):
-            rng.shuffle(names)
-            times = {}
-            for n in names:
-                t0 = time.perf_counter()
-                runs[n]()
-                times[n] = time.perf_counter() - t0
-            rounds.append(times)
-    base = next(iter(runs))
-    ratios = {n: statistics.median(r[n] / r[base] for r in rounds) for n in runs}
-    return ratios, statistics.median(r[base] for r in rounds)
-
-
-def trial_twice(
-    runs: Mapping[str, Callable[[], Any]], candidate: str, gain: float = GAIN
-) -> tuple[float, float]:
-    """`trial`, and a second one when ``candidate`` won the first (ran below ``gain`` of the
-    first entry): its worse ratio of the two, and the first entry's median seconds.
-
-    A decision kept on one trial can be fooled by a burst of load on a shared machine (a
-    trial is half a second); winning two in a row by chance is much rarer, and the second
-    costs time only where something is about to be kept.
-    """
-    ratios, base = trial(runs)
-    if ratios[candidate] >= gain:
-        return ratios[candidate], base
-    again, _ = trial(runs)
-    return max(ratios[candidate], again[candidate]), base
-
-
-def _lanes() -> int:
-    """Branches that can run at once: the cores torch may use, 2 at least (as a
-    `ThreadExecutor` sizes its pool)."""
-    return max(2, torch.get_num_threads())
-
-
-def _threads() -> str:
-    """Torch's intra-op thread count in words (``1 intra-op thread``, ``2 intra-op threads``)."""
-    n = torch.get_num_threads()
-    return f"{n} intra-op thread{'s' * (n != 1)}"
-
-
-def _disturbed(ratio: float, same_ops: bool) -> bool:
-    """A plan that runs the same ops as its reference, only overlapped, cannot take less than
-    1/lanes of its time: a trial that says so was disturbed (measured under a burst of load
-    on 2 cores: a CLIP plan 'ran 0.26x' of its module in two trials, then 1.8x of it)."""
-    return same_ops and ratio < 0.9 / _lanes()
+def _node_costs(
+    graph: Graph, inputs: Sequence[Any], repeats: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Each node's median seconds at the caller's intra-op threads and at one thread (on a
+    pool thread, interleaved run by run: the caller's own count is never changed)."""
+    names = compute_order(graph)
+    if torch.get_num_threads() == 1:
+        costs = _median(time_nodes(graph, names, inputs, repeats))
+        return costs, costs
+    lane = BudgetLanes()
+    try:
+        here, there = time_nodes_beside(graph, names, inputs, repeats,
+                                        lambda fn: lane.call(1, fn))  # fmt: skip
+    finally:
+        lane.close()
+    return _median(here), _median(there)
 
 
 def _inline_run(p: Plan, example_inputs: Sequence[Any]) -> Callable[[], Any]:
@@ -281,42 +304,36 @@ def _inline_run(p: Plan, example_inputs: Sequence[Any]) -> Callable[[], Any]:
 
 
 def _fusion_step(
-    p: Plan, example_inputs: Sequence[Any], repeats: int, arranging: Mapping[str, Any],
-    forced: bool,
-) -> Plan:  # fmt: skip
-    """Horizontal fusion, kept only when the fused plan runs faster than the plain one."""
+    p: Plan, costs_1: dict[str, float], example_inputs: Sequence[Any], opts: _Options
+) -> tuple[Plan, dict[str, float]]:
+    """Horizontal fusion, kept only when the fused plan runs faster than the plain one. Both
+    run inline in the trial, where costs do not matter: the fused graph's nodes are timed only
+    once it is kept."""
     notes: list[str] = []
     fused_graph = _fuse_horizontally(p.graph, example_inputs, p.node_costs, notes)
     if fused_graph is p.graph:
-        return dataclasses.replace(p, fusion=tuple(notes))
-    costs = _median(time_nodes(fused_graph, compute_order(fused_graph), example_inputs, repeats))
-    fused = arrange(fused_graph, costs, warn_dead=False, **arranging)
-    if forced:
-        return dataclasses.replace(fused, fusion=tuple(notes))
-    ratio, _ = trial_twice({"plain": _inline_run(p, example_inputs),
-                            "fused": _inline_run(fused, example_inputs)}, "fused")  # fmt: skip
-    if ratio < GAIN:
-        line = f"kept: the fused plan ran {_ran(ratio, 'the unfused one')} (measured)"
-        return dataclasses.replace(fused, fusion=(*notes, line))
-    notes = [n.replace("fused ", "not fused ", 1) if n.startswith("fused ") else n for n in notes]
-    line = (f"dropped: the fused plan ran {_ran(ratio, 'the unfused one')} (measured); "
-            f"fusion must save {1 - GAIN:.0%}")  # fmt: skip
-    return dataclasses.replace(p, fusion=(*notes, line))
-
-
-def _overlap_step(p: Plan, example_inputs: Sequence[Any], repeats: int, check: bool) -> Plan:
-    """Overlap branches on threads only where the estimate and then a trial say it pays."""
-    costs_1 = p.node_costs  # what a pool thread (one intra-op thread) takes
-    if torch.get_num_threads() > 1:
-        compute = compute_order(p.graph)
-        costs_1 = _median(time_nodes(p.graph, compute, example_inputs, repeats, threads=1))
-    reason = _concurrency_pays(p, costs_1)
-    if reason is not None or not check:
-        return dataclasses.replace(p, serial_reason=reason)
-    ratio, said = _overlap_trial(p, example_inputs)  # the estimate says it pays: try it
-    if ratio >= GAIN:
-        return dataclasses.replace(p, serial_reason=said)
-    return dataclasses.replace(p, decisions=(*p.decisions, f"overlap kept: {said}"))
+        return dataclasses.replace(p, fusion=tuple(notes)), costs_1
+    if opts.check and opts.hfuse is not True:
+        # at the thread count the node times favour: under load the caller's threads collapse
+        # (a run 50x slower), which would cost the trial more than the whole rest of planning
+        budget = 1 if sum(costs_1.values()) < sum(p.node_costs.values()) else None
+        plain = dataclasses.replace(p, thread_budget=budget)
+        raw = arrange(fused_graph, warn_dead=False, **opts.arranging)
+        raw = dataclasses.replace(raw, thread_budget=budget)
+        with SequentialExecutor() as ex:  # closed: its budget's pool thread ends here
+            args = tuple(example_inputs)
+            ratio, _ = trial_twice({"plain": lambda: ex.run(plain, *args),
+                                    "fused": lambda: ex.run(raw, *args)}, "fused")  # fmt: skip
+        if ratio >= trials.GAIN:
+            notes = [n.replace("fused ", "not fused ", 1) if n.startswith("fused ") else n
+                     for n in notes]  # fmt: skip
+            line = (f"dropped: the fused plan ran {_ran(ratio, 'the unfused one')} (measured); "
+                    f"fusion must save {1 - trials.GAIN:.0%}")  # fmt: skip
+            return dataclasses.replace(p, fusion=(*notes, line)), costs_1
+        notes.append(f"kept: the fused plan ran {_ran(ratio, 'the unfused one')} (measured)")
+    costs, fused_1 = _node_costs(fused_graph, example_inputs, opts.repeats)
+    fused = arrange(fused_graph, costs, warn_dead=False, **opts.arranging)
+    return dataclasses.replace(fused, fusion=tuple(notes)), fused_1
 
 
 def _compile_step(
@@ -339,51 +356,67 @@ def _compile_step(
         ratio, _ = trial_twice({"as is": _inline_run(as_is, example_inputs),
                                 "compiled": lambda: runner.run(candidate, *example_inputs)},
                                "compiled")  # fmt: skip
-    if ratio < GAIN:
+    if ratio < trials.GAIN:
         return dataclasses.replace(
             candidate,
             decisions=(*p.decisions, f"{said}; kept: ran {_ran(ratio, 'eager tasks')}"),
         )
     line = (f"{said}; dropped: ran {_ran(ratio, 'the plan run eagerly as it is')} "
-            f"(measured), must save {1 - GAIN:.0%}")  # fmt: skip
+            f"(measured), must save {1 - trials.GAIN:.0%}")  # fmt: skip
     return dataclasses.replace(p, decisions=(*p.decisions, line))
-
-
-#: The traced module is run as it is when the best plan takes longer than this share of it.
-SOURCE_MARGIN = 1.03
 
 
 def _source_step(
     p: Plan, graph: Graph, source: Callable[..., Any], example_inputs: Sequence[Any],
     margin: float,
 ) -> Plan:  # fmt: skip
-    """The best plan against the module the graph was traced from, side by side: the module
-    as it is wins unless the plan takes at most ``margin`` of its time. Where the plan must
-    beat the module (``margin`` below 1, as the ``torch.compile`` backend asks), it must do so
-    in two trials in a row, and by no more than overlap alone could."""
+    """The best plan against the module the graph was traced from, side by side, at the
+    plan's thread budget: the module as it is wins unless the plan takes at most ``margin``
+    of its time. Where the plan must beat the module (``margin`` below 1, as the
+    ``torch.compile`` backend asks), a win must hold in a second trial; a plan of the same
+    ops faster than overlapping them could be is re-run, and then set aside."""
     runner = ThreadExecutor() if p.parallel or p.compiled else SequentialExecutor()
-    with runner, torch.no_grad():
+    module = dataclasses.replace(p, as_is=source, compiled=None,
+                                 serial_reason=p.serial_reason or "(being tried)")  # fmt: skip
+    with runner, SequentialExecutor() as inline, torch.no_grad():
         try:
             same = _same(source(*example_inputs), runner.run(p, *example_inputs))
         except Exception:  # noqa: BLE001 - a source that cannot take the graph's inputs
             same = False
         if not same:
             return p
-        runs = {"module": lambda: source(*example_inputs),
-                "plan": lambda: runner.run(p, *example_inputs)}  # fmt: skip
-        # a second trial only where the plan must win (a default kept needs no confirmation)
-        ratio, module_s = trial_twice(runs, "plan", gain=margin if margin < 1 else 0.0)
-    same_ops = p.compiled is None and p.graph is graph
-    if ratio <= margin and not (margin < 1 and _disturbed(ratio, same_ops)):
+        runs = {"plan": lambda: runner.run(p, *example_inputs),
+                "module": lambda: inline.run(module, *example_inputs)}  # fmt: skip
+        if margin < 1:
+            runs = {"module": runs["module"], "plan": runs["plan"]}
+        same_ops = p.compiled is None and p.graph is graph
+        outcome = trials.decide(
+            runs, gain=margin if margin < 1 else 1 / margin,
+            floors={"plan": ("module", 0.9 / lanes())} if same_ops else None,
+            words={"plan": "the plan", "module": "the traced module as it is"},
+            warm=p.thread_budget is None,  # both just ran (on the caller) to compare outputs
+        )  # fmt: skip
+    return _source_written(p, module, source, outcome)
+
+
+def _source_written(
+    p: Plan, module: Plan, source: Callable[..., Any], outcome: trials.Outcome
+) -> Plan:
+    ratio = outcome.ratios["plan"] / outcome.ratios["module"]
+    aside = outcome.aside.get("plan") or outcome.aside.get("module")
+    if outcome.pick == "plan":
         line = f"the plan ran {_ran(ratio, 'the traced module as it is')} (measured): kept"
-        return dataclasses.replace(p, decisions=(*p.decisions, line))
-    why = f"{_ran(ratio, 'it')} ({format_seconds(ratio * module_s)}; measured)"
-    if ratio <= margin:
-        why += (f", faster than overlapping the same ops on {_lanes()} lanes could be: a "
-                "disturbed measurement, not a win")  # fmt: skip
+        if aside:
+            line += f" ({aside})"
+        return dataclasses.replace(p, call_seconds=outcome.seconds_of("plan"),
+                                   decisions=(*p.decisions, line))  # fmt: skip
+    why = f"{_ran(ratio, 'it')} ({format_seconds(outcome.seconds_of('plan'))}; measured)"
+    if aside:
+        why += f"; {aside}"
     line = f"runs the traced module as it is: the best plan ran {why}"
-    return dataclasses.replace(p, as_is=source, serial_reason=p.serial_reason or line,
-                               compiled=None, decisions=(*p.decisions, line))  # fmt: skip
+    return dataclasses.replace(module, serial_reason=p.serial_reason or line,
+                               call_seconds=outcome.seconds_of("module"),
+                               decisions=(*p.decisions, line))  # fmt: skip
 
 
 def _ran(ratio: float, than: str) -> str:
@@ -417,52 +450,48 @@ def _fuse_horizontally(
                            notes=notes)  # fmt: skip
 
 
-def _concurrency_pays(p: Plan, costs_1: Mapping[str, float]) -> str | None:
-    """None if overlapping branches should beat running every task with all cores, else why.
+# -- the cache: what a measured plan is, as plain data ------------------------------------------
+def _record(graph: Graph, p: Plan, costs: Mapping[str, float]) -> dict[str, Any]:
+    return {
+        "graph": graph.name,
+        "made": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "costs": dict(costs),
+        "fused_costs": dict(p.node_costs) if p.graph is not graph else None,
+        "fusion": list(p.fusion),
+        "serial_reason": p.serial_reason,
+        "decisions": list(p.decisions),
+        "thread_budget": p.thread_budget,
+        "as_is": p.as_is is not None,
+        "call_seconds": p.call_seconds,
+    }
 
-    Estimates both schedules from the measured costs: one by one with all threads (the
-    measured ``cost``), against levels whose tasks are packed longest-first on one lane per
-    core at one thread each (a lone task keeps all threads, as the executors run it on the
-    calling thread).
-    """
-    lanes = _lanes()
-    serial = overlap = 0.0
-    for level in p.levels:
-        here = [p.tasks[t].cost for t in level if p.tasks[t].inline]
-        away = [sum(costs_1[n] for n in p.tasks[t].nodes) for t in level
-                if not p.tasks[t].inline]  # fmt: skip
-        serial += sum(p.tasks[t].cost for t in level)
-        if len(away) <= 1:
-            overlap += sum(here) + sum(p.tasks[t].cost for t in level if not p.tasks[t].inline)
-            continue
-        load = [0.0] * lanes
-        for c in sorted(away, reverse=True):  # longest processing time first
-            load[load.index(min(load))] += c
-        overlap += max(load) + sum(here)
-    if overlap < GAIN * serial:
+
+def _restore(
+    graph: Graph, inputs: Sequence[Any], opts: _Options, record: Mapping[str, Any]
+) -> Plan | None:
+    """The plan a cache record describes, or None when it does not fit ``graph``."""
+    try:
+        costs = {str(k): float(v) for k, v in record["costs"].items()}
+        if set(costs) != set(compute_order(graph)):
+            return None
+        p = arrange(graph, costs, **opts.arranging)
+        if record["fused_costs"] is not None:
+            fused_graph = _fuse_horizontally(graph, inputs, costs, [])
+            fused = {str(k): float(v) for k, v in record["fused_costs"].items()}
+            if fused_graph is graph or set(fused) != set(compute_order(fused_graph)):
+                return None
+            p = arrange(fused_graph, fused, warn_dead=False, **opts.arranging)
+        budget, seconds = record["thread_budget"], record["call_seconds"]
+        if record["as_is"] and graph.source is None:
+            return None
+        return dataclasses.replace(
+            p, fusion=tuple(map(str, record["fusion"])),
+            serial_reason=None if record["serial_reason"] is None else str(record["serial_reason"]),
+            decisions=(*map(str, record["decisions"]),
+                       f"reused from the cache: measured {record['made']} on this machine"),
+            thread_budget=None if budget is None else int(budget),
+            as_is=graph.source if record["as_is"] else None,
+            call_seconds=None if seconds is None else float(seconds),
+        )  # fmt: skip
+    except (KeyError, TypeError, ValueError, AttributeError):
         return None
-    return (
-        f"overlapping branches on {lanes} one-thread lanes would take ~{format_seconds(overlap)}, "
-        f"one by one with {_threads()} ~{format_seconds(serial)} "
-        "(measured); "
-        f"overlap must save {1 - GAIN:.0%} to beat hand-off costs and noise"
-    )
-
-
-def _overlap_trial(p: Plan, example_inputs: Sequence[Any]) -> tuple[float, str]:
-    """Run the plan overlapped on threads and inline, side by side: the ratio of overlapped
-    to inline time, and what it means in words."""
-    with ThreadExecutor() as threads:
-        ratio, inline = trial_twice({"inline": _inline_run(p, example_inputs),
-                                     "overlap": lambda: threads.run(p, *example_inputs)},
-                                    "overlap")  # fmt: skip
-    if _disturbed(ratio, same_ops=True):
-        ratio = 1.0  # not a win: keep the plan as it is
-    said = (
-        f"overlapping branches ran {_ran(ratio, 'one by one')} (one by one: "
-        f"{_threads()}, {format_seconds(inline)}; measured on "
-        f"the example inputs)"
-    )
-    if ratio >= GAIN:
-        said += f"; overlap must save {1 - GAIN:.0%} to be chosen"
-    return ratio, said

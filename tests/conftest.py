@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 
 import pytest
@@ -63,4 +64,11 @@ def _seed():
 
 
 def graphexec_threads() -> list[threading.Thread]:
+    """graphexec's threads still alive. Executors that earlier tests dropped unclosed (a docs
+    page's scope is a reference cycle) are collected first: their pools' threads then end
+    (ThreadPoolExecutor's own finalizer); an executor still referenced keeps its threads."""
+    gc.collect()
+    for t in threading.enumerate():
+        if t.name.startswith("graphexec"):
+            t.join(timeout=0.2)  # a finalized pool's worker ends within moments
     return [t for t in threading.enumerate() if t.name.startswith("graphexec")]

@@ -239,7 +239,7 @@ def test_plan_with_onnxruntime_tasks_runs_on_plain_executors(kind):
 def test_overlap_is_dropped_when_one_thread_lanes_would_lose():
     """Same plan, two machines: ops that scale across cores (a one-thread run takes twice
     as long) make overlap pointless; ops that don't scale make it pay."""
-    from graphexec.tune import _concurrency_pays
+    from graphexec.budget import concurrency_pays as _concurrency_pays
 
     p = gx.plan(two_towers(depth=2), inline_below=0)
     t = torch.get_num_threads()

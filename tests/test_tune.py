@@ -5,6 +5,7 @@ Every decision that can lose is tried end to end; whichever way it goes, outputs
 
 from __future__ import annotations
 
+import logging
 import math
 import types
 import warnings
@@ -15,7 +16,7 @@ import torch.nn as nn
 from hypothesis import HealthCheck, given, settings
 
 import graphexec as gx
-from graphexec import tune
+from graphexec import trials, tune
 from graphexec.codegen import plan_program
 from graphexec.interpret import program_values
 from tests.test_conformance import D, assert_same, build_random, random_dags
@@ -33,7 +34,7 @@ def _small_branches(n: int = 8) -> gx.Graph:
 def test_every_decision_either_way_equals_eager(monkeypatch, gain, backend):
     if backend == "onnxruntime":
         pytest.importorskip("onnxruntime")
-    monkeypatch.setattr(tune, "GAIN", gain)
+    monkeypatch.setattr(trials, "GAIN", gain)
     g = _small_branches()
     x = torch.randn(4, 16)
     with torch.no_grad():
@@ -46,7 +47,7 @@ def test_every_decision_either_way_equals_eager(monkeypatch, gain, backend):
         assert p.fusion[-1].startswith("kept" if kept else "dropped")
         if backend != "eager":
             assert (p.compiled is not None) == kept, p.decisions
-            assert p.decisions[0].startswith("onnxruntime:")
+            assert any(d.startswith("onnxruntime:") for d in p.decisions), p.decisions
         for ex in (gx.SequentialExecutor(), gx.ThreadExecutor()):
             with ex:
                 assert_same(ex.run(p, x), expected)
@@ -76,11 +77,11 @@ def test_one_outlier_round_cannot_decide_a_trial(monkeypatch):
         clock["calls"] += 1
         cost(200.0 if clock["calls"] == 3 else 1.0)  # an outlier: a page fault, a hiccup
 
-    monkeypatch.setattr(tune, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
-    ratios, base = tune.trial({"base": lambda: cost(1.0), "same": hiccup})
+    monkeypatch.setattr(trials, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
+    ratios, base = trials.trial({"base": lambda: cost(1.0), "same": hiccup})
     assert ratios["base"] == 1.0 and base == 1.0
     assert ratios["same"] == 1.0  # one 200x round out of >= 5 moves no median
-    assert clock["calls"] >= 1 + tune.TRIAL_ROUNDS
+    assert clock["calls"] >= 1 + trials.TRIAL_ROUNDS
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -186,12 +187,12 @@ def test_a_win_must_hold_in_a_second_trial(monkeypatch):
 
     def lucky():  # fast for the first trial only (a warm-up and its >= 5 rounds)
         clock["calls"] += 1
-        cost(0.5 if clock["calls"] <= 1 + tune.TRIAL_ROUNDS else 1.0)
+        cost(0.5 if clock["calls"] <= 1 + trials.TRIAL_ROUNDS else 1.0)
 
-    monkeypatch.setattr(tune, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
-    ratio, base = tune.trial_twice({"base": lambda: cost(1.0), "lucky": lucky}, "lucky")
+    monkeypatch.setattr(trials, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
+    ratio, base = trials.trial_twice({"base": lambda: cost(1.0), "lucky": lucky}, "lucky")
     assert ratio == 1.0 and base == 1.0  # lost the second: no gain kept
-    ratio, _ = tune.trial_twice({"base": lambda: cost(1.0), "fast": lambda: cost(0.6)}, "fast")
+    ratio, _ = trials.trial_twice({"base": lambda: cost(1.0), "fast": lambda: cost(0.6)}, "fast")
     assert ratio == pytest.approx(0.6)
 
 
@@ -208,12 +209,24 @@ def test_a_plan_must_beat_its_module_within_what_overlap_can_do(monkeypatch, pla
 
         return fn
 
-    monkeypatch.setattr(tune, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
-    monkeypatch.setattr(tune, "_lanes", lambda: 2)
+    monkeypatch.setattr(trials, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
+    monkeypatch.setattr(tune, "lanes", lambda: 2)
     g = gx.Graph("same_ops")
     g.output(g.node("n", costs(plan_cost), g.input("x")))
     x = torch.ones(2)
-    p = tune._source_step(gx.plan(g), g, costs(1.0), (x,), margin=tune.GAIN)
+    p = tune._source_step(gx.plan(g), g, costs(1.0), (x,), margin=trials.GAIN)
     assert (p.as_is is None) == kept, p.decisions
     if not kept:
         assert "disturbed measurement" in p.decisions[-1]
+
+
+def test_slow_planning_says_what_it_measures(monkeypatch, caplog):
+    """Past `SLOW_PLANNING` seconds each step names the graph and what it measures, on the
+    ``graphexec`` logger (so it can be silenced)."""
+    monkeypatch.setattr(tune, "SLOW_PLANNING", 0.0)
+    with caplog.at_level(logging.WARNING, logger="graphexec"):
+        gx.plan(_small_branches(2), example_inputs=(torch.randn(4, 16),), hfuse=False)
+    lines = [r.getMessage() for r in caplog.records if r.name == "graphexec"]
+    assert lines[0].startswith("graphexec: planning graph 'small'")
+    assert "measuring each node at" in lines[0]
+    assert any("thread budget and overlap" in line for line in lines)

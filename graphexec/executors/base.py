@@ -3,6 +3,10 @@
 The call tree (override points marked ``*``)::
 
     Executor.run(plan, *args, profile=False)
+      -> BudgetLanes.call            with ``plan.thread_budget`` (local executors): the rest
+                                     of the call runs on a pool thread at that many intra-op
+                                     threads, under the caller's modes; the caller's own
+                                     thread count is never touched
       -> *_inline(plan)              runs task after task on this thread? then call the
                                      plan's straight-line program (`schedule.Schedule`,
                                      `graphexec.codegen`) or ``plan.as_is``, and return
@@ -20,9 +24,11 @@ reads them on the calling thread and `run_task` re-enters them on whichever thre
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar
@@ -39,12 +45,16 @@ from ..profile import TaskEvent, Timeline
 from .schedule import Schedule
 
 __all__ = [
+    "BudgetLanes",
     "Executor",
     "IdCache",
     "Modes",
     "bind_inputs",
     "capture_modes",
     "collect_outputs",
+    "enter_lane",
+    "process_default",
+    "started",
     "run_task",
     "SCHEDULES",
 ]
@@ -81,6 +91,105 @@ def capture_modes() -> Modes:
         (d, torch.get_autocast_dtype(d)) for d in _AUTOCAST_DEVICES if torch.is_autocast_enabled(d)
     )
     return Modes(torch.is_grad_enabled(), torch.is_inference_mode_enabled(), autocast)
+
+
+# -- thread budgets ------------------------------------------------------------------------------
+_lane = threading.local()  # .threads: the budget of the lane this thread is, if it is one
+
+
+def process_default() -> int:
+    """The intra-op thread count a thread started now would get (torch's process default;
+    read on a new thread, because the calling thread may be a lane with its own count)."""
+    got: list[int] = []
+    reader = threading.Thread(target=lambda: got.append(torch.get_num_threads()))
+    reader.start()
+    reader.join()
+    return got[0]
+
+
+def enter_lane(threads: int, keep: int) -> None:
+    """Set this (pool) thread to ``threads`` intra-op threads and leave the process default,
+    which threads made later start from, at ``keep``.
+
+    With torch's OpenMP backend the count is per OS thread, but ``torch.set_num_threads`` also
+    stores a process default that a thread reads on its first parallel op (measured on torch
+    2.13: after a pool thread set 1, a thread started later ran at 1). So the lane fixes its
+    own count first (reading it pins it), then a short-lived thread sets the default back.
+    """
+    torch.set_num_threads(threads)
+    torch.get_num_threads()  # pins this thread's count before the default is put back
+    _lane.threads = threads
+    if keep != threads:
+        putback = threading.Thread(target=torch.set_num_threads, args=(keep,))
+        putback.start()
+        putback.join()
+
+
+def started(pool: ThreadPoolExecutor, workers: int) -> ThreadPoolExecutor:
+    """``pool`` with every worker started and through its initializer (`enter_lane`), so no
+    worker is still setting its thread count (and putting the process default back) after
+    the call that made the pool returns: a thread started then would read the wrong default.
+    """
+    barrier = threading.Barrier(workers, timeout=30)
+    wait([pool.submit(barrier.wait) for _ in range(workers)])
+    return pool
+
+
+class BudgetLanes:
+    """Pool threads per thread budget, made on first use: `Executor.run` hands a plan with
+    ``thread_budget=k`` to a thread of budget ``k``, one hand-off per call. There are
+    cores // k of them, so callers on several threads still run at once (one caller uses one).
+
+    ``torch.set_num_threads`` is per OS thread with torch's OpenMP backend (measured on torch
+    2.13): a lane at 1 intra-op thread leaves the caller's count as it was, which is why a
+    budget is a thread of its own and never a change of the caller's setting. Grad mode,
+    inference mode and autocast are thread-local: the caller's are re-entered on the lane.
+    A call made on a lane of the same budget (a plan run inside a node) runs where it is.
+
+    >>> lanes = BudgetLanes()
+    >>> lanes.call(1, torch.get_num_threads), torch.get_num_threads() >= 1
+    (1, True)
+    >>> lanes.close()
+    """
+
+    def __init__(self) -> None:
+        self._pools: dict[int, ThreadPoolExecutor] = {}
+        self._lock = threading.Lock()
+
+    def call(self, threads: int, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on the lane of ``threads`` intra-op threads; its result or its error."""
+        if getattr(_lane, "threads", None) == threads:
+            return fn(*args)
+        pool = self._pools.get(threads)
+        if pool is None:
+            with self._lock:  # several callers may share one executor
+                pool = self._pools.get(threads)
+                if pool is None:
+                    workers = max(1, (os.cpu_count() or 1) // threads)
+                    pool = self._pools[threads] = started(ThreadPoolExecutor(
+                        workers, thread_name_prefix=f"graphexec-budget{threads}",
+                        initializer=enter_lane, initargs=(threads, process_default()),
+                    ), workers)  # fmt: skip
+        modes = capture_modes()
+
+        def on_lane() -> Any:
+            with modes.enter():
+                return fn(*args)
+
+        return pool.submit(on_lane).result()
+
+    def close(self) -> None:
+        """Shut the lanes down and join their threads (idempotent)."""
+        with self._lock:
+            pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def __getstate__(self) -> dict[str, Any]:  # a copy starts without threads
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()
 
 
 # -- one task ---------------------------------------------------------------------------------
@@ -214,6 +323,11 @@ class Executor:
         self.schedule = schedule
         self._plans = IdCache(lambda graph: arrange(graph, **self.plan_defaults))
         self._schedules: IdCache[Plan, Schedule] = IdCache(Schedule)
+        self._budget = BudgetLanes()
+
+    #: Whether `run` honours ``plan.thread_budget`` (in-process executors do; a remote
+    #: executor's workers keep their own settings).
+    honours_budget = False
 
     def run(self, plan: Plan | Graph, *args: Any, profile: bool = False, **kwargs: Any) -> Any:
         """Run ``plan`` on the given graph inputs.
@@ -240,6 +354,11 @@ class Executor:
             If a node raised; other in-flight tasks are cancelled or awaited first.
         """
         p = self._as_plan(plan)
+        if p.thread_budget is not None and self.honours_budget:
+            return self._budget.call(p.thread_budget, self._run, p, args, kwargs, profile)
+        return self._run(p, args, kwargs, profile)
+
+    def _run(self, p: Plan, args: tuple[Any, ...], kwargs: dict[str, Any], profile: bool) -> Any:
         if not profile and self._inline(p):  # one generated function, one call per node
             program = p.as_is or self._schedules(p).straight
             if kwargs or len(args) != len(p.graph.inputs):
@@ -287,6 +406,9 @@ class Executor:
 
     def close(self) -> None:
         """Release what this executor created (idempotent)."""
+        budget = getattr(self, "_budget", None)
+        if budget is not None:
+            budget.close()
 
     def __enter__(self) -> Executor:
         return self

@@ -35,6 +35,8 @@ class LocalExecutor(Executor):
     they need no lock; tasks get their input values as a fresh dict.
     """
 
+    honours_budget = True
+
     def _start(self, fn: Callable[[], dict[str, Any]]) -> Future:
         raise NotImplementedError
 

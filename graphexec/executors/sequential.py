@@ -30,6 +30,7 @@ class SequentialExecutor(Executor):
     """
 
     name = "sequential"
+    honours_budget = True
 
     def _inline(self, plan: Plan) -> bool:
         return plan.compiled is None

@@ -11,8 +11,13 @@ that can run (a chain, a single-branch level), so stretches without parallelism 
 as eager PyTorch would, with every core. A plan with no two dispatchable tasks at the same
 level (``plan.parallel`` is False) never touches the pool.
 
+A plan's measured ``thread_budget`` (`graphexec.tune`) is honoured as every local executor
+honours it: the call (the loop that dispatches the lanes, or the inline program) runs on one
+more pool thread set to that many intra-op threads (`graphexec.executors.base.BudgetLanes`).
+
 Caveat (measured on torch 2.13, OpenMP): after a worker calls ``torch.set_num_threads``,
-threads created later start with that count too. The calling thread is not affected.
+threads created later start with that count too; `graphexec.executors.base.enter_lane` puts
+the process default back, so neither the calling thread nor threads made later are affected.
 
 Where state crosses threads: tasks receive their inputs as a fresh dict and return their
 outputs; only the calling thread touches the run's value table (see `LocalExecutor`).
@@ -29,6 +34,7 @@ import torch
 
 from ..plans import Plan
 from ..profile import TaskEvent
+from .base import enter_lane, process_default, started
 from .local import LocalExecutor
 from .sequential import SequentialExecutor
 
@@ -79,12 +85,12 @@ class ThreadExecutor(LocalExecutor):
         if pool is None:
             with self._lock:  # several callers may share one executor
                 if self._pool is None:
-                    self._pool = ThreadPoolExecutor(
+                    self._pool = started(ThreadPoolExecutor(
                         self.workers,
                         thread_name_prefix="graphexec",
-                        initializer=torch.set_num_threads,
-                        initargs=(self.intra_op_threads,),
-                    )
+                        initializer=enter_lane,
+                        initargs=(self.intra_op_threads, process_default()),
+                    ), self.workers)  # fmt: skip
                 pool = self._pool
         return pool.submit(fn)
 
@@ -103,6 +109,7 @@ class ThreadExecutor(LocalExecutor):
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+        super().close()
 
     def __getstate__(self) -> dict[str, Any]:  # copy.deepcopy / pickle of a GraphModule
         return {**self.__dict__, "_pool": None, "_lock": None}

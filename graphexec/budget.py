@@ -1,0 +1,343 @@
+"""The thread budget and overlap: the ways one plan can run on a CPU, tried side by side.
+
+Torch spreads each op over every intra-op thread; overlapping branches gives each branch one
+core instead; and on a busy machine torch's own threads can collapse (OpenMP's workers wait at
+every parallel region for the one that lost its core: measured here, real models 2-23x slower
+at 2 threads than at 1 with one core busy), while on a quiet one some models simply run
+faster at one thread. So a plan can run in four shapes, simplest first:
+
+======================  =================================================================
+``one by one``          every task on the calling thread, at the caller's intra-op threads
+``one by one at 1``     the same on a graphexec pool thread at 1 intra-op thread
+                        (``plan.thread_budget = 1``; one hand-off per call)
+``overlapped``          branches on one-thread lanes, lone tasks on the calling thread
+``overlapped at 1``     the same, the loop (and its lone tasks) on a pool thread at 1
+======================  =================================================================
+
+`shape_step` estimates each from the node times measured at the caller's threads and at one
+thread, tries those the estimate does not rule out (`graphexec.trials.decide`: side by side,
+a change must win by the margin twice, an overlap faster than its lanes could be is re-run
+and then set aside), and writes what it measured into the plan. `recheck` tries them again
+when the calls drift (`graphexec.drift`). The caller's own thread count is never changed:
+a budget is a pool thread of its own (`graphexec.executors.base.BudgetLanes`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from . import trials
+from .executors.sequential import SequentialExecutor
+from .executors.threads import ThreadExecutor
+from .plans import Plan
+from .units import format_seconds, speed_words
+
+__all__ = ["Shape", "concurrency_pays", "recheck", "shape_step", "shapes"]
+
+ONE_BY_ONE, AT_ONE, OVERLAP, OVERLAP_AT_ONE = (
+    "one by one", "one by one at 1", "overlapped", "overlapped at 1",
+)  # fmt: skip
+#: A thread budget of 1 is tried when the node times at one thread add up to below this
+#: many times those at the caller's threads. Not `GAIN`: node-by-node timing shows a collapse
+#: of torch's threads under load much less than a whole run does (measured: node costs 20 ms,
+#: the same plan run 225 ms), so the estimate only rules out what clearly scales.
+BUDGET_SLACK = 1.5
+#: Node costs and a trial of the same plan that disagree beyond this factor are flagged.
+DISAGREE = 3.0
+_TRYING = "(being tried)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """One way to run a plan: its name, the words for it, the plan, and its estimate."""
+
+    name: str
+    words: str
+    plan: Plan
+    estimate: float | None = None
+
+    @property
+    def overlaps(self) -> bool:
+        return self.name in (OVERLAP, OVERLAP_AT_ONE)
+
+
+def lanes() -> int:
+    """Branches that can run at once: the cores torch may use, 2 at least (as a
+    `ThreadExecutor` sizes its pool)."""
+    return max(2, torch.get_num_threads())
+
+
+def threads_words(n: int | None = None) -> str:
+    """An intra-op thread count in words (``1 intra-op thread``, ``2 intra-op threads``)."""
+    n = torch.get_num_threads() if n is None else n
+    return f"{n} intra-op thread{'s' * (n != 1)}"
+
+
+def shapes(p: Plan, costs_1: Mapping[str, float] | None = None) -> list[Shape]:
+    """The shapes ``p`` can run in, simplest first (estimated when ``costs_1`` is given)."""
+    n = torch.get_num_threads()
+    inline = dataclasses.replace(p, serial_reason=p.serial_reason or _TRYING, thread_budget=None)
+    found = [Shape(ONE_BY_ONE, f"one by one on the calling thread ({threads_words(n)})", inline)]
+    can_overlap = p.max_width > 1 and p.as_is is None and p.compiled is None
+    overlap = dataclasses.replace(p, serial_reason=None, thread_budget=None)
+    if n > 1:
+        found.append(Shape(AT_ONE, "one by one on a pool thread at 1 intra-op thread",
+                           dataclasses.replace(inline, thread_budget=1)))  # fmt: skip
+    if can_overlap:
+        found.append(Shape(OVERLAP, f"overlapped on {lanes()} one-thread lanes", overlap))
+        if n > 1:
+            found.append(Shape(OVERLAP_AT_ONE, f"overlapped on {lanes()} one-thread lanes, the "
+                               "rest on a pool thread at 1 intra-op thread",
+                               dataclasses.replace(overlap, thread_budget=1)))  # fmt: skip
+    if costs_1 is None:
+        return found
+    return [dataclasses.replace(s, estimate=_estimate(p, s.name, costs_1)) for s in found]
+
+
+def _estimate(p: Plan, name: str, costs_1: Mapping[str, float]) -> float:
+    """Seconds per call of a shape, from the node times at the caller's threads and at 1."""
+    at_one = name in (AT_ONE, OVERLAP_AT_ONE)
+    if name in (ONE_BY_ONE, AT_ONE):
+        return sum(_cost(p, t, costs_1, at_one) for t in p.tasks)
+    return _overlap_estimate(p, costs_1, at_one)
+
+
+def _cost(p: Plan, task: str, costs_1: Mapping[str, float], at_one: bool) -> float:
+    return sum(costs_1[n] for n in p.tasks[task].nodes) if at_one else p.tasks[task].cost
+
+
+def _overlap_estimate(p: Plan, costs_1: Mapping[str, float], at_one: bool) -> float:
+    """Levels whose dispatched tasks are packed longest-first on one lane per core at one
+    thread each; a lone task runs on the loop's thread (the caller's threads, or 1)."""
+    total = 0.0
+    for level in p.levels:
+        here = [_cost(p, t, costs_1, at_one) for t in level if p.tasks[t].inline]
+        away = [_cost(p, t, costs_1, True) for t in level if not p.tasks[t].inline]
+        if len(away) <= 1:
+            lone = [_cost(p, t, costs_1, at_one) for t in level if not p.tasks[t].inline]
+            total += sum(here) + sum(lone)
+            continue
+        load = [0.0] * lanes()
+        for c in sorted(away, reverse=True):  # longest processing time first
+            load[load.index(min(load))] += c
+        total += max(load) + sum(here)
+    return total
+
+
+def concurrency_pays(p: Plan, costs_1: Mapping[str, float]) -> str | None:
+    """None if overlapping branches should beat running every task with all cores, else why
+    (estimated from the measured node times)."""
+    serial, overlap = p.work, _overlap_estimate(p, costs_1, at_one=False)
+    if overlap < trials.GAIN * serial:
+        return None
+    return (
+        f"overlapping branches on {lanes()} one-thread lanes would take "
+        f"~{format_seconds(overlap)}, one by one with {threads_words()} ~{format_seconds(serial)} "
+        "(estimated from the measured node times); "
+        f"overlap must save {1 - trials.GAIN:.0%} to beat hand-off costs and noise"
+    )
+
+
+def _ran(ratio: float, than: str) -> str:
+    return speed_words(ratio, 1.0, than)
+
+
+def _runs(found: Sequence[Shape], inputs: Sequence[Any], inline: SequentialExecutor,
+          overlapped: ThreadExecutor) -> dict[str, Callable[[], Any]]:  # fmt: skip
+    def run(s: Shape) -> Callable[[], Any]:
+        ex = overlapped if s.overlaps else inline
+        return lambda: ex.run(s.plan, *inputs)
+
+    return {s.name: run(s) for s in found}
+
+
+def _floors(found: Sequence[Shape]) -> dict[str, tuple[str, float]]:
+    """No shape can take below 1/cores of the same ops run one by one at one intra-op
+    thread (0.9 of that: hand-off noise). The reference is the one-thread run: the caller's
+    threads can collapse under load (measured here: 80x slower), so a shape that beats them by
+    more than the cores is no sign of a disturbed trial."""
+    names = {s.name for s in found}
+    ref = AT_ONE if AT_ONE in names else ONE_BY_ONE
+    if torch.get_num_threads() > 1 and ref == ONE_BY_ONE:
+        return {}  # no one-thread reference in this trial: nothing bounds the others
+    return {s.name: (ref, 0.9 / lanes()) for s in found if s.name != ref and s.name != ONE_BY_ONE}
+
+
+def _measure(found: Sequence[Shape], inputs: Sequence[Any]) -> trials.Outcome:
+    with SequentialExecutor() as inline, ThreadExecutor() as overlapped:
+        return trials.decide(_runs(found, inputs, inline, overlapped), floors=_floors(found),
+                             words={s.name: s.words for s in found})  # fmt: skip
+
+
+def shape_step(
+    p: Plan, costs_1: Mapping[str, float], inputs: Sequence[Any], check: bool,
+    overlap_pays: Callable[[Plan, Mapping[str, float]], bool] | None = None,
+) -> Plan:  # fmt: skip
+    """Pick the thread budget and overlap for ``p``: tried where the estimates allow.
+
+    A thread budget of 1 is tried when the node times at one thread add up to below
+    `BUDGET_SLACK` times those at the caller's threads; overlap when ``overlap_pays``
+    (default: the estimate of `concurrency_pays`) says so. With ``check=False`` the estimates
+    decide, untried, by the margin.
+    """
+    found = shapes(p, costs_1)
+    by_name = {s.name: s for s in found}
+    ref = found[0]
+    one = AT_ONE in by_name and by_name[AT_ONE].estimate < BUDGET_SLACK * ref.estimate
+    pays = overlap_pays or (lambda q, c: concurrency_pays(q, c) is None)
+    overlap = OVERLAP in by_name and pays(p, costs_1)
+    wanted = {ONE_BY_ONE, *([AT_ONE] if one else []), *([OVERLAP] if overlap else []),
+              *([OVERLAP_AT_ONE, AT_ONE] if overlap and one else [])}  # fmt: skip
+    tried = [s for s in found if s.name in wanted]
+    if len(tried) == 1 or not check:
+        one = one and by_name[AT_ONE].estimate < trials.GAIN * ref.estimate
+        pick = by_name[(OVERLAP if overlap else ONE_BY_ONE) if not one else
+                       (OVERLAP_AT_ONE if overlap else AT_ONE)]  # fmt: skip
+        return _written(p, found, pick, None, tried)
+    outcome = _measure(tried, inputs)
+    pick = by_name[outcome.pick]
+    out = _written(p, found, pick, outcome, tried)
+    return dataclasses.replace(out, decisions=(*out.decisions, *_disagreement(p, outcome)))
+
+
+def _written(p: Plan, found: Sequence[Shape], pick: Shape, outcome: trials.Outcome | None,
+             tried: Sequence[Shape]) -> Plan:  # fmt: skip
+    """The picked shape with its measured words: the thread budget line, and the overlap
+    line (``decisions``) or why not (``serial_reason``)."""
+    lines = [_budget_line(found, pick, outcome, tried)] if torch.get_num_threads() > 1 else []
+    reason = None
+    if p.max_width > 1 and not pick.overlaps:
+        reason = _overlap_words(found, pick, outcome, tried, kept=False)
+    elif pick.overlaps:
+        lines.append("overlap kept: " + _overlap_words(found, pick, outcome, tried, kept=True))
+    # the trial's seconds, else the node times measured one by one (the pick was not tried)
+    seconds = outcome.seconds_of(pick.name) if outcome is not None else pick.estimate
+    return dataclasses.replace(pick.plan, serial_reason=reason, call_seconds=seconds,
+                               decisions=(*p.decisions, *lines))  # fmt: skip
+
+
+def _budget_line(found: Sequence[Shape], pick: Shape, outcome: trials.Outcome | None,
+                 tried: Sequence[Shape]) -> str:  # fmt: skip
+    names = {s.name for s in tried}
+    ones = [s for s in tried if s.plan.thread_budget == 1]
+    if not ones:
+        one = next(s for s in found if s.name == AT_ONE)
+        return (
+            f"thread budget: the caller's {threads_words()}: the nodes at 1 intra-op thread add "
+            f"up to {format_seconds(one.estimate)}, at {threads_words()} to "
+            f"{format_seconds(found[0].estimate)} (measured node by node): not tried"
+        )
+    if outcome is None:
+        how = "estimated from the measured node times, not tried (check=False)"
+        best = pick if pick.plan.thread_budget == 1 else min(ones, key=lambda s: s.estimate)
+        ratio = best.estimate / found[0].estimate
+    else:
+        how = "measured side by side"
+        best = pick if pick.plan.thread_budget == 1 else min(
+            (s for s in ones if s.name not in outcome.aside), key=lambda s: outcome.ratios[s.name],
+            default=ones[0])  # fmt: skip
+        ratio = outcome.ratios[best.name]
+    ref = "one by one on the calling thread" if ONE_BY_ONE in names else found[0].words
+    said = f"{best.words} ran {_ran(ratio, ref + f' ({threads_words()})')} ({how})"
+    if pick.plan.thread_budget == 1:
+        return f"thread budget: 1 intra-op thread on a pool thread: {said}"
+    return (
+        f"thread budget: the caller's {threads_words()} kept: {said}; a budget of its own must "
+        f"save {1 - trials.GAIN:.0%}"
+    )
+
+
+def _overlap_words(found: Sequence[Shape], pick: Shape, outcome: trials.Outcome | None,
+                   tried: Sequence[Shape], kept: bool) -> str:  # fmt: skip
+    overlaps = [s for s in tried if s.overlaps]
+    if not overlaps:
+        return _estimated_no(found)
+    if outcome is None:
+        best = pick if kept else overlaps[0]
+        return (f"{best.words} would take ~{format_seconds(best.estimate)}, one by one "
+                f"~{format_seconds(found[0].estimate)} (estimated from the measured node "
+                "times, not tried: check=False)")  # fmt: skip
+    aside = [outcome.aside[s.name] for s in overlaps if s.name in outcome.aside]
+    live = [s for s in overlaps if s.name not in outcome.aside]
+    if kept:
+        base = next(s for s in tried if s.name == (AT_ONE if pick.name == OVERLAP_AT_ONE
+                                                   else ONE_BY_ONE))  # fmt: skip
+        ratio = outcome.ratios[pick.name] / outcome.ratios[base.name]
+        return (f"overlapping branches ran {_ran(ratio, base.words)} "
+                f"({format_seconds(outcome.seconds_of(base.name))}; measured on the example "
+                "inputs)")  # fmt: skip
+    said = "; ".join(aside)
+    if live:
+        best = min(live, key=lambda s: outcome.ratios[s.name])
+        ratio = outcome.ratios[best.name] / outcome.ratios[pick.name]
+        said = (f"overlapping branches ran {_ran(ratio, pick.words)} "
+                f"({format_seconds(outcome.seconds_of(pick.name))}; measured on the example "
+                f"inputs); overlap must save {1 - trials.GAIN:.0%} to be chosen"
+                + (f"; {said}" if said else ""))  # fmt: skip
+    return said
+
+
+def _estimated_no(found: Sequence[Shape]) -> str:
+    over = next((s for s in found if s.name == OVERLAP), None)
+    if over is None:
+        return "nothing overlaps"
+    return (
+        f"overlapping branches on {lanes()} one-thread lanes would take "
+        f"~{format_seconds(over.estimate)}, one by one with {threads_words()} "
+        f"~{format_seconds(found[0].estimate)} (estimated from the measured node times); "
+        f"overlap must save {1 - trials.GAIN:.0%} to beat hand-off costs and noise"
+    )
+
+
+def _disagreement(p: Plan, outcome: trials.Outcome) -> list[str]:
+    """Node costs and the trial's run of the same plan, measured moments apart, that
+    disagree beyond `DISAGREE`: said, so nobody reads one as the other."""
+    run, nodes = outcome.seconds_of(ONE_BY_ONE), p.work
+    far = max(run, nodes) / max(min(run, nodes), 1e-9)
+    if far < DISAGREE or max(run, nodes) < 1e-3:
+        return []
+    return [
+        f"check: the node costs above add up to {format_seconds(nodes)}, one run of the plan "
+        f"one by one took {format_seconds(run)} (both measured, moments apart, {far:.1f}x "
+        "apart): the load changed while planning; the decisions rest on the side-by-side trials"
+    ]
+
+
+def current(p: Plan) -> str:
+    """The shape ``p`` runs in."""
+    if p.parallel:
+        return OVERLAP_AT_ONE if p.thread_budget == 1 else OVERLAP
+    return AT_ONE if p.thread_budget == 1 else ONE_BY_ONE
+
+
+def recheck(p: Plan, inputs: Sequence[Any], why: str, calls: int) -> tuple[Plan, bool]:
+    """Try ``p``'s shapes again side by side (the calls drifted: ``why``); the plan to run
+    from now on and whether it switched. A switch is written into ``plan.decisions``."""
+    found = shapes(p)
+    now = current(p)
+    if len(found) == 1:
+        return p, False
+    outcome = _measure(found, inputs)
+    pick = next(s for s in found if s.name == outcome.pick)
+    seconds = outcome.seconds_of(pick.name)
+    if pick.name == now:
+        return dataclasses.replace(p, call_seconds=seconds), False
+    was = next(s for s in found if s.name == now)
+    stamp = time.strftime("%H:%M:%S UTC", time.gmtime())
+    line = (
+        f"re-checked at call {calls} ({stamp}): {why}; switched from {was.words} to "
+        f"{pick.words}: it ran {_ran(outcome.ratios[pick.name] / outcome.ratios[now], was.words)}"
+        " (measured side by side)"
+    )
+    reason = p.serial_reason
+    if reason is None and p.max_width > 1:
+        reason = f"overlap lost at the re-check of call {calls} (measured side by side)"
+    return dataclasses.replace(
+        pick.plan, serial_reason=reason if not pick.overlaps else None, call_seconds=seconds,
+        decisions=(*p.decisions, line),
+    ), True  # fmt: skip

@@ -1,0 +1,135 @@
+"""The drift check: notice when calls stop running as the plan measured, and say when to re-try.
+
+A plan is measured under one load. When another process starts or stops using the cores, the
+thread budget and the overlap decision can flip (torch's intra-op threads collapse when one
+core is taken: measured here, 2-23x slower). `GraphModule` times each call with one
+``perf_counter`` pair and hands the seconds to a `Watch`, which answers "re-check now, because
+..." or nothing:
+
+* **Drift.** The median of the last ``window`` calls against the baseline is beyond
+  ``factor`` either way: the load arrived or left. The baseline is the seconds the plan
+  measured (its trial, or its node times), and after a re-check the median of the next
+  window of calls (calls that train take longer than the ``no_grad`` trial for that alone).
+* **Probe.** A plan that kept a load-dependent choice (a thread budget of its own, or overlap)
+  runs about as fast when the load leaves (a one-thread lane does not get faster when the
+  other core frees up), so its calls cannot show that the choice went stale: it is
+  re-checked anyway, whenever the budget below allows.
+* **Budget.** A re-check runs the candidates side by side (`graphexec.tune.recheck`). It is
+  allowed only once the calls watched since the last one add up to the last re-check's cost
+  divided by ``share`` (3%): the watching costs a few percent of the time watched, at most.
+
+Everything that decides is injectable (``clock``, ``factor``, ``window``, ``share``), so a test
+can force a drift without sleeping or loading the machine.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable
+
+from .plans import Plan
+from .units import format_seconds
+
+__all__ = ["Watch"]
+
+#: Calls slower or faster than the baseline by this factor (median of a window) have drifted.
+DRIFT = 1.5
+#: Calls in the window.
+WINDOW = 8
+#: The most a re-check may cost, as a share of the time of the calls watched before it.
+SHARE = 0.03
+#: Before the first re-check is measured, its cost is guessed as this many calls.
+RECHECK_CALLS = 12
+
+
+class Watch:
+    """Watches call times and says when the plan's decisions should be re-tried.
+
+    Parameters
+    ----------
+    factor : float
+        Drift: the window's median beyond ``factor`` times the baseline, or below it divided
+        by ``factor``.
+    window : int
+        Calls whose median is compared.
+    share : float
+        A re-check is allowed once it costs at most this share of the time watched since the
+        last one.
+    clock : callable
+        Seconds, as ``time.perf_counter`` (the default) gives them.
+
+    Examples
+    --------
+    >>> w = Watch(window=2, share=1.0)
+    >>> w.start(None)
+    >>> [w.observe(0.01) for _ in range(4)]  # the first window sets the baseline
+    [None, None, None, None]
+    >>> w.observe(0.05) is None, w.observe(0.05)[:21]
+    (True, 'the last 2 calls took')
+    """
+
+    def __init__(
+        self,
+        *,
+        factor: float = DRIFT,
+        window: int = WINDOW,
+        share: float = SHARE,
+        clock: Callable[[], float] = time.perf_counter,
+    ):
+        if factor <= 1 or window < 1 or share <= 0:
+            raise ValueError("Watch needs factor > 1, window >= 1 and share > 0")
+        self.factor, self.window, self.share, self.clock = factor, window, share, clock
+        self.calls = 0
+        self.start(None)
+
+    def start(self, plan: Plan | None, from_calls: bool = False) -> None:
+        """Watch ``plan`` from now on: its measured seconds are the baseline, if it has them,
+        or (``from_calls``, after a re-check) the median of the next window of calls: a
+        trial runs under ``no_grad``, and calls that train take longer for that alone."""
+        self.baseline = plan.call_seconds if plan is not None and not from_calls else None
+        self.probe = plan is not None and _load_dependent(plan)
+        self.recent: deque[float] = deque(maxlen=self.window)
+        self.watched = 0.0
+        self.cost = RECHECK_CALLS * self.baseline if self.baseline else None
+
+    def spent(self, seconds: float) -> None:
+        """A re-check took ``seconds``: the next one waits for its share."""
+        self.cost = seconds
+
+    def observe(self, seconds: float) -> str | None:
+        """Record one call; why the decisions should be re-tried now, or None."""
+        self.calls += 1
+        self.watched += seconds
+        self.recent.append(seconds)
+        if len(self.recent) < self.window:
+            return None
+        now = statistics.median(self.recent)
+        if self.baseline is None:
+            self.baseline = now
+        if self.cost is None:
+            self.cost = RECHECK_CALLS * self.baseline
+        if self.watched * self.share < self.cost:
+            return None
+        ratio = now / self.baseline if self.baseline > 0 else 1.0
+        if ratio > self.factor or ratio < 1 / self.factor:
+            how = "slower" if ratio > 1 else "faster"
+            times = ratio if ratio > 1 else 1 / ratio
+            return (
+                f"the last {self.window} calls took {format_seconds(now)} each, {times:.1f}x "
+                f"{how} than the {format_seconds(self.baseline)} measured before (the load "
+                "changed)"
+            )
+        if self.probe:
+            return (
+                f"a periodic re-check of a load-dependent choice after "
+                f"{format_seconds(self.watched)} of calls"
+            )
+        return None
+
+
+def _load_dependent(plan: Plan) -> bool:
+    """The plan kept a thread budget of its own or overlap: choices a load leaving can flip
+    without its own calls getting slower."""
+    return plan.thread_budget is not None or plan.parallel

@@ -1,0 +1,263 @@
+"""Side-by-side trials: how `graphexec.tune` measures a decision, and how it picks a winner.
+
+A trial runs every candidate once per round, in an order shuffled by a fixed seed (so no
+candidate always follows another's spinning OpenMP workers), and compares runs made moments
+apart: each candidate's ratio to the first (the reference) is the median over rounds of its
+per-round ratio, so an outlier round (a scheduler hiccup, a page fault) cannot decide.
+
+What a trial costs, and when it stops
+-------------------------------------
+At least `TRIAL_ROUNDS` rounds. Then it stops as soon as its answer is clear (every round on
+its own picks the same winner, by `choose`), and otherwise at `TRIAL_PASSES` runs of the
+candidates, `TRIAL_BUDGET` seconds or `TRIAL_MAX` rounds, whichever comes first: on a real
+model a trial costs a handful of forward passes, not half a second of them.
+
+How a winner is picked
+----------------------
+Candidates are listed simplest first. `choose` walks them in that order and moves to a
+candidate only when it takes below `GAIN` of the one chosen so far, so a difference inside
+the noise always resolves to the simpler plan: planning the same model twice on a quiet
+machine reaches the same decisions.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = ["GAIN", "Outcome", "choose", "decide", "timed", "trial", "trial_twice"]
+
+#: A measured decision is kept when the plan it makes takes below this share of the plan
+#: without it (side by side, median of rounds): 5% beats hand-off costs and noise.
+GAIN = 0.95
+
+#: Rounds: at least `TRIAL_ROUNDS`; then until clear, `TRIAL_PASSES` runs, `TRIAL_BUDGET`
+#: seconds or `TRIAL_MAX` rounds.
+TRIAL_ROUNDS, TRIAL_MAX, TRIAL_BUDGET, TRIAL_PASSES = 3, 41, 0.5, 12
+
+
+def choose(ratios: Mapping[str, float], order: Sequence[str], gain: float | None = None) -> str:
+    """The simplest candidate no later one beats by ``gain`` (default `GAIN`).
+
+    >>> choose({"plain": 1.0, "fused": 0.97, "overlap": 0.5}, ["plain", "fused", "overlap"])
+    'overlap'
+    >>> choose({"plain": 1.0, "fused": 0.97}, ["plain", "fused"])  # inside the noise
+    'plain'
+    """
+    gain = GAIN if gain is None else gain
+    best = order[0]
+    for name in order[1:]:
+        if ratios[name] < gain * ratios[best]:
+            best = name
+    return best
+
+
+def trial(
+    runs: Mapping[str, Callable[[], Any]],
+    decide: Callable[[Mapping[str, float]], str] | None = None,
+) -> tuple[dict[str, float], float]:
+    """Time candidates side by side: each one's median ratio to the first, and the first's
+    median seconds (`timed` gives every candidate's median seconds).
+    """
+    ratios, seconds = timed(runs, decide)
+    return ratios, seconds[next(iter(runs))]
+
+
+def timed(
+    runs: Mapping[str, Callable[[], Any]],
+    decide: Callable[[Mapping[str, float]], str] | None = None,
+    warm: bool = True,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """`trial`'s rounds: each candidate's median ratio to the first, and its median seconds.
+    ``warm=False`` skips the warm-up run of candidates that have just run.
+
+    ``decide`` maps one round's seconds (of the candidates that ran in it) to a winner
+    (default: `choose` in the order of ``runs``); the trial stops early once every round
+    agrees on it. A candidate slower than `DROP` times the fastest in two runs in a row (its
+    warm-up included) has lost whatever the noise: it stops running, and its ratio is what
+    its runs measured. Under load, the caller's collapsed threads are the slow candidate.
+    """
+    names = list(runs)
+    decide = decide or (lambda r: choose(r, [n for n in runs if n in r]))
+    rng = random.Random(0)
+    rounds: list[dict[str, float]] = []
+    with torch.no_grad():
+        first: dict[str, float] = {}
+        for n, fn in runs.items() if warm else ():  # warm-up: pools, allocators, lazy inits
+            t0 = time.perf_counter()
+            fn()
+            first[n] = time.perf_counter() - t0
+        start = time.perf_counter()
+        live = list(names)
+        while True:
+            rng.shuffle(live)
+            times = {}
+            for n in live:
+                t0 = time.perf_counter()
+                runs[n]()
+                times[n] = time.perf_counter() - t0
+            rounds.append(times)
+            live = _survivors(live, first, rounds)
+            if len(live) == 1 or _done(rounds, decide, len(live), time.perf_counter() - start):
+                break
+    return _ratios(names, rounds)
+
+
+#: A candidate this many times slower than the fastest, twice in a row, stops running.
+DROP = 3.0
+
+
+def _survivors(live: list[str], warm: Mapping[str, float], rounds: list[dict[str, float]]
+               ) -> list[str]:  # fmt: skip
+    before = rounds[-2] if len(rounds) > 1 else warm
+    now = rounds[-1]
+
+    def lost(n: str) -> bool:
+        return all(n in r and r[n] > DROP * min(r[m] for m in live if m in r)
+                   for r in (before, now))  # fmt: skip
+
+    return [n for n in live if not lost(n)]
+
+
+def _ratios(
+    names: list[str], rounds: list[dict[str, float]]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Median per-round ratios to the first candidate; through the fastest candidate still
+    running at the end (the anchor) for rounds the first did not run in."""
+    base = names[0]
+    last = rounds[-1]
+    anchor = base if base in last else min(last, key=last.__getitem__)
+
+    def rel(a: str, b: str) -> float:
+        return statistics.median(r[a] / r[b] for r in rounds if a in r and b in r)
+
+    to_anchor = rel(anchor, base)
+    ratios = {n: rel(n, anchor) * to_anchor for n in names}
+    ratios[base] = 1.0
+    return ratios, {n: statistics.median(r[n] for r in rounds if n in r) for n in names}
+
+
+def _done(
+    rounds: list[dict[str, float]], decide: Callable[[Mapping[str, float]], str], width: int,
+    elapsed: float,
+) -> bool:  # fmt: skip
+    if len(rounds) < TRIAL_ROUNDS:
+        return False
+    if len({decide(r) for r in rounds}) == 1:  # clear: every round picks the same winner
+        return True
+    return (
+        len(rounds) >= TRIAL_MAX or elapsed >= TRIAL_BUDGET or len(rounds) * width >= TRIAL_PASSES
+    )
+
+
+def trial_twice(
+    runs: Mapping[str, Callable[[], Any]], candidate: str, gain: float | None = None
+) -> tuple[float, float]:
+    """`trial`, and a second one when ``candidate`` won the first (ran below ``gain`` of the
+    first entry): its worse ratio of the two, and the first entry's median seconds.
+
+    A decision kept on one trial can be fooled by a burst of load on a shared machine;
+    winning two in a row by chance is much rarer, and the second costs time only where
+    something is about to be kept.
+    """
+    gain = GAIN if gain is None else gain
+    first = next(iter(runs))
+
+    def wins(r: Mapping[str, float]) -> str:
+        return candidate if candidate in r and first in r and r[candidate] < gain * r[first] else ""
+
+    ratios, base = trial(runs, wins)
+    if ratios[candidate] >= gain:
+        return ratios[candidate], base
+    again, _ = trial(runs, wins)
+    return max(ratios[candidate], again[candidate]), base
+
+
+#: An implausible trial is run again at most this many times before it is set aside.
+RERUNS = 2
+
+
+@dataclass
+class Outcome:
+    """What `decide` measured: ratios to the first candidate, each one's median seconds, the
+    winner, the candidates set aside (name -> why, in measured words), how many trials ran."""
+
+    ratios: dict[str, float]
+    seconds: dict[str, float]
+    pick: str
+    aside: dict[str, str] = field(default_factory=dict)
+    trials: int = 1
+
+    def seconds_of(self, name: str) -> float:
+        return self.seconds[name]
+
+
+def decide(
+    runs: Mapping[str, Callable[[], Any]],
+    gain: float | None = None,
+    floors: Mapping[str, tuple[str, float]] | None = None,
+    words: Mapping[str, str] | None = None,
+    warm: bool = True,
+) -> Outcome:
+    """Try ``runs`` (simplest first) side by side and pick one by `choose`.
+
+    ``floors`` maps a candidate to ``(reference, floor)``: it cannot take below ``floor`` of
+    the reference's time (overlapping the same ops on ``L`` lanes: ``1/L``). A trial that says
+    otherwise was disturbed: it is run again, at most `RERUNS` times; a candidate still below
+    its floor is set aside, and `Outcome.aside` says what it measured and why. A winner other
+    than the simplest must win a second trial against the simplest too (its worse ratio of
+    the two counts).
+    """
+    order, floors, words = list(runs), floors or {}, words or {}
+    gain = GAIN if gain is None else gain
+    ratios, seconds = timed(runs, lambda r: choose(r, [n for n in order if n in r], gain), warm)
+    seen = {n: [ratios[n] / ratios[ref]] for n, (ref, _) in floors.items() if n in runs}
+    n_trials = 1
+    while _below(ratios, floors, runs) and n_trials <= RERUNS:
+        ratios, seconds = timed(runs, lambda r: choose(r, [n for n in order if n in r], gain))
+        n_trials += 1
+        for n in seen:
+            seen[n].append(ratios[n] / ratios[floors[n][0]])
+    aside = {}
+    for n in _below(ratios, floors, runs):
+        ref, floor = floors[n]
+        measured = ", ".join(f"{r:.2f}x" for r in seen[n])
+        aside[n] = (
+            f"{words.get(n, n)} measured {measured} of {words.get(ref, ref)} in {n_trials} "
+            f"trials, below the {floor:.2f}x the same work could take: a disturbed measurement, "
+            "set aside"
+        )
+    if order[0] in aside:  # the reference itself is in doubt: keep it, try nothing else
+        aside.update({n: aside[order[0]] for n in order[1:]})
+    left = [n for n in order if n not in aside or n == order[0]]
+    pick = choose(ratios, left, gain)
+    if pick != left[0]:  # a change must hold in a second trial, against what it beat
+        prev = choose(ratios, left[: left.index(pick)], gain)
+        pair = [prev, pick]
+        again, _ = timed({n: runs[n] for n in pair},
+                         lambda r: choose(r, [n for n in pair if n in r], gain),
+                         warm=False)  # fmt: skip
+        n_trials += 1
+        # the worse of the two trials, kept relative to what it beat: one trial's words
+        ratios[pick] = ratios[prev] * max(ratios[pick] / ratios[prev], again[pick] / again[prev])
+        for n in _below(ratios, floors, runs):
+            ref, floor = floors[n]
+            aside[n] = (f"{words.get(n, n)} measured {ratios[n] / ratios[ref]:.2f}x of "
+                        f"{words.get(ref, ref)} in a second trial, below the {floor:.2f}x the "
+                        "same work could take: a disturbed measurement, set aside")  # fmt: skip
+        left = [n for n in left if n not in aside or n == order[0]]
+        pick = choose(ratios, left, gain)
+    return Outcome(ratios, seconds, pick, aside, n_trials)
+
+
+def _below(
+    ratios: Mapping[str, float], floors: Mapping[str, tuple[str, float]], runs: Mapping[str, Any]
+) -> list[str]:
+    return [n for n, (ref, floor) in floors.items()
+            if n in runs and ref in runs and ratios[n] < floor * ratios[ref]]  # fmt: skip

@@ -1,0 +1,296 @@
+"""The thread budget: a measured decision that never changes the caller's thread count.
+
+The deterministic tests run a node whose cost depends on the intra-op threads of the thread
+that runs it and on a simulated load, on a clock of their own (the trials', the node timer's
+and the drift watch's), so they check the rules, not this machine's noise::
+
+    x -> work (1 s at one thread; at the caller's threads: 0.6 s quiet, 5 s under load)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import types
+
+import pytest
+import torch
+import torch.nn as nn
+
+import graphexec as gx
+from graphexec import budget, interpret, trials
+from graphexec.drift import Watch
+
+needs_threads = pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs 2 intra-op threads")
+
+
+class _Seen(nn.Module):
+    """Records the intra-op thread count of the thread that runs it."""
+
+    def __init__(self, fail: bool = False):
+        super().__init__()
+        self.seen: list[int] = []
+        self.fail = fail
+
+    def forward(self, x):
+        self.seen.append(torch.get_num_threads())
+        if self.fail:
+            raise ValueError("kaboom")
+        return x + 1
+
+
+def _pair(fail: bool = False) -> tuple[gx.Graph, _Seen]:
+    g = gx.Graph("pair")
+    x = g.input("x")
+    seen = _Seen(fail)
+    g.output(g.node("sum", gx.add(), g.node("a", nn.Linear(4, 4), x), g.node("b", seen, x)))
+    return g, seen
+
+
+def _new_thread_count() -> int:
+    """The count a thread started now gets: torch's process default."""
+    got = []
+    t = threading.Thread(target=lambda: got.append(torch.get_num_threads()))
+    t.start()
+    t.join()
+    return got[0]
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["ok", "raises"])
+@pytest.mark.parametrize("budget_", [None, 1], ids=["caller", "budget1"])
+@pytest.mark.parametrize("parallel", [False, True], ids=["inline", "overlapped"])
+def test_the_callers_thread_count_is_never_changed(local_executor, fail, budget_, parallel):
+    g, seen = _pair(fail)
+    p = gx.plan(g, inline_below=0)
+    if not parallel:
+        p = dataclasses.replace(p, serial_reason="one by one, for this test")
+    p = dataclasses.replace(p, thread_budget=budget_)
+    before, default = torch.get_num_threads(), _new_thread_count()
+    x = torch.randn(2, 4)
+    for _ in range(2):
+        if fail:
+            with pytest.raises(gx.NodeError, match="node 'b'"):
+                local_executor.run(p, x)
+        else:
+            torch.testing.assert_close(local_executor.run(p, x), g.nodes["a"].fn(x) + x + 1)
+        assert torch.get_num_threads() == before
+        assert _new_thread_count() == default
+    if budget_ == 1:
+        assert set(seen.seen) == {1}  # on the budget's pool thread (or a one-thread lane)
+
+
+@pytest.mark.parametrize("kind", ["sequential", "threads"])
+def test_a_graph_module_restores_the_thread_count_when_its_first_call_raises(kind):
+    g, _ = _pair(fail=True)
+    before, default = torch.get_num_threads(), _new_thread_count()
+    with gx.GraphModule(g, kind) as gm:
+        for _ in range(2):
+            with pytest.raises(gx.NodeError, match="node 'b'"):
+                gm(torch.randn(2, 4))
+            assert torch.get_num_threads() == before
+            assert _new_thread_count() == default
+
+
+class _Machine:
+    """A clock and a load: work costs 1 s at one thread, 0.6 s at more (quiet) or 5 s (loaded)."""
+
+    def __init__(self):
+        self.now, self.loaded = 0.0, False
+
+    def clock(self) -> float:
+        return self.now
+
+    def work(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.get_num_threads() == 1:
+            self.now += 1.0
+        else:
+            self.now += 5.0 if self.loaded else 0.6
+        return x * 2
+
+    def patch(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        fake = types.SimpleNamespace(perf_counter=self.clock, time=self.clock)
+        monkeypatch.setattr(trials, "time", fake)
+        monkeypatch.setattr(interpret, "time", fake)
+
+
+def _work_graph(machine: _Machine) -> gx.Graph:
+    g = gx.Graph("work")
+    g.output(g.node("work", machine.work, g.input("x")))
+    return g
+
+
+@needs_threads
+@pytest.mark.parametrize("loaded", [False, True], ids=["quiet", "loaded"])
+def test_the_thread_budget_is_measured_and_said(monkeypatch, loaded):
+    """Under load the caller's threads collapse: the plan runs on a pool thread at one
+    thread; on a quiet machine it keeps the caller's threads. Either way print(plan) says
+    what was measured, and the outputs equal eager."""
+    machine = _Machine()
+    machine.patch(monkeypatch)
+    machine.loaded = loaded
+    g = _work_graph(machine)
+    x = torch.ones(3)
+    p = gx.plan(g, example_inputs=(x,))
+    line = next(d for d in p.decisions if d.startswith("thread budget"))
+    if loaded:
+        assert p.thread_budget == 1, p.decisions
+        assert "5.00x faster" in line and "measured side by side" in line
+        assert "thread budget: runs on a graphexec pool thread at 1 intra-op thread" in str(p)
+    else:
+        assert p.thread_budget is None
+        assert "not tried" in line  # the node times at one thread ruled it out
+    before = torch.get_num_threads()
+    for kind in ("sequential", "threads"):
+        with gx.make_executor(kind) as ex:
+            torch.testing.assert_close(ex.run(p, x), x * 2)
+    assert torch.get_num_threads() == before
+
+
+def test_an_implausible_trial_is_re_run_and_reported_as_measured(monkeypatch):
+    """A candidate faster than its floor is run again (bounded), then set aside with the
+    ratios it measured: nothing is replaced by a number that was not measured."""
+    clock = {"now": 0.0, "calls": 0}
+
+    def cost(seconds):
+        def fn():
+            clock["now"] += seconds
+            clock["calls"] += 1
+
+        return fn
+
+    monkeypatch.setattr(trials, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
+    out = trials.decide({"ref": cost(1.0), "fast": cost(0.1)}, floors={"fast": ("ref", 0.45)},
+                        words={"fast": "overlapped", "ref": "one by one"})  # fmt: skip
+    assert out.trials == 1 + trials.RERUNS and out.pick == "ref"
+    assert out.aside["fast"].startswith("overlapped measured 0.10x, 0.10x, 0.10x of one by one")
+    assert "in 3 trials" in out.aside["fast"] and "disturbed" in out.aside["fast"]
+    plausible = trials.decide({"ref": cost(1.0), "fast": cost(0.5)}, floors={"fast": ("ref", 0.45)})
+    assert plausible.pick == "fast" and not plausible.aside and plausible.trials == 2  # confirmed
+
+
+def test_a_difference_inside_the_noise_resolves_to_the_simpler_plan():
+    order = ["one by one", "one by one at 1", "overlapped"]
+    for noise in (0.96, 0.99, 1.0, 1.04):
+        assert trials.choose({"one by one": 1.0, "one by one at 1": noise, "overlapped": noise},
+                             order) == "one by one"  # fmt: skip
+    assert trials.choose({"one by one": 1.0, "one by one at 1": 0.5, "overlapped": 0.49},
+                         order) == "one by one at 1"  # fmt: skip
+
+
+def test_node_costs_and_trials_that_disagree_are_flagged():
+    g = gx.Graph("g")
+    g.output(g.node("n", nn.Linear(4, 4), g.input("x")))
+    p = gx.plan(g, example_inputs=(torch.ones(2, 4),))
+    p = dataclasses.replace(p, work=0.080)
+    measured = {"one by one": 1.0}
+    far = budget._disagreement(p, trials.Outcome(measured, {"one by one": 0.0014}, "one by one"))
+    assert far and "80.00 ms" in far[0] and "1.40 ms" in far[0] and "57.1x apart" in far[0]
+    assert not budget._disagreement(p, trials.Outcome(measured, {"one by one": 0.07}, "x"))
+
+
+@needs_threads
+@pytest.mark.parametrize("kind", ["sequential", "threads"])
+def test_drift_re_checks_the_budget_both_ways_and_says_when(monkeypatch, kind):
+    """Quiet: the caller's threads. The load arrives: calls drift 8x, the module re-checks
+    and switches to one thread. The load leaves: a periodic re-check (a one-thread lane does
+    not get faster) switches back. Each switch is in plan.decisions."""
+    machine = _Machine()
+    machine.patch(monkeypatch)
+    g = _work_graph(machine)
+    x = torch.ones(3)
+    watch = Watch(window=3, share=5.0, clock=machine.clock)
+    with gx.GraphModule(g, kind, adapt=watch) as gm:
+        gm(x)
+        assert gm.plan.thread_budget is None and gm.plan.call_seconds == pytest.approx(0.6)
+        machine.loaded = True
+        for _ in range(20):
+            torch.testing.assert_close(gm(x), x * 2)
+        assert gm.plan.thread_budget == 1, gm.plan.decisions
+        switch = gm.plan.decisions[-1]
+        assert switch.startswith("re-checked at call ") and "8.3x slower" in switch
+        assert "switched from one by one on the calling thread" in switch
+        machine.loaded = False
+        for _ in range(40):
+            gm(x)
+        assert gm.plan.thread_budget is None, gm.plan.decisions
+        assert "periodic re-check" in gm.plan.decisions[-1]
+
+
+@needs_threads
+def test_adapt_false_keeps_the_plan(monkeypatch):
+    machine = _Machine()
+    machine.patch(monkeypatch)
+    g = _work_graph(machine)
+    with gx.GraphModule(g, "sequential", adapt=False) as gm:
+        gm(torch.ones(3))
+        first = gm.plan
+        machine.loaded = True
+        for _ in range(30):
+            gm(torch.ones(3))
+        assert gm.plan is first and gm.plan.thread_budget is None
+
+
+def test_a_candidate_that_clearly_lost_stops_running(monkeypatch):
+    """Under load the caller's threads can be 10x slower: two runs of that (its warm-up and
+    one round) say enough, and the trial does not pay for more."""
+    clock = {"now": 0.0}
+    calls = {"slow": 0, "fast": 0}
+
+    def cost(name, seconds):
+        def fn():
+            clock["now"] += seconds
+            calls[name] += 1
+
+        return fn
+
+    monkeypatch.setattr(trials, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
+    ratios, base = trials.trial({"slow": cost("slow", 10.0), "fast": cost("fast", 1.0)})
+    assert calls == {"slow": 2, "fast": 2}
+    assert ratios == {"slow": 1.0, "fast": pytest.approx(0.1)} and base == 10.0
+
+
+def test_after_a_re_check_the_baseline_is_the_calls_own():
+    """A trial runs under no_grad; calls that train take longer for that alone, which is no
+    drift: after a re-check the next window of calls is the baseline."""
+    g = gx.Graph("g")
+    g.output(g.node("n", nn.Linear(4, 4), g.input("x")))
+    p = dataclasses.replace(gx.plan(g), call_seconds=0.001)
+    w = Watch(window=2, share=1.0)
+    w.start(p, from_calls=True)
+    w.spent(0.0)
+    assert [w.observe(0.003) for _ in range(10)] == [None] * 10  # 3x the trial: no drift
+    w.start(p)  # a fresh plan: its measured seconds are the baseline
+    w.spent(0.0)
+    assert w.observe(0.003) is None and w.observe(0.003).startswith("the last 2 calls took")
+
+
+def test_a_copied_executor_runs_budgets_on_lanes_of_its_own(local_executor):
+    """A deep copy (of a GraphModule, say) copies its executor: the copy's budget lanes are
+    new threads, made when first used."""
+    import copy
+
+    g, seen = _pair()
+    p = dataclasses.replace(gx.plan(g), thread_budget=1)
+    x = torch.randn(2, 4)
+    expected = local_executor.run(p, x)
+    twin = copy.deepcopy(local_executor)
+    torch.testing.assert_close(twin.run(p, x), expected)
+    twin.close()
+    assert set(seen.seen) == {1}
+
+
+def test_callers_on_many_threads_share_the_budget_lanes(local_executor):
+    """One lane per core's worth of the budget: callers on several threads run at once, each
+    at the budget, and get their own results."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    g, seen = _pair()
+    p = dataclasses.replace(gx.plan(g), thread_budget=1)
+    xs = [torch.randn(2, 4) for _ in range(32)]
+    with ThreadPoolExecutor(8) as callers:
+        outs = list(callers.map(lambda x: local_executor.run(p, x), xs))
+    for x, out in zip(xs, outs, strict=True):
+        torch.testing.assert_close(out, g.nodes["a"].fn(x) + x + 1)
+    lanes = [t for t in threading.enumerate() if t.name.startswith("graphexec-budget1")]
+    assert 1 <= len(lanes) <= max(1, os.cpu_count() or 1) and set(seen.seen) == {1}
