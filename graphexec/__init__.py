@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .cache import CacheWarning
+from .drift import Watch
 from .dynamo import PlanFallbackWarning, compile_backend
 from .errors import (
     ArityError,
@@ -70,7 +72,7 @@ __all__ = [
     "MergeOp", "stack", "cat", "add", "mean", "identity", "getitem",
     "GraphError", "DuplicateNameError", "UnknownNodeError", "CycleError",
     "UnreachableOutputError", "ArityError", "NodeError", "DeadNodeWarning", "InPlaceWarning",
-    "UntraceableError", "PlanFallbackWarning",
+    "UntraceableError", "PlanFallbackWarning", "CacheWarning", "Watch",
 ]  # fmt: skip
 
 

@@ -233,7 +233,12 @@ class CompiledGraph:
 
 
 def _why_as_is(p: Plan, graph: Graph, executor: Executor) -> str | None:
-    """Why Dynamo's graph should run as it is rather than ``p`` (None: run the plan)."""
+    """Why Dynamo's graph should run as it is rather than ``p`` (None: run the plan).
+
+    A plan with a measured thread budget runs through the executor, which honours it (the
+    module as it is included): Dynamo's graph would run at the caller's threads instead."""
+    if p.thread_budget is not None and executor.honours_budget:
+        return None
     if p.as_is is not None:
         return next(d for d in p.decisions if d.startswith("runs the traced module"))
     overlaps = p.parallel and not isinstance(executor, SequentialExecutor)

@@ -179,7 +179,7 @@ class Plan:
 
     def _decision_rows(self) -> list[str]:
         """Chain fusion and inline tasks, then the measured decisions, one line each."""
-        rows = []
+        rows = [f"imported by {self.graph.imported_by}"] if self.graph.imported_by else []
         joined = sum(len(t.nodes) > 1 for t in self.tasks.values())
         inline = sum(t.inline for t in self.tasks.values())
         if joined:

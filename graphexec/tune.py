@@ -66,6 +66,7 @@ from .executors.sequential import SequentialExecutor
 from .executors.threads import ThreadExecutor
 from .graph import Graph, expect_graph
 from .hfuse import has_candidates, horizontal_fuse
+from .gputime import time_nodes_cuda, uses_cuda
 from .interpret import bind_inputs, compute_order, time_nodes, time_nodes_beside
 from .planner import INLINE_BELOW, arrange
 from .plans import Plan
@@ -286,6 +287,9 @@ def _node_costs(
     """Each node's median seconds at the caller's intra-op threads and at one thread (on a
     pool thread, interleaved run by run: the caller's own count is never changed)."""
     names = compute_order(graph)
+    if uses_cuda(graph, inputs):  # kernel time from CUDA events: host clocks see launches
+        costs = _median(time_nodes_cuda(graph, names, inputs, repeats))
+        return costs, costs
     if torch.get_num_threads() == 1:
         costs = _median(time_nodes(graph, names, inputs, repeats))
         return costs, costs

@@ -49,9 +49,14 @@ def lane_label(lane: str) -> str:
 
     >>> lane_label("MainThread"), lane_label("graphexec_1"), lane_label("tcp://10.0.0.2:4001")
     ('caller thread', 'pool thread 1', '10.0.0.2:4001')
+    >>> lane_label("graphexec-budget1_0")  # a plan's thread budget (`graphexec.budget`)
+    'budget thread 0 (1 intra-op thread)'
     """
     if lane == "MainThread":
         return "caller thread"
+    if lane.startswith("graphexec-budget"):
+        threads, _, i = lane.removeprefix("graphexec-budget").partition("_")
+        return f"budget thread {i} ({threads} intra-op thread{'s' * (threads != '1')})"
     if lane.startswith("graphexec_"):
         return "pool thread " + lane.removeprefix("graphexec_")
     return lane.removeprefix("tcp://")
