@@ -39,13 +39,14 @@ What it decides
 
 The call tree::
 
-    Executor.run -> DaskExecutor._execute(plan, env, events) -> _run_call (re-runs on loss)
-      -> _submit_call
-           _jobs(plan)                plan tasks -> jobs (IdCache per plan)
-           _place                     job -> worker; WeightStore.futures: copies to send
+    Executor.run -> DaskExecutor._execute(plan, env, events)
+      -> dask_calls.run_call          again after a lost worker (dask_faults, Placer.settle)
+      -> submit_call
+           Placer.place               jobs (IdCache per plan) -> workers; weight copies to send
            _send_inputs               compact, embed / submit / scatter graph inputs
            client.submit per job      worker: dask_jobs._run_job -> run_task per task
-      -> _finish_call                 wait (first error), gather outputs, pop worker events
+      -> finish_call                  gather outputs (first error), pop worker events
+    DaskExecutor.map -> start_call per chunk ... finish_started, oldest first
 
 Trust: Dask moves functions and data with pickle. Connect only to clusters you trust and use
 ``security=`` (``distributed.Security``) for TLS between client, scheduler and workers.
@@ -58,7 +59,6 @@ import os
 import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import CancelledError
 from typing import Any
 
 try:
@@ -80,13 +80,15 @@ from .dask_calls import (
     EMBED_BELOW,
     MAX_CHUNK,
     SCATTER_ABOVE,
+    CallOptions,
+    Session,
     _Call,
-    _ClusterErrors,
     _progress,
     auto_chunk,
     chunks,
-    finish_call,
-    submit_call,
+    finish_started,
+    run_call,
+    start_call,
 )
 from .dask_connect import (
     SchedulerUnreachableError,
@@ -96,6 +98,7 @@ from .dask_connect import (
     start_cluster,
     unreachable,
 )
+from .dask_faults import WorkerLostError
 from .dask_jobs import _make_jobs, reject_cuda
 from .dask_jobs import fingerprint as _fingerprint
 from .dask_placement import PlacementError
@@ -109,6 +112,7 @@ __all__ = [
     "PlacementError",
     "SCATTER_ABOVE",
     "SchedulerUnreachableError",
+    "WorkerLostError",
 ]
 __all__ += ["_fingerprint", "_make_jobs"]  # tested directly
 
@@ -185,14 +189,10 @@ class DaskExecutor(Executor):
     ):
         super().__init__(schedule)
         Placer.check(placement)
-        self.torch_threads = torch_threads
-        self.retries = retries
         self.timeout = parse_timedelta(timeout)
         self._cluster: distributed.LocalCluster | None = None
         self._owns_client = client is None
         self._dashboard = client is not None or dashboard_address is not None
-        self._input_bytes = 0  # graph-input bytes scattered (not on the task stream)
-        self._lost: str | None = None  # why the cluster is gone, once it is
         if client is not None:
             self.client, self.address = client, client.scheduler.address
         else:
@@ -205,6 +205,7 @@ class DaskExecutor(Executor):
                 self.address = self._cluster.scheduler_address
             self.client = self._connect(self.address, security)
         self._placer = Placer(self.client, placement, copies)
+        self._session = Session(self.client, self.address, self._placer, torch_threads, retries)
         self._finalizer = weakref.finalize(
             self, close_owned, self.client if self._owns_client else None, self._cluster
         )
@@ -229,6 +230,24 @@ class DaskExecutor(Executor):
 
     # -- properties -------------------------------------------------------------------------
     @property
+    def torch_threads(self) -> int | None:
+        """Torch intra-op threads per worker task thread (None: the host's share)."""
+        return self._session.torch_threads
+
+    @torch_threads.setter
+    def torch_threads(self, n: int | None) -> None:
+        self._session.torch_threads = n
+
+    @property
+    def retries(self) -> int:
+        """Re-runs of a call that lost a worker (see ``retries=``)."""
+        return self._session.retries
+
+    @retries.setter
+    def retries(self, n: int) -> None:
+        self._session.retries = n
+
+    @property
     def dashboard_link(self) -> str | None:
         """The Dask dashboard's address; None when it is off, or when this executor started
         the cluster and bokeh is missing, which the dashboard needs (``pip install
@@ -246,7 +265,7 @@ class DaskExecutor(Executor):
         Weights travel by ``scatter``, counted in `scattered_nbytes`, not here.
         """
         comm = self.client.scheduler_comm
-        return (comm.byte_count if comm is not None else 0) + self._input_bytes
+        return (comm.byte_count if comm is not None else 0) + self._session.input_bytes
 
     @property
     def scattered_nbytes(self) -> int:
@@ -275,32 +294,8 @@ class DaskExecutor(Executor):
     # -- running ----------------------------------------------------------------------------
     def _execute(self, plan: Plan, env: dict[str, Any], events: list[TaskEvent] | None) -> None:
         reject_cuda("a graph input", env)
-        self._run_call(plan, [env], events, self.schedule)
-
-    def _run_call(self, plan, envs, events, schedule: str, whole: bool = False) -> None:
-        """Submit and finish one call; again (up to ``retries``) when data was lost."""
-        for attempt in range(self.retries + 1):
-            try:
-                with _ClusterErrors(self):
-                    call = self._submit_call(plan, envs, events is not None, schedule, whole)
-                    finish_call(self, call, envs, events)
-                return
-            except CancelledError:
-                if attempt == self.retries:
-                    raise
-                if events is not None:
-                    events.clear()
-                self._placer.live(refresh=True)
-
-    def _submit_call(self, plan, envs, profile: bool, schedule: str, whole: bool) -> _Call:
-        if self._lost is not None:
-            raise SchedulerUnreachableError(self._lost)
-        jobs, where, nodes, workers = self._placer.place(plan, whole)
-        modes = capture_modes()
-        return submit_call(
-            self, plan, jobs, where, nodes, workers, envs, profile, schedule,
-            Modes(False, modes.inference, modes.autocast),
-        )  # fmt: skip
+        opts = _options(events is not None, self.schedule, whole=False)
+        run_call(self._session, plan, [env], events, opts)
 
     def map(
         self,
@@ -358,28 +353,23 @@ class DaskExecutor(Executor):
         calls = max(1, (window or max(2, 2 * threads) * size) // size)  # chunks in flight
         bar = _progress(inputs, progress)
         flight: deque[tuple[_Call, list[dict[str, Any]]]] = deque()
+        opts = _options(False, "dataflow", whole)  # map: every job of a chunk at once
         try:
             for envs in chunks(p.graph, inputs, size):
-                with _ClusterErrors(self):
-                    flight.append((self._submit_call(p, envs, False, "dataflow", whole), envs))
+                flight.append((start_call(self._session, p, envs, opts), envs))
                 while len(flight) >= calls:
-                    yield from self._yield_oldest(p, flight, bar, whole)
+                    yield from self._yield_oldest(p, flight, bar, opts)
             while flight:
-                yield from self._yield_oldest(p, flight, bar, whole)
+                yield from self._yield_oldest(p, flight, bar, opts)
         finally:
             for call, _ in flight:
                 call.cancel()
             if bar is not None:
                 bar.close()
 
-    def _yield_oldest(self, plan: Plan, flight, bar, whole: bool) -> Iterator[Any]:
+    def _yield_oldest(self, plan: Plan, flight, bar, opts: CallOptions) -> Iterator[Any]:
         call, envs = flight.popleft()
-        try:
-            with _ClusterErrors(self):
-                finish_call(self, call, envs, None)
-        except CancelledError:  # its data was lost with a worker: run it again
-            self._placer.live(refresh=True)
-            self._run_call(plan, envs, None, "dataflow", whole)
+        finish_started(self._session, plan, call, envs, opts)  # run again if a worker was lost
         for env in envs:
             if bar is not None:
                 bar.update(1)
@@ -399,6 +389,12 @@ class DaskExecutor(Executor):
             f"DaskExecutor({self.address!r}, {where}, schedule={self.schedule!r}, "
             f"placement={self._placer.kind!r})"
         )
+
+
+def _options(profile: bool, schedule: str, whole: bool) -> CallOptions:
+    """A call's options; its modes are the calling thread's, with grad off."""
+    modes = capture_modes()
+    return CallOptions(profile, schedule, whole, Modes(False, modes.inference, modes.autocast))
 
 
 def _start_guarded(n_workers: int, threads: int, processes: bool, *args: Any) -> Any:
