@@ -204,7 +204,7 @@ class DaskExecutor(Executor):
                 )
                 self.address = self._cluster.scheduler_address
             self.client = self._connect(self.address, security)
-        self._placer = Placer(self.client, placement, copies)
+        self._placer = Placer(self.client, placement, copies, self.timeout)
         self._session = Session(self.client, self.address, self._placer, torch_threads, retries)
         self._finalizer = weakref.finalize(
             self, close_owned, self.client if self._owns_client else None, self._cluster

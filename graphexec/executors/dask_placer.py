@@ -11,6 +11,8 @@ What it decides
   through the scheduler, which must reach the workers anyway); a worker that does not answer
   is left out until the scheduler drops it, or for ``SUSPECT_FOR`` seconds (a worker that
   comes back under the same address is used again).
+* **No worker listed** (a nanny restarting them all) waits up to the executor's ``timeout``
+  for one to come back, then raises `PlacementError`.
 * **Per call.** `Placer.place` maps each job to one worker (`dask_placement.spread` over the
   workers that hold its nodes) and asks the `WeightStore` for the copies there, sending the
   missing ones. A sharded plan's `Shards` are placed once and repaired when workers die.
@@ -54,9 +56,16 @@ SUSPECT_FOR = 30.0
 class Placer:
     """Where the jobs of each call run, for one executor (see the module docstring)."""
 
-    def __init__(self, client: distributed.Client, placement: str | Mapping[str, str], copies: int):
+    def __init__(
+        self,
+        client: distributed.Client,
+        placement: str | Mapping[str, str],
+        copies: int,
+        timeout: float = 10.0,
+    ):
         self.check(placement)
         self.client = client
+        self.timeout = timeout  # how long to wait for a worker when none is listed
         self.kind = placement if isinstance(placement, str) else "pinned"
         self.pinned = dict(placement) if isinstance(placement, Mapping) else None
         self.copies = copies
@@ -82,9 +91,23 @@ class Placer:
         if refresh or time.monotonic() - stamp > WORKERS_TTL:
             workers = self._without_suspects(workers_of(scheduler_identity(self.client)))
             self._workers = (time.monotonic(), workers)
+        return workers or self._await_one()
+
+    def _await_one(self) -> list[Worker]:
+        """Workers once one is back (a nanny restarting them all), within ``timeout``."""
+        try:
+            self.client.wait_for_workers(1, timeout=self.timeout)
+        except TimeoutError:
+            address = self.client.scheduler.address
+            raise PlacementError(
+                f"DaskExecutor: no worker left in the cluster at {address} "
+                f"(none came back within {self.timeout:g} s)"
+            ) from None
+        workers = self._without_suspects(workers_of(scheduler_identity(self.client)))
+        self._workers = (time.monotonic(), workers)
         if not workers:
             address = self.client.scheduler.address
-            raise PlacementError(f"DaskExecutor: no worker left in the cluster at {address}")
+            raise PlacementError(f"DaskExecutor: no worker answers in the cluster at {address}")
         return workers
 
     def settle(self) -> list[Worker]:
@@ -100,7 +123,7 @@ class Placer:
                     self._suspects.setdefault(w.address, now + SUSPECT_FOR)
         workers = self._without_suspects(listed)
         self._workers = (time.monotonic(), workers)
-        return workers
+        return workers or self._await_one()
 
     def _without_suspects(self, listed: list[Worker]) -> list[Worker]:
         """``listed`` less the suspects still listed; forget those the scheduler dropped."""
