@@ -54,7 +54,6 @@ Trust: Dask moves functions and data with pickle. Connect only to clusters you t
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import weakref
 from collections import deque
@@ -148,8 +147,10 @@ class DaskExecutor(Executor):
         Re-runs of a call whose weights or inputs were lost with a worker (a node that
         raises is never re-run).
     dashboard_address : str, optional
-        Embedded cluster only: where its dashboard listens (a free port if taken; served
-        only with bokeh installed: ``pip install graphexec[dashboard]``); None for none.
+        Embedded cluster only: where its dashboard listens (a free port if taken; the
+        dashboard itself needs bokeh: ``pip install graphexec[dashboard]``). An address with
+        no host (``":8787"``) listens on 127.0.0.1 only; name a host (``"0.0.0.0:8787"``) to
+        serve other machines. None: no dashboard and no page served at all.
 
     Raises
     ------
@@ -249,14 +250,12 @@ class DaskExecutor(Executor):
 
     @property
     def dashboard_link(self) -> str | None:
-        """The Dask dashboard's address; None when it is off, or when this executor started
-        the cluster and bokeh is missing, which the dashboard needs (``pip install
-        graphexec[dashboard]``): Dask would give a link to a page that is not served."""
-        if not self._dashboard:
-            return None
-        if self._cluster is not None and importlib.util.find_spec("bokeh") is None:
-            return None
-        return self.client.dashboard_link
+        """Where the scheduler serves its pages: the dashboard (with bokeh installed, ``pip
+        install graphexec[dashboard]``; without it, Dask's page saying so), and its info pages,
+        health and metrics. None when nothing is served (``dashboard_address=None``). An
+        embedded cluster serves it on loopback only, unless ``dashboard_address`` names a host.
+        """
+        return self.client.dashboard_link if self._dashboard else None
 
     @property
     def sent_bytes(self) -> int:

@@ -12,7 +12,15 @@ What it decides
 * **No fixed ports.** The embedded cluster's scheduler listens on a free port. Its dashboard
   asks for ``dashboard_address`` (default ``:8787``) and takes a free port, without a warning,
   when that one is taken; ``dashboard_address=None`` turns the dashboard off and puts the
-  scheduler's HTTP server (health, metrics) on a free port too, not on 8787.
+  scheduler's HTTP server on a free port too, not on 8787, serving no page at all (Dask
+  would still serve its info pages, worker logs, health and metrics there).
+* **Nothing beyond loopback.** Every socket of the embedded cluster listens on 127.0.0.1: the
+  scheduler, nannies and workers (Dask's own choice for a ``LocalCluster`` of processes), and
+  the HTTP servers, which Dask puts on every interface (``0.0.0.0``): the scheduler's when the
+  dashboard address names no host, as ``:8787`` does, and when the dashboard is off; each
+  worker's when the workers are threads (``processes=False``). Here an
+  address without a host means loopback (`_loopback`); a user who wants the dashboard seen
+  from elsewhere names the host (``"0.0.0.0:8787"``).
 * **Workers that die come back.** `EmbeddedCluster` is a ``LocalCluster`` whose nannies restart
   their worker however often it dies. (Dask's own closes a nanny for good when its worker is
   not back within ``distributed.deploy.lost-worker-timeout`` of being lost, so a worker that
@@ -51,6 +59,9 @@ __all__ = [
 #: samples every thread of a worker every 10 ms for the dashboard's profile page: with it an
 #: idle worker used 4.5% of a core, without it 2.3% (2-core VM), CPU that `map` wants.
 EMBEDDED_CONFIG = {"distributed.worker.profile.enabled": False}
+
+#: Where the embedded cluster listens.
+LOOPBACK = "127.0.0.1"
 
 #: A Dask handshake's first frame is a few hundred bytes; anything bigger is not Dask.
 _MAX_HANDSHAKE = 1 << 20
@@ -131,11 +142,15 @@ def start_cluster(
 ) -> EmbeddedCluster:
     """Start the embedded cluster on free ports (see the module docstring)."""
     kwargs: dict[str, Any] = {}
-    if dashboard_address is None:  # Dask would still serve HTTP on 8787
-        kwargs["scheduler_kwargs"] = {"dashboard_address": ":0", "dashboard": False}
+    config = dict(EMBEDDED_CONFIG)
+    if dashboard_address is None:  # Dask would still serve pages, on 0.0.0.0:8787
+        kwargs["scheduler_kwargs"] = {"dashboard_address": f"{LOOPBACK}:0", "dashboard": False}
+        config["distributed.scheduler.http.routes"] = []  # no page at all: nothing to link to
     else:
-        dashboard_address = _port_or_any(dashboard_address)
-    with warnings.catch_warnings(), dask.config.set(EMBEDDED_CONFIG):
+        dashboard_address = _port_or_any(_loopback(dashboard_address))
+    if not processes:  # in-process workers put their HTTP server on 0.0.0.0 otherwise
+        kwargs["worker_dashboard_address"] = f"{LOOPBACK}:0"
+    with warnings.catch_warnings(), dask.config.set(config):
         # should the port be taken between the check and Dask
         warnings.filterwarnings("ignore", message=r"Port \d+ is already in use")
         return EmbeddedCluster(
@@ -147,6 +162,18 @@ def start_cluster(
             scheduler_port=0,
             **kwargs,
         )
+
+
+def _loopback(address: str) -> str:
+    """``address`` with loopback as its host when it names none (``":8787"``, ``"8787"``).
+
+    Examples
+    --------
+    >>> _loopback(":8787"), _loopback("8787"), _loopback("0.0.0.0:8787")
+    ('127.0.0.1:8787', '127.0.0.1:8787', '0.0.0.0:8787')
+    """
+    host, _, port = address.rpartition(":")
+    return f"{host or LOOPBACK}:{port}"
 
 
 def _port_or_any(address: str) -> str:

@@ -6,16 +6,19 @@ Real components only: an HTTP server and a silent socket on loopback for the bad
 
 from __future__ import annotations
 
+import contextlib
 import http.server
-import importlib.util
 import os
 import signal
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 import torch.nn as nn
@@ -115,17 +118,52 @@ def port_8787_taken():
 
 def test_embedded_cluster_starts_when_8787_is_taken(port_8787_taken):
     with DaskExecutor(n_workers=1, processes=False) as ex:
-        assert not ex.client.dashboard_link.endswith(":8787/status")
+        assert not ex.dashboard_link.endswith(":8787/status")
         assert ex.run(gx.plan(chain()), torch.randn(2, D)).shape == (2, D)
-        # a link only where the page is served: bokeh is the dashboard extra, not a default
-        if importlib.util.find_spec("bokeh") is None:
-            assert ex.dashboard_link is None
-        else:
-            assert ex.dashboard_link == ex.client.dashboard_link
     with DaskExecutor(n_workers=1, processes=False, dashboard_address=None) as ex:
         assert ex.dashboard_link is None
         assert ex._cluster.scheduler.http_server.port != 8787
         assert ex.run(gx.plan(chain()), torch.randn(2, D)).shape == (2, D)
+
+
+def listening() -> set[tuple[str, int]]:
+    """(address, port) of every socket listening in this process and its children."""
+    procs = [psutil.Process(), *psutil.Process().children(recursive=True)]
+    found = set()
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            conns = p.net_connections("inet")
+            found |= {(c.laddr.ip, c.laddr.port) for c in conns if c.status == psutil.CONN_LISTEN}
+    return found
+
+
+def _get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            return reply.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+@pytest.mark.slow
+def test_embedded_cluster_listens_on_loopback_only_and_links_what_it_serves():
+    """Scheduler, nanny, worker and the scheduler's HTTP server: 127.0.0.1, dashboard or not."""
+    before = listening()
+    with DaskExecutor(n_workers=1, dashboard_address=":0") as ex:  # as cli and demo ask
+        opened = listening() - before
+        assert opened and {ip for ip, _ in opened} == {"127.0.0.1"}, opened
+        port = ex._cluster.scheduler.http_server.port
+        assert ("127.0.0.1", port) in opened
+        assert ex.dashboard_link == f"http://127.0.0.1:{port}/status"
+        assert _get(ex.dashboard_link) == 200  # the dashboard, or Dask's "install bokeh" page
+    with DaskExecutor(n_workers=1, processes=False, dashboard_address=None) as ex:
+        opened = listening() - before
+        assert opened and {ip for ip, _ in opened} == {"127.0.0.1"}, opened
+        assert ex.dashboard_link is None
+        http = f"http://127.0.0.1:{ex._cluster.scheduler.http_server.port}"
+        assert [_get(http + page) for page in ("/status", "/info/main/workers.html")] == [404] * 2
+    with DaskExecutor(n_workers=1, processes=False, dashboard_address="0.0.0.0:0") as ex:
+        assert ex._cluster.scheduler.http_server.address == "0.0.0.0"  # asked for: served
 
 
 # -- torch threads on the workers ---------------------------------------------------------------
