@@ -91,6 +91,8 @@ from .dask_calls import (
 )
 from .dask_connect import (
     SchedulerUnreachableError,
+    TLSConfigError,
+    check_tls,
     close_owned,
     os_reason,
     probe,
@@ -111,6 +113,7 @@ __all__ = [
     "PlacementError",
     "SCATTER_ABOVE",
     "SchedulerUnreachableError",
+    "TLSConfigError",
     "WorkerLostError",
 ]
 __all__ += ["_fingerprint", "_make_jobs"]  # tested directly
@@ -140,7 +143,9 @@ class DaskExecutor(Executor):
         Embedded cluster only: worker processes (default one per core), task threads per
         worker (default 1), processes (default) or threads in this process.
     security : distributed.Security, optional
-        TLS settings, passed to the client and the embedded cluster.
+        TLS settings, passed to the client and the embedded cluster. A ``tls://`` address
+        needs the client's certificate; an embedded cluster with ``require_encryption=True``
+        the scheduler's and the workers' too.
     timeout : str or float
         How long to try to reach the scheduler (``"10s"``, or seconds).
     retries : int
@@ -156,6 +161,8 @@ class DaskExecutor(Executor):
     ------
     SchedulerUnreachableError
         If the scheduler cannot be reached within ``timeout`` (the message names the address).
+    TLSConfigError
+        If TLS is asked for without the certificates it needs (before anything starts).
 
     Examples
     --------
@@ -198,6 +205,7 @@ class DaskExecutor(Executor):
             self.client, self.address = client, client.scheduler.address
         else:
             self.address = address or dask.config.get("scheduler-address", None)
+            check_tls(self.address, security, embedded=self.address is None)
             if self.address is None:
                 cores = len(os.sched_getaffinity(0))
                 self._cluster = _start_guarded(

@@ -9,6 +9,12 @@ What it decides
   that answers with something other than Dask (an HTTP server; Dask reads its reply as a frame
   length and tries to allocate exabytes) all raise `SchedulerUnreachableError` naming the
   address within ``timeout``.
+* **TLS is checked before anything starts** (`check_tls`). A ``tls://`` address, or an
+  embedded cluster asked to encrypt (``security.require_encryption``), without the certificates
+  each side needs (the client's; for an embedded cluster the scheduler's and the workers' too)
+  raises a `TLSConfigError` naming the address and the missing roles. Dask raised a bare
+  ``TypeError`` naming neither, after building a ``Client`` it could not close (a stall and a
+  traceback at exit; retrying deadlocked on the third try).
 * **No fixed ports.** The embedded cluster's scheduler listens on a free port. Its dashboard
   asks for ``dashboard_address`` (default ``:8787``) and takes a free port, without a warning,
   when that one is taken; ``dashboard_address=None`` turns the dashboard off and puts the
@@ -50,6 +56,8 @@ __all__ = [
     "EMBEDDED_CONFIG",
     "EmbeddedCluster",
     "SchedulerUnreachableError",
+    "TLSConfigError",
+    "check_tls",
     "close_owned",
     "probe",
 ]
@@ -124,6 +132,50 @@ def _read(sock: socket.socket, n: int, deadline: float) -> bytes:
             raise ConnectionResetError("the connection was closed without a Dask handshake")
         data += chunk
     return data
+
+
+class TLSConfigError(ValueError):
+    """TLS was asked for without the certificates it needs (the message names what is missing)."""
+
+
+#: The roles whose certificates an embedded cluster needs, and the ``Security`` fields.
+_ROLES = {"client": "tls_client", "scheduler": "tls_scheduler", "worker": "tls_worker"}
+
+
+def check_tls(address: str | None, security: Any, embedded: bool) -> None:
+    """Raise `TLSConfigError` when TLS is asked for without the certificates it needs.
+
+    ``address`` is the scheduler to join (None for an embedded cluster); ``security`` the
+    ``distributed.Security`` given (None: Dask's configuration).
+    """
+    sec = security if security is not None else distributed.Security()
+    if embedded:
+        if not sec.require_encryption:
+            return  # Dask's LocalCluster uses tcp:// then
+        roles, where = tuple(_ROLES), "the embedded cluster (security.require_encryption=True)"
+    elif str(address).startswith("tls://"):
+        roles, where = ("client",), str(address)
+    else:
+        return
+    missing = [r for r in roles if not _has_context(sec, r)]
+    if not missing:
+        return
+    fields = ", ".join(f"{_ROLES[r]}_cert=..., {_ROLES[r]}_key=..." for r in missing)
+    hint = " (one certificate may serve every role)" if embedded else ""
+    raise TLSConfigError(
+        f"DaskExecutor: {where} needs TLS, and security= has no certificate for the "
+        f"{', '.join(missing)}: pass security=distributed.Security(tls_ca_file=..., {fields}"
+        f"){hint}" + ("" if embedded else ", or a tcp:// address")
+    )
+
+
+def _has_context(sec: Any, role: str) -> bool:
+    try:
+        get = sec.get_connection_args if role == "client" else sec.get_listen_args
+        args = get(role)
+    except OSError as exc:  # a certificate file that cannot be read
+        raise TLSConfigError(f"DaskExecutor: cannot read the {role}'s TLS files: {exc}") from exc
+    return args.get("ssl_context") is not None
 
 
 class EmbeddedCluster(distributed.LocalCluster):

@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import http.server
 import os
+import shutil
 import signal
 import socket
+import subprocess
 import threading
 import time
 import urllib.error
@@ -25,10 +27,15 @@ import torch.nn as nn
 from test_dask import D, _slow_identity, assert_same, chain, lin
 
 import graphexec as gx
-from graphexec.executors.dask import SCATTER_ABOVE, DaskExecutor, SchedulerUnreachableError
+from graphexec.executors.dask import (
+    SCATTER_ABOVE,
+    DaskExecutor,
+    SchedulerUnreachableError,
+    TLSConfigError,
+)
 
 distributed = pytest.importorskip("distributed")
-from _dask_cluster import process_cluster  # noqa: E402
+from _dask_cluster import free_port, process_cluster  # noqa: E402
 
 pytestmark = pytest.mark.dask
 
@@ -243,3 +250,52 @@ def test_node_modules_are_sized_by_their_weights(dask_client):
         sizes = dask_client.nbytes(summary=False)
         copies = [n for k, n in sizes.items() if str(k).startswith("weights-big-")]
         assert copies and all(n >= 4 << 20 for n in copies)
+
+
+# -- TLS ----------------------------------------------------------------------------------------
+def test_tls_without_certificates_names_the_address_and_leaves_nothing_behind():
+    """Three tries in a row: the same clear error each time, at once, no Client left running."""
+    address = f"tls://127.0.0.1:{free_port()}"
+    threads = {t.name for t in threading.enumerate()}
+    for _ in range(3):  # the third try deadlocked
+        with ThreadPoolExecutor(1) as pool:
+            fut = pool.submit(DaskExecutor, address, timeout="2s")
+            with pytest.raises(TLSConfigError, match=address.replace(".", r"\.") + ".*client"):
+                fut.result(timeout=30)
+    assert {t.name for t in threading.enumerate()} <= threads  # no half-built Client's loop
+    with pytest.raises(TLSConfigError, match="embedded cluster.*scheduler, worker"):
+        DaskExecutor(n_workers=1, security=distributed.Security(require_encryption=True))
+
+
+@pytest.fixture
+def self_signed(tmp_path) -> tuple[str, str]:
+    """A self-signed certificate and its key, made by the openssl command."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        + ["-subj", "/CN=graphexec-test", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    return str(cert), str(key)
+
+
+def test_embedded_cluster_over_tls_as_the_docs_say(self_signed):
+    cert, key = self_signed
+    security = distributed.Security(
+        tls_ca_file=cert,
+        **{
+            f"tls_{role}_{part}": f
+            for role in ("client", "scheduler", "worker")
+            for part, f in (("cert", cert), ("key", key))
+        },  # fmt: skip
+        require_encryption=True,
+    )
+    with DaskExecutor(n_workers=1, processes=False, security=security) as ex, torch.no_grad():
+        assert ex.address.startswith("tls://127.0.0.1:")
+        p = gx.plan(chain())
+        x = torch.randn(2, D)
+        assert_same(ex.run(p, x), gx.SequentialExecutor().run(p, x))
