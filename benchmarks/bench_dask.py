@@ -25,6 +25,11 @@ writes ``benchmarks/results/dask.md``. Everything is measured in this one run, m
    of the same five functions on the same cluster (interleaved).
 
 The machine may be shared: the report records the load average at the start and the end.
+
+``--churn N`` instead runs only a fault measurement and prints one line: N calls of a
+two-branch graph on an embedded cluster of 2 nanny-managed workers, a worker SIGKILLed before
+every third call (alternately at once before the call and from a thread as the call starts);
+how many calls returned the sequential executor's result (docs/dask.md, "Failures").
 """
 
 from __future__ import annotations
@@ -37,8 +42,10 @@ import functools
 import multiprocessing
 import os
 import platform
+import signal
 import statistics
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -547,13 +554,59 @@ def _report_scaling(r: dict[str, dict[str, float]], n_inputs: int) -> list[str]:
 _CPU_PARTS = ("client and scheduler", "workers, running tasks", "workers, the rest")
 
 
+def _churn_graph() -> gx.Graph:
+    g = gx.Graph("churn")
+    x = g.input("x")
+    g.output(
+        g.node(
+            "add", gx.add(), g.node("a", nn.Linear(16, 16), x), g.node("b", nn.Linear(16, 16), x)
+        )
+    )
+    return g
+
+
+def bench_churn(calls: int) -> str:
+    """Calls right while workers are SIGKILLed (see the module docstring)."""
+    p = gx.plan(_churn_graph(), inline_below=0.0)
+    x = torch.randn(3, 16)
+    with torch.no_grad():
+        ref = gx.SequentialExecutor().run(p, x)
+    right, failed, kills, start, load = 0, [], 0, time.perf_counter(), os.getloadavg()[0]
+    with DaskExecutor(n_workers=2, dashboard_address=None, timeout="30s") as ex, torch.no_grad():
+        ex.run(p, x)
+        for i in range(calls):
+            pids = sorted(ex.client.run(os.getpid).values())
+            if i % 3 == 0 and pids:
+                victim = pids[i % len(pids)]
+                if i % 2:
+                    os.kill(victim, signal.SIGKILL)
+                else:
+                    threading.Thread(target=os.kill, args=(victim, signal.SIGKILL)).start()
+                kills += 1
+            try:
+                right += torch.allclose(ex.run(p, x), ref, atol=1e-5)
+            except Exception as exc:  # counted and named, the measurement goes on
+                failed.append(f"{type(exc).__name__}: {str(exc)[:120]}")
+    took = time.perf_counter() - start
+    line = (
+        f"churn: {right} of {calls} calls right, {len(failed)} failed, {kills} SIGKILLs, "
+        f"{took:.0f} s, load {load:.1f} -> {os.getloadavg()[0]:.1f}"
+    )
+    return "\n".join([line, *sorted(set(failed))])
+
+
 def main(argv: list[str] | None = None) -> str:
     """Run the benchmark, print the report and write it to ``benchmarks/results/dask.md``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--inputs", type=int, default=64)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--churn", type=int, metavar="N", help="only the churn measurement")
     args = parser.parse_args(argv)
+    if args.churn:
+        text = bench_churn(args.churn)
+        print(text)
+        return text
     load = os.getloadavg()
     results = {
         "latency": bench_latency(args.repeats),
