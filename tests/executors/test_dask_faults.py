@@ -299,3 +299,55 @@ def test_embedded_cluster_over_tls_as_the_docs_say(self_signed):
         p = gx.plan(chain())
         x = torch.randn(2, D)
         assert_same(ex.run(p, x), gx.SequentialExecutor().run(p, x))
+
+
+# -- errors that cross back: unpicklable, None, one message --------------------------------------
+class _Unpicklable(Exception):
+    def __reduce__(self):
+        raise TypeError("this exception does not pickle")
+
+
+def _raise_unpicklable(t):
+    raise _Unpicklable("the node's own message")
+
+
+def _raise_with_a_lock(t):
+    err = RuntimeError("the node's own message")
+    err.lock = threading.Lock()  # an attribute that does not pickle
+    raise err
+
+
+@pytest.mark.parametrize("fn", [_raise_unpicklable, _raise_with_a_lock])
+def test_an_exception_that_does_not_pickle_is_still_a_node_error(dask_client, fn):
+    with DaskExecutor(client=dask_client) as ex:
+        with pytest.raises(gx.NodeError, match="node 'bad' failed: .*the node's own message"):
+            ex.run(one_node(fn, "bad"), torch.ones(2))
+        assert ex.run(one_node(torch.relu, "ok"), torch.ones(2)).shape == (2,)
+
+
+def _forgets_return(t):
+    t + 1
+
+
+def test_none_is_named_as_the_local_executors_name_it(dask_client):
+    """x -> forgot -> head, each its own Dask task (the None crosses workers); a None input."""
+    g = gx.Graph("forgetful")
+    g.output(g.node("head", torch.relu, g.node("forgot", _forgets_return, g.input("x"))))
+    p = gx.plan(g, inline_below=0.0, fuse_chains=False)
+    none_input = one_node(torch.relu, "relu")
+    cases = [(p, torch.ones(2), "node 'forgot' failed"), (none_input, None, "node 'relu' failed")]
+    with DaskExecutor(client=dask_client) as ex, gx.ThreadExecutor() as local:
+        for plan, x, says in cases:
+            with pytest.raises(gx.NodeError, match=says) as here:
+                local.run(plan, x)
+            with pytest.raises(gx.NodeError) as there:
+                ex.run(plan, x)
+            assert str(there.value).startswith(str(here.value))  # then the remote traceback
+
+
+def test_a_node_error_is_reported_once(caplog):
+    """Dask's worker logs its own "Compute Failed" block: graphexec's NodeError says it all."""
+    ex = DaskExecutor(n_workers=1, processes=False, dashboard_address=None)
+    with ex, caplog.at_level("ERROR"), pytest.raises(gx.NodeError, match="node 'bad'"):
+        ex.run(one_node(_raise_with_a_lock, "bad"), torch.ones(2))
+    assert not [r for r in caplog.records if "Compute Failed" in r.getMessage()]
