@@ -35,14 +35,20 @@ What it decides
   off in the embedded cluster's workers (the dashboard's profile page stays empty): it
   sampled every thread every 10 ms, doubling an idle worker's CPU. A joined cluster is the
   user's and keeps its settings.
+* **A private scratch folder.** Dask's workers and scheduler keep files (spilled data,
+  uploaded modules) under ``$TMPDIR/dask-scratch-space``, one folder shared by every user and
+  run on the machine (mode 0755). The embedded cluster gets a folder of its own, made by
+  ``tempfile.mkdtemp`` (mode 0700), and removes it when it closes.
 * **Close what was created.** `close_owned` closes the client and cluster this executor made,
   never a client it was given.
 """
 
 from __future__ import annotations
 
+import shutil
 import socket
 import struct
+import tempfile
 import time
 import warnings
 from typing import Any
@@ -179,7 +185,17 @@ def _has_context(sec: Any, role: str) -> bool:
 
 
 class EmbeddedCluster(distributed.LocalCluster):
-    """A ``LocalCluster`` that never gives up on a nanny (see the module docstring)."""
+    """A ``LocalCluster`` that never gives up on a nanny and removes its scratch folder on
+    close (see the module docstring)."""
+
+    scratch: str | None = None  # this cluster's private temporary folder
+
+    def close(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().close(*args, **kwargs)
+        finally:
+            if self.scratch is not None:
+                shutil.rmtree(self.scratch, ignore_errors=True)
 
     def _update_worker_status(self, op: str, msg: Any) -> None:
         Cluster._update_worker_status(self, op, msg)  # skip SpecCluster's lost-worker close
@@ -202,18 +218,26 @@ def start_cluster(
         dashboard_address = _port_or_any(_loopback(dashboard_address))
     if not processes:  # in-process workers put their HTTP server on 0.0.0.0 otherwise
         kwargs["worker_dashboard_address"] = f"{LOOPBACK}:0"
-    with warnings.catch_warnings(), dask.config.set(config):
-        # should the port be taken between the check and Dask
-        warnings.filterwarnings("ignore", message=r"Port \d+ is already in use")
-        return EmbeddedCluster(
-            n_workers=n_workers,
-            threads_per_worker=threads_per_worker,
-            processes=processes,
-            security=security,
-            dashboard_address=dashboard_address,
-            scheduler_port=0,
-            **kwargs,
-        )
+    scratch = tempfile.mkdtemp(prefix="graphexec-dask-")  # mode 0700: this user's only
+    config["temporary-directory"] = scratch  # read by the scheduler, the nannies, the workers
+    try:
+        with warnings.catch_warnings(), dask.config.set(config):
+            # should the port be taken between the check and Dask
+            warnings.filterwarnings("ignore", message=r"Port \d+ is already in use")
+            cluster = EmbeddedCluster(
+                n_workers=n_workers,
+                threads_per_worker=threads_per_worker,
+                processes=processes,
+                security=security,
+                dashboard_address=dashboard_address,
+                scheduler_port=0,
+                **kwargs,
+            )
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    cluster.scratch = scratch
+    return cluster
 
 
 def _loopback(address: str) -> str:

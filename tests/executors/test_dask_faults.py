@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.error
@@ -153,16 +154,22 @@ def _get(url: str) -> int:
 
 
 @pytest.mark.slow
-def test_embedded_cluster_listens_on_loopback_only_and_links_what_it_serves():
-    """Scheduler, nanny, worker and the scheduler's HTTP server: 127.0.0.1, dashboard or not."""
+def test_embedded_cluster_exposes_nothing():
+    """Scheduler, nanny, worker and the scheduler's HTTP server listen on 127.0.0.1, dashboard
+    or not; the dashboard link is where pages are served; scratch files in a private folder."""
     before = listening()
     with DaskExecutor(n_workers=1, dashboard_address=":0") as ex:  # as cli and demo ask
+        (local,) = ex.client.run(lambda dask_worker: dask_worker.local_directory).values()
+        scratch = Path(ex._cluster.scratch)
+        assert Path(local).is_relative_to(scratch) and scratch.parent == Path(tempfile.gettempdir())
+        assert scratch.stat().st_mode & 0o777 == 0o700
         opened = listening() - before
         assert opened and {ip for ip, _ in opened} == {"127.0.0.1"}, opened
         port = ex._cluster.scheduler.http_server.port
         assert ("127.0.0.1", port) in opened
         assert ex.dashboard_link == f"http://127.0.0.1:{port}/status"
         assert _get(ex.dashboard_link) == 200  # the dashboard, or Dask's "install bokeh" page
+    assert not scratch.exists()  # removed on close
     with DaskExecutor(n_workers=1, processes=False, dashboard_address=None) as ex:
         opened = listening() - before
         assert opened and {ip for ip, _ in opened} == {"127.0.0.1"}, opened
