@@ -102,7 +102,7 @@ from .dask_connect import (
 from .dask_faults import WorkerLostError
 from .dask_jobs import _make_jobs, reject_cuda
 from .dask_jobs import fingerprint as _fingerprint
-from .dask_placement import PlacementError
+from .dask_placement import PlacementError, WorkerImportError
 from .dask_placer import Placer
 
 __all__ = [
@@ -114,6 +114,7 @@ __all__ = [
     "SCATTER_ABOVE",
     "SchedulerUnreachableError",
     "TLSConfigError",
+    "WorkerImportError",
     "WorkerLostError",
 ]
 __all__ += ["_fingerprint", "_make_jobs"]  # tested directly

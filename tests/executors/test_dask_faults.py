@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import importlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -33,6 +35,7 @@ from graphexec.executors.dask import (
     DaskExecutor,
     SchedulerUnreachableError,
     TLSConfigError,
+    WorkerImportError,
 )
 
 distributed = pytest.importorskip("distributed")
@@ -358,3 +361,40 @@ def test_a_node_error_is_reported_once(caplog):
     with ex, caplog.at_level("ERROR"), pytest.raises(gx.NodeError, match="node 'bad'"):
         ex.run(one_node(_raise_with_a_lock, "bad"), torch.ones(2))
     assert not [r for r in caplog.records if "Compute Failed" in r.getMessage()]
+
+
+_CLIENT_ONLY = """
+import torch.nn as nn
+
+
+class Scaled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.lin(x) * 2
+"""
+
+
+@pytest.mark.slow
+def test_a_module_the_workers_lack_is_named_with_the_ways_out(tmp_path, monkeypatch):
+    """A node's class lives in a module only the client can import; upload_file fixes it."""
+    source = tmp_path / "gx_client_only.py"
+    source.write_text(_CLIENT_ONLY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "gx_client_only", raising=False)
+    scaled = importlib.import_module("gx_client_only").Scaled()
+    g = gx.Graph("client_only")
+    g.output(g.node("scaled", scaled, g.input("x")))
+    p, x = gx.plan(g), torch.randn(2, 4)
+    with process_cluster(n_workers=1) as cluster, DaskExecutor(cluster.address) as ex:
+        with torch.no_grad(), pytest.raises(WorkerImportError) as info:
+            ex.run(p, x)
+        message = str(info.value)
+        assert "cannot import module 'gx_client_only', which node 'scaled' needs" in message
+        assert "upload_file" in message and "__main__" in message
+        ex.client.upload_file(str(source))
+        with torch.no_grad():
+            assert_same(ex.run(p, x), scaled(x))
+    monkeypatch.delitem(sys.modules, "gx_client_only")
