@@ -57,7 +57,7 @@ from .dask_jobs import (
     reject_cuda,
 )
 from .dask_jobs import nbytes as _nbytes
-from .dask_placement import Worker
+from .dask_placement import Worker, check_input_fits
 from .dask_placer import Placer
 
 __all__ = [
@@ -176,10 +176,14 @@ def submit_call(
     profile, schedule, modes = opts.profile, opts.schedule, opts.modes
     call = _Call(s.client, uuid.uuid4().hex[:12], plan, jobs)
     graph_inputs = set(plan.graph.inputs)
-    given_all = [
-        _send_inputs(s, call, env, graph_inputs, where, f"{call.token}-{i}")
-        for i, env in enumerate(envs)
-    ]
+    try:
+        given_all = [
+            _send_inputs(s, call, env, graph_inputs, (where, workers), f"{call.token}-{i}")
+            for i, env in enumerate(envs)
+        ]
+    except BaseException:
+        call.cancel()
+        raise
     producer = {n: j.name for j in jobs.values() for n in j.outputs}
     job_envs = _job_envs(s, workers, call.token if profile else None, modes)
     levels: dict[int, list[str]] = {}
@@ -226,9 +230,18 @@ def _job_envs(s: Session, workers: Mapping[str, Worker], token, modes) -> dict:
 
 
 def _send_inputs(
-    s: Session, call: _Call, env: Mapping[str, Any], graph_inputs: set[str], where, token
+    s: Session, call: _Call, env: Mapping[str, Any], graph_inputs: set[str], placed, token
 ) -> dict[str, Any]:
-    """Each graph input a job reads: the value itself, or the future of its copy sent apart."""
+    """Each graph input a job reads: the value itself, or the future of its copy sent apart.
+
+    ``placed`` is (job -> worker address, address -> `Worker`).
+
+    Raises
+    ------
+    PlacementError
+        If an input is bigger than ``FIT`` x the ``memory_limit`` of a worker reading it.
+    """
+    where, workers = placed
     readers: dict[str, list[str]] = {}
     for j in call.jobs.values():
         for v in j.inputs:
@@ -239,6 +252,7 @@ def _send_inputs(
     for v, names in readers.items():
         value = compact(env[v])
         size = _nbytes(value)
+        check_input_fits(v, size, [workers[where[n]] for n in names])
         if size > SCATTER_ABOVE:
             scatter.setdefault(where[names[0]], []).append((v, value, size))
         elif len(names) > 1 and size > EMBED_BELOW:

@@ -29,7 +29,8 @@ What it decides
 * **Memory pre-flight.** Before anything is sent, the weights a worker would hold are checked
   against ``FIT`` x its ``memory_limit`` (Dask's default pause threshold: above it a worker
   stops running tasks). Replicated weights that do not fit raise `PlacementError` naming the
-  biggest nodes and suggesting ``placement="shard"``.
+  biggest nodes and suggesting ``placement="shard"``. Each graph input is checked the same
+  way against the workers that read it (`check_input_fits`).
 
 A job is the unit of placement: a fused chain is one task, so it lives on one worker. Plan with
 ``fuse_chains=False`` to shard a chain layer by layer.
@@ -52,7 +53,14 @@ from ..graph import Graph, Node, state_tensors
 from ..plans import Plan
 from .dask_jobs import _Job, _NodeCopy, fingerprint, reject_cuda, state_nbytes
 
-__all__ = ["FIT", "PlacementError", "WeightStore", "Worker", "WorkerImportError"]
+__all__ = [
+    "FIT",
+    "PlacementError",
+    "WeightStore",
+    "Worker",
+    "WorkerImportError",
+    "check_input_fits",
+]
 
 #: Weights may fill at most this fraction of a worker's ``memory_limit``.
 FIT = 0.8
@@ -140,6 +148,20 @@ def check_replicated_fit(plan: Plan, workers: Sequence[Worker]) -> None:
         + ", ".join(f"'{n}' ({_mib(sizes[n])})" for n in biggest)
         + '. Use placement="shard" to spread the nodes over the workers, or bigger workers.'
     )
+
+
+def check_input_fits(name: str, size: int, readers: Sequence[Worker]) -> None:
+    """Raise `PlacementError` if graph input ``name`` (``size`` bytes) does not fit ``FIT`` x
+    the ``memory_limit`` of a worker that reads it: sent anyway, it got the worker restarted by
+    its nanny and the call failed with a closed connection."""
+    for w in readers:
+        if w.memory_limit and size > FIT * w.memory_limit:
+            raise PlacementError(
+                f"DaskExecutor: graph input '{name}' is {_mib(size)}, and worker {w.address} "
+                f"that reads it has memory_limit {_mib(w.memory_limit)} (an input may use "
+                f"{FIT:.0%} of it): split the batch (map() over smaller inputs), or use "
+                "bigger workers"
+            )
 
 
 def spread(

@@ -33,6 +33,7 @@ import graphexec as gx
 from graphexec.executors.dask import (
     SCATTER_ABOVE,
     DaskExecutor,
+    PlacementError,
     SchedulerUnreachableError,
     TLSConfigError,
     WorkerImportError,
@@ -398,3 +399,21 @@ def test_a_module_the_workers_lack_is_named_with_the_ways_out(tmp_path, monkeypa
         with torch.no_grad():
             assert_same(ex.run(p, x), scaled(x))
     monkeypatch.delitem(sys.modules, "gx_client_only")
+
+
+@pytest.mark.timeout(60)  # were x sent, a worker over its memory limit could pause: a hang
+def test_an_input_bigger_than_a_worker_fails_before_it_is_sent():
+    cluster = distributed.LocalCluster(
+        n_workers=1, processes=False, memory_limit="64MiB", dashboard_address="127.0.0.1:0"
+    )
+    client = distributed.Client(cluster, set_as_default=False)
+    x = torch.zeros(16 << 20)  # 64 MiB: more than 80% of the worker's memory_limit
+    try:
+        with DaskExecutor(client=client) as ex:
+            sent = ex.sent_bytes
+            with pytest.raises(PlacementError, match="graph input 'x' is 64.0 MiB.*memory_limit"):
+                ex.run(one_node(torch.relu, "relu"), x)
+            assert ex.sent_bytes - sent < 1 << 20  # nothing of x went out
+    finally:
+        client.close()
+        cluster.close()
