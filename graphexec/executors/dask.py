@@ -389,6 +389,7 @@ class DaskExecutor(Executor):
         if not self._finalizer.alive:
             return
         self._placer.clear()
+        self._session.keepers.clear()
         self._finalizer()
 
     def __repr__(self) -> str:

@@ -417,3 +417,24 @@ def test_an_input_bigger_than_a_worker_fails_before_it_is_sent():
     finally:
         client.close()
         cluster.close()
+
+
+# -- the scheduler's bookkeeping ------------------------------------------------------------------
+def test_calls_reuse_the_schedulers_task_groups_and_span(dask_client):
+    """Dask keeps each span (groups, metrics, metadata) for the scheduler's life: calls that
+    each made a new one grew the process hosting it by ~4 KiB per call."""
+    spans = dask_client.cluster.scheduler.extensions["spans"]
+
+    def bookkeeping() -> tuple[int, int]:
+        return len(spans.spans), sum(len(s.groups) for s in spans.spans.values())
+
+    g = gx.Graph("kept")
+    x = g.input("x")
+    g.output(g.node("add", gx.add(), g.node("a", nn.Linear(4, 4), x), g.node("b", torch.relu, x)))
+    p = gx.plan(g, inline_below=0.0)
+    with DaskExecutor(client=dask_client) as ex, torch.no_grad():
+        ex.run(p, torch.ones(2, 4))
+        after_one = bookkeeping()
+        for _ in range(10):
+            ex.run(p, torch.ones(2, 4))
+        assert bookkeeping() == after_one
