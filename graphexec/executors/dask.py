@@ -96,6 +96,7 @@ from .dask_connect import (
     close_owned,
     os_reason,
     probe,
+    quiet_interrupts,
     start_cluster,
     unreachable,
 )
@@ -214,6 +215,7 @@ class DaskExecutor(Executor):
                 )
                 self.address = self._cluster.scheduler_address
             self.client = self._connect(self.address, security)
+            quiet_interrupts()
         self._placer = Placer(self.client, placement, copies, self.timeout)
         self._session = Session(self.client, self.address, self._placer, torch_threads, retries)
         self._finalizer = weakref.finalize(

@@ -39,12 +39,18 @@ What it decides
   uploaded modules) under ``$TMPDIR/dask-scratch-space``, one folder shared by every user and
   run on the machine (mode 0755). The embedded cluster gets a folder of its own, made by
   ``tempfile.mkdtemp`` (mode 0700), and removes it when it closes.
+* **Errors only in the log.** The embedded cluster's scheduler, nannies and workers log
+  errors, not Dask's warnings (``silence_logs=logging.ERROR``; Dask's default shows warnings):
+  a Ctrl-C printed some 25 lines of shutdown warnings around the one traceback that matters.
+  `quiet_interrupts` also drops asyncio's "Task exception was never retrieved" for Dask's
+  internal ``AllExit`` (a gather interrupted by Ctrl-C leaves one behind).
 * **Close what was created.** `close_owned` closes the client and cluster this executor made,
   never a client it was given.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 import socket
 import struct
@@ -65,6 +71,7 @@ __all__ = [
     "TLSConfigError",
     "check_tls",
     "close_owned",
+    "quiet_interrupts",
     "probe",
 ]
 
@@ -231,6 +238,7 @@ def start_cluster(
                 security=security,
                 dashboard_address=dashboard_address,
                 scheduler_port=0,
+                silence_logs=logging.ERROR,
                 **kwargs,
             )
     except BaseException:
@@ -267,6 +275,19 @@ def _port_or_any(address: str) -> str:
         except OSError:
             return f"{host}:0"
     return address
+
+
+def quiet_interrupts() -> None:
+    """Drop asyncio's report of Dask's ``AllExit`` left in a gather that Ctrl-C interrupted
+    (once per process; nothing else is filtered)."""
+    asyncio_log = logging.getLogger("asyncio")
+    if _not_all_exit not in asyncio_log.filters:
+        asyncio_log.addFilter(_not_all_exit)
+
+
+def _not_all_exit(record: logging.LogRecord) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    return type(exc).__name__ != "AllExit" or type(exc).__module__ != "distributed.client"
 
 
 def close_owned(client: distributed.Client | None, cluster: Any) -> None:
