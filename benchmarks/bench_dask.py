@@ -30,6 +30,9 @@ The machine may be shared: the report records the load average at the start and 
 two-branch graph on an embedded cluster of 2 nanny-managed workers, a worker SIGKILLed before
 every third call (alternately at once before the call and from a thread as the call starts);
 how many calls returned the sequential executor's result (docs/dask.md, "Failures").
+``--memory N`` runs only N calls of the same graph on an embedded 1-worker cluster and prints
+how much this process (which hosts the scheduler) grew over the first and the second half
+(docs/dask.md, "A process that runs for long").
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import concurrent.futures
 import contextlib
 import datetime
 import functools
+import gc
 import multiprocessing
 import os
 import platform
@@ -595,6 +599,29 @@ def bench_churn(calls: int) -> str:
     return "\n".join([line, *sorted(set(failed))])
 
 
+def bench_memory(calls: int) -> str:
+    """Growth of this process (it hosts the embedded scheduler) over ``calls`` calls."""
+    p = gx.plan(_churn_graph(), inline_below=0.0)
+    x = torch.randn(3, 16)
+    rss = []
+    with DaskExecutor(n_workers=1, dashboard_address=None) as ex, torch.no_grad():
+        for _ in range(200):  # the first calls: imports, caches
+            ex.run(p, x)
+        for i in range(calls + 1):
+            if i in (0, calls // 2, calls):
+                gc.collect()
+                rss.append(psutil.Process().memory_info().rss)
+            if i < calls:
+                ex.run(p, x)
+    half = calls // 2
+    return (
+        f"memory: {calls} calls; this process grew {(rss[1] - rss[0]) / 2**20:.1f} MiB over the "
+        f"first {half} ({(rss[1] - rss[0]) / half:.0f} B/call), {(rss[2] - rss[1]) / 2**20:.1f} "
+        f"MiB over the next {calls - half} ({(rss[2] - rss[1]) / (calls - half):.0f} B/call); "
+        f"load {os.getloadavg()[0]:.1f}"
+    )
+
+
 def main(argv: list[str] | None = None) -> str:
     """Run the benchmark, print the report and write it to ``benchmarks/results/dask.md``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -602,9 +629,10 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--inputs", type=int, default=64)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--churn", type=int, metavar="N", help="only the churn measurement")
+    parser.add_argument("--memory", type=int, metavar="N", help="only the memory measurement")
     args = parser.parse_args(argv)
-    if args.churn:
-        text = bench_churn(args.churn)
+    if args.churn or args.memory:
+        text = bench_churn(args.churn) if args.churn else bench_memory(args.memory)
         print(text)
         return text
     load = os.getloadavg()
