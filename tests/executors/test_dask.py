@@ -457,3 +457,19 @@ def _fail_on_negative(t):
     if t.sum() < -1000:
         raise ValueError("negative input")
     return t
+
+
+# -- layering --------------------------------------------------------------------------------------
+def test_the_dask_modules_below_the_executor_do_not_import_it():
+    """dask.py -> dask_calls -> dask_faults / dask_placer -> ...: no way back, not even for
+    type checking (tests/test_layering.py skips TYPE_CHECKING blocks; this does not)."""
+    import ast
+
+    import graphexec.executors as executors
+
+    folder = Path(executors.__file__).parent
+    for module in ("dask_calls", "dask_faults", "dask_placer", "dask_placement", "dask_jobs",
+                   "dask_connect"):  # fmt: skip
+        tree = ast.parse((folder / f"{module}.py").read_text())
+        imported = {(n.level, n.module) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert not imported & {(1, "dask"), (0, "graphexec.executors.dask")}, module
