@@ -391,8 +391,18 @@ class DaskExecutor(Executor):
         if not self._finalizer.alive:
             return
         self._placer.clear()
-        self._session.keepers.clear()
+        self._release_keepers()
         self._finalizer()
+
+    def _release_keepers(self) -> None:
+        """Release the keepers (`dask_calls`) now: a client given to this executor forgets
+        them before `close` returns (Dask releases a future on its loop, later)."""
+        keepers = list(self._session.keepers.values())
+        self._session.keepers.clear()
+        for future in keepers:
+            future.release()
+        if keepers and self.client.status == "running":
+            self.client.sync(_on_the_loop)  # runs after the releases queued there
 
     def __repr__(self) -> str:
         where = "embedded LocalCluster" if self._cluster is not None else "joined"
@@ -400,6 +410,10 @@ class DaskExecutor(Executor):
             f"DaskExecutor({self.address!r}, {where}, schedule={self.schedule!r}, "
             f"placement={self._placer.kind!r})"
         )
+
+
+async def _on_the_loop() -> None:
+    """Nothing, on the client's event loop: what was queued there before it has run."""
 
 
 def _options(profile: bool, schedule: str, whole: bool) -> CallOptions:
