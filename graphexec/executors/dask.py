@@ -31,8 +31,10 @@ What it decides
 * **Failures.** A node that raises becomes a `NodeError` naming the node with the remote
   traceback; jobs are submitted with ``retries=0``, so a node never runs again because it
   raised. A worker lost mid-call is re-run by the scheduler when it can; when data only the
-  client has (weights, scattered inputs) was lost with it, the call is cancelled and this
-  executor places the lost copies again and re-runs the call, up to ``retries`` times. A
+  client has (weights, scattered inputs) was lost with it, or the call met a worker that had
+  just died (a scatter to it), this executor settles the worker list, places the lost copies
+  again and re-runs the call, up to ``retries`` times, then raises `WorkerLostError`; a node
+  whose worker dies under it twice in a call is named in a `NodeError` (`dask_faults`). A
   scheduler that dies makes the call, and every later one, raise `SchedulerUnreachableError`.
 * **Modes and devices.** Jobs run under the caller's inference mode and autocast with grad off
   (autograd does not cross processes); CUDA tensors are rejected with a clear error.
@@ -151,8 +153,8 @@ class DaskExecutor(Executor):
     timeout : str or float
         How long to try to reach the scheduler (``"10s"``, or seconds).
     retries : int
-        Re-runs of a call whose weights or inputs were lost with a worker (a node that
-        raises is never re-run).
+        Re-runs of a call that lost a worker, or data only a dead worker held (a node that
+        raises is never re-run); past them the call raises `WorkerLostError`.
     dashboard_address : str, optional
         Embedded cluster only: where its dashboard listens (a free port if taken; the
         dashboard itself needs bokeh: ``pip install graphexec[dashboard]``). An address with
@@ -165,6 +167,10 @@ class DaskExecutor(Executor):
         If the scheduler cannot be reached within ``timeout`` (the message names the address).
     TLSConfigError
         If TLS is asked for without the certificates it needs (before anything starts).
+
+    Calls raise `NodeError` for a node that raised or crashed its worker, `WorkerLostError`
+    past ``retries``, `WorkerImportError` when a worker cannot import a node's module, and
+    `PlacementError` for weights or inputs that do not fit a worker.
 
     Examples
     --------
