@@ -373,10 +373,10 @@ class _Attempts:
             if blamed is not None:
                 raise blamed from None
         self.runs += 1
-        if self.runs > self.s.retries:
+        with ClusterErrors(self.s):  # the scheduler may be what went away
             live = len(self.s.placer.settle())
+        if self.runs > self.s.retries:
             raise gave_up(self.plan.graph.name, self.runs, exc, live) from exc
-        self.s.placer.settle()
         return True
 
 
