@@ -25,6 +25,14 @@ writes ``benchmarks/results/dask.md``. Everything is measured in this one run, m
    of the same five functions on the same cluster (interleaved).
 
 The machine may be shared: the report records the load average at the start and the end.
+
+``--churn N`` instead runs only a fault measurement and prints one line: N calls of a
+two-branch graph on an embedded cluster of 2 nanny-managed workers, a worker SIGKILLed before
+every third call (alternately at once before the call and from a thread as the call starts);
+how many calls returned the sequential executor's result (docs/dask.md, "Failures").
+``--memory N`` runs only N calls of the same graph on an embedded 1-worker cluster and prints
+how much this process (which hosts the scheduler) grew over the first and the second half
+(docs/dask.md, "A process that runs for long").
 """
 
 from __future__ import annotations
@@ -34,11 +42,14 @@ import concurrent.futures
 import contextlib
 import datetime
 import functools
+import gc
 import multiprocessing
 import os
 import platform
+import signal
 import statistics
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -547,13 +558,83 @@ def _report_scaling(r: dict[str, dict[str, float]], n_inputs: int) -> list[str]:
 _CPU_PARTS = ("client and scheduler", "workers, running tasks", "workers, the rest")
 
 
+def _churn_graph() -> gx.Graph:
+    g = gx.Graph("churn")
+    x = g.input("x")
+    g.output(
+        g.node(
+            "add", gx.add(), g.node("a", nn.Linear(16, 16), x), g.node("b", nn.Linear(16, 16), x)
+        )
+    )
+    return g
+
+
+def bench_churn(calls: int) -> str:
+    """Calls right while workers are SIGKILLed (see the module docstring)."""
+    p = gx.plan(_churn_graph(), inline_below=0.0)
+    x = torch.randn(3, 16)
+    with torch.no_grad():
+        ref = gx.SequentialExecutor().run(p, x)
+    right, failed, kills, start, load = 0, [], 0, time.perf_counter(), os.getloadavg()[0]
+    with DaskExecutor(n_workers=2, dashboard_address=None, timeout="30s") as ex, torch.no_grad():
+        ex.run(p, x)
+        for i in range(calls):
+            pids = sorted(ex.client.run(os.getpid).values())
+            if i % 3 == 0 and pids:
+                victim = pids[i % len(pids)]
+                if i % 2:
+                    os.kill(victim, signal.SIGKILL)
+                else:
+                    threading.Thread(target=os.kill, args=(victim, signal.SIGKILL)).start()
+                kills += 1
+            try:
+                right += torch.allclose(ex.run(p, x), ref, atol=1e-5)
+            except Exception as exc:  # counted and named, the measurement goes on
+                failed.append(f"{type(exc).__name__}: {str(exc)[:120]}")
+    took = time.perf_counter() - start
+    line = (
+        f"churn: {right} of {calls} calls right, {len(failed)} failed, {kills} SIGKILLs, "
+        f"{took:.0f} s, load {load:.1f} -> {os.getloadavg()[0]:.1f}"
+    )
+    return "\n".join([line, *sorted(set(failed))])
+
+
+def bench_memory(calls: int) -> str:
+    """Growth of this process (it hosts the embedded scheduler) over ``calls`` calls."""
+    p = gx.plan(_churn_graph(), inline_below=0.0)
+    x = torch.randn(3, 16)
+    rss = []
+    with DaskExecutor(n_workers=1, dashboard_address=None) as ex, torch.no_grad():
+        for _ in range(200):  # the first calls: imports, caches
+            ex.run(p, x)
+        for i in range(calls + 1):
+            if i in (0, calls // 2, calls):
+                gc.collect()
+                rss.append(psutil.Process().memory_info().rss)
+            if i < calls:
+                ex.run(p, x)
+    half = calls // 2
+    return (
+        f"memory: {calls} calls; this process grew {(rss[1] - rss[0]) / 2**20:.1f} MiB over the "
+        f"first {half} ({(rss[1] - rss[0]) / half:.0f} B/call), {(rss[2] - rss[1]) / 2**20:.1f} "
+        f"MiB over the next {calls - half} ({(rss[2] - rss[1]) / (calls - half):.0f} B/call); "
+        f"load {os.getloadavg()[0]:.1f}"
+    )
+
+
 def main(argv: list[str] | None = None) -> str:
     """Run the benchmark, print the report and write it to ``benchmarks/results/dask.md``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--inputs", type=int, default=64)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--churn", type=int, metavar="N", help="only the churn measurement")
+    parser.add_argument("--memory", type=int, metavar="N", help="only the memory measurement")
     args = parser.parse_args(argv)
+    if args.churn or args.memory:
+        text = bench_churn(args.churn) if args.churn else bench_memory(args.memory)
+        print(text)
+        return text
     load = os.getloadavg()
     results = {
         "latency": bench_latency(args.repeats),

@@ -31,21 +31,24 @@ What it decides
 * **Failures.** A node that raises becomes a `NodeError` naming the node with the remote
   traceback; jobs are submitted with ``retries=0``, so a node never runs again because it
   raised. A worker lost mid-call is re-run by the scheduler when it can; when data only the
-  client has (weights, scattered inputs) was lost with it, the call is cancelled and this
-  executor places the lost copies again and re-runs the call, up to ``retries`` times. A
+  client has (weights, scattered inputs) was lost with it, or the call met a worker that had
+  just died (a scatter to it), this executor settles the worker list, places the lost copies
+  again and re-runs the call, up to ``retries`` times, then raises `WorkerLostError`; a node
+  whose worker dies under it twice in a call is named in a `NodeError` (`dask_faults`). A
   scheduler that dies makes the call, and every later one, raise `SchedulerUnreachableError`.
 * **Modes and devices.** Jobs run under the caller's inference mode and autocast with grad off
   (autograd does not cross processes); CUDA tensors are rejected with a clear error.
 
 The call tree::
 
-    Executor.run -> DaskExecutor._execute(plan, env, events) -> _run_call (re-runs on loss)
-      -> _submit_call
-           _jobs(plan)                plan tasks -> jobs (IdCache per plan)
-           _place                     job -> worker; WeightStore.futures: copies to send
+    Executor.run -> DaskExecutor._execute(plan, env, events)
+      -> dask_calls.run_call          again after a lost worker (dask_faults, Placer.settle)
+      -> submit_call
+           Placer.place               jobs (IdCache per plan) -> workers; weight copies to send
            _send_inputs               compact, embed / submit / scatter graph inputs
            client.submit per job      worker: dask_jobs._run_job -> run_task per task
-      -> _finish_call                 wait (first error), gather outputs, pop worker events
+      -> finish_call                  gather outputs (first error), pop worker events
+    DaskExecutor.map -> start_call per chunk ... finish_started, oldest first
 
 Trust: Dask moves functions and data with pickle. Connect only to clusters you trust and use
 ``security=`` (``distributed.Security``) for TLS between client, scheduler and workers.
@@ -53,12 +56,10 @@ Trust: Dask moves functions and data with pickle. Connect only to clusters you t
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import CancelledError
 from typing import Any
 
 try:
@@ -80,25 +81,31 @@ from .dask_calls import (
     EMBED_BELOW,
     MAX_CHUNK,
     SCATTER_ABOVE,
+    CallOptions,
+    Session,
     _Call,
-    _ClusterErrors,
     _progress,
     auto_chunk,
     chunks,
-    finish_call,
-    submit_call,
+    finish_started,
+    run_call,
+    start_call,
 )
 from .dask_connect import (
     SchedulerUnreachableError,
+    TLSConfigError,
+    check_tls,
     close_owned,
     os_reason,
     probe,
+    quiet_interrupts,
     start_cluster,
     unreachable,
 )
+from .dask_faults import WorkerLostError
 from .dask_jobs import _make_jobs, reject_cuda
 from .dask_jobs import fingerprint as _fingerprint
-from .dask_placement import PlacementError
+from .dask_placement import PlacementError, WorkerImportError
 from .dask_placer import Placer
 
 __all__ = [
@@ -109,6 +116,9 @@ __all__ = [
     "PlacementError",
     "SCATTER_ABOVE",
     "SchedulerUnreachableError",
+    "TLSConfigError",
+    "WorkerImportError",
+    "WorkerLostError",
 ]
 __all__ += ["_fingerprint", "_make_jobs"]  # tested directly
 
@@ -137,20 +147,30 @@ class DaskExecutor(Executor):
         Embedded cluster only: worker processes (default one per core), task threads per
         worker (default 1), processes (default) or threads in this process.
     security : distributed.Security, optional
-        TLS settings, passed to the client and the embedded cluster.
+        TLS settings, passed to the client and the embedded cluster. A ``tls://`` address
+        needs the client's certificate; an embedded cluster with ``require_encryption=True``
+        the scheduler's and the workers' too.
     timeout : str or float
         How long to try to reach the scheduler (``"10s"``, or seconds).
     retries : int
-        Re-runs of a call whose weights or inputs were lost with a worker (a node that
-        raises is never re-run).
+        Re-runs of a call that lost a worker, or data only a dead worker held (a node that
+        raises is never re-run); past them the call raises `WorkerLostError`.
     dashboard_address : str, optional
-        Embedded cluster only: where its dashboard listens (a free port if taken; served
-        only with bokeh installed: ``pip install graphexec[dashboard]``); None for none.
+        Embedded cluster only: where its dashboard listens (a free port if taken; the
+        dashboard itself needs bokeh: ``pip install graphexec[dashboard]``). An address with
+        no host (``":8787"``) listens on 127.0.0.1 only; name a host (``"0.0.0.0:8787"``) to
+        serve other machines. None: no dashboard and no page served at all.
 
     Raises
     ------
     SchedulerUnreachableError
         If the scheduler cannot be reached within ``timeout`` (the message names the address).
+    TLSConfigError
+        If TLS is asked for without the certificates it needs (before anything starts).
+
+    Calls raise `NodeError` for a node that raised or crashed its worker, `WorkerLostError`
+    past ``retries``, `WorkerImportError` when a worker cannot import a node's module, and
+    `PlacementError` for weights or inputs that do not fit a worker.
 
     Examples
     --------
@@ -185,18 +205,15 @@ class DaskExecutor(Executor):
     ):
         super().__init__(schedule)
         Placer.check(placement)
-        self.torch_threads = torch_threads
-        self.retries = retries
         self.timeout = parse_timedelta(timeout)
         self._cluster: distributed.LocalCluster | None = None
         self._owns_client = client is None
         self._dashboard = client is not None or dashboard_address is not None
-        self._input_bytes = 0  # graph-input bytes scattered (not on the task stream)
-        self._lost: str | None = None  # why the cluster is gone, once it is
         if client is not None:
             self.client, self.address = client, client.scheduler.address
         else:
             self.address = address or dask.config.get("scheduler-address", None)
+            check_tls(self.address, security, embedded=self.address is None)
             if self.address is None:
                 cores = len(os.sched_getaffinity(0))
                 self._cluster = _start_guarded(
@@ -204,7 +221,9 @@ class DaskExecutor(Executor):
                 )
                 self.address = self._cluster.scheduler_address
             self.client = self._connect(self.address, security)
-        self._placer = Placer(self.client, placement, copies)
+            quiet_interrupts()
+        self._placer = Placer(self.client, placement, copies, self.timeout)
+        self._session = Session(self.client, self.address, self._placer, torch_threads, retries)
         self._finalizer = weakref.finalize(
             self, close_owned, self.client if self._owns_client else None, self._cluster
         )
@@ -229,15 +248,31 @@ class DaskExecutor(Executor):
 
     # -- properties -------------------------------------------------------------------------
     @property
+    def torch_threads(self) -> int | None:
+        """Torch intra-op threads per worker task thread (None: the host's share)."""
+        return self._session.torch_threads
+
+    @torch_threads.setter
+    def torch_threads(self, n: int | None) -> None:
+        self._session.torch_threads = n
+
+    @property
+    def retries(self) -> int:
+        """Re-runs of a call that lost a worker (see ``retries=``)."""
+        return self._session.retries
+
+    @retries.setter
+    def retries(self, n: int) -> None:
+        self._session.retries = n
+
+    @property
     def dashboard_link(self) -> str | None:
-        """The Dask dashboard's address; None when it is off, or when this executor started
-        the cluster and bokeh is missing, which the dashboard needs (``pip install
-        graphexec[dashboard]``): Dask would give a link to a page that is not served."""
-        if not self._dashboard:
-            return None
-        if self._cluster is not None and importlib.util.find_spec("bokeh") is None:
-            return None
-        return self.client.dashboard_link
+        """Where the scheduler serves its pages: the dashboard (with bokeh installed, ``pip
+        install graphexec[dashboard]``; without it, Dask's page saying so), and its info pages,
+        health and metrics. None when nothing is served (``dashboard_address=None``). An
+        embedded cluster serves it on loopback only, unless ``dashboard_address`` names a host.
+        """
+        return self.client.dashboard_link if self._dashboard else None
 
     @property
     def sent_bytes(self) -> int:
@@ -246,7 +281,7 @@ class DaskExecutor(Executor):
         Weights travel by ``scatter``, counted in `scattered_nbytes`, not here.
         """
         comm = self.client.scheduler_comm
-        return (comm.byte_count if comm is not None else 0) + self._input_bytes
+        return (comm.byte_count if comm is not None else 0) + self._session.input_bytes
 
     @property
     def scattered_nbytes(self) -> int:
@@ -275,32 +310,8 @@ class DaskExecutor(Executor):
     # -- running ----------------------------------------------------------------------------
     def _execute(self, plan: Plan, env: dict[str, Any], events: list[TaskEvent] | None) -> None:
         reject_cuda("a graph input", env)
-        self._run_call(plan, [env], events, self.schedule)
-
-    def _run_call(self, plan, envs, events, schedule: str, whole: bool = False) -> None:
-        """Submit and finish one call; again (up to ``retries``) when data was lost."""
-        for attempt in range(self.retries + 1):
-            try:
-                with _ClusterErrors(self):
-                    call = self._submit_call(plan, envs, events is not None, schedule, whole)
-                    finish_call(self, call, envs, events)
-                return
-            except CancelledError:
-                if attempt == self.retries:
-                    raise
-                if events is not None:
-                    events.clear()
-                self._placer.live(refresh=True)
-
-    def _submit_call(self, plan, envs, profile: bool, schedule: str, whole: bool) -> _Call:
-        if self._lost is not None:
-            raise SchedulerUnreachableError(self._lost)
-        jobs, where, nodes, workers = self._placer.place(plan, whole)
-        modes = capture_modes()
-        return submit_call(
-            self, plan, jobs, where, nodes, workers, envs, profile, schedule,
-            Modes(False, modes.inference, modes.autocast),
-        )  # fmt: skip
+        opts = _options(events is not None, self.schedule, whole=False)
+        run_call(self._session, plan, [env], events, opts)
 
     def map(
         self,
@@ -358,28 +369,23 @@ class DaskExecutor(Executor):
         calls = max(1, (window or max(2, 2 * threads) * size) // size)  # chunks in flight
         bar = _progress(inputs, progress)
         flight: deque[tuple[_Call, list[dict[str, Any]]]] = deque()
+        opts = _options(False, "dataflow", whole)  # map: every job of a chunk at once
         try:
             for envs in chunks(p.graph, inputs, size):
-                with _ClusterErrors(self):
-                    flight.append((self._submit_call(p, envs, False, "dataflow", whole), envs))
+                flight.append((start_call(self._session, p, envs, opts), envs))
                 while len(flight) >= calls:
-                    yield from self._yield_oldest(p, flight, bar, whole)
+                    yield from self._yield_oldest(p, flight, bar, opts)
             while flight:
-                yield from self._yield_oldest(p, flight, bar, whole)
+                yield from self._yield_oldest(p, flight, bar, opts)
         finally:
             for call, _ in flight:
                 call.cancel()
             if bar is not None:
                 bar.close()
 
-    def _yield_oldest(self, plan: Plan, flight, bar, whole: bool) -> Iterator[Any]:
+    def _yield_oldest(self, plan: Plan, flight, bar, opts: CallOptions) -> Iterator[Any]:
         call, envs = flight.popleft()
-        try:
-            with _ClusterErrors(self):
-                finish_call(self, call, envs, None)
-        except CancelledError:  # its data was lost with a worker: run it again
-            self._placer.live(refresh=True)
-            self._run_call(plan, envs, None, "dataflow", whole)
+        finish_started(self._session, plan, call, envs, opts)  # run again if a worker was lost
         for env in envs:
             if bar is not None:
                 bar.update(1)
@@ -391,7 +397,18 @@ class DaskExecutor(Executor):
         if not self._finalizer.alive:
             return
         self._placer.clear()
+        self._release_keepers()
         self._finalizer()
+
+    def _release_keepers(self) -> None:
+        """Release the keepers (`dask_calls`) now: a client given to this executor forgets
+        them before `close` returns (Dask releases a future on its loop, later)."""
+        keepers = list(self._session.keepers.values())
+        self._session.keepers.clear()
+        for future in keepers:
+            future.release()
+        if keepers and self.client.status == "running":
+            self.client.sync(_on_the_loop)  # runs after the releases queued there
 
     def __repr__(self) -> str:
         where = "embedded LocalCluster" if self._cluster is not None else "joined"
@@ -399,6 +416,16 @@ class DaskExecutor(Executor):
             f"DaskExecutor({self.address!r}, {where}, schedule={self.schedule!r}, "
             f"placement={self._placer.kind!r})"
         )
+
+
+async def _on_the_loop() -> None:
+    """Nothing, on the client's event loop: what was queued there before it has run."""
+
+
+def _options(profile: bool, schedule: str, whole: bool) -> CallOptions:
+    """A call's options; its modes are the calling thread's, with grad off."""
+    modes = capture_modes()
+    return CallOptions(profile, schedule, whole, Modes(False, modes.inference, modes.autocast))
 
 
 def _start_guarded(n_workers: int, threads: int, processes: bool, *args: Any) -> Any:

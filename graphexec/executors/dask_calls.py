@@ -19,28 +19,44 @@ What it decides
 * **One gather.** The client waits on a call with a single ``gather`` of its waited jobs (it
   stops at the first error): no separate wait, so a call costs one round trip to collect.
 * **Errors.** The first error cancels and releases the call's futures, then is raised: a
-  `NodeError` naming the node, with the remote traceback; a lost input or weight copy as
-  ``CancelledError``, which the executor answers by placing again and re-running.
+  `NodeError` naming the node, with the remote traceback; a lost worker (a cancelled input or
+  weight copy, a scatter to a worker just gone) is answered by `run_call`: settle the worker
+  list, place again, re-run, up to the executor's ``retries`` (`dask_faults`). `map` submits
+  with `start_call` and finishes with `finish_started`, which re-run the same way.
+* **Dask's bookkeeping stays (nearly) flat.** The scheduler keeps a task group per key
+  prefix (a job's name) while any of its keys lives, and a *span* (a record of groups,
+  metrics and metadata, kept for the scheduler's life: dask/distributed#7977) per batch of
+  work. Jobs of every call used to make new groups and, each call, a new span: the process
+  hosting the embedded scheduler grew ~4 KiB per call. Every call of an executor now runs in
+  one span of its own (``Session.span``, unless the caller set a span) and the executor
+  holds a *keeper* per job name, a ``None`` scattered under a key of the job's group, so the
+  group lives on between calls: ~1.5 KiB per call remain, Dask's record of each submission
+  in the span's metadata.
+* **What a call needs of its executor** is a `Session`: the client, the scheduler's address,
+  the settings, and the counters that outlive calls. This module never sees the executor.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import CancelledError
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
+import dask
 import distributed
+from distributed.scheduler import KilledWorker
 
 from ..graph import Graph
 from ..plans import Plan
 from ..profile import TaskEvent
 from .base import Modes, bind_inputs
-from .dask_connect import SchedulerUnreachableError
+from .dask_faults import ClusterErrors, blame, gave_up, killed_error, lost_worker
 from .dask_jobs import (
     _Job,
     _JobEnv,
@@ -52,19 +68,22 @@ from .dask_jobs import (
     reject_cuda,
 )
 from .dask_jobs import nbytes as _nbytes
-
-if TYPE_CHECKING:
-    from .dask import DaskExecutor
-    from .dask_placement import Worker
+from .dask_placement import Worker, check_input_fits
+from .dask_placer import Placer
 
 __all__ = [
     "CHUNK_WORK",
     "EMBED_BELOW",
     "MAX_CHUNK",
     "SCATTER_ABOVE",
+    "CallOptions",
+    "Session",
     "auto_chunk",
     "chunks",
     "finish_call",
+    "finish_started",
+    "run_call",
+    "start_call",
     "submit_call",
 ]
 
@@ -78,6 +97,22 @@ EMBED_BELOW = 16 << 10
 CHUNK_WORK = 0.25
 #: ... and at most this many inputs (a chunk's inputs are held until it is done).
 MAX_CHUNK = 8
+
+
+@dataclass
+class Session:
+    """What calls need of their executor: client, placement state, settings, and the
+    counters the calls update."""
+
+    client: distributed.Client
+    address: str
+    placer: Placer
+    torch_threads: int | None = None
+    retries: int = 2
+    input_bytes: int = 0  # graph-input bytes scattered (not on the task stream)
+    lost: str | None = None  # why the cluster is gone, once it is
+    span: dict = field(default_factory=lambda: {"name": ("graphexec",), "ids": (uuid.uuid4().hex,)})
+    keepers: dict[str, distributed.Future] = field(default_factory=dict)  # job -> its keeper
 
 
 class _Call:
@@ -133,30 +168,38 @@ def chunks(graph: Graph, inputs: Iterable[Any], size: int) -> Iterator[list[dict
         yield envs
 
 
+@dataclass(frozen=True)
+class CallOptions:
+    """How a call runs: profiled or not, its schedule, whole-plan jobs (`map`), torch modes."""
+
+    profile: bool
+    schedule: str
+    whole: bool
+    modes: Modes
+
+
 def submit_call(
-    ex: DaskExecutor,
-    plan: Plan,
-    jobs: Mapping[str, _Job],
-    where: Mapping[str, str],
-    nodes: Mapping[tuple[str, str], distributed.Future],
-    workers: Mapping[str, Worker],
-    envs: Sequence[Mapping[str, Any]],
-    profile: bool,
-    schedule: str,
-    modes: Modes,
+    s: Session, plan: Plan, envs: Sequence[Mapping[str, Any]], opts: CallOptions
 ) -> _Call:
-    """Submit one job per entry of ``jobs``, each on ``where[job]``, over the inputs ``envs``.
+    """Place the call's jobs (`Placer.place`) and submit each on its worker, over ``envs``.
 
     See the module docstring.
     """
-    call = _Call(ex.client, uuid.uuid4().hex[:12], plan, jobs)
+    jobs, where, nodes, workers = s.placer.place(plan, opts.whole)
+    _keep_groups(s, jobs)
+    profile, schedule, modes = opts.profile, opts.schedule, opts.modes
+    call = _Call(s.client, uuid.uuid4().hex[:12], plan, jobs)
     graph_inputs = set(plan.graph.inputs)
-    given_all = [
-        _send_inputs(ex, call, env, graph_inputs, where, f"{call.token}-{i}")
-        for i, env in enumerate(envs)
-    ]
+    try:
+        given_all = [
+            _send_inputs(s, call, env, graph_inputs, (where, workers), f"{call.token}-{i}")
+            for i, env in enumerate(envs)
+        ]
+    except BaseException:
+        call.cancel()
+        raise
     producer = {n: j.name for j in jobs.values() for n in j.outputs}
-    job_envs = _job_envs(ex, workers, call.token if profile else None, modes)
+    job_envs = _job_envs(s, workers, call.token if profile else None, modes)
     levels: dict[int, list[str]] = {}
     for name, job in jobs.items():
         levels.setdefault(job.level, []).append(name)
@@ -165,7 +208,7 @@ def submit_call(
             for name in levels[level]:
                 job, w = jobs[name], where[name]
                 produced = {v: call.futures[producer[v]] for v in job.inputs if v in producer}
-                call.futures[name] = ex.client.submit(
+                call.futures[name] = s.client.submit(
                     _run_job,
                     job.tasks,
                     [nodes[(n, w)] for n in job.nodes],
@@ -190,21 +233,46 @@ def submit_call(
     return call
 
 
-def _job_envs(ex: DaskExecutor, workers: Mapping[str, Worker], token, modes) -> dict:
+def _in_span(s: Session) -> contextlib.AbstractContextManager:
+    """The executor's one Dask span, unless the caller runs under a span of its own."""
+    if "span" in dask.get_annotations():
+        return contextlib.nullcontext()
+    return dask.annotate(span=s.span)
+
+
+def _keep_groups(s: Session, jobs: Mapping[str, _Job]) -> None:
+    """Hold a keeper (``None`` under a key in the job's task group) for each job, so the
+    scheduler keeps the group, and its span, from call to call (see the module docstring)."""
+    missing = [j for j in jobs if (f := s.keepers.get(j)) is None or f.status != "finished"]
+    if missing:
+        token = uuid.uuid4().hex[:12]
+        sent = s.client.scatter({f"{j}-{token}": None for j in missing}, hash=False)
+        s.keepers.update({j: sent[f"{j}-{token}"] for j in missing})
+
+
+def _job_envs(s: Session, workers: Mapping[str, Worker], token, modes) -> dict:
     per_host = Counter()
     for w in workers.values():
         per_host[w.host] += w.nthreads
     pid = os.getpid()
     return {
-        a: _JobEnv(modes, token, ex.torch_threads, per_host[w.host], pid)
-        for a, w in workers.items()
+        a: _JobEnv(modes, token, s.torch_threads, per_host[w.host], pid) for a, w in workers.items()
     }
 
 
 def _send_inputs(
-    ex: DaskExecutor, call: _Call, env: Mapping[str, Any], graph_inputs: set[str], where, token
+    s: Session, call: _Call, env: Mapping[str, Any], graph_inputs: set[str], placed, token
 ) -> dict[str, Any]:
-    """Each graph input a job reads: the value itself, or the future of its copy sent apart."""
+    """Each graph input a job reads: the value itself, or the future of its copy sent apart.
+
+    ``placed`` is (job -> worker address, address -> `Worker`).
+
+    Raises
+    ------
+    PlacementError
+        If an input is bigger than ``FIT`` x the ``memory_limit`` of a worker reading it.
+    """
+    where, workers = placed
     readers: dict[str, list[str]] = {}
     for j in call.jobs.values():
         for v in j.inputs:
@@ -215,22 +283,23 @@ def _send_inputs(
     for v, names in readers.items():
         value = compact(env[v])
         size = _nbytes(value)
+        check_input_fits(v, size, [workers[where[n]] for n in names])
         if size > SCATTER_ABOVE:
             scatter.setdefault(where[names[0]], []).append((v, value, size))
         elif len(names) > 1 and size > EMBED_BELOW:
             key = f"{v}-{token}"
-            given[v] = ex.client.submit(_value, value, key=key, retries=0, pure=False)
+            given[v] = s.client.submit(_value, value, key=key, retries=0, pure=False)
             call.inputs.append(given[v])
         else:
             given[v] = value
     for w, items in scatter.items():
-        sent = ex.client.scatter(
+        sent = s.client.scatter(
             {f"{v}-{token}": value for v, value, _ in items}, workers=[w], hash=False
         )
         for v, _, size in items:
             given[v] = sent[f"{v}-{token}"]
             call.inputs.append(given[v])
-            ex._input_bytes += size
+            s.input_bytes += size
     return given
 
 
@@ -256,7 +325,7 @@ def _wait(call: _Call, futures: list[distributed.Future]) -> None:
 
 
 def finish_call(
-    ex: DaskExecutor, call: _Call, envs: Sequence[dict[str, Any]], events: list[TaskEvent] | None
+    s: Session, call: _Call, envs: Sequence[dict[str, Any]], events: list[TaskEvent] | None
 ) -> None:
     """Wait for a submitted call, put input *i*'s outputs into ``envs[i]``, events into ``events``.
 
@@ -264,7 +333,7 @@ def finish_call(
     waiting at the first error), so the first error cancels the rest of the call.
     """
     try:
-        results = ex.client.gather([call.futures[n] for n in call.waited])
+        results = s.client.gather([call.futures[n] for n in call.waited])
     except _RemoteNodeError as exc:
         call.cancel()
         raise exc.to_node_error() from exc.cause
@@ -276,35 +345,80 @@ def finish_call(
         for env, values in zip(envs, rows, strict=True):
             env.update({v: values[v] for v in outputs})
     if events is not None:
-        for evs in ex.client.run(_pop_events, call.token).values():
+        for evs in s.client.run(_pop_events, call.token).values():
             events.extend(evs)
     call.release()
 
 
-class _ClusterErrors:
-    """Turn "the scheduler is gone" (cancelled futures, closed comms) into one clear error.
+class _Attempts:
+    """The re-runs of one call: how many, and which jobs dying workers were running."""
 
-    Once the client has lost its scheduler every later call raises the same error at once:
-    the scheduler's state (weights, placements) is gone with it; make a new executor.
-    """
+    def __init__(self, s: Session, plan: Plan):
+        self.s, self.plan = s, plan
+        self.runs = 0
+        self.deaths: Counter = Counter()
 
-    def __init__(self, ex: DaskExecutor):
-        self.ex = ex
+    def again(self, exc: BaseException, call: _Call | None) -> bool:
+        """True to re-run after ``exc`` (workers settled); False to raise ``exc`` as it is.
 
-    def __enter__(self) -> None:
-        if self.ex._lost is not None:
-            raise SchedulerUnreachableError(self.ex._lost)
-
-    def __exit__(self, kind, exc, tb) -> bool:
-        if exc is None or not isinstance(exc, (OSError, CancelledError, TimeoutError)):
+        Raises `NodeError` for a job blamed for its workers' deaths, and `WorkerLostError`
+        past ``retries``.
+        """
+        if isinstance(exc, KilledWorker):
+            raise killed_error(exc, self.plan) from None
+        if not isinstance(exc, Exception) or not lost_worker(exc):
             return False
-        if isinstance(exc, SchedulerUnreachableError) or self.ex.client.status == "running":
-            return False
-        self.ex._lost = (
-            f"DaskExecutor: lost the Dask scheduler at {self.ex.address} (client "
-            f"{self.ex.client.status}); the cluster is gone: create a new DaskExecutor"
-        )
-        raise SchedulerUnreachableError(self.ex._lost) from exc
+        if call is not None:
+            blamed = blame(self.s.client, call.token, call.jobs, self.deaths)
+            if blamed is not None:
+                raise blamed from None
+        self.runs += 1
+        with ClusterErrors(self.s):  # the scheduler may be what went away
+            live = len(self.s.placer.settle())
+        if self.runs > self.s.retries:
+            raise gave_up(self.plan.graph.name, self.runs, exc, live) from exc
+        return True
+
+
+def start_call(s: Session, plan: Plan, envs, opts: CallOptions, tries: _Attempts | None = None):
+    """`submit_call`, again on the settled workers while a worker lost stops it."""
+    tries = tries or _Attempts(s, plan)
+    while True:
+        try:
+            with ClusterErrors(s), _in_span(s):
+                return submit_call(s, plan, envs, opts)
+        except BaseException as exc:
+            if not tries.again(exc, None):
+                raise
+
+
+def run_call(s: Session, plan: Plan, envs, events, opts: CallOptions, tries=None) -> None:
+    """Submit and finish one call; place and run it again after a lost worker (see above)."""
+    tries = tries or _Attempts(s, plan)
+    while True:
+        call = start_call(s, plan, envs, opts, tries)
+        try:
+            with ClusterErrors(s):
+                finish_call(s, call, envs, events)
+            return
+        except BaseException as exc:
+            if not tries.again(exc, call):
+                raise
+            if events is not None:
+                events.clear()
+
+
+def finish_started(s: Session, plan: Plan, call: _Call, envs, opts: CallOptions) -> None:
+    """`finish_call` of a call `start_call` submitted; run it again if a worker was lost."""
+    tries = _Attempts(s, plan)
+    try:
+        with ClusterErrors(s):
+            finish_call(s, call, envs, None)
+        return
+    except BaseException as exc:
+        if not tries.again(exc, call):
+            raise
+    run_call(s, plan, envs, None, opts, tries)
 
 
 def _progress(inputs: Any, enabled: bool) -> Any:

@@ -27,6 +27,7 @@ by the worker's task threads, hence `_EVENTS_LOCK`.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import threading
@@ -200,7 +201,10 @@ def _run_job(
     through `run_task`; each input's values are dropped before the next starts.
     """
     _use_threads(env)
-    lookup = {c.node.name: c.node for c in nodes}
+    _quiet_node_errors()
+    lookup: dict[str, Any] = {v: _Elsewhere(True) for row in given[:1] for v in row}
+    lookup.update({v: _Elsewhere(False) for v in produced})
+    lookup.update({c.node.name: c.node for c in nodes})
     events: list[TaskEvent] | None = [] if env.token is not None else None
     lane = _worker_address()
     results = []
@@ -212,17 +216,61 @@ def _run_job(
                 values.update(run_task(task, lookup, values, env.modes, events, lane))
             results.append({v: values[v] for v in outputs})
     except NodeError as err:
-        tb = "".join(traceback.format_exception(err.__cause__ or err))
-        cause = err.__cause__
-        try:  # the original exception travels too, when the client will be able to rebuild it
-            pickle.loads(pickle.dumps(cause))
-        except Exception:
-            cause = None
-        raise _RemoteNodeError(err.node, err.task, str(err), lane, tb, cause) from None
+        remote = _remote_error(err, lane)
+    else:
+        remote = None
+    if remote is not None:  # raised outside the handler: no chain to the unpicklable cause
+        raise remote
     if events:
         with _EVENTS_LOCK:
             _EVENTS.setdefault(env.token, []).extend(events)
     return results
+
+
+@dataclass(frozen=True)
+class _Elsewhere:
+    """A value a job reads from a graph input or from another job, in the job's node lookup:
+    `run_task` asks of it only whether it is a graph input (to blame a ``None`` it reads on
+    the node that returned it, as the local executors do)."""
+
+    is_input: bool
+
+
+def _remote_error(err: NodeError, lane: str) -> _RemoteNodeError:
+    """``err`` as it can cross to the client: Dask pickles an exception with its whole chain
+    (``__cause__`` and ``__context__``, through tblib), and an exception that does not pickle
+    reached the client as a bare ``Exception``. So the original travels only when it survives a
+    round trip, and the error carries no chain."""
+    cause = err.__cause__
+    tb = "".join(traceback.format_exception(cause or err))
+    try:
+        pickle.loads(pickle.dumps(cause))
+    except Exception:
+        cause = None
+    if cause is not None:
+        cause.__context__ = cause.__cause__ = None  # pickled with it otherwise
+        cause.__traceback__ = None
+    return _RemoteNodeError(err.node, err.task, str(err), lane, tb, cause)
+
+
+_QUIET = threading.Lock()
+_quieted = False
+
+
+def _quiet_node_errors() -> None:
+    """Keep the worker from logging Dask's ``Compute Failed`` block for a node's error: the
+    client raises it as one `NodeError`, with the same traceback (once per process)."""
+    global _quieted
+    with _QUIET:
+        if not _quieted:
+            logging.getLogger("distributed.worker").addFilter(_not_a_node_error)
+            _quieted = True
+
+
+def _not_a_node_error(record: logging.LogRecord) -> bool:
+    args = record.args if isinstance(record.args, tuple) else ()
+    ours = len(args) > 3 and "_RemoteNodeError(" in str(args[3])
+    return not (ours and str(record.msg).startswith("Compute Failed"))
 
 
 def _value(value: Any) -> Any:

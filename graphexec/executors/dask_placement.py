@@ -29,7 +29,8 @@ What it decides
 * **Memory pre-flight.** Before anything is sent, the weights a worker would hold are checked
   against ``FIT`` x its ``memory_limit`` (Dask's default pause threshold: above it a worker
   stops running tasks). Replicated weights that do not fit raise `PlacementError` naming the
-  biggest nodes and suggesting ``placement="shard"``.
+  biggest nodes and suggesting ``placement="shard"``. Each graph input is checked the same
+  way against the workers that read it (`check_input_fits`).
 
 A job is the unit of placement: a fused chain is one task, so it lives on one worker. Plan with
 ``fuse_chains=False`` to shard a chain layer by layer.
@@ -37,6 +38,7 @@ A job is the unit of placement: a fused chain is one task, so it lives on one wo
 
 from __future__ import annotations
 
+import re
 import threading
 import uuid
 import weakref
@@ -45,15 +47,57 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import distributed
+import torch
 
 from ..graph import Graph, Node, state_tensors
 from ..plans import Plan
 from .dask_jobs import _Job, _NodeCopy, fingerprint, reject_cuda, state_nbytes
 
-__all__ = ["FIT", "PlacementError", "WeightStore", "Worker"]
+__all__ = [
+    "FIT",
+    "PlacementError",
+    "WeightStore",
+    "Worker",
+    "WorkerImportError",
+    "check_input_fits",
+]
 
 #: Weights may fill at most this fraction of a worker's ``memory_limit``.
 FIT = 0.8
+
+
+class WorkerImportError(ImportError):
+    """A worker cannot import a module that a node's function or class lives in."""
+
+
+_NO_MODULE = re.compile(r"No module named '([^']+)'")
+
+
+def _missing_module(exc: BaseException) -> str | None:
+    """The module a worker could not import, from Dask's error (a bare ``Exception`` carrying
+    the worker's ``ModuleNotFoundError`` as text), else None."""
+    found = _NO_MODULE.search(str(exc))
+    return found.group(1) if found else None
+
+
+def _modules_of(fn: Any) -> set[str]:
+    """Modules whose classes or functions pickling ``fn`` refers to by name."""
+    if isinstance(fn, torch.nn.Module):
+        return {type(m).__module__ for m in fn.modules()}
+    return {getattr(fn, "__module__", None) or type(fn).__module__}
+
+
+def _import_error(worker: str, module: str, nodes: Mapping[str, Node]) -> WorkerImportError:
+    top = module.split(".")[0]
+    users = sorted(n for n, node in nodes.items() if any(
+        m == module or m.split(".")[0] == top for m in _modules_of(node.fn)))  # fmt: skip
+    who = ", ".join(f"'{n}'" for n in users) or "a node"
+    return WorkerImportError(
+        f"DaskExecutor: worker {worker} cannot import module '{module}', which node {who} "
+        f"needs (the class or function is sent by name). Install '{top}' on the workers, send "
+        f"the file with ex.client.upload_file('{top}.py'), or define the class in the script "
+        "you run (its __main__ is sent by value)"
+    )
 
 
 class PlacementError(ValueError):
@@ -104,6 +148,20 @@ def check_replicated_fit(plan: Plan, workers: Sequence[Worker]) -> None:
         + ", ".join(f"'{n}' ({_mib(sizes[n])})" for n in biggest)
         + '. Use placement="shard" to spread the nodes over the workers, or bigger workers.'
     )
+
+
+def check_input_fits(name: str, size: int, readers: Sequence[Worker]) -> None:
+    """Raise `PlacementError` if graph input ``name`` (``size`` bytes) does not fit ``FIT`` x
+    the ``memory_limit`` of a worker that reads it: sent anyway, it got the worker restarted by
+    its nanny and the call failed with a closed connection."""
+    for w in readers:
+        if w.memory_limit and size > FIT * w.memory_limit:
+            raise PlacementError(
+                f"DaskExecutor: graph input '{name}' is {_mib(size)}, and worker {w.address} "
+                f"that reads it has memory_limit {_mib(w.memory_limit)} (an input may use "
+                f"{FIT:.0%} of it): split the batch (map() over smaller inputs), or use "
+                "bigger workers"
+            )
 
 
 def spread(
@@ -276,9 +334,15 @@ class WeightStore:
     def _scatter(self, worker: str, nodes: Mapping[str, Node]):
         token = uuid.uuid4().hex[:8]
         keys = {f"weights-{n}-{token}": n for n in nodes}
-        sent = self.client.scatter(
-            {k: _NodeCopy(nodes[n]) for k, n in keys.items()}, workers=[worker], hash=False
-        )
+        try:
+            sent = self.client.scatter(
+                {k: _NodeCopy(nodes[n]) for k, n in keys.items()}, workers=[worker], hash=False
+            )
+        except Exception as exc:
+            module = _missing_module(exc)
+            if module is None:
+                raise
+            raise _import_error(worker, module, nodes) from None
         for k, n in keys.items():
             self._held[nodes[n]].copies[worker] = sent[k]
             self.scatters += 1

@@ -81,7 +81,8 @@ def test_node_error_in_a_chunk_names_the_node_and_cancels_the_rest(dask_client):
     with DaskExecutor(client=dask_client, retries=0) as ex:
         with pytest.raises(gx.NodeError, match="node 'check'"):
             list(ex.map(g, items, chunk=4, progress=False))
-        assert not [k for k in dask_client.futures if str(k).startswith("fails_sometimes")]
+        kept = {f.key for f in ex._session.keepers.values()}  # held on purpose (dask_calls)
+        assert set(k for k in dask_client.futures if str(k).startswith("fails_sometimes")) <= kept
         with pytest.raises(ValueError, match="chunk and window must be >= 1"):
             list(ex.map(g, items, chunk=-1, progress=False))
 
