@@ -7,6 +7,7 @@ gradients; a graph that cannot be planned runs as Dynamo gave it, with a warning
 from __future__ import annotations
 
 import copy
+import dataclasses
 import random
 
 import pytest
@@ -94,7 +95,8 @@ def test_random_branches_equal_eager_outputs_and_gradients(seed, graph_break, mo
 def test_a_plan_that_does_not_win_hands_dynamos_graph_back(check):
     """Nothing to overlap: Dynamo gets its own ``forward`` back, so no graphexec code runs
     per call (what ``backend="eager"`` returns). Measured, the trial against the graph says
-    so first; untried, the plan is known to run the same ops one after another."""
+    so first; untried, the plan is known to run the same ops one after another. At one
+    intra-op thread, so that no thread budget (which the executor honours) is in play."""
     model = nn.Sequential(nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 4))
     returned = []
 
@@ -105,7 +107,12 @@ def test_a_plan_that_does_not_win_hands_dynamos_graph_back(check):
 
     backend = gx.compile_backend(executor="threads", repeats=2, check=check)
     x = torch.randn(8, 16)
-    torch.testing.assert_close(torch.compile(model, backend=spy)(x), model(x))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.testing.assert_close(torch.compile(model, backend=spy)(x), model(x))
+    finally:
+        torch.set_num_threads(before)
     ((fn, gm),) = returned
     assert fn == gm.forward and fn.__self__ is gm
     assert fn.__name__ == "forward"  # the generated code, not the lazy stub Dynamo made
@@ -114,6 +121,21 @@ def test_a_plan_that_does_not_win_hands_dynamos_graph_back(check):
     if not check:
         assert "same ops one after another" in graph.handed_back
     assert "runs as Dynamo gave it" in repr(graph)
+
+
+def test_a_plan_with_a_thread_budget_is_not_handed_back():
+    """A measured thread budget runs through the executor, which honours it: Dynamo's graph
+    would run at the caller's threads, throwing the budget away (the module as it is too)."""
+    g = gx.Graph("chain")
+    g.output(g.node("a", nn.Linear(4, 4), g.input("x")))
+    p = gx.plan(g)
+    with gx.ThreadExecutor() as threads, gx.SequentialExecutor() as inline:
+        for q in (p, dataclasses.replace(p, as_is=g.nodes["a"].fn, decisions=(
+                "runs the traced module as it is: measured",))):
+            assert gx.dynamo._why_as_is(q, g, threads) is not None
+            budgeted = dataclasses.replace(q, thread_budget=1)
+            assert gx.dynamo._why_as_is(budgeted, g, threads) is None
+            assert gx.dynamo._why_as_is(budgeted, g, inline) is None
 
 
 def test_registered_name_and_options():
