@@ -40,6 +40,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from .budget import recheck
@@ -147,6 +148,8 @@ class GraphModule(nn.Module):
             with self._lock:
                 if self._plan is None:
                     self._measured_plan(self._inputs(args, kwargs))
+        if not self.executor.keeps_autograd and torch.is_grad_enabled():
+            self._refuse_training()
         p, watch = self.plan, self._watch
         if watch is None or not p.measured or not self.executor.honours_budget:
             return self.executor.run(p, *args, **kwargs)
@@ -156,6 +159,18 @@ class GraphModule(nn.Module):
         if why is not None:
             self._recheck(args, kwargs, why)
         return out
+
+    def _refuse_training(self) -> None:
+        """Outputs of an executor that keeps no autograd history (Dask) would train nothing:
+        say so rather than return them silently."""
+        trained = next((n for n, t in self.named_parameters() if t.requires_grad), None)
+        if trained is not None:
+            raise RuntimeError(
+                f"GraphModule '{self.graph.name}': the {self.executor.name} executor returns "
+                f"outputs without autograd history, so parameter '{trained}' (requires_grad) "
+                "would get no gradient. Train with executor='threads' (or 'sequential'); for "
+                "inference, call under torch.no_grad() or torch.inference_mode()."
+            )
 
     def _inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
         env = bind_inputs(self.graph, args, kwargs)

@@ -328,6 +328,9 @@ class Executor:
     #: Whether `run` honours ``plan.thread_budget`` (in-process executors do; a remote
     #: executor's workers keep their own settings).
     honours_budget = False
+    #: Whether outputs carry autograd history back to the caller's parameters (in-process
+    #: executors: yes; Dask computes on workers and sends plain tensors back).
+    keeps_autograd = True
 
     def run(self, plan: Plan | Graph, *args: Any, profile: bool = False, **kwargs: Any) -> Any:
         """Run ``plan`` on the given graph inputs.

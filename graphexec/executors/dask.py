@@ -184,6 +184,8 @@ class DaskExecutor(Executor):
     torch.Size([3, 4])
     """
 
+    keeps_autograd = False  # workers compute on copies: outputs come back without history
+
     name = "dask"
 
     def __init__(

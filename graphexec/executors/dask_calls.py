@@ -429,4 +429,4 @@ def _progress(inputs: Any, enabled: bool) -> Any:
     except ImportError:  # pragma: no cover - tqdm is optional
         return None
     total = len(inputs) if hasattr(inputs, "__len__") else None
-    return tqdm(total=total, desc="graphexec dask map", unit="input")
+    return tqdm(total=total, desc="graphexec dask map", unit=" input")

@@ -198,6 +198,25 @@ def test_embedded_cluster_via_graph_module_is_closed():
 
 
 @pytest.mark.slow
+def test_graph_module_on_dask_refuses_to_train_silently(dask_client):
+    """Dask sends plain tensors back: a forward with grad on and trainable parameters would
+    return outputs that train nothing. It is refused, naming a parameter and the way out;
+    under no_grad, or with frozen parameters, it runs."""
+    g = diamond()
+    x = torch.randn(3, D)
+    expected = gx.SequentialExecutor().run(gx.plan(g), x)
+    with DaskExecutor(client=dask_client) as ex:
+        gm = gx.GraphModule(g, executor=ex, measure=False)
+        with pytest.raises(RuntimeError, match=r"without autograd history.*'nodes\.\w+\."
+                           r"weight'.*executor='threads'"):  # fmt: skip
+            gm(x)
+        with torch.no_grad():
+            assert_same(gm(x), expected)
+        gm.requires_grad_(False)
+        assert_same(gm(x), expected)
+
+
+@pytest.mark.slow
 def test_embedded_cluster_closed_when_the_block_raises():
     before = descendants()
     ex = DaskExecutor(n_workers=1, dashboard_address=None)
