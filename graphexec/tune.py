@@ -64,9 +64,9 @@ from .budget import concurrency_pays, lanes, recheck, shape_step
 from .executors.base import BudgetLanes
 from .executors.sequential import SequentialExecutor
 from .executors.threads import ThreadExecutor
+from .gputime import time_nodes_cuda, uses_cuda
 from .graph import Graph, expect_graph
 from .hfuse import has_candidates, horizontal_fuse
-from .gputime import time_nodes_cuda, uses_cuda
 from .interpret import bind_inputs, compute_order, time_nodes, time_nodes_beside
 from .planner import INLINE_BELOW, arrange
 from .plans import Plan
