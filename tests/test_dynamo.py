@@ -130,8 +130,12 @@ def test_a_plan_with_a_thread_budget_is_not_handed_back():
     g.output(g.node("a", nn.Linear(4, 4), g.input("x")))
     p = gx.plan(g)
     with gx.ThreadExecutor() as threads, gx.SequentialExecutor() as inline:
-        for q in (p, dataclasses.replace(p, as_is=g.nodes["a"].fn, decisions=(
-                "runs the traced module as it is: measured",))):
+        for q in (
+            p,
+            dataclasses.replace(
+                p, as_is=g.nodes["a"].fn, decisions=("runs the traced module as it is: measured",)
+            ),
+        ):
             assert gx.dynamo._why_as_is(q, g, threads) is not None
             budgeted = dataclasses.replace(q, thread_budget=1)
             assert gx.dynamo._why_as_is(budgeted, g, threads) is None

@@ -173,9 +173,7 @@ def test_nodes_named_like_module_methods_are_registered():
     a = g.node("to", nn.Linear(W, W), x)
     g.output(g.node("float", nn.Linear(W, W), g.node("keys", nn.Linear(W, W), a)))
     gm = gx.GraphModule(g, "sequential")
-    assert {"nodes.to_.weight", "nodes.float_.weight", "nodes.keys_.weight"} <= set(
-        gm.state_dict()
-    )
+    assert {"nodes.to_.weight", "nodes.float_.weight", "nodes.keys_.weight"} <= set(gm.state_dict())
     x = torch.randn(4, W)
     expected = g.nodes["float"].fn(g.nodes["keys"].fn(g.nodes["to"].fn(x)))
     torch.testing.assert_close(gm(x), expected)

@@ -74,4 +74,3 @@ def test_a_reference_slowed_by_what_a_candidate_leaves_running_is_said():
         "eager",
     )  # fmt: skip
     assert "eager ran 5.0x slower beside dask than beside the others" in text
-
