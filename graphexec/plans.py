@@ -144,6 +144,11 @@ class Plan:
                 f"{line}, amdahl bound {self.amdahl:.2f}x, widest level "
                 f"{_count(self.max_width, 'dispatched task')}"
             )
+        if self.as_is is not None:
+            return (
+                f"{line}; runs the module it was traced from as it is, as measurements chose "
+                "(the levels above are the best plan, which it beat)"
+            )
         if self.serial_reason:
             return (
                 f"{line}; runs inline, one task after another, as measurements chose "

@@ -151,6 +151,14 @@ def test_a_plan_that_chose_to_run_inline_does_not_claim_why_in_its_totals(trace)
     assert f"runs inline: {chose.serial_reason}" in str(chose), "the reason follows in full"
 
 
+def test_a_plan_that_runs_the_module_as_it_is_says_that_in_its_totals(trace):
+    """Not 'runs inline, one task after another': the plan's tasks do not run at all."""
+    as_is = dataclasses.replace(trace.plan, as_is=lambda *xs: xs, serial_reason="(measured)")
+    totals = as_is.totals()
+    assert "runs the module it was traced from as it is" in totals
+    assert "one task after another" not in totals
+
+
 def test_summary_compares_with_eager_when_told(trace):
     assert "eager" not in trace.summary()
     faster = trace.summary(eager=trace.wall * 2)
