@@ -377,9 +377,9 @@ def _source_step(
     """The best plan against the module the graph was traced from, side by side, at the
     plan's thread budget: the module as it is wins unless the plan takes at most ``margin``
     of its time; a plan with no lever of its own (the module's ops one after another, at the
-    caller's threads) must beat the module by `GAIN`, as every decision must. Where the plan must beat the module
-    (``margin`` below 1, as the
-    ``torch.compile`` backend asks), a win must hold in a second trial; a plan of the same
+    caller's threads) must beat the module by `GAIN`, as every decision must. Where the plan
+    must beat the module (``margin`` below 1, as the ``torch.compile`` backend asks), a win
+    must hold in a second trial; a plan of the same
     ops faster than overlapping them could be is re-run, and then set aside."""
     runner = ThreadExecutor() if p.parallel or p.compiled else SequentialExecutor()
     module = dataclasses.replace(p, as_is=source, compiled=None,
