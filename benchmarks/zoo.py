@@ -70,49 +70,25 @@ SEQ = 32
 HIDDEN = dict(hidden_size=128, num_attention_heads=2, intermediate_size=256, num_hidden_layers=2)
 VOCAB = 1000
 
-_TORCHVISION_SCHEMAS: Any = None  # the torch.library.Library holding them (see below)
-
-
 def prepare_torchvision() -> None:
     """Let ``import torchvision`` succeed when its C++ extension cannot load.
 
-    PyPI's Linux wheel of torchvision 0.28.0 (the release for torch 2.13) is a CUDA build: its
-    ``_C.so`` links ``libtorch_cuda.so`` and ``libc10_cuda.so``, which the CPU wheel of torch
-    does not ship, so loading it fails. torchvision expects that (``extension._has_ops()`` is
-    then False and e.g. ``torchvision.ops.nms`` raises "Couldn't load custom C++ ops"), but
-    ``torchvision/_meta_registrations.py`` registers fake kernels for ``torchvision::nms`` and
-    ``torchvision::qnms`` unguarded, and registering a kernel for an operator that was never
-    defined raises ``RuntimeError: operator torchvision::nms does not exist`` at import. timm
-    imports torchvision, and transformers' vision models import timm or torchvision, so all
-    three fail.
-
-    Defining those two schemas (no kernels) before the import lets the registrations through;
-    the models are pure Python and never call them, and calling one still fails loudly. Does
-    nothing when the extension loads (a matching CPU build), when torchvision is absent or
-    already imported, or the second time.
+    PyPI's Linux wheel of torchvision 0.28.0 (the release for torch 2.13) is a CUDA build whose
+    ``_C.so`` cannot load beside the CPU wheel of torch, and its meta registrations then fail
+    the import ("operator torchvision::nms does not exist"); timm and transformers' vision
+    models import it. ``tools/torchvision_hook.py`` (which ``make`` links into the venv, and
+    whose docstring says why in full) defines the two schemas those registrations need; this
+    runs the same definition for a process started without the hook. Does nothing when the
+    extension loads, when torchvision is absent or already imported, or the second time.
     """
-    global _TORCHVISION_SCHEMAS
-    if _TORCHVISION_SCHEMAS is not None or "torchvision" in sys.modules:
+    if "torchvision" in sys.modules:
         return
     spec = importlib.util.find_spec("torchvision")
-    if spec is None or spec.origin is None or _extension_loads(Path(spec.origin).parent):
+    if spec is None or spec.origin is None:
         return
-    lib = torch.library.Library("torchvision", "FRAGMENT")
-    for op in ("nms", "qnms"):  # the schemas torchvision's _C.so defines
-        lib.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    _TORCHVISION_SCHEMAS = lib  # definitions live as long as the Library object
+    from tools.torchvision_hook import define_missing_ops
 
-
-def _extension_loads(package: Path) -> bool:
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        lib = package / f"_C{suffix}"
-        if lib.exists():
-            try:
-                torch.ops.load_library(str(lib))  # what torchvision itself does first
-                return True
-            except OSError:
-                return False
-    return False
+    define_missing_ops(Path(spec.origin).parent)
 
 
 def import_zoo() -> tuple[ModuleType, ModuleType, ModuleType]:
