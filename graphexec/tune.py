@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import gc
 import logging
 import statistics
@@ -382,8 +383,14 @@ def _source_step(
     must hold in a second trial; a plan of the same
     ops faster than overlapping them could be is re-run, and then set aside."""
     runner = ThreadExecutor() if p.parallel or p.compiled else SequentialExecutor()
-    module = dataclasses.replace(p, as_is=source, compiled=None,
+    # the module at the caller's threads, and at the plan's budget where it has one: a budget
+    # that won for the plan's ops need not win for the module's (an exported Qwen2's aten plan
+    # kept one thread, and its module run at one thread took 1.30x of eager)
+    module = dataclasses.replace(p, as_is=source, compiled=None, thread_budget=None,
                                  serial_reason=p.serial_reason or "(being tried)")  # fmt: skip
+    modules = {"module": module}
+    if p.thread_budget is not None:
+        modules[_AT_BUDGET] = dataclasses.replace(module, thread_budget=p.thread_budget)
     with runner, SequentialExecutor() as inline, torch.no_grad():
         try:
             same = _same(source(*example_inputs), runner.run(p, *example_inputs))
@@ -392,7 +399,8 @@ def _source_step(
         if not same:
             return p
         runs = {"plan": lambda: runner.run(p, *example_inputs),
-                "module": lambda: inline.run(module, *example_inputs)}  # fmt: skip
+                **{k: functools.partial(inline.run, m, *example_inputs)
+                   for k, m in modules.items()}}  # fmt: skip
         same_ops = p.compiled is None and p.graph is graph
         # a plan with no lever of its own (nothing overlapped, fused, compiled or run at a
         # thread budget) runs the module's ops one after another: it must beat the module,
@@ -401,21 +409,27 @@ def _source_step(
         # ResNet-18, and exported BERT's aten plan, kept on a near tie, 1.09x)
         lever = p.parallel or p.thread_budget is not None or not same_ops
         if margin < 1 or not lever:
-            runs = {"module": runs["module"], "plan": runs["plan"]}
+            runs = {**{k: runs[k] for k in modules}, "plan": runs["plan"]}
         outcome = trials.decide(
             runs, gain=margin if margin < 1 else 1 / margin if lever else trials.GAIN,
-            floors={"plan": ("module", 0.9 / lanes())} if same_ops else None,
-            words={"plan": "the plan", "module": "the traced module as it is"},
+            # the same ops at the same thread count cannot run faster than overlap allows
+            floors={"plan": (list(modules)[-1], 0.9 / lanes())} if same_ops else None,
+            words={"plan": "the plan", "module": "the traced module as it is",
+                   _AT_BUDGET: "the traced module at the plan's thread budget"},
             warm=p.thread_budget is None,  # both just ran (on the caller) to compare outputs
         )  # fmt: skip
-    return _source_written(p, module, source, outcome)
+    return _source_written(p, modules, source, outcome)
+
+
+_AT_BUDGET = "module at the budget"
 
 
 def _source_written(
-    p: Plan, module: Plan, source: Callable[..., Any], outcome: trials.Outcome
+    p: Plan, modules: Mapping[str, Plan], source: Callable[..., Any], outcome: trials.Outcome
 ) -> Plan:
-    ratio = outcome.ratios["plan"] / outcome.ratios["module"]
-    aside = outcome.aside.get("plan") or outcome.aside.get("module")
+    ref = "module" if outcome.pick == "plan" else outcome.pick
+    ratio = outcome.ratios["plan"] / outcome.ratios[ref]
+    aside = outcome.aside.get("plan") or outcome.aside.get(ref)
     if outcome.pick == "plan":
         line = f"the plan ran {_ran(ratio, 'the traced module as it is')} (measured): kept"
         if aside:
@@ -425,9 +439,14 @@ def _source_written(
     why = f"{_ran(ratio, 'it')} ({format_seconds(outcome.seconds_of('plan'))}; measured)"
     if aside:
         why += f"; {aside}"
+    chosen = modules[ref]
+    if p.thread_budget is not None:  # say which of the two ways the module was kept
+        where = ("on a pool thread at the plan's budget" if chosen.thread_budget is not None
+                 else "at the caller's threads")  # fmt: skip
+        why += f"; the module ran best {where}"
     line = f"runs the traced module as it is: the best plan ran {why}"
-    return dataclasses.replace(module, serial_reason=p.serial_reason or line,
-                               call_seconds=outcome.seconds_of("module"),
+    return dataclasses.replace(chosen, serial_reason=p.serial_reason or line,
+                               call_seconds=outcome.seconds_of(ref),
                                decisions=(*p.decisions, line))  # fmt: skip
 
 

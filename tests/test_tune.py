@@ -5,6 +5,7 @@ Every decision that can lose is tried end to end; whichever way it goes, outputs
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import types
@@ -218,6 +219,29 @@ def test_a_plan_must_beat_its_module_within_what_overlap_can_do(monkeypatch, pla
     assert (p.as_is is None) == kept, p.decisions
     if not kept:
         assert "disturbed measurement" in p.decisions[-1]
+
+
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs two intra-op threads")
+def test_the_module_as_it_is_is_tried_at_the_callers_threads_too(monkeypatch):
+    """A plan with a one-thread budget is compared with its module at that budget and at the
+    caller's threads: a budget that won for the plan's ops need not win for the module's (the
+    old step ran the module only at the plan's budget and kept a plan the module beat)."""
+    clock = {"now": 0.0}
+
+    def costs(at_one, at_caller):
+        def fn(x):
+            clock["now"] += at_one if torch.get_num_threads() == 1 else at_caller
+            return x
+
+        return fn
+
+    monkeypatch.setattr(trials, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
+    g = gx.Graph("budgeted")
+    g.output(g.node("n", costs(2.0, 2.0), g.input("x")))
+    budgeted = dataclasses.replace(gx.plan(g), thread_budget=1)
+    p = tune._source_step(budgeted, g, costs(3.0, 1.0), (torch.ones(2),), tune.SOURCE_MARGIN)
+    assert p.as_is is not None and p.thread_budget is None, p.decisions
+    assert "the module ran best at the caller's threads" in p.decisions[-1]
 
 
 def test_slow_planning_says_what_it_measures(monkeypatch, caplog):
