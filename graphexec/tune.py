@@ -79,6 +79,9 @@ __all__ = ["GAIN", "SOURCE_MARGIN", "plan", "recheck", "trial", "trial_twice"]
 OVERLAP_GAIN = GAIN  # the name before every decision shared one margin
 #: The traced module is run as it is when the best plan takes longer than this share of it.
 SOURCE_MARGIN = 1.03
+#: A plan with no lever of its own (the module's ops one after another at the caller's
+#: threads) is kept only when it takes below this share of the module's time.
+NO_LEVER_GAIN = GAIN
 #: Planning that takes longer than this many seconds says what it is measuring (logging).
 SLOW_PLANNING = 2.0
 
@@ -411,7 +414,7 @@ def _source_step(
         if margin < 1 or not lever:
             runs = {**{k: runs[k] for k in modules}, "plan": runs["plan"]}
         outcome = trials.decide(
-            runs, gain=margin if margin < 1 else 1 / margin if lever else trials.GAIN,
+            runs, gain=margin if margin < 1 else 1 / margin if lever else NO_LEVER_GAIN,
             # the same ops at the same thread count cannot run faster than overlap allows
             floors={"plan": (list(modules)[-1], 0.9 / lanes())} if same_ops else None,
             words={"plan": "the plan", "module": "the traced module as it is",

@@ -165,6 +165,8 @@ def test_trace_drops_tracer_dead_nodes_quietly_and_keeps_in_place_writes():
 @pytest.mark.parametrize("margin", [0.0, 100.0])  # the module always wins / never wins
 def test_traced_module_as_it_is_is_tried_and_equals_eager(monkeypatch, margin):
     monkeypatch.setattr(tune, "SOURCE_MARGIN", margin)
+    monkeypatch.setattr(tune, "NO_LEVER_GAIN", margin or tune.NO_LEVER_GAIN)  # a plan of the
+    # module's own ops, no lever of its own, is kept when it takes below this share of it
     m = _Model()
     g = gx.trace(m)
     assert g.source is m
