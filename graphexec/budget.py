@@ -37,7 +37,7 @@ from .executors.threads import ThreadExecutor
 from .plans import Plan
 from .units import format_seconds, speed_words
 
-__all__ = ["Shape", "concurrency_pays", "recheck", "shape_step", "shapes"]
+__all__ = ["Shape", "concurrency_pays", "one_thread_may_pay", "recheck", "shape_step", "shapes"]
 
 ONE_BY_ONE, AT_ONE, OVERLAP, OVERLAP_AT_ONE = (
     "one by one", "one by one at 1", "overlapped", "overlapped at 1",
@@ -127,6 +127,13 @@ def _overlap_estimate(p: Plan, costs_1: Mapping[str, float], at_one: bool) -> fl
             load[load.index(min(load))] += c
         total += max(load) + sum(here)
     return total
+
+
+def one_thread_may_pay(costs: Mapping[str, float], costs_1: Mapping[str, float]) -> bool:
+    """Whether one intra-op thread is worth a trial: the caller has more than one and the
+    node times at one thread add up to below `BUDGET_SLACK` times those at the caller's."""
+    slower = sum(costs_1.values()) >= BUDGET_SLACK * sum(costs.values())
+    return torch.get_num_threads() > 1 and not slower
 
 
 def concurrency_pays(p: Plan, costs_1: Mapping[str, float]) -> str | None:

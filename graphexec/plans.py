@@ -146,8 +146,8 @@ class Plan:
             )
         if self.as_is is not None:
             return (
-                f"{line}; runs the module it was traced from as it is, as measurements chose "
-                "(the levels above are the best plan, which it beat)"
+                f"{line}; runs the module it was traced from as it is (the levels above are "
+                "the best plan; the decision below says why)"
             )
         if self.serial_reason:
             return (

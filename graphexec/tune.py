@@ -61,14 +61,21 @@ import torch
 
 from . import cache, trials
 from .backends import compile_plan
-from .budget import concurrency_pays, lanes, recheck, shape_step
+from .budget import concurrency_pays, lanes, one_thread_may_pay, recheck, shape_step
 from .executors.base import BudgetLanes
 from .executors.sequential import SequentialExecutor
 from .executors.threads import ThreadExecutor
 from .gputime import time_nodes_cuda, uses_cuda
 from .graph import Graph, expect_graph
 from .hfuse import has_candidates, horizontal_fuse
-from .interpret import bind_inputs, compute_order, time_nodes, time_nodes_beside
+from .hgroup import HorizontalGroup
+from .interpret import (
+    bind_inputs,
+    compute_order,
+    program_values,
+    time_nodes,
+    time_nodes_beside,
+)
 from .planner import INLINE_BELOW, arrange
 from .plans import Plan
 from .trials import GAIN, trial, trial_twice
@@ -264,6 +271,7 @@ def _measured(
     """Measure, arrange, then try what can lose, in order; the plan and the node costs."""
     progress.step(f"each node at {torch.get_num_threads()} and at 1 intra-op thread")
     costs, costs_1 = _node_costs(graph, inputs, opts.repeats)
+    try_one = one_thread_may_pay(costs, costs_1)
     p = arrange(graph, costs, **opts.arranging)
     as_is = p
     if opts.hfuse is not False and has_candidates(graph):
@@ -277,7 +285,7 @@ def _measured(
         p = _compile_step(p, as_is, opts.backend, inputs, opts.check)
     if opts.check and graph.source is not None:
         progress.step("the plan against the traced module as it is")
-        p = _source_step(p, graph, graph.source, inputs, opts.source_margin)
+        p = _source_step(p, graph, graph.source, inputs, opts.source_margin, try_one=try_one)
     return p, costs
 
 
@@ -322,6 +330,14 @@ def _fusion_step(
     if fused_graph is p.graph:
         return dataclasses.replace(p, fusion=tuple(notes)), costs_1
     if opts.check and opts.hfuse is not True:
+        calls = _fused_calls(p.graph, fused_graph, example_inputs)
+        if calls and min(calls) >= trials.GAIN:  # no group gains on its own: skip the trial
+            notes = [n.replace("fused ", "not fused ", 1) if n.startswith("fused ") else n
+                     for n in notes]  # fmt: skip
+            line = (f"dropped: the fused calls took {_span(calls)} of their members' time one "
+                    "by one (measured call by call; the plan was not tried); fusion must save "
+                    f"{1 - trials.GAIN:.0%}")  # fmt: skip
+            return dataclasses.replace(p, fusion=(*notes, line)), costs_1
         # at the thread count the node times favour: under load the caller's threads collapse
         # (a run 50x slower), which would cost the trial more than the whole rest of planning
         budget = 1 if sum(costs_1.values()) < sum(p.node_costs.values()) else None
@@ -342,6 +358,52 @@ def _fusion_step(
     costs, fused_1 = _node_costs(fused_graph, example_inputs, opts.repeats)
     fused = arrange(fused_graph, costs, warn_dead=False, **opts.arranging)
     return dataclasses.replace(fused, fusion=tuple(notes)), fused_1
+
+
+#: Rounds of the call-by-call check of fused groups (`_fused_calls`).
+FUSED_CALL_ROUNDS = 5
+
+
+def _fused_calls(graph: Graph, fused: Graph, example_inputs: Sequence[Any]) -> list[float]:
+    """Each fused call's seconds over its members' one after another, on the values of one
+    run (median ratio of `FUSED_CALL_ROUNDS` interleaved rounds): a few calls of the groups,
+    not rounds of the whole model. A group gaining nothing here gains nothing in the plan."""
+    values = program_values(graph, example_inputs)
+    ratios = []
+    with torch.no_grad():
+        for node in fused:
+            if not isinstance(node.fn, HorizontalGroup):
+                continue
+            args = [values[r.node] if r.index is None else values[r.node][r.index]
+                    for r in node.inputs]  # fmt: skip
+            members = _member_calls(node.fn, args)
+            rounds = []
+            for _ in range(FUSED_CALL_ROUNDS + 1):  # the first warms up
+                t0 = time.perf_counter()
+                node.fn(*args)
+                t1 = time.perf_counter()
+                for call in members:
+                    call()
+                rounds.append((t1 - t0) / max(time.perf_counter() - t1, 1e-9))
+            ratios.append(statistics.median(rounds[1:]))
+    return ratios
+
+
+def _member_calls(group: HorizontalGroup, args: Sequence[Any]) -> list[Callable[[], Any]]:
+    """Each member's own call on its share of the fused call's arguments."""
+    k = len(group.members)
+    own: list[list[Any]] = [[] for _ in range(k)]
+    pos = 0
+    for shared in group.shared:
+        for i in range(k):
+            own[i].append(args[pos] if shared else args[pos + i])
+        pos += 1 if shared else k
+    return [functools.partial(m, *a) for m, a in zip(group.members, own, strict=True)]
+
+
+def _span(ratios: Sequence[float]) -> str:
+    lo, hi = min(ratios), max(ratios)
+    return f"{lo:.2f}x" if hi - lo < 0.005 else f"{lo:.2f}-{hi:.2f}x"
 
 
 def _compile_step(
@@ -376,24 +438,36 @@ def _compile_step(
 
 def _source_step(
     p: Plan, graph: Graph, source: Callable[..., Any], example_inputs: Sequence[Any],
-    margin: float,
+    margin: float, try_one: bool = False,
 ) -> Plan:  # fmt: skip
-    """The best plan against the module the graph was traced from, side by side, at the
-    plan's thread budget: the module as it is wins unless the plan takes at most ``margin``
-    of its time; a plan with no lever of its own (the module's ops one after another, at the
-    caller's threads) must beat the module by `GAIN`, as every decision must. Where the plan
-    must beat the module (``margin`` below 1, as the ``torch.compile`` backend asks), a win
-    must hold in a second trial; a plan of the same
-    ops faster than overlapping them could be is re-run, and then set aside."""
+    """The best plan against the module the graph was traced from, side by side.
+
+    The module runs at the caller's threads and, where the plan kept a thread budget or
+    ``try_one`` (the node times do not rule one thread out), on a pool thread at one
+    intra-op thread. The module as it is wins unless the plan takes at most ``margin`` of
+    its time. A plan with no lever of its own (the graph's own ops one after another at the
+    caller's threads) cannot beat the module's own ops by the `GAIN` every decision must win
+    by: the module runs as it is, untried against it (`TRY_UNLEVERED`), and only its thread
+    count is tried where its ops are not the plan's (imported through ``torch.export``).
+    Where the plan must beat the module (``margin`` below 1, as the ``torch.compile`` backend
+    asks), a win must hold in a second trial; a plan of the same ops faster than overlapping
+    them could be is re-run, and then set aside.
+    """
     runner = ThreadExecutor() if p.parallel or p.compiled else SequentialExecutor()
-    # the module at the caller's threads, and at the plan's budget where it has one: a budget
-    # that won for the plan's ops need not win for the module's (an exported Qwen2's aten plan
-    # kept one thread, and its module run at one thread took 1.30x of eager)
+    # the module at the caller's threads, and at one thread where the plan kept that budget
+    # or the node times allow it: a budget that won for the plan's ops need not win for the
+    # module's (an exported Qwen2's aten plan kept one thread, and its module run at one
+    # thread took 1.30x of eager), and the reverse (on a busy machine exported BERT's aten
+    # plan kept the caller's threads, and its module ran there 2.7x slower than at one)
     module = dataclasses.replace(p, as_is=source, compiled=None, thread_budget=None,
                                  serial_reason=p.serial_reason or "(being tried)")  # fmt: skip
+    same_ops = p.compiled is None and p.graph is graph
+    lever = p.parallel or p.thread_budget is not None or not same_ops
     modules = {"module": module}
-    if p.thread_budget is not None:
-        modules[_AT_BUDGET] = dataclasses.replace(module, thread_budget=p.thread_budget)
+    if p.thread_budget is not None or (try_one and torch.get_num_threads() > 1):
+        modules[_AT_BUDGET] = dataclasses.replace(module, thread_budget=p.thread_budget or 1)
+    if not lever and not TRY_UNLEVERED and not _exported(graph):
+        modules = {"module": module}  # the plan's own thread trial holds for the same ops
     with runner, SequentialExecutor() as inline, torch.no_grad():
         try:
             same = _same(source(*example_inputs), runner.run(p, *example_inputs))
@@ -401,30 +475,59 @@ def _source_step(
             same = False
         if not same:
             return p
+        if not lever and not TRY_UNLEVERED and len(modules) == 1:
+            return _unlevered(p, module, None)
         runs = {"plan": lambda: runner.run(p, *example_inputs),
                 **{k: functools.partial(inline.run, m, *example_inputs)
                    for k, m in modules.items()}}  # fmt: skip
-        same_ops = p.compiled is None and p.graph is graph
-        # a plan with no lever of its own (nothing overlapped, fused, compiled or run at a
-        # thread budget) runs the module's ops one after another: it must beat the module,
-        # the simpler of the two, by the margin every decision wins by (measured: such plans
-        # kept within 3% of the module ran 1.03-1.07x of eager on GoogLeNet, Inception-v3 and
-        # ResNet-18, and exported BERT's aten plan, kept on a near tie, 1.09x)
-        lever = p.parallel or p.thread_budget is not None or not same_ops
-        if margin < 1 or not lever:
+        if not lever and not TRY_UNLEVERED:
+            runs.pop("plan")
+        elif margin < 1 or not lever:
             runs = {**{k: runs[k] for k in modules}, "plan": runs["plan"]}
         outcome = trials.decide(
             runs, gain=margin if margin < 1 else 1 / margin if lever else NO_LEVER_GAIN,
             # the same ops at the same thread count cannot run faster than overlap allows
-            floors={"plan": (list(modules)[-1], 0.9 / lanes())} if same_ops else None,
+            floors={"plan": ("module" if p.thread_budget is None else _AT_BUDGET,
+                             0.9 / lanes())} if same_ops and "plan" in runs else None,
             words={"plan": "the plan", "module": "the traced module as it is",
-                   _AT_BUDGET: "the traced module at the plan's thread budget"},
+                   _AT_BUDGET: "the traced module at 1 intra-op thread"},
             warm=p.thread_budget is None,  # both just ran (on the caller) to compare outputs
         )  # fmt: skip
+    if "plan" not in runs:
+        return _unlevered(p, modules[outcome.pick], outcome)
     return _source_written(p, modules, source, outcome)
 
 
-_AT_BUDGET = "module at the budget"
+#: Try a plan with no lever of its own against its module (the module wins untried when
+#: False). Measured with it tried: such plans came within 3% of the module and never beat it
+#: by `GAIN` (GoogLeNet, Inception-v3, ResNet-18, exported BERT); kept on a near tie, they ran
+#: 1.03-1.09x of eager, and the trial cost 10-20 forward passes of the first call.
+TRY_UNLEVERED = False
+
+
+def _exported(graph: Graph) -> bool:
+    """The graph's ops are ``torch.export``'s aten ops, not its module's own."""
+    return (graph.imported_by or "").startswith("torch.export")
+
+
+def _unlevered(p: Plan, chosen: Plan, outcome: trials.Outcome | None) -> Plan:
+    """The module as it is for a plan with no lever of its own; ``outcome`` is the trial of
+    the module's thread count, where one ran."""
+    line = (
+        "runs the traced module as it is: the best plan runs the same ops one after "
+        "another at the caller's threads, with no lever of its own (not tried against it)"
+    )
+    if outcome is not None:
+        ran = _ran(outcome.ratios[_AT_BUDGET], "the module at the caller's threads")
+        kept = "kept there" if outcome.pick == _AT_BUDGET else "not kept"
+        line += f"; the module at 1 intra-op thread ran {ran} (measured): {kept}"
+    seconds = outcome.seconds_of(outcome.pick) if outcome is not None else None
+    return dataclasses.replace(chosen, serial_reason=p.serial_reason or line,
+                               call_seconds=seconds,
+                               decisions=(*p.decisions, line))  # fmt: skip
+
+
+_AT_BUDGET = "module at 1 thread"
 
 
 def _source_written(
@@ -443,8 +546,8 @@ def _source_written(
     if aside:
         why += f"; {aside}"
     chosen = modules[ref]
-    if p.thread_budget is not None:  # say which of the two ways the module was kept
-        where = ("on a pool thread at the plan's budget" if chosen.thread_budget is not None
+    if len(modules) > 1:  # say which of the two ways the module was kept
+        where = ("on a pool thread at 1 intra-op thread" if chosen.thread_budget is not None
                  else "at the caller's threads")  # fmt: skip
         why += f"; the module ran best {where}"
     line = f"runs the traced module as it is: the best plan ran {why}"

@@ -54,6 +54,44 @@ def test_every_decision_either_way_equals_eager(monkeypatch, gain, backend):
                 assert_same(ex.run(p, x), expected)
 
 
+_CLOCK = {"now": 0.0}  # module-level: a fused group calls a copy of its first member
+
+
+class _Clocked(nn.Module):
+    """A small module whose calls advance a fake clock: ``alone`` seconds called on its own,
+    ``fused`` when called batched (under the vmap of a fused group)."""
+
+    def __init__(self, alone, fused):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(4))
+        self.alone, self.fused = alone, fused
+
+    def forward(self, x):
+        batched = torch._C._functorch.is_batchedtensor(self.w)  # its weight, stacked
+        _CLOCK["now"] += self.fused if batched else self.alone
+        return x * self.w
+
+
+@pytest.mark.parametrize(("fused", "tried"), [(3.0, False), (0.5, True)])
+def test_fusion_no_group_gains_from_is_dropped_without_a_plan_trial(monkeypatch, fused, tried):
+    """Each fused call is first timed against its members one by one: when no group gains
+    there, the whole-model trial (rounds of the model: most of a first call's cost on small
+    models) is skipped, and the plan says it was measured call by call."""
+    monkeypatch.setenv("GRAPHEXEC_CACHE", "0")
+    monkeypatch.setattr(tune, "time", types.SimpleNamespace(perf_counter=lambda: _CLOCK["now"]))
+    ran = []
+    monkeypatch.setattr(tune, "trial_twice", lambda runs, c: ran.append(c) or (1.0, 1.0))
+    g = gx.Graph("clocked")
+    x = g.input("x")
+    g.output(g.node("sum", gx.add(), *(g.node(f"m{i}", _Clocked(1.0, fused), x)
+                                       for i in range(2))))  # fmt: skip
+    p = gx.plan(g, example_inputs=(torch.randn(3, 4),), hfuse="auto", check=True)
+    assert bool(ran) == tried, p.fusion
+    if not tried:
+        assert p.fusion[-1].startswith("dropped: the fused calls took 1.50x"), p.fusion
+        assert "measured call by call" in p.fusion[-1] and p.graph is g
+
+
 def test_the_plan_as_it_is_equals_eager_and_says_so():
     g = _small_branches(3)
     x = torch.randn(4, 16)
@@ -167,6 +205,7 @@ def test_traced_module_as_it_is_is_tried_and_equals_eager(monkeypatch, margin):
     monkeypatch.setattr(tune, "SOURCE_MARGIN", margin)
     monkeypatch.setattr(tune, "NO_LEVER_GAIN", margin or tune.NO_LEVER_GAIN)  # a plan of the
     # module's own ops, no lever of its own, is kept when it takes below this share of it
+    monkeypatch.setattr(tune, "TRY_UNLEVERED", True)  # ... once it is tried at all
     m = _Model()
     g = gx.trace(m)
     assert g.source is m
@@ -217,7 +256,9 @@ def test_a_plan_must_beat_its_module_within_what_overlap_can_do(monkeypatch, pla
     g = gx.Graph("same_ops")
     g.output(g.node("n", costs(plan_cost), g.input("x")))
     x = torch.ones(2)
-    p = tune._source_step(gx.plan(g), g, costs(1.0), (x,), margin=trials.GAIN)
+    # a thread budget is a lever: the plan is tried (one without runs the module untried)
+    budgeted = dataclasses.replace(gx.plan(g), thread_budget=1)
+    p = tune._source_step(budgeted, g, costs(1.0), (x,), margin=trials.GAIN)
     assert (p.as_is is None) == kept, p.decisions
     if not kept:
         assert "disturbed measurement" in p.decisions[-1]
@@ -244,6 +285,62 @@ def test_the_module_as_it_is_is_tried_at_the_callers_threads_too(monkeypatch):
     p = tune._source_step(budgeted, g, costs(3.0, 1.0), (torch.ones(2),), tune.SOURCE_MARGIN)
     assert p.as_is is not None and p.thread_budget is None, p.decisions
     assert "the module ran best at the caller's threads" in p.decisions[-1]
+
+
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs two intra-op threads")
+@pytest.mark.parametrize("try_one", [True, False])
+def test_an_exported_graphs_module_is_tried_at_one_thread_when_the_node_times_allow(
+    monkeypatch, try_one
+):
+    """A plan of exported aten ops that kept the caller's threads still has its module tried
+    at one thread when the node times allow it: on a busy machine the module's own threads
+    collapse where the aten plan's did not (measured: exported BERT's module kept at 2
+    threads ran 2.7x slower than eager at 1; the old step never tried it there)."""
+    clock = {"now": 0.0}
+
+    def costs(at_one, at_caller):
+        def fn(x):
+            clock["now"] += at_one if torch.get_num_threads() == 1 else at_caller
+            return x
+
+        return fn
+
+    monkeypatch.setattr(trials, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
+    g = gx.Graph("exported")
+    g.output(g.node("n", costs(2.0, 2.0), g.input("x")))
+    g.imported_by = "torch.export: torch.fx could not trace it (a test)"
+    p = tune._source_step(gx.plan(g), g, costs(1.0, 3.0), (torch.ones(2),),
+                          tune.SOURCE_MARGIN, try_one=try_one)  # fmt: skip
+    assert p.as_is is not None, p.decisions
+    assert (p.thread_budget == 1) == try_one, p.decisions
+    if try_one:
+        assert "at 1 intra-op thread ran 3.00x faster" in p.decisions[-1], p.decisions
+        assert p.decisions[-1].endswith("(measured): kept there")
+    else:
+        assert "(not tried against it)" in p.decisions[-1]
+    with torch.no_grad():
+        before = torch.get_num_threads()
+        gx.SequentialExecutor().run(p, torch.ones(2))
+        assert torch.get_num_threads() == before
+
+
+def test_a_plan_with_no_lever_runs_its_module_untried(monkeypatch):
+    """A plan of the module's own ops one after another, at the caller's threads, cannot win
+    the margin: the module runs as it is without a trial (the plan would be 'faster' here),
+    and the plan says it was not tried rather than quote a ratio nobody measured."""
+    calls = {"plan": 0}
+
+    def counted(x):
+        calls["plan"] += 1
+        return x + 1
+
+    g = gx.Graph("unlevered")
+    g.output(g.node("n", counted, g.input("x")))
+    p = tune._source_step(gx.plan(g), g, lambda x: x + 1, (torch.ones(2),), tune.SOURCE_MARGIN)
+    assert p.as_is is not None and p.thread_budget is None
+    assert calls["plan"] == 1, "the plan ran once, to compare outputs, and was not timed"
+    assert "not tried against it" in p.decisions[-1] and "x " not in p.decisions[-1]
+    assert p.call_seconds is None  # nothing measured: the drift check takes its calls
 
 
 def test_slow_planning_says_what_it_measures(monkeypatch, caplog):
