@@ -40,12 +40,13 @@ compiles the eager model).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.machinery
 import importlib.util
 import inspect
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -69,6 +70,7 @@ SEQ = 32
 #: Tiny transformer body shared by the BERT-like configs (and CLIP's two towers).
 HIDDEN = dict(hidden_size=128, num_attention_heads=2, intermediate_size=256, num_hidden_layers=2)
 VOCAB = 1000
+
 
 def prepare_torchvision() -> None:
     """Let ``import torchvision`` succeed when its C++ extension cannot load.
@@ -288,12 +290,28 @@ def _fx_module(spec: Spec, model: nn.Module, names: list[str]) -> fx.GraphModule
     if spec.tracer == "hf":
         from transformers.utils.fx import symbolic_trace
 
-        gm = symbolic_trace(model, input_names=names)
+        with _torch_restored():
+            gm = symbolic_trace(model, input_names=names)
     elif spec.tracer == "timm":
         gm = fx.GraphModule(model, _TimmTracer().trace(model, spec.concrete_args))
     else:
         gm = fx.symbolic_trace(model, concrete_args=spec.concrete_args)
     return gm  # no eliminate_dead_code(): see the module docstring
+
+
+@contextlib.contextmanager
+def _torch_restored() -> Iterator[None]:
+    """Put back the ``torch`` functions transformers' fx tracer wraps (``torch.tensor``,
+    ``torch.arange``, ...): when its trace raises (GPT-2 in transformers 4.57) it leaves them
+    wrapped, and a model imported later that ``torch.jit.script``s a function calling them
+    (DeBERTa-v2) then fails to import."""
+    saved = dict(vars(torch))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if vars(torch).get(name) is not value:
+                setattr(torch, name, value)
 
 
 def trace(zm: ZooModel) -> ZooModel:
