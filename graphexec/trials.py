@@ -8,7 +8,8 @@ per-round ratio, so an outlier round (a scheduler hiccup, a page fault) cannot d
 What a trial costs, and when it stops
 -------------------------------------
 At least `TRIAL_ROUNDS` rounds. Then it stops as soon as its answer is clear (every round on
-its own picks the same winner, by `choose`), and otherwise at `TRIAL_PASSES` runs of the
+its own picks the same winner, by `choose`, or the last `TRIAL_ROUNDS` rounds each pick what
+the medians of all rounds pick), and otherwise at `TRIAL_PASSES` runs of the
 candidates, `TRIAL_BUDGET` seconds or `TRIAL_MAX` rounds, whichever comes first: on a real
 model a trial costs a handful of forward passes, not half a second of them.
 
@@ -151,6 +152,14 @@ def _done(
         return False
     if len({decide(r) for r in rounds}) == 1:  # clear: every round picks the same winner
         return True
+    # clear too: the last rounds each pick what the medians so far pick (an outlier round
+    # early on, a hiccup, costs one more round rather than a trial run to its limits)
+    live = [n for n in rounds[0] if all(n in r for r in rounds[-TRIAL_ROUNDS:])]
+    if len(live) > 1:
+        ratios, _ = _ratios(live, [{n: r[n] for n in live} for r in rounds if set(live) <= set(r)])
+        overall = decide(ratios)
+        if all(decide({n: r[n] for n in live}) == overall for r in rounds[-TRIAL_ROUNDS:]):
+            return True
     return (
         len(rounds) >= TRIAL_MAX or elapsed >= TRIAL_BUDGET or len(rounds) * width >= TRIAL_PASSES
     )

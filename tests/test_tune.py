@@ -219,6 +219,25 @@ def test_traced_module_as_it_is_is_tried_and_equals_eager(monkeypatch, margin):
             assert_same(ex.run(p, x, profile=True)[0], m(x))  # profiled: the tasks run
 
 
+def test_a_trial_stops_once_its_last_rounds_agree_with_the_medians(monkeypatch):
+    """One outlier round early on costs one more round, not a trial run to its limits (the
+    old rule wanted every round to agree: a first call paid for every hiccup)."""
+    clock = {"now": 0.0, "calls": 0}
+
+    def cost(seconds):
+        clock["now"] += seconds
+
+    def fast():
+        clock["calls"] += 1
+        cost(2.0 if clock["calls"] == 2 else 0.5)  # its first round: a hiccup
+
+    monkeypatch.setattr(trials, "TRIAL_BUDGET", math.inf)  # rounds, not seconds, decide here
+    monkeypatch.setattr(trials, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
+    ratios, _ = trials.trial({"base": lambda: cost(1.0), "fast": fast})
+    assert ratios["fast"] == 0.5
+    assert clock["calls"] == 1 + trials.TRIAL_ROUNDS + 1  # warm-up, 3 rounds, one more
+
+
 def test_a_win_must_hold_in_a_second_trial(monkeypatch):
     """A candidate that looks twice as fast for one trial (a burst of load on the other) and
     the same afterwards is not kept; one that wins both trials is, at its worse ratio."""
