@@ -492,6 +492,7 @@ def _source_step(
             words={"plan": "the plan", "module": "the traced module as it is",
                    _AT_BUDGET: "the traced module at 1 intra-op thread"},
             warm=p.thread_budget is None,  # both just ran (on the caller) to compare outputs
+            mean=_AT_BUDGET in runs,  # thread counts: a collapse now and then is what calls pay
         )  # fmt: skip
     if "plan" not in runs:
         return _unlevered(p, modules[outcome.pick], outcome)
@@ -521,7 +522,9 @@ def _unlevered(p: Plan, chosen: Plan, outcome: trials.Outcome | None) -> Plan:
         ran = _ran(outcome.ratios[_AT_BUDGET], "the module at the caller's threads")
         kept = "kept there" if outcome.pick == _AT_BUDGET else "not kept"
         line += f"; the module at 1 intra-op thread ran {ran} (measured): {kept}"
-    seconds = outcome.seconds_of(outcome.pick) if outcome is not None else None
+    # the drift check's baseline: the module's own trial, else the same ops one by one at the
+    # same threads as the shape trial measured them (None: the first calls set it)
+    seconds = outcome.seconds_of(outcome.pick) if outcome is not None else p.call_seconds
     return dataclasses.replace(chosen, serial_reason=p.serial_reason or line,
                                call_seconds=seconds,
                                decisions=(*p.decisions, line))  # fmt: skip

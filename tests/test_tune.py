@@ -238,6 +238,27 @@ def test_a_trial_stops_once_its_last_rounds_agree_with_the_medians(monkeypatch):
     assert clock["calls"] == 1 + trials.TRIAL_ROUNDS + 1  # warm-up, 3 rounds, one more
 
 
+@pytest.mark.parametrize("mean", [True, False])
+def test_thread_count_trials_count_what_collapsing_calls_cost(monkeypatch, mean):
+    """On a busy machine the caller's threads collapse now and then (measured: 3.5 ms, then
+    290-560 ms); a median of per-round ratios filters those calls out as noise and keeps
+    the way that pays for them. Thread-count trials compare mean seconds."""
+    clock = {"now": 0.0, "calls": 0}
+
+    def cost(seconds):
+        clock["now"] += seconds
+
+    def collapsing():  # every third call 20x slower
+        clock["calls"] += 1
+        cost(20.0 if clock["calls"] % 3 == 0 else 1.0)
+
+    monkeypatch.setattr(trials, "TRIAL_BUDGET", math.inf)
+    monkeypatch.setattr(trials, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
+    out = trials.decide({"caller's threads": collapsing, "one thread": lambda: cost(1.5)},
+                        mean=mean)  # fmt: skip
+    assert out.pick == ("one thread" if mean else "caller's threads"), out
+
+
 def test_a_win_must_hold_in_a_second_trial(monkeypatch):
     """A candidate that looks twice as fast for one trial (a burst of load on the other) and
     the same afterwards is not kept; one that wins both trials is, at its worse ratio."""
@@ -355,11 +376,12 @@ def test_a_plan_with_no_lever_runs_its_module_untried(monkeypatch):
 
     g = gx.Graph("unlevered")
     g.output(g.node("n", counted, g.input("x")))
-    p = tune._source_step(gx.plan(g), g, lambda x: x + 1, (torch.ones(2),), tune.SOURCE_MARGIN)
+    measured = dataclasses.replace(gx.plan(g), call_seconds=0.25)  # as the shape trial says
+    p = tune._source_step(measured, g, lambda x: x + 1, (torch.ones(2),), tune.SOURCE_MARGIN)
     assert p.as_is is not None and p.thread_budget is None
     assert calls["plan"] == 1, "the plan ran once, to compare outputs, and was not timed"
     assert "not tried against it" in p.decisions[-1] and "x " not in p.decisions[-1]
-    assert p.call_seconds is None  # nothing measured: the drift check takes its calls
+    assert p.call_seconds == 0.25  # the drift check's baseline: the same ops, as measured
 
 
 def test_slow_planning_says_what_it_measures(monkeypatch, caplog):
