@@ -400,6 +400,11 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate_cleanly)
     try:
         with contextlib.ExitStack() as stack:
+            # every module plans under this run's conditions: decisions cached by another run
+            # (a quiet one, or older rules) would be measured here as if made now
+            cache = stack.enter_context(tempfile.TemporaryDirectory(prefix="gx-zoo-run-"))
+            stack.enter_context(_environ(GRAPHEXEC_CACHE_DIR=cache, GRAPHEXEC_CACHE=None))
+            header.append("- decision cache: a fresh directory for this run")
             if args.mode == "busy":
                 proc = stack.enter_context(_busy_core())
                 header.append(_BUSY_NOTE.format(pid=proc.pid))

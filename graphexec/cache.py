@@ -40,8 +40,10 @@ from .graph import Graph
 
 __all__ = ["FORMAT", "CacheWarning", "directory", "key", "load", "store"]
 
-#: The layout of a cache file; a file of another format is ignored (with a warning).
-FORMAT = 1
+#: The layout of a cache file, and the rules its decisions were made by: a file of another
+#: format is ignored (with a warning), and a new format means new keys (2: the module untried
+#: against a plan with no lever; thread counts tried on mean seconds).
+FORMAT = 2
 
 
 class CacheWarning(UserWarning):
@@ -76,10 +78,17 @@ def describe(
         "source": type(graph.source).__qualname__ if graph.source is not None else None,
         "options": dict(options),
         "torch": torch.__version__,
+        "graphexec": _version(),
         "python": sys.version.split()[0],
         "threads": torch.get_num_threads(),
         "cpu": _cpu(),
     }
+
+
+def _version() -> str:
+    from . import __version__  # the package's, once it is imported
+
+    return __version__
 
 
 def _node(n: Any) -> list[Any]:

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 import graphexec as gx
-from graphexec.cache import CacheWarning
+from graphexec.cache import FORMAT, CacheWarning
 
 
 class Counting(nn.Module):
@@ -86,7 +86,7 @@ def test_another_input_shape_is_measured_anew(cache_dir):
         ("{not json", "not readable as JSON"),
         ('{"format": 999}', "another format"),
         ('["a", "list"]', "another format"),
-        ('{"format": 1, "key": "someone else"}', "another graph or machine"),
+        (json.dumps({"format": FORMAT, "key": "someone else"}), "another graph or machine"),
     ],
     ids=["corrupt", "future", "not-a-record", "foreign"],
 )
