@@ -203,6 +203,10 @@ def shape_step(
     wanted = {ONE_BY_ONE, *([AT_ONE] if one else []), *([OVERLAP] if overlap else []),
               *([OVERLAP_AT_ONE, AT_ONE] if overlap and one else [])}  # fmt: skip
     tried = [s for s in found if s.name in wanted]
+    if one and ref.estimate > trials.DROP * by_name[AT_ONE].estimate:
+        # the caller's threads collapsed while the nodes were timed: one thread is the way
+        # to beat (a collapse comes and goes; a short trial in a calm moment must not decide)
+        tried.sort(key=lambda s: s.name != AT_ONE)
     if len(tried) == 1 or not check:
         one = one and by_name[AT_ONE].estimate < trials.GAIN * ref.estimate
         pick = by_name[(OVERLAP if overlap else ONE_BY_ONE) if not one else
@@ -250,14 +254,18 @@ def _budget_line(found: Sequence[Shape], pick: Shape, outcome: trials.Outcome | 
         best = pick if pick.plan.thread_budget == 1 else min(
             (s for s in ones if s.name not in outcome.aside), key=lambda s: outcome.ratios[s.name],
             default=ones[0])  # fmt: skip
-        ratio = outcome.ratios[best.name]
+        ratio = outcome.ratios[best.name] / outcome.ratios.get(ONE_BY_ONE, 1.0)
     ref = "one by one on the calling thread" if ONE_BY_ONE in names else found[0].words
     said = f"{best.words} ran {_ran(ratio, ref + f' ({threads_words()})')} ({how})"
+    first = tried[0].name == AT_ONE  # the caller's threads collapsed in the node times
+    if first:
+        said += "; the caller's threads collapsed while the nodes were timed"
     if pick.plan.thread_budget == 1:
         return f"thread budget: 1 intra-op thread on a pool thread: {said}"
+    must = "the caller's threads had to" if first else "a budget of its own must"
     return (
-        f"thread budget: the caller's {threads_words()} kept: {said}; a budget of its own must "
-        f"save {1 - trials.GAIN:.0%}"
+        f"thread budget: the caller's {threads_words()} kept: {said}; {must} save "
+        f"{1 - trials.GAIN:.0%}"
     )
 
 

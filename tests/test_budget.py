@@ -147,6 +147,32 @@ def test_the_thread_budget_is_measured_and_said(monkeypatch, loaded):
     assert torch.get_num_threads() == before
 
 
+@needs_threads
+def test_threads_that_collapsed_while_timing_nodes_must_beat_one_thread(monkeypatch):
+    """A collapse comes and goes: the caller's threads took 5x one thread while the nodes
+    were timed, then ran a hair faster than one thread in a calm trial. One thread is then
+    the way to beat, by the margin (before, the trial's calm moment kept the threads that
+    collapse, and a busy-machine run paid 15x for them)."""
+    machine = _Machine()
+    machine.patch(monkeypatch)
+    calls = {"caller": 0}
+
+    def work(x):
+        if torch.get_num_threads() == 1:
+            machine.now += 1.0
+        else:
+            calls["caller"] += 1
+            machine.now += 5.0 if calls["caller"] <= 4 else 0.98  # node timing: 1 + 3 runs
+        return x * 2
+
+    g = gx.Graph("collapsing")
+    g.output(g.node("work", work, g.input("x")))
+    p = gx.plan(g, example_inputs=(torch.ones(3),))
+    line = next(d for d in p.decisions if d.startswith("thread budget"))
+    assert p.thread_budget == 1, p.decisions
+    assert "the caller's threads collapsed while the nodes were timed" in line
+
+
 def test_an_implausible_trial_is_re_run_and_reported_as_measured(monkeypatch):
     """A candidate faster than its floor is run again (bounded), then set aside with the
     ratios it measured: nothing is replaced by a number that was not measured."""
