@@ -420,6 +420,18 @@ class DaskExecutor(Executor):
             A dtype torch cannot take, or an argument that is not a Dask array.
         NodeError
             At compute time, naming the block and the node, for a node that raised.
+
+        Examples
+        --------
+        >>> import dask.array as da, torch.nn as nn, graphexec as gx
+        >>> g = gx.Graph("pair")
+        >>> x = g.input("x")
+        >>> a, b = g.node("a", nn.Linear(4, 2), x), g.node("b", nn.Linear(4, 2), x)
+        >>> g.output(g.node("s", gx.add(), a, b))
+        >>> with gx.DaskExecutor(n_workers=1, processes=False, dashboard_address=None) as ex:
+        ...     y = ex.map_blocks(g, da.ones((6, 4), chunks=(3, 4), dtype="float32"))
+        ...     y.numblocks, y.compute().shape
+        ((2, 1), (6, 2))
         """
         return dask_data.map_blocks(self._session, self._as_plan(plan), arrays, name)
 
