@@ -49,6 +49,8 @@ The call tree::
            client.submit per job      worker: dask_jobs._run_job -> run_task per task
       -> finish_call                  gather outputs (first error), pop worker events
     DaskExecutor.map -> start_call per chunk ... finish_started, oldest first
+    DaskExecutor.map_blocks / map_partitions -> dask_data: lazy Dask collections, one task
+                                  per block on the worker holding it, weights read there
 
 Trust: Dask moves functions and data with pickle. Connect only to clusters you trust and use
 ``security=`` (``distributed.Security``) for TLS between client, scheduler and workers.
@@ -74,7 +76,7 @@ except ImportError as exc:  # pragma: no cover - dask is a dependency, but say w
 from ..graph import Graph
 from ..plans import Plan
 from ..profile import TaskEvent
-from . import spawn_guard
+from . import dask_data, spawn_guard
 from .base import Executor, Modes, capture_modes, collect_outputs
 from .dask_calls import (
     CHUNK_WORK,
@@ -384,6 +386,109 @@ class DaskExecutor(Executor):
                 call.cancel()
             if bar is not None:
                 bar.close()
+
+    def map_blocks(self, plan: Plan | Graph, *arrays: Any, name: str | None = None) -> Any:
+        """Run the plan over Dask arrays, block by block on the workers holding the blocks; lazy.
+
+        Each block of rows becomes one Dask task running the whole plan on the worker that
+        holds (or reads) it; the data never passes through the client. Nothing runs on the
+        cluster until the result is computed, persisted, written (``to_zarr``) or used.
+        Weights are sent now, once per worker, by the executor's placement (replicated).
+
+        Parameters
+        ----------
+        plan : Plan or Graph
+        *arrays : dask.array.Array
+            One per graph input, in order; axis 0 is the batch. Chunked along axis 0 only,
+            every array alike (``rechunk({1: -1})`` otherwise).
+        name : str, optional
+            Task key prefix shown by the dashboard and progress bar (default: the graph's name).
+
+        Returns
+        -------
+        dask.array.Array, or the graph's output structure (tuple, dict) of them
+            One block per input block; shapes and dtypes come from running the plan once on
+            the client over two rows of zeros.
+
+        Raises
+        ------
+        ValueError
+            Before anything runs: an array chunked along a non-batch axis (naming the axis),
+            arrays chunked differently, rows the graph cannot take (naming the input and the
+            node), outputs that are not one row per input row.
+        TypeError
+            A dtype torch cannot take, or an argument that is not a Dask array.
+        NodeError
+            At compute time, naming the block and the node, for a node that raised.
+
+        Examples
+        --------
+        >>> import dask.array as da, torch.nn as nn, graphexec as gx
+        >>> g = gx.Graph("pair")
+        >>> x = g.input("x")
+        >>> a, b = g.node("a", nn.Linear(4, 2), x), g.node("b", nn.Linear(4, 2), x)
+        >>> g.output(g.node("s", gx.add(), a, b))
+        >>> with gx.DaskExecutor(n_workers=1, processes=False, dashboard_address=None) as ex:
+        ...     y = ex.map_blocks(g, da.ones((6, 4), chunks=(3, 4), dtype="float32"))
+        ...     y.numblocks, y.compute().shape
+        ((2, 1), (6, 2))
+        """
+        return dask_data.map_blocks(self._session, self._as_plan(plan), arrays, name)
+
+    def map_partitions(
+        self,
+        plan: Plan | Graph,
+        frame: Any,
+        *,
+        columns: Mapping[str, str | list[str]] | None = None,
+        names: Mapping[str, str | list[str]] | None = None,
+    ) -> Any:
+        """Run the plan over a Dask dataframe, partition by partition on the workers; lazy.
+
+        Parameters
+        ----------
+        plan : Plan or Graph
+        frame : dask.dataframe.DataFrame
+        columns : mapping, optional
+            Graph input -> a list of columns (each row becomes a vector: ``(rows, k)``) or one
+            column name (``(rows,)``). Default for a graph with one input: every column.
+        names : mapping, optional
+            Graph output (node name, as ``str(ref)``) -> its column name(s). Default: an output
+            of shape ``(rows,)`` is one column named after it; ``(rows, k)`` is ``k`` columns
+            ``f"{output}_{i}"``.
+
+        Returns
+        -------
+        dask.dataframe.DataFrame
+            The outputs as columns, with the input's index and divisions; nothing has run.
+
+        Raises
+        ------
+        ValueError
+            Before anything runs: a missing column (naming it), ``columns``/``names`` that do
+            not match the graph, rows the graph cannot take (naming the input and the node).
+        TypeError
+            A column that is not numeric or boolean (naming it).
+        NodeError
+            At compute time, naming the partition and the node, for a node that raised.
+        """
+        p = self._as_plan(plan)
+        return dask_data.map_partitions(self._session, p, frame, columns, names)
+
+    def __enter__(self) -> DaskExecutor:
+        """Also makes this executor's client the current one for the ``with`` block, so a
+        plain ``.compute()`` of a collection runs on its cluster (as inside ``with Client()``)."""
+        self._current = getattr(self, "_current", [])
+        self._current.append(self.client.as_current())
+        self._current[-1].__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if getattr(self, "_current", None):
+                self._current.pop().__exit__(None, None, None)
+        finally:
+            self.close()
 
     def _yield_oldest(self, plan: Plan, flight, bar, opts: CallOptions) -> Iterator[Any]:
         call, envs = flight.popleft()
