@@ -357,20 +357,31 @@ def _not(p: Plan, why: str) -> Plan:
 
 
 def _trial(p: Plan, split: Plan, inputs: Sequence[Any]) -> Plan:
-    """The plan whole against the plan split, side by side; the split must win by `GAIN`."""
+    """The plan whole against the plan split, side by side; the split must win by `GAIN`.
+
+    Shards run on one-thread lanes, so the whole plan is also tried at one intra-op thread
+    (where the caller has more): under load torch's threads can collapse (measured here:
+    GoogLeNet's whole batch 8.7x slower than two one-thread shards), and a split that wins
+    only by leaving them behind is a thread budget (`graphexec.budget`), not data
+    parallelism. The split must beat the better whole run.
+    """
     k = split.data_parallel
-    words = {"whole": "the plan on the whole batch", "split": f"{k} shards on one-thread lanes"}
+    words = {"whole": "the plan on the whole batch", ONE: "the whole batch at 1 intra-op thread",
+             "split": f"{k} shards on one-thread lanes"}  # fmt: skip
+    at_one = dataclasses.replace(p, thread_budget=1)
     with ThreadExecutor() as threads, SequentialExecutor() as inline:
         whole_runner = threads if p.parallel else inline
-        runs = {
-            "whole": lambda: whole_runner.run(p, *inputs),
-            "split": lambda: threads.run(split, *inputs),
-        }
+        runs = {"whole": lambda: whole_runner.run(p, *inputs)}
+        if p.thread_budget is None and torch.get_num_threads() > 1:
+            runs[ONE] = lambda: whole_runner.run(at_one, *inputs)
+        runs["split"] = lambda: threads.run(split, *inputs)
         # k shards of the same ops cannot beat the whole batch at one thread k-fold
-        floors = {"split": ("whole", 0.9 / k)} if p.thread_budget == 1 else None
+        ref = ONE if ONE in runs else "whole" if p.thread_budget == 1 else None
+        floors = {"split": (ref, 0.9 / k)} if ref else None
         outcome = trials.decide(runs, floors=floors, words=words)
-    ratio = outcome.ratios["split"]
-    ran = speed_words(ratio, 1.0, words["whole"])
+    wholes = [n for n in runs if n != "split" and n not in outcome.aside] or ["whole"]
+    best = min(wholes, key=outcome.ratios.__getitem__)
+    ran = speed_words(outcome.ratios["split"] / outcome.ratios[best], 1.0, words[best])
     aside = f"; {outcome.aside['split']}" if "split" in outcome.aside else ""
     if outcome.pick == "split":
         line = f"data parallel: {k} shards kept: they ran {ran} (measured side by side){aside}"
@@ -378,3 +389,6 @@ def _trial(p: Plan, split: Plan, inputs: Sequence[Any]) -> Plan:
                                    decisions=(*p.decisions, line))  # fmt: skip
     return _not(p, f"{words['split']} ran {ran} (measured side by side); a split must save "
                    f"{1 - trials.GAIN:.0%}{aside}")  # fmt: skip
+
+
+ONE = "whole at 1"

@@ -303,27 +303,37 @@ def test_an_error_in_one_shard_names_the_node_and_the_executor_stays_usable():
 
 # -- "auto", the cache -----------------------------------------------------------------------------
 def test_auto_keeps_a_split_only_when_its_trial_wins(monkeypatch):
-    """The decision's rule, with the trial's outcome given (the speeds are not asserted)."""
-    monkeypatch.setenv("GRAPHEXEC_CACHE", "0")  # both plans decided here, not reused
+    """The decision's rule, with the trial's outcome given (the speeds are not asserted): the
+    split must beat the better of the whole batch at the caller's threads and at one."""
+    monkeypatch.setenv("GRAPHEXEC_CACHE", "0")  # every plan decided here, not reused
     g = towers()
     x = torch.randn(B, D)
     real = trials.decide
-    for pick, ratio in (("split", 0.6), ("whole", 1.4)):
-        outcome = trials.Outcome({"whole": 1.0, "split": ratio}, {"whole": 1e-3, "split": 6e-4},
-                                 pick)  # fmt: skip
+    cases = [
+        ("split", 0.6, 1.0, "2 shards kept: they ran 1.67x faster than the plan on"),
+        ("whole", 1.4, 1.0, "not split: 2 shards on one-thread lanes ran 1.40x slower"),
+        (split_mod.ONE, 0.6, 0.5, "ran 1.20x slower than the whole batch at 1 intra"),
+    ]
+    for pick, ratio, one, said in cases:  # fmt: skip
+        seen = {}
 
-        def decide(runs, *args, o=outcome, **kwargs):  # the split's trial only
-            return o if set(runs) == {"whole", "split"} else real(runs, *args, **kwargs)
+        def decide(runs, *args, pick=pick, ratio=ratio, one=one, seen=seen, **kwargs):
+            if "split" not in runs:  # the other decisions' trials run for real
+                return real(runs, *args, **kwargs)
+            seen.update(runs=list(runs), floors=kwargs["floors"])
+            ratios = {"whole": 1.0, split_mod.ONE: one, "split": ratio}
+            return trials.Outcome(ratios, {n: r * 1e-3 for n, r in ratios.items()}, pick)
 
         monkeypatch.setattr(trials, "decide", decide)
         p = gx.plan(g, (x,), data_parallel="auto")
+        assert said in p.decisions[-1]
+        assert (p.data_parallel == 2) == (pick == "split")
+        if torch.get_num_threads() > 1 and p.thread_budget is None:
+            assert seen["runs"] == ["whole", split_mod.ONE, "split"]
+            assert seen["floors"] == {"split": (split_mod.ONE, 0.45)}
         if pick == "split":
-            assert p.data_parallel == 2 and p.call_seconds == 6e-4
-            assert "data parallel: 2 shards kept: they ran 1.67x faster" in p.decisions[-1]
+            assert p.call_seconds == 6e-4
             assert_same(gx.ThreadExecutor().run(p, x), whole_run(g, x))
-        else:
-            assert p.split is None
-            assert "not split: 2 shards on one-thread lanes ran 1.40x slower" in p.decisions[-1]
 
 
 def test_auto_measures_and_says_what_it_chose():
