@@ -179,10 +179,11 @@ def check_split(graph: Graph, inputs: Sequence[Any], split: Split) -> tuple[int 
                     exc.node,
                 ) from exc
     sizes = [_size(s, split) for s in shards]
+    outputs = {r.node for r in graph.output_refs()}
     for name in graph.program_order():
         if graph.nodes[name].is_input:
             continue
-        why = _breaks(whole[name], [p[name] for p in parts], sizes)
+        why = _breaks(whole[name], [p[name] for p in parts], sizes, name in outputs)
         if why:
             raise SplitError(
                 f"node '{name}' ({_kind(graph, name)}) depends on the whole batch: {why}; "
@@ -215,15 +216,20 @@ def _size(shard: tuple[Any, ...], split: Split) -> int:
     return next(v.shape[a] for v, a in zip(shard, split.inputs, strict=True) if a is not None)
 
 
-def _breaks(whole: Any, parts: list[Any], sizes: list[int]) -> str | None:
-    """Why a node's shard values are not its whole value, or None. Non-tensor values are
-    not compared (a shape read off a shard differs, rightly): their readers are."""
+def _breaks(whole: Any, parts: list[Any], sizes: list[int], output: bool) -> str | None:
+    """Why a node's shard values are not its whole value, or None.
+
+    Inside the graph only floating-point values are compared: non-tensors (a shape read off a
+    shard) and integer tensors (``torch.arange(batch)`` indexing the shard's own rows, as
+    CLIP's pooling does) rightly differ per shard, and what they feed is compared. A graph
+    output is compared whatever its type.
+    """
     flat = pytree.tree_leaves(whole)
     shard_flats = [pytree.tree_leaves(p) for p in parts]
     if any(len(f) != len(flat) for f in shard_flats):
         return "its shards return another structure than the whole batch"
     for i, w in enumerate(flat):
-        if not isinstance(w, torch.Tensor):
+        if not isinstance(w, torch.Tensor) or not (output or w.is_floating_point()):
             continue
         pieces = [f[i] for f in shard_flats]
         if not all(isinstance(p, torch.Tensor) for p in pieces):

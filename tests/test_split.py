@@ -201,6 +201,22 @@ def test_the_check_changes_no_state_and_runs_dropout_off():
     assert drop.training
 
 
+def test_an_index_of_the_shards_own_rows_is_not_refused(local_executor):
+    """x -> rows (torch.arange(batch): an integer value, per shard 0..n-1) -> pick (x[rows,
+    first column]): correct per shard although ``rows`` is not a concatenation of shards."""
+    g = gx.Graph("pick")
+    x = g.input("x")
+    rows = g.node("rows", lambda t: torch.arange(t.shape[0]), x)
+    g.output(g.node("pick", lambda t, r: t[r, 0], x, rows))
+    xs = torch.randn(B, D)
+    p = gx.plan(g, (xs,), data_parallel=2)
+    assert_same(local_executor.run(p, xs), xs[:, 0])
+    g = gx.Graph("rows")  # ... but as an output it is wrong when split: refused
+    g.output(g.node("rows", lambda t: torch.arange(t.shape[0]), g.input("x")))
+    with pytest.raises(gx.SplitError, match="'rows'"):
+        gx.plan(g, (xs,), data_parallel=2)
+
+
 def test_samples_all_equal_cannot_show_a_batch_dependence():
     """Documented: the check is as strong as the example inputs (here it cannot see it)."""
     g = gx.Graph("center")
