@@ -179,11 +179,10 @@ def check_split(graph: Graph, inputs: Sequence[Any], split: Split) -> tuple[int 
                     exc.node,
                 ) from exc
     sizes = [_size(s, split) for s in shards]
-    outputs = {r.node for r in graph.output_refs()}
     for name in graph.program_order():
         if graph.nodes[name].is_input:
             continue
-        why = _breaks(whole[name], [p[name] for p in parts], sizes, name in outputs)
+        why = _breaks(whole[name], [p[name] for p in parts], sizes)
         if why:
             raise SplitError(
                 f"node '{name}' ({_kind(graph, name)}) depends on the whole batch: {why}; "
@@ -216,20 +215,20 @@ def _size(shard: tuple[Any, ...], split: Split) -> int:
     return next(v.shape[a] for v, a in zip(shard, split.inputs, strict=True) if a is not None)
 
 
-def _breaks(whole: Any, parts: list[Any], sizes: list[int], output: bool) -> str | None:
+def _breaks(whole: Any, parts: list[Any], sizes: list[int]) -> str | None:
     """Why a node's shard values are not its whole value, or None.
 
     Inside the graph only floating-point values are compared: non-tensors (a shape read off a
     shard) and integer tensors (``torch.arange(batch)`` indexing the shard's own rows, as
-    CLIP's pooling does) rightly differ per shard, and what they feed is compared. A graph
-    output is compared whatever its type.
+    CLIP's pooling does) rightly differ per shard, and what they feed is compared. Graph
+    outputs are compared whatever their type (`_output_axes`).
     """
     flat = pytree.tree_leaves(whole)
     shard_flats = [pytree.tree_leaves(p) for p in parts]
     if any(len(f) != len(flat) for f in shard_flats):
         return "its shards return another structure than the whole batch"
     for i, w in enumerate(flat):
-        if not isinstance(w, torch.Tensor) or not (output or w.is_floating_point()):
+        if not isinstance(w, torch.Tensor) or not w.is_floating_point():
             continue
         pieces = [f[i] for f in shard_flats]
         if not all(isinstance(p, torch.Tensor) for p in pieces):
@@ -240,7 +239,7 @@ def _breaks(whole: Any, parts: list[Any], sizes: list[int], output: bool) -> str
                 continue  # no batch axis and the same in every shard: fine
             return (
                 f"its output {_shape(w)} has no batch axis and differs between shards "
-                "(a reduction over the batch?)"
+                "(it mixes the samples of the batch, as a reduction over the batch axis does)"
             )
         merged = torch.cat(pieces, dim=axis)
         if not _close(merged, w):
@@ -293,6 +292,12 @@ def _output_axes(graph: Graph, whole: Mapping[str, Any], parts: list[Mapping[str
                 f"output '{name}' has no batch axis: its shape {_shape(w)} does not follow "
                 f"the batch size {sum(sizes)} (shards of {sizes} gave "
                 f"{[_shape(p) for p in pieces]}); the plan cannot split it",
+                name,
+            )
+        if not _close(torch.cat(pieces, dim=axis), w):
+            raise SplitError(
+                f"output '{name}' of the shards, concatenated along axis {axis}, is not the "
+                "whole batch's: it depends on the whole batch; the plan cannot split it",
                 name,
             )
         axes.append(axis)
