@@ -450,3 +450,15 @@ def test_no_thread_is_left_behind():
     with gx.ThreadExecutor() as ex:
         ex.run(gx.plan(g, (x,), data_parallel=2), x)
     assert {t.name for t in threading.enumerate()} <= before
+
+
+def test_a_graph_module_trains_through_a_split():
+    """``GraphModule(..., data_parallel=2)``: planned on the first call, gradients as eager."""
+    g = towers()
+    x = torch.randn(B, D)
+    eager = _grads(g, lambda: whole_run(g, x))
+    with gx.GraphModule(g, executor="threads", data_parallel=2) as gm:
+        split = _grads(g, lambda: gm(x))
+        assert gm.plan.data_parallel == 2
+    for a, b in zip(split, eager, strict=True):
+        torch.testing.assert_close(a, b)
