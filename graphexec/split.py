@@ -335,7 +335,9 @@ def split_step(p: Plan, inputs: Sequence[Any], data_parallel: bool | int | str,
                              f"{data_parallel}; the example batch has {batch}")  # fmt: skip
         split = _checked(p.graph, inputs, Split(data_parallel, axes, ()))
         line = f"data parallel: {data_parallel} shards, as asked (checked on the example inputs)"
-        return dataclasses.replace(p, split=split, decisions=(*p.decisions, line))
+        # the calls were measured whole: a split call is not what drift should compare with
+        return dataclasses.replace(p, split=split, call_seconds=None,
+                                   decisions=(*p.decisions, line))  # fmt: skip
     k = min(lanes(), batch)
     if k < 2:
         return _not(p, f"a batch of {batch} cannot be split")
