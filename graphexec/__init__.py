@@ -44,8 +44,9 @@ from .graph import Graph, Node, Ref
 from .merge import MergeOp, add, cat, getitem, identity, mean, stack, tuple_
 from .merge import sum as sum  # noqa: A004 - gx.sum(), not exported by *: see __all__
 from .module import GraphModule
-from .plans import Plan, Task
+from .plans import Plan, Split, Task
 from .profile import TaskEvent, Timeline
+from .split import SplitError
 from .tune import plan
 from .viz import draw_plan, gantt, plan_to_dot, to_chrome
 
@@ -63,7 +64,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Graph", "Node", "Ref",
-    "plan", "Plan", "Task",
+    "plan", "Plan", "Task", "Split",
     "Executor", "SequentialExecutor", "ThreadExecutor", "CudaStreamExecutor", "DaskExecutor",
     "make_executor",
     "GraphModule", "trace", "compile_backend",
@@ -72,7 +73,7 @@ __all__ = [
     "MergeOp", "stack", "cat", "add", "mean", "identity", "getitem",
     "GraphError", "DuplicateNameError", "UnknownNodeError", "CycleError",
     "UnreachableOutputError", "ArityError", "NodeError", "DeadNodeWarning", "InPlaceWarning",
-    "UntraceableError", "PlanFallbackWarning", "CacheWarning", "Watch",
+    "SplitError", "UntraceableError", "PlanFallbackWarning", "CacheWarning", "Watch",
 ]  # fmt: skip
 
 

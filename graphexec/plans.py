@@ -3,7 +3,7 @@ r"""What the planner makes: a `Plan` of `Task`\ s, plain frozen data that prints
 A plan holds names only (plus the graph it runs); executors look callables up in
 ``plan.graph``. `graphexec.planner.arrange` builds plans from a graph and its costs;
 `graphexec.plan` (in `graphexec.tune`) also measures costs and records its measured decisions
-(``serial_reason``, ``fusion``, ``compiled``) here, so ``print(plan)`` says why.
+(``serial_reason``, ``fusion``, ``compiled``, ``split``) here, so ``print(plan)`` says why.
 Pictures of a plan are drawn by `graphexec.viz` (``plan.draw()`` is wired there).
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 from .graph import Graph
 from .units import format_seconds
 
-__all__ = ["Plan", "Task"]
+__all__ = ["Plan", "Split", "Task"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,42 @@ class Task:
     #: Cost of the longest path from this task's start to the plan's end: executors start
     #: ready tasks highest first (critical path first, then longest first).
     bottom: float = 0.0
+
+
+@dataclass(frozen=True)
+class Split:
+    """Data parallelism: each call's batch split into shards, the plan run on each, merged.
+
+    Plain data (`graphexec.split` decides it, `graphexec.executors.shards` runs it, the
+    decision cache stores it as JSON).
+
+    Attributes
+    ----------
+    shards : int
+        Shards per call (``k``): batched inputs are cut with ``torch.tensor_split`` (uneven
+        shards are fine); a batch smaller than ``k`` runs in as many shards as it has samples.
+    inputs : tuple of (int or None)
+        For each graph input, in declaration order, its batch axis; None: passed whole to
+        every shard.
+    outputs : tuple of (int or None)
+        For each leaf of the graph's output structure (``torch.utils._pytree`` order), the
+        axis its shards are concatenated along; None: a non-tensor leaf, the same in every
+        shard, taken from the first.
+    """
+
+    shards: int
+    inputs: tuple[int | None, ...]
+    outputs: tuple[int | None, ...]
+
+    def words(self, graph: Graph) -> str:
+        """What is split and merged, in words (a row of ``print(plan)``)."""
+        cut = [f"{n} (axis {a})" for n, a in zip(graph.inputs, self.inputs, strict=True)
+               if a is not None]  # fmt: skip
+        whole = [n for n, a in zip(graph.inputs, self.inputs, strict=True) if a is None]
+        axes = sorted({a for a in self.outputs if a is not None})
+        said = (f"each call's batch split into {self.shards} shards: {', '.join(cut)}; outputs "
+                f"concatenated along axis {', '.join(map(str, axes))}")  # fmt: skip
+        return said + (f"; passed whole to every shard: {', '.join(whole)}" if whole else "")
 
 
 @dataclass(frozen=True)
@@ -103,6 +139,13 @@ class Plan:
     #: Seconds per call of this plan as its trial measured it on the example inputs (None when
     #: not measured): what `graphexec.drift` compares later calls with.
     call_seconds: float | None = None
+    #: Data parallelism (``data_parallel=`` of `graphexec.plan`): None runs each call whole.
+    split: Split | None = None
+
+    @property
+    def data_parallel(self) -> int | None:
+        """Shards per call when the plan splits the batch (``split.shards``), else None."""
+        return None if self.split is None else self.split.shards
 
     @property
     def amdahl(self) -> float:
@@ -205,6 +248,8 @@ class Plan:
                 f"intra-op thread{'s' * (self.thread_budget != 1)}, one hand-off per call (the "
                 "caller's own setting is not changed)"
             )
+        if self.split is not None:
+            rows.append(f"data parallel: {self.split.words(self.graph)}")
         rows.extend(f"horizontal fusion: {line}" for line in self.fusion)
         rows.extend(f"decision: {line}" for line in self.decisions)
         return rows

@@ -12,6 +12,7 @@ plan. Everything that needs the model run on real inputs happens here, in this o
            shape_step             thread budget and overlap (`graphexec.budget`)
            _compile_step          compiled tasks against eager ones (``backend=``)
            _source_step           the plan against the traced module as it is
+           split_step             data parallelism, checked and tried (`graphexec.split`)
 
 1. **Measure** each node (`graphexec.interpret.time_nodes_beside`): the median of ``repeats``
    runs at the caller's intra-op threads and as many on a pool thread at one thread,
@@ -59,7 +60,7 @@ from typing import Any
 
 import torch
 
-from . import cache, trials
+from . import cache, split, trials
 from .backends import compile_plan
 from .budget import concurrency_pays, lanes, one_thread_may_pay, recheck, shape_step
 from .executors.base import BudgetLanes
@@ -105,6 +106,8 @@ class _Options:
     backend: str
     check: bool
     source_margin: float
+    data_parallel: bool | int | str = False
+    batch_axis: int | Mapping[str, int | None] = 0
 
     @property
     def arranging(self) -> dict[str, Any]:
@@ -122,6 +125,8 @@ def plan(
     backend: str = "eager",
     check: bool = True,
     source_margin: float | None = None,
+    data_parallel: bool | int | str = False,
+    batch_axis: int | Mapping[str, int | None] = 0,
 ) -> Plan:
     """Plan a graph: measure its nodes (with ``example_inputs``), arrange it, try what can lose.
 
@@ -164,6 +169,17 @@ def plan(
         by side; otherwise the plan runs that module as it is (``plan.as_is``). Default
         `SOURCE_MARGIN` (1.03: a plan within 3% of the module is kept). The ``torch.compile``
         backend passes `GAIN`: its plan must beat Dynamo's graph by 5%.
+    data_parallel : {False, "auto"} or int
+        Split each call's batch into shards, run the plan on each at once (threads: on
+        one-thread lanes; Dask: on different workers; CUDA: on streams) and concatenate the
+        outputs (`graphexec.split`; needs ``example_inputs``). An int ``k``: always, in ``k``
+        shards. ``"auto"``: only where the split wins a side-by-side trial by `GAIN`. Either
+        way the graph is first run whole and in shards on the example inputs, and a graph
+        whose result depends on the whole batch is refused (``k``: `SplitError` naming the
+        node; ``"auto"``: not split, ``plan.decisions`` says why). ``plan.split`` holds it.
+    batch_axis : int or mapping of input name to int or None
+        The axis batched inputs are split along (default 0; tensors without it are passed
+        whole), or per input (None: passed whole to every shard).
 
     Returns
     -------
@@ -174,6 +190,12 @@ def plan(
     GraphError
         Any of its subclasses, naming the node, if the graph is wrong (see `Graph.validate`),
         or `ArityError` if ``example_inputs`` has the wrong length.
+    SplitError
+        With ``data_parallel=k``, naming the node or output whose result depends on the whole
+        batch.
+    ValueError
+        For a ``data_parallel`` below 1, without ``example_inputs``, or a batch smaller than
+        ``k``; for batched example inputs that disagree on the batch size.
 
     Examples
     --------
@@ -199,8 +221,10 @@ def plan(
     graph.validate()
     if example_inputs is not None:
         bind_inputs(graph, example_inputs, {})  # arity, before anything runs
+    split.validate(data_parallel, batch_axis, graph, example_inputs)
     margin = SOURCE_MARGIN if source_margin is None else source_margin
-    opts = _Options(inline_below, fuse_chains, repeats, hfuse, backend, check, margin)
+    opts = _Options(inline_below, fuse_chains, repeats, hfuse, backend, check, margin,
+                    data_parallel, batch_axis)  # fmt: skip
     with _no_gc():
         if example_inputs is None:
             return _estimated(graph, opts)
@@ -286,6 +310,7 @@ def _measured(
     if opts.check and graph.source is not None:
         progress.step("the plan against the traced module as it is")
         p = _source_step(p, graph, graph.source, inputs, opts.source_margin, try_one=try_one)
+    p = split.split_step(p, inputs, opts.data_parallel, opts.batch_axis, opts.check)
     return p, costs
 
 
@@ -603,6 +628,7 @@ def _record(graph: Graph, p: Plan, costs: Mapping[str, float]) -> dict[str, Any]
         "thread_budget": p.thread_budget,
         "as_is": p.as_is is not None,
         "call_seconds": p.call_seconds,
+        "split": None if p.split is None else dataclasses.asdict(p.split),
     }
 
 
@@ -632,6 +658,7 @@ def _restore(
             thread_budget=None if budget is None else int(budget),
             as_is=graph.source if record["as_is"] else None,
             call_seconds=None if seconds is None else float(seconds),
+            split=split.restored(record.get("split")),
         )  # fmt: skip
     except (KeyError, TypeError, ValueError, AttributeError):
         return None

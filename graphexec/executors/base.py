@@ -3,6 +3,9 @@
 The call tree (override points marked ``*``)::
 
     Executor.run(plan, *args, profile=False)
+      -> shards.run_split            a plan that splits the batch (``plan.split``): shards,
+                                     then *_run_shards(whole plan, shards, events): each
+                                     shard by _shard -> _budgeted (what follows), merged
       -> BudgetLanes.call            with ``plan.thread_budget`` (local executors): the rest
                                      of the call runs on a pool thread at that many intra-op
                                      threads, under the caller's modes; the caller's own
@@ -24,11 +27,12 @@ reads them on the calling thread and `run_task` re-enters them on whichever thre
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar
@@ -43,6 +47,7 @@ from ..planner import arrange
 from ..plans import Plan, Task
 from ..profile import TaskEvent, Timeline
 from .schedule import Schedule
+from .shards import run_split
 
 __all__ = [
     "BudgetLanes",
@@ -160,6 +165,11 @@ class BudgetLanes:
         """``fn(*args)`` on the lane of ``threads`` intra-op threads; its result or its error."""
         if getattr(_lane, "threads", None) == threads:
             return fn(*args)
+        return self.submit(threads, fn, *args).result()
+
+    def submit(self, threads: int, fn: Callable[..., Any], *args: Any) -> Future:
+        """``fn(*args)`` started on a lane of ``threads`` intra-op threads, under the caller's
+        modes: its future (several run at once, up to cores // ``threads``)."""
         pool = self._pools.get(threads)
         if pool is None:
             with self._lock:  # several callers may share one executor
@@ -176,7 +186,7 @@ class BudgetLanes:
             with modes.enter():
                 return fn(*args)
 
-        return pool.submit(on_lane).result()
+        return pool.submit(on_lane)
 
     def close(self) -> None:
         """Shut the lanes down and join their threads (idempotent)."""
@@ -324,6 +334,7 @@ class Executor:
         self._plans = IdCache(lambda graph: arrange(graph, **self.plan_defaults))
         self._schedules: IdCache[Plan, Schedule] = IdCache(Schedule)
         self._budget = BudgetLanes()
+        self._unsplit: IdCache[Plan, Plan] = IdCache(lambda p: dataclasses.replace(p, split=None))
 
     #: Whether `run` honours ``plan.thread_budget`` (in-process executors do; a remote
     #: executor's workers keep their own settings).
@@ -357,9 +368,31 @@ class Executor:
             If a node raised; other in-flight tasks are cancelled or awaited first.
         """
         p = self._as_plan(plan)
+        if p.split is not None:  # data parallelism: shards, _run_shards, merge
+            return run_split(self, p, args, kwargs, profile)
+        return self._budgeted(p, args, kwargs, profile)
+
+    def _budgeted(self, p: Plan, args: tuple[Any, ...], kwargs: dict[str, Any], profile: bool
+                  ) -> Any:  # fmt: skip
         if p.thread_budget is not None and self.honours_budget:
             return self._budget.call(p.thread_budget, self._run, p, args, kwargs, profile)
         return self._run(p, args, kwargs, profile)
+
+    def _run_shards(self, plan: Plan, shards: list[tuple[Any, ...]],
+                    events: list[TaskEvent] | None) -> list[Any]:  # fmt: skip
+        """Run ``plan`` (unsplit) on each shard's inputs; their outputs, in shard order
+        (`graphexec.executors.shards`). Here: one after another, at the plan's thread budget,
+        the reference the other backends are tested against."""
+        return [self._shard(plan, s, events) for s in shards]
+
+    def _shard(self, plan: Plan, inputs: tuple[Any, ...], events: list[TaskEvent] | None,
+               ) -> Any:  # fmt: skip
+        """One shard's outputs; its task events appended to ``events`` when profiling."""
+        if events is None:
+            return self._budgeted(plan, inputs, {}, False)
+        out, trace = self._budgeted(plan, inputs, {}, True)
+        events.extend(trace.events)
+        return out
 
     def _run(self, p: Plan, args: tuple[Any, ...], kwargs: dict[str, Any], profile: bool) -> Any:
         if not profile and self._inline(p):  # one generated function, one call per node

@@ -288,6 +288,7 @@ class CudaStreamExecutor(Executor):
         self.streams, self.capture, self.warmup = streams, capture, warmup
         self._lock = threading.Lock()  # one host thread enqueues at a time: streams are shared
         self._side: list[Any] | None = None
+        self._shard_lanes: list[Any] = []  # data parallelism: one caller stream per shard
         self._capture_stream: Any = None
         self._programs = IdCache(lambda plan: stream_program(plan, self.streams, self.schedule))
         self._graphs: dict[tuple, _Captured] = {}
@@ -305,6 +306,42 @@ class CudaStreamExecutor(Executor):
             else:
                 run_program(plan, program, env, self._streams(), events,
                             schedule=self._schedules(plan))  # fmt: skip
+
+    def _run_shards(self, plan: Plan, shards: list[tuple[Any, ...]],
+                    events: list[TaskEvent] | None) -> list[Any]:  # fmt: skip
+        """Data parallelism on one device: each shard's run enqueued with a shard stream of
+        its own as its caller's stream (its side streams are shared, in host order), forked
+        from and joined to the caller's stream, so shards' kernels overlap.
+
+        Where state crosses streams: the shards' inputs are views made on the caller's
+        stream, read on a shard stream after the fork (the caller waits for the shard before
+        it can free them); each shard's outputs are read by the merge on the caller's stream
+        after the join, so they are marked ``record_stream(caller)`` before their blocks can
+        return to the shard stream's pool.
+        """
+        if len(shards) == 1:
+            return super()._run_shards(plan, shards, events)
+        with torch.cuda.device(self.device):
+            caller = torch.cuda.current_stream(self.device)
+            lanes = self._shard_streams(len(shards))
+            outputs = []
+            try:
+                for inputs, lane in zip(shards, lanes, strict=False):
+                    lane.wait_stream(caller)
+                    with torch.cuda.stream(lane):
+                        outputs.append(self._shard(plan, inputs, events))
+            finally:
+                for lane in lanes[: len(shards)]:
+                    caller.wait_stream(lane)
+            for out in outputs:
+                _record_stream(out, caller)
+        return outputs
+
+    def _shard_streams(self, n: int) -> list[Any]:
+        with self._lock:
+            made = self._shard_lanes
+            made.extend(torch.cuda.Stream(self.device) for _ in range(n - len(made)))
+            return made[:n]
 
     def _inline(self, plan: Plan) -> bool:
         """A program all on the caller's stream, not captured, runs as the plan's straight-line
@@ -360,6 +397,7 @@ class CudaStreamExecutor(Executor):
             self._graphs.clear()
             self._programs.clear()
             self._side = self._capture_stream = None
+            self._shard_lanes = []
 
     def __reduce__(self) -> tuple:  # copy.deepcopy / pickle of a GraphModule: settings only
         return type(self), (self.device, self.streams, self.schedule, self.capture, self.warmup)

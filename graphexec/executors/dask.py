@@ -77,7 +77,7 @@ from ..graph import Graph
 from ..plans import Plan
 from ..profile import TaskEvent
 from . import dask_data, spawn_guard
-from .base import Executor, Modes, capture_modes, collect_outputs
+from .base import Executor, Modes, bind_inputs, capture_modes, collect_outputs
 from .dask_calls import (
     CHUNK_WORK,
     EMBED_BELOW,
@@ -89,6 +89,7 @@ from .dask_calls import (
     _progress,
     auto_chunk,
     chunks,
+    finish_call,
     finish_started,
     run_call,
     start_call,
@@ -104,7 +105,7 @@ from .dask_connect import (
     start_cluster,
     unreachable,
 )
-from .dask_faults import WorkerLostError
+from .dask_faults import ClusterErrors, WorkerLostError
 from .dask_jobs import _make_jobs, reject_cuda
 from .dask_jobs import fingerprint as _fingerprint
 from .dask_placement import PlacementError, WorkerImportError
@@ -316,6 +317,31 @@ class DaskExecutor(Executor):
         reject_cuda("a graph input", env)
         opts = _options(events is not None, self.schedule, whole=False)
         run_call(self._session, plan, [env], events, opts)
+
+    def _run_shards(self, plan: Plan, shards: list[tuple[Any, ...]],
+                    events: list[TaskEvent] | None) -> list[Any]:  # fmt: skip
+        """Data parallelism: each shard's whole plan as one Dask job (as `map` runs a chunk),
+        all submitted before the first is awaited, spread over the workers holding the plan;
+        activations stay on the workers, only each shard's outputs come back."""
+        envs = [bind_inputs(plan.graph, s, {}) for s in shards]
+        for env in envs:
+            reject_cuda("a graph input", env)
+        opts = _options(events is not None, "dataflow", whole=True)
+        calls: list[_Call] = []
+        try:
+            for env in envs:
+                calls.append(start_call(self._session, plan, [env], opts))
+            for call, env in zip(calls, envs, strict=True):
+                if events is None:
+                    finish_started(self._session, plan, call, [env], opts)
+                else:  # profiled: the shard's worker events too (a lost worker is not re-run)
+                    with ClusterErrors(self._session):
+                        finish_call(self._session, call, [env], events)
+        except BaseException:
+            for call in calls:
+                call.cancel()
+            raise
+        return [collect_outputs(plan.graph, env) for env in envs]
 
     def map(
         self,

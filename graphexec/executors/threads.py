@@ -25,16 +25,17 @@ outputs; only the calling thread touches the run's value table (see `LocalExecut
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import torch
 
 from ..plans import Plan
 from ..profile import TaskEvent
-from .base import enter_lane, process_default, started
+from .base import IdCache, _lane, enter_lane, process_default, started
 from .local import LocalExecutor
 from .sequential import SequentialExecutor
 
@@ -79,6 +80,8 @@ class ThreadExecutor(LocalExecutor):
         self.intra_op_threads = intra_op_threads or max(1, torch.get_num_threads() // self.workers)
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        # a split plan's shards run at their lane's threads, not at a budget of their own
+        self._on_lane = IdCache(lambda p: dataclasses.replace(p, thread_budget=None))
 
     def _start(self, fn: Callable[[], dict[str, Any]]) -> Future:
         pool = self._pool
@@ -102,6 +105,24 @@ class ThreadExecutor(LocalExecutor):
             SequentialExecutor._execute(self, plan, env, events)
             return
         super()._execute(plan, env, events)
+
+    def _run_shards(self, plan: Plan, shards: list[tuple[Any, ...]],
+                    events: list[TaskEvent] | None) -> list[Any]:  # fmt: skip
+        """Data parallelism: each shard's whole plan on a budget lane of its own, at once.
+
+        A lane runs at the caller's intra-op threads divided among the shards (at least 1),
+        the caller's own count untouched (`graphexec.executors.base.BudgetLanes`), under the
+        caller's grad mode, inference mode and autocast: shards' autograd graphs join at the
+        merge's ``torch.cat`` on the calling thread. Every shard is awaited before the first
+        error (in shard order) is raised.
+        """
+        budget = max(1, torch.get_num_threads() // len(shards))
+        if len(shards) == 1 or getattr(_lane, "threads", None) == budget:
+            return super()._run_shards(plan, shards, events)  # already on such a lane
+        here = self._on_lane(plan)
+        futures = [self._budget.submit(budget, self._shard, here, s, events) for s in shards]
+        wait(futures)
+        return [f.result() for f in futures]
 
     def close(self) -> None:
         """Shut the pool down and join its threads (idempotent; the next run starts a new one)."""
