@@ -31,10 +31,8 @@ import datetime
 import os
 import platform
 import signal
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import dask
@@ -48,6 +46,7 @@ import torch.nn as nn
 import zarr
 
 import graphexec as gx
+from benchmarks.bench_dask import _interleaved  # the same rounds and ratios as bench_dask
 from graphexec.executors.dask import DaskExecutor
 
 RESULTS = Path(__file__).parent / "results" / "dask_data.md"
@@ -105,25 +104,6 @@ def write_dataset(folder: Path, rows: int, block: int) -> tuple[str, str, np.nda
     frame = pd.DataFrame(x, columns=FEATS)
     dd.from_pandas(frame, chunksize=block, sort=False).to_parquet(ppath, write_index=False)
     return zpath, ppath, x
-
-
-def _interleaved(runs: dict, rounds: int) -> dict[str, float]:
-    """Per contender the median seconds, and "a / b" medians of per-round ratios."""
-    for fn in runs.values():
-        fn()  # warm-up: weights placed, the hand-scattered model sent
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(rounds):
-        for k, fn in runs.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
-    out = {k: statistics.median(v) for k, v in times.items()}
-    for a in times:
-        for b in times:
-            if a != b:
-                ratios = [x / y for x, y in zip(times[a], times[b], strict=True)]
-                out[f"{a} / {b}"] = statistics.median(ratios)
-    return out
 
 
 def _sent(ex: DaskExecutor, fn) -> int:
@@ -265,10 +245,10 @@ def report(r: dict, rows: int, block: int, rounds: int, command: str) -> str:
         f"{100 * r['sent'][mp] / r['dataset_bytes']:.2f}% (ex.map: "
         f"{100 * r['sent'][mz] / r['dataset_bytes']:.0f}%) |",
         f"| throughput vs hand-written Dask, same cluster | >= 1.0x | map_blocks "
-        f"{t[f'hand-written map_blocks (zarr) / {mb}']:.2f}x, map_partitions "
-        f"{t[f'hand-written map_partitions (parquet) / {mp}']:.2f}x |",
+        f"{t[f'ratio: hand-written map_blocks (zarr) / {mb}']:.2f}x, map_partitions "
+        f"{t[f'ratio: hand-written map_partitions (parquet) / {mp}']:.2f}x |",
         f"| throughput vs ex.map through the client, same files | >= 1.0x | map_blocks "
-        f"{t[f'{mz} / {mb}']:.2f}x, map_partitions {t[f'{mq} / {mp}']:.2f}x |",
+        f"{t[f'ratio: {mz} / {mb}']:.2f}x, map_partitions {t[f'ratio: {mq} / {mp}']:.2f}x |",
         f"| a worker SIGKILLed mid-computation | right result | {r['killed']} |",
         "",
         "Throughput ratios are other / ours of the per-round times (above 1: ours is faster).",
