@@ -304,11 +304,9 @@ def test_a_plan_must_beat_its_module_within_what_overlap_can_do(monkeypatch, pla
         assert "disturbed measurement" in p.decisions[-1]
 
 
-@pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs two intra-op threads")
-def test_the_module_as_it_is_is_tried_at_the_callers_threads_too(monkeypatch):
-    """A plan with a one-thread budget is compared with its module at that budget and at the
-    caller's threads: a budget that won for the plan's ops need not win for the module's (the
-    old step ran the module only at the plan's budget and kept a plan the module beat)."""
+def _thread_clock(monkeypatch):
+    """The trials' clock made fake: ``costs(at_one, at_caller)`` is a node that advances it by
+    its seconds at one intra-op thread or at the caller's threads."""
     clock = {"now": 0.0}
 
     def costs(at_one, at_caller):
@@ -319,6 +317,15 @@ def test_the_module_as_it_is_is_tried_at_the_callers_threads_too(monkeypatch):
         return fn
 
     monkeypatch.setattr(trials, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
+    return costs
+
+
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs two intra-op threads")
+def test_the_module_as_it_is_is_tried_at_the_callers_threads_too(monkeypatch):
+    """A plan with a one-thread budget is compared with its module at that budget and at the
+    caller's threads: a budget that won for the plan's ops need not win for the module's (the
+    old step ran the module only at the plan's budget and kept a plan the module beat)."""
+    costs = _thread_clock(monkeypatch)
     g = gx.Graph("budgeted")
     g.output(g.node("n", costs(2.0, 2.0), g.input("x")))
     budgeted = dataclasses.replace(gx.plan(g), thread_budget=1)
@@ -336,16 +343,7 @@ def test_an_exported_graphs_module_is_tried_at_one_thread_when_the_node_times_al
     at one thread when the node times allow it: on a busy machine the module's own threads
     collapse where the aten plan's did not (measured: exported BERT's module kept at 2
     threads ran 2.7x slower than eager at 1; the old step never tried it there)."""
-    clock = {"now": 0.0}
-
-    def costs(at_one, at_caller):
-        def fn(x):
-            clock["now"] += at_one if torch.get_num_threads() == 1 else at_caller
-            return x
-
-        return fn
-
-    monkeypatch.setattr(trials, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
+    costs = _thread_clock(monkeypatch)
     g = gx.Graph("exported")
     g.output(g.node("n", costs(2.0, 2.0), g.input("x")))
     g.imported_by = "torch.export: torch.fx could not trace it (a test)"
