@@ -392,11 +392,15 @@ def start_call(s: Session, plan: Plan, envs, opts: CallOptions, tries: _Attempts
                 raise
 
 
-def run_call(s: Session, plan: Plan, envs, events, opts: CallOptions, tries=None) -> None:
-    """Submit and finish one call; place and run it again after a lost worker (see above)."""
+def run_call(s: Session, plan: Plan, envs, events, opts: CallOptions, tries=None,
+             started: _Call | None = None) -> None:  # fmt: skip
+    """Submit and finish one call (``started``: one `start_call` already submitted); place
+    and run it again after a lost worker (see above)."""
     tries = tries or _Attempts(s, plan)
+    call = started
     while True:
-        call = start_call(s, plan, envs, opts, tries)
+        if call is None:
+            call = start_call(s, plan, envs, opts, tries)
         try:
             with ClusterErrors(s):
                 finish_call(s, call, envs, events)
@@ -406,19 +410,12 @@ def run_call(s: Session, plan: Plan, envs, events, opts: CallOptions, tries=None
                 raise
             if events is not None:
                 events.clear()
+            call = None
 
 
 def finish_started(s: Session, plan: Plan, call: _Call, envs, opts: CallOptions) -> None:
     """`finish_call` of a call `start_call` submitted; run it again if a worker was lost."""
-    tries = _Attempts(s, plan)
-    try:
-        with ClusterErrors(s):
-            finish_call(s, call, envs, None)
-        return
-    except BaseException as exc:
-        if not tries.again(exc, call):
-            raise
-    run_call(s, plan, envs, None, opts, tries)
+    run_call(s, plan, envs, None, opts, started=call)
 
 
 def _progress(inputs: Any, enabled: bool) -> Any:
