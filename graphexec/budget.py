@@ -8,18 +8,19 @@ faster at one thread. So a plan can run in four shapes, simplest first:
 
 ======================  =================================================================
 ``one by one``          every task on the calling thread, at the caller's intra-op threads
-``one by one at 1``     the same on a graphexec pool thread at 1 intra-op thread
-                        (``plan.thread_budget = 1``; one hand-off per call)
+``one by one at 1``     the same at 1 intra-op thread (``plan.thread_budget = 1``: the
+                        calling thread's own count set for the call and put back)
 ``overlapped``          branches on one-thread lanes, lone tasks on the calling thread
-``overlapped at 1``     the same, the loop (and its lone tasks) on a pool thread at 1
+``overlapped at 1``     the same, the loop (and its lone tasks) at 1 intra-op thread
 ======================  =================================================================
 
 `shape_step` estimates each from the node times measured at the caller's threads and at one
 thread, tries those the estimate does not rule out (`graphexec.trials.decide`: side by side,
 a change must win by the margin twice, an overlap faster than its lanes could be is re-run
 and then set aside), and writes what it measured into the plan. `recheck` tries them again
-when the calls drift (`graphexec.drift`). The caller's own thread count is never changed:
-a budget is a pool thread of its own (`graphexec.executors.base.BudgetLanes`).
+when the calls drift (`graphexec.drift`). A budget sets the calling thread's own count for
+the call and puts it back; torch's process default is never changed
+(`graphexec.executors.base.BudgetLanes`).
 """
 
 from __future__ import annotations
@@ -86,13 +87,13 @@ def shapes(p: Plan, costs_1: Mapping[str, float] | None = None) -> list[Shape]:
     can_overlap = p.max_width > 1 and p.as_is is None and p.compiled is None
     overlap = dataclasses.replace(p, serial_reason=None, thread_budget=None)
     if n > 1:
-        found.append(Shape(AT_ONE, "one by one on a pool thread at 1 intra-op thread",
+        found.append(Shape(AT_ONE, "one by one at 1 intra-op thread",
                            dataclasses.replace(inline, thread_budget=1)))  # fmt: skip
     if can_overlap:
         found.append(Shape(OVERLAP, f"overlapped on {lanes()} one-thread lanes", overlap))
         if n > 1:
             found.append(Shape(OVERLAP_AT_ONE, f"overlapped on {lanes()} one-thread lanes, the "
-                               "rest on a pool thread at 1 intra-op thread",
+                               "rest at 1 intra-op thread",
                                dataclasses.replace(overlap, thread_budget=1)))  # fmt: skip
     if costs_1 is None:
         return found
@@ -261,7 +262,7 @@ def _budget_line(found: Sequence[Shape], pick: Shape, outcome: trials.Outcome | 
     if first:
         said += "; the caller's threads collapsed while the nodes were timed"
     if pick.plan.thread_budget == 1:
-        return f"thread budget: 1 intra-op thread on a pool thread: {said}"
+        return f"thread budget: 1 intra-op thread: {said}"
     must = "the caller's threads had to" if first else "a budget of its own must"
     return (
         f"thread budget: the caller's {threads_words()} kept: {said}; {must} save "

@@ -133,8 +133,9 @@ class Plan:
     as_is: Callable[..., Any] | None = field(default=None, repr=False)
     #: The measured thread budget: None runs the plan on the calling thread with the caller's
     #: intra-op threads; an int runs it (its straight-line program, ``as_is``, or the loop that
-    #: dispatches its lanes) on one graphexec pool thread set to that many intra-op threads, one
-    #: hand-off per call. The caller's own setting is never changed (`graphexec.tune`).
+    #: dispatches its lanes) at that many intra-op threads, on the calling thread with its own
+    #: count set for the call and put back, or where that cannot be done for one thread alone,
+    #: on a graphexec pool thread at that count (`graphexec.executors.base.BudgetLanes`).
     thread_budget: int | None = None
     #: Seconds per call of this plan as its trial measured it on the example inputs (None when
     #: not measured): what `graphexec.drift` compares later calls with.
@@ -244,9 +245,9 @@ class Plan:
             rows.append(f"runs inline: {self.serial_reason}")
         if self.thread_budget is not None:
             rows.append(
-                f"thread budget: runs on a graphexec pool thread at {self.thread_budget} "
-                f"intra-op thread{'s' * (self.thread_budget != 1)}, one hand-off per call (the "
-                "caller's own setting is not changed)"
+                f"thread budget: runs at {self.thread_budget} intra-op "
+                f"thread{'s' * (self.thread_budget != 1)} on the calling thread, its own count "
+                "set for the call and put back (torch's process default is not changed)"
             )
         if self.split is not None:
             rows.append(f"data parallel: {self.split.words(self.graph)}")

@@ -15,9 +15,8 @@ plan. Everything that needs the model run on real inputs happens here, in this o
            split_step             data parallelism, checked and tried (`graphexec.split`)
 
 1. **Measure** each node (`graphexec.interpret.time_nodes_beside`): the median of ``repeats``
-   runs at the caller's intra-op threads and as many on a pool thread at one thread,
-   interleaved run by run, after a warm-up, under ``no_grad``. The caller's own thread count
-   is never changed.
+   runs at the caller's intra-op threads and as many at one thread, interleaved run by run,
+   after a warm-up, under ``no_grad``. The caller's thread count is put back after each.
 2. **Arrange** with the measured costs. This plan, run inline, is *the plan as it is*: the
    graph's nodes one after another on the calling thread, as one generated function
    (`graphexec.codegen`), like the ``torch.fx`` module it may come from.
@@ -26,7 +25,7 @@ plan. Everything that needs the model run on real inputs happens here, in this o
    Measured on real models (GoogLeNet, CLIP), fusing two small convolutions or q/k/v
    projections made them slower.
 4. **Thread budget and overlap** (`graphexec.budget`): one by one or overlapped, at the
-   caller's threads or on a pool thread at one; estimated from the node times, the ways the
+   caller's threads or at one; estimated from the node times, the ways the
    estimate does not rule out are tried side by side. Per-node times cannot see memory
    bandwidth, OpenMP workers that spin after each parallel region, or a load that makes the
    caller's threads collapse: the trial decides.
@@ -322,7 +321,7 @@ def _node_costs(
     graph: Graph, inputs: Sequence[Any], repeats: int
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Each node's median seconds at the caller's intra-op threads and at one thread (on a
-    pool thread, interleaved run by run: the caller's own count is never changed)."""
+    budget, interleaved run by run: the caller's count is put back after each)."""
     names = compute_order(graph)
     if uses_cuda(graph, inputs):  # kernel time from CUDA events: host clocks see launches
         costs = _median(time_nodes_cuda(graph, names, inputs, repeats))
@@ -468,10 +467,10 @@ def _source_step(
     """The best plan against the module the graph was traced from, side by side.
 
     The module runs at the caller's threads and, where the plan kept a thread budget or
-    ``try_one`` (the node times do not rule one thread out), on a pool thread at one
-    intra-op thread. The module as it is wins unless the plan takes at most ``margin`` of
-    its time. A plan with no lever of its own (the graph's own ops one after another at the
-    caller's threads) cannot beat the module's own ops by the `GAIN` every decision must win
+    ``try_one`` (the node times do not rule one thread out), at one intra-op thread. The
+    module as it is wins unless the plan takes at most ``margin`` of its time. A plan with
+    no lever of its own (the graph's own ops one after another at the caller's threads)
+    cannot beat the module's own ops by the `GAIN` every decision must win
     by: the module runs as it is, untried against it (`TRY_UNLEVERED`), and only its thread
     count is tried where its ops are not the plan's (imported through ``torch.export``).
     Where the plan must beat the module (``margin`` below 1, as the ``torch.compile`` backend
@@ -575,7 +574,7 @@ def _source_written(
         why += f"; {aside}"
     chosen = modules[ref]
     if len(modules) > 1:  # say which of the two ways the module was kept
-        where = ("on a pool thread at 1 intra-op thread" if chosen.thread_budget is not None
+        where = ("at 1 intra-op thread" if chosen.thread_budget is not None
                  else "at the caller's threads")  # fmt: skip
         why += f"; the module ran best {where}"
     line = f"runs the traced module as it is: the best plan ran {why}"

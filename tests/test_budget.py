@@ -10,7 +10,6 @@ and the drift watch's), so they check the rules, not this machine's noise::
 from __future__ import annotations
 
 import dataclasses
-import os
 import threading
 import types
 
@@ -123,8 +122,8 @@ def _work_graph(machine: _Machine) -> gx.Graph:
 @needs_threads
 @pytest.mark.parametrize("loaded", [False, True], ids=["quiet", "loaded"])
 def test_the_thread_budget_is_measured_and_said(monkeypatch, loaded):
-    """Under load the caller's threads collapse: the plan runs on a pool thread at one
-    thread; on a quiet machine it keeps the caller's threads. Either way print(plan) says
+    """Under load the caller's threads collapse: the plan runs at one thread; on a quiet
+    machine it keeps the caller's threads. Either way print(plan) says
     what was measured, and the outputs equal eager."""
     machine = _Machine()
     machine.patch(monkeypatch)
@@ -136,7 +135,7 @@ def test_the_thread_budget_is_measured_and_said(monkeypatch, loaded):
     if loaded:
         assert p.thread_budget == 1, p.decisions
         assert "5.00x faster" in line and "measured side by side" in line
-        assert "thread budget: runs on a graphexec pool thread at 1 intra-op thread" in str(p)
+        assert "thread budget: runs at 1 intra-op thread on the calling thread" in str(p)
     else:
         assert p.thread_budget is None
         assert "not tried" in line  # the node times at one thread ruled it out
@@ -306,17 +305,61 @@ def test_a_copied_executor_runs_budgets_on_lanes_of_its_own(local_executor):
     assert set(seen.seen) == {1}
 
 
-def test_callers_on_many_threads_share_the_budget_lanes(local_executor):
-    """One lane per core's worth of the budget: callers on several threads run at once, each
-    at the budget, and get their own results."""
+def test_callers_on_many_threads_each_run_the_budget_on_their_own_thread(local_executor):
+    """Callers on several threads run at once, each at the budget on its own thread (no
+    hand-off), get their own results, and each gets its own count back."""
     from concurrent.futures import ThreadPoolExecutor
 
     g, seen = _pair()
     p = dataclasses.replace(gx.plan(g), thread_budget=1)
     xs = [torch.randn(2, 4) for _ in range(32)]
+    default = _new_thread_count()
+
+    def call(x):
+        before = torch.get_num_threads()
+        out = local_executor.run(p, x)
+        return out, before, torch.get_num_threads()
+
     with ThreadPoolExecutor(8) as callers:
-        outs = list(callers.map(lambda x: local_executor.run(p, x), xs))
-    for x, out in zip(xs, outs, strict=True):
+        runs = list(callers.map(call, xs))
+    for x, (out, before, after) in zip(xs, runs, strict=True):
         torch.testing.assert_close(out, g.nodes["a"].fn(x) + x + 1)
-    lanes = [t for t in threading.enumerate() if t.name.startswith("graphexec-budget1")]
-    assert 1 <= len(lanes) <= max(1, os.cpu_count() or 1) and set(seen.seen) == {1}
+        assert before == after == default
+    assert set(seen.seen) == {1}
+    assert not local_executor._budget._pools  # no lane was made: every call ran on its caller
+    assert _new_thread_count() == default
+
+
+@needs_threads
+def test_a_thread_started_during_a_budgeted_call_starts_at_the_process_default():
+    """The budget sets the caller's own count alone: torch's process default, which a thread
+    started meanwhile reads (a server's new worker), stays as it was, MKL's count included."""
+    from graphexec.executors.base import BudgetLanes
+    from graphexec.executors.own_threads import at_threads
+
+    default = _new_thread_count()
+    lanes = BudgetLanes()
+    inside = lanes.call(1, lambda: (torch.get_num_threads(), _new_thread_count()))
+    assert inside == (1, default) and not lanes._pools
+    big = torch.randn(256, 256)
+    with at_threads(1) as here:  # a matrix product (MKL) gives the same result at either count
+        assert here
+        torch.testing.assert_close(big @ big, lanes.call(default, lambda: big @ big))
+    assert torch.get_num_threads() == default
+
+
+def test_where_the_count_cannot_be_set_alone_the_call_goes_to_a_lane(monkeypatch):
+    """Without the per-thread setters (another parallel backend), a budgeted call is handed
+    to a pool thread at the budget; the caller's count and the default do not move."""
+    from graphexec.executors import own_threads
+    from graphexec.executors.base import BudgetLanes
+
+    monkeypatch.setattr(own_threads, "_setters", lambda: None)
+    before, default = torch.get_num_threads(), _new_thread_count()
+    lanes = BudgetLanes()
+    try:
+        on = lanes.call(1, lambda: (threading.current_thread().name, torch.get_num_threads()))
+    finally:
+        lanes.close()
+    assert on[0].startswith("graphexec-budget1") and on[1] == 1
+    assert torch.get_num_threads() == before and _new_thread_count() == default

@@ -7,9 +7,10 @@ The call tree (override points marked ``*``)::
                                      then *_run_shards(whole plan, shards, events): each
                                      shard by _shard -> _budgeted (what follows), merged
       -> BudgetLanes.call            with ``plan.thread_budget`` (local executors): the rest
-                                     of the call runs on a pool thread at that many intra-op
-                                     threads, under the caller's modes; the caller's own
-                                     thread count is never touched
+                                     of the call runs at that many intra-op threads, on the
+                                     calling thread (its own count put back after the call;
+                                     `own_threads`) or, where that cannot be, on a pool
+                                     thread of that budget
       -> *_inline(plan)              runs task after task on this thread? then call the
                                      plan's straight-line program (`schedule.Schedule`,
                                      `graphexec.codegen`) or ``plan.as_is``, and return
@@ -46,6 +47,7 @@ from ..interpret import bind_inputs, check_input, check_none, run_nodes
 from ..planner import arrange
 from ..plans import Plan, Task
 from ..profile import TaskEvent, Timeline
+from .own_threads import at_threads
 from .schedule import Schedule
 from .shards import run_split
 
@@ -141,15 +143,23 @@ def started(pool: ThreadPoolExecutor, workers: int) -> ThreadPoolExecutor:
 
 
 class BudgetLanes:
-    """Pool threads per thread budget, made on first use: `Executor.run` hands a plan with
-    ``thread_budget=k`` to a thread of budget ``k``, one hand-off per call. There are
-    cores // k of them, so callers on several threads still run at once (one caller uses one).
+    """Run a call at a thread budget: on the calling thread, its own count set for the call
+    and put back (`call`), or on pool threads of that budget, several at once (`submit`).
 
-    ``torch.set_num_threads`` is per OS thread with torch's OpenMP backend (measured on torch
-    2.13): a lane at 1 intra-op thread leaves the caller's count as it was, which is why a
-    budget is a thread of its own and never a change of the caller's setting. Grad mode,
-    inference mode and autocast are thread-local: the caller's are re-entered on the lane.
-    A call made on a lane of the same budget (a plan run inside a node) runs where it is.
+    ``torch.set_num_threads`` is per OS thread with torch's OpenMP backend, and setting only
+    the calling thread's count costs about a microsecond (`graphexec.executors.own_threads`),
+    while handing a call to a pool thread and back cost 100-150 µs here, and more with a core
+    busy, when the woken thread waits for one. So `call` runs on the caller, and its count
+    (``torch.get_num_threads()``) is put back on every path; torch's process default, which
+    threads started meanwhile read, is never touched. Where the caller's count cannot be set
+    alone (another parallel backend; MKL's count pinned by an earlier
+    ``torch.set_num_threads`` on this thread), the call goes to a pool thread of that
+    budget, one hand-off. A call made at the budget already (a plan run inside a node, or
+    on a lane) runs where it is.
+
+    `submit` runs calls at once on pool threads made on first use, cores // k of them
+    (data-parallel shards). Grad mode, inference mode and autocast are thread-local: the
+    caller's are re-entered on a lane.
 
     >>> lanes = BudgetLanes()
     >>> lanes.call(1, torch.get_num_threads), torch.get_num_threads() >= 1
@@ -162,9 +172,10 @@ class BudgetLanes:
         self._lock = threading.Lock()
 
     def call(self, threads: int, fn: Callable[..., Any], *args: Any) -> Any:
-        """``fn(*args)`` on the lane of ``threads`` intra-op threads; its result or its error."""
-        if getattr(_lane, "threads", None) == threads:
-            return fn(*args)
+        """``fn(*args)`` at ``threads`` intra-op threads; its result or its error."""
+        with at_threads(threads) as here:
+            if here:
+                return fn(*args)
         return self.submit(threads, fn, *args).result()
 
     def submit(self, threads: int, fn: Callable[..., Any], *args: Any) -> Future:

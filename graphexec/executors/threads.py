@@ -12,8 +12,9 @@ as eager PyTorch would, with every core. A plan with no two dispatchable tasks a
 level (``plan.parallel`` is False) never touches the pool.
 
 A plan's measured ``thread_budget`` (`graphexec.tune`) is honoured as every local executor
-honours it: the call (the loop that dispatches the lanes, or the inline program) runs on one
-more pool thread set to that many intra-op threads (`graphexec.executors.base.BudgetLanes`).
+honours it: the call (the loop that dispatches the lanes, or the inline program) runs at that
+many intra-op threads on the calling thread, its own count set for the call and put back
+(`graphexec.executors.base.BudgetLanes`).
 
 Caveat (measured on torch 2.13, OpenMP): after a worker calls ``torch.set_num_threads``,
 threads created later start with that count too; `graphexec.executors.base.enter_lane` puts
