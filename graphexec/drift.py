@@ -105,6 +105,8 @@ class Watch:
         self.recent.append(seconds)
         if len(self.recent) < self.window:
             return None
+        if self.cost is not None and self.watched * self.share < self.cost:
+            return None  # before the median: this runs on every call
         now = statistics.median(self.recent)
         if self.baseline is None:
             self.baseline = now

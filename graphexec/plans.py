@@ -9,6 +9,7 @@ Pictures of a plan are drawn by `graphexec.viz` (``plan.draw()`` is wired there)
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -153,7 +154,7 @@ class Plan:
         """work / span: the speedup bound of any schedule with unlimited lanes."""
         return self.work / self.span if self.span > 0 else 1.0
 
-    @property
+    @functools.cached_property  # read on every call (`parallel`); a plan is frozen
     def max_width(self) -> int:
         """The most tasks worth dispatching at one level."""
         return max((sum(not self.tasks[t].inline for t in lv) for lv in self.levels), default=0)
@@ -162,7 +163,7 @@ class Plan:
     def parallel(self) -> bool:
         """False when no two dispatchable tasks can ever run at once, or when measurements
         say overlapping them loses to running them one by one with every core: run inline."""
-        return self.max_width > 1 and self.serial_reason is None
+        return self.serial_reason is None and self.max_width > 1
 
     def __repr__(self) -> str:
         return (
