@@ -26,7 +26,7 @@ def dask_client():
     cluster = distributed.LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
     )
-    client = distributed.Client(cluster)
+    client = distributed.Client(cluster, set_as_default=False)  # a test sees only what it asks for
     yield client
     client.close()
     cluster.close()
