@@ -26,7 +26,7 @@ from __future__ import annotations
 import random
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,18 +73,23 @@ def trial(
 def timed(
     runs: Mapping[str, Callable[[], Any]],
     decide: Callable[[Mapping[str, float]], str] | None = None,
-    warm: bool = True,
+    warm: bool | Collection[str] = True,
     mean: bool = False,
 ) -> tuple[dict[str, float], dict[str, float]]:
     """`trial`'s rounds: each candidate's median ratio to the first, and its median seconds.
-    ``warm=False`` skips the warm-up run of candidates that have just run. ``mean=True``:
-    ratios of mean seconds and mean seconds instead (see `decide`).
+    A warm-up run of each candidate comes first; ``warm=False`` skips it (candidates that
+    have just run), a collection of names keeps it for those alone (the rest ran the same
+    ops moments ago: only a new thread pool needs one). ``mean=True``: ratios of mean
+    seconds and mean seconds instead (see `decide`).
 
     ``decide`` maps one round's seconds (of the candidates that ran in it) to a winner
     (default: `choose` in the order of ``runs``); the trial stops early once every round
-    agrees on it. A candidate slower than `DROP` times the fastest in two runs in a row (its
-    warm-up included) has lost whatever the noise: it stops running, and its ratio is what
-    its runs measured. Under load, the caller's collapsed threads are the slow candidate.
+    agrees on it. A challenger slower than `LOST` times the fastest in two runs in a row (its
+    warm-up included) cannot win by the margin: it stops running, and its ratio is what its
+    runs measured. The reference (the first candidate) stops only at `DROP`, and so does
+    every candidate with ``mean=True``: there a steady candidate 1.5x slower than one that
+    collapses every third call still wins on the mean, and two calm runs in a row must not
+    drop it. Under load, the caller's collapsed threads are the slow candidate.
     """
     names = list(runs)
     decide = decide or (lambda r: choose(r, [n for n in runs if n in r]))
@@ -92,7 +97,9 @@ def timed(
     rounds: list[dict[str, float]] = []
     with torch.no_grad():
         first: dict[str, float] = {}
-        for n, fn in runs.items() if warm else ():  # warm-up: pools, allocators, lazy inits
+        warming = names if warm is True else [n for n in names if warm and n in warm]
+        for n in warming:  # warm-up: pools, allocators, lazy inits
+            fn = runs[n]
             t0 = time.perf_counter()
             fn()
             first[n] = time.perf_counter() - t0
@@ -106,24 +113,35 @@ def timed(
                 runs[n]()
                 times[n] = time.perf_counter() - t0
             rounds.append(times)
-            live = _survivors(live, first, rounds)
+            live = _survivors(live, first, rounds, mean, names[0])
             elapsed = time.perf_counter() - start
             if len(live) == 1 or _done(rounds, decide, len(live), elapsed, mean):
                 break
     return _ratios(names, rounds, mean)
 
 
-#: A candidate this many times slower than the fastest, twice in a row, stops running.
+#: A candidate this many times slower than the fastest, twice in a row, stops running (median
+#: trials): to win it would have to turn 1.3 / `GAIN` = 1.37x faster relative to the others in
+#: the rounds left, which a quiet machine's noise (a few percent) does not do, and a median
+#: filters the odd burst of load out anyway. It saves a first call the rounds of what lost.
+LOST = 1.3
+
+#: The same for mean trials (thread counts), and the caller's threads this many times slower
+#: than one thread in the node times: collapsed (`graphexec.budget`).
 DROP = 3.0
 
 
-def _survivors(live: list[str], warm: Mapping[str, float], rounds: list[dict[str, float]]
-               ) -> list[str]:  # fmt: skip
+def _survivors(live: list[str], warm: Mapping[str, float], rounds: list[dict[str, float]],
+               mean: bool, reference: str) -> list[str]:  # fmt: skip
+    """The candidates still running: a challenger drops at `LOST` (median trials), which can
+    only keep the simpler plan; the reference, and anything in a mean trial, at `DROP` (a
+    burst of load on the reference for two runs must not hand a challenger the win)."""
     before = rounds[-2] if len(rounds) > 1 else warm
     now = rounds[-1]
 
     def lost(n: str) -> bool:
-        return all(n in r and r[n] > DROP * min(r[m] for m in live if m in r)
+        bar = DROP if mean or n == reference else LOST
+        return all(n in r and r[n] > bar * min(r[m] for m in live if m in r)
                    for r in (before, now))  # fmt: skip
 
     return [n for n in live if not lost(n)]
@@ -221,7 +239,7 @@ def decide(
     gain: float | None = None,
     floors: Mapping[str, tuple[str, float]] | None = None,
     words: Mapping[str, str] | None = None,
-    warm: bool = True,
+    warm: bool | Collection[str] = True,
     mean: bool = False,
 ) -> Outcome:
     """Try ``runs`` (simplest first) side by side and pick one by `choose`.

@@ -275,6 +275,28 @@ def test_a_candidate_that_clearly_lost_stops_running(monkeypatch):
     assert ratios == {"slow": 1.0, "fast": pytest.approx(0.1)} and base == 10.0
 
 
+def test_a_challenger_that_lost_by_far_stops_running_but_the_reference_does_not(monkeypatch):
+    """In a median trial a challenger 1.5x slower than the simplest candidate in two runs
+    in a row stops (it could only keep the simpler plan); the simplest one stops only at
+    `trials.DROP`, so a burst of load on it cannot hand a challenger the win."""
+    clock = {"now": 0.0}
+    calls = {"base": 0, "slow": 0}
+
+    def cost(name, seconds):
+        def fn():
+            clock["now"] += seconds
+            calls[name] += 1
+
+        return fn
+
+    monkeypatch.setattr(trials, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
+    ratios, _ = trials.trial({"base": cost("base", 1.0), "slow": cost("slow", 1.5)})
+    assert calls == {"base": 2, "slow": 2} and ratios["slow"] == pytest.approx(1.5)
+    calls.update(base=0, slow=0)
+    ratios, _ = trials.trial({"slow": cost("slow", 1.5), "base": cost("base", 1.0)})
+    assert calls["slow"] > 2 and ratios["base"] == pytest.approx(1 / 1.5)  # the reference ran on
+
+
 def test_after_a_re_check_the_baseline_is_the_calls_own():
     """A trial runs under no_grad; calls that train take longer for that alone, which is no
     drift: after a re-check the next window of calls is the baseline."""
