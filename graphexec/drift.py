@@ -14,6 +14,11 @@ core is taken: measured here, 2-23x slower). `GraphModule` times each call with 
   runs about as fast when the load leaves (a one-thread lane does not get faster when the
   other core frees up), so its calls cannot show that the choice went stale: it is
   re-checked anyway, whenever the budget below allows.
+* **Slow probe.** A plan that kept the caller's threads (more than one) was judged in one
+  trial, under the load of that moment; with one core busy, a trial in a calm moment can keep
+  threads that collapse right after (measured: a BERT-like model planned that way ran 2.3x
+  slower than at one thread, and its calls stayed inside the drift factor of the trial's
+  time). It is re-checked too, at a tenth of the budget (``slow_share``, 0.3%).
 * **Budget.** A re-check runs the candidates side by side (`graphexec.tune.recheck`). It is
   allowed only once the calls watched since the last one add up to the last re-check's cost
   divided by ``share`` (3%): the watching costs a few percent of the time watched, at most.
@@ -29,6 +34,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+import torch
+
 from .plans import Plan
 from .units import format_seconds
 
@@ -40,6 +47,8 @@ DRIFT = 1.5
 WINDOW = 8
 #: The most a re-check may cost, as a share of the time of the calls watched before it.
 SHARE = 0.03
+#: The same for the slow probe of a plan that kept the caller's threads.
+SLOW_SHARE = 0.003
 #: Before the first re-check is measured, its cost is guessed as this many calls.
 RECHECK_CALLS = 12
 
@@ -76,11 +85,13 @@ class Watch:
         factor: float = DRIFT,
         window: int = WINDOW,
         share: float = SHARE,
+        slow_share: float = SLOW_SHARE,
         clock: Callable[[], float] = time.perf_counter,
     ):
-        if factor <= 1 or window < 1 or share <= 0:
-            raise ValueError("Watch needs factor > 1, window >= 1 and share > 0")
+        if factor <= 1 or window < 1 or share <= 0 or slow_share < 0:
+            raise ValueError("Watch needs factor > 1, window >= 1, share > 0, slow_share >= 0")
         self.factor, self.window, self.share, self.clock = factor, window, share, clock
+        self.slow_share = slow_share
         self.calls = 0
         self.start(None)
 
@@ -90,6 +101,7 @@ class Watch:
         trial runs under ``no_grad``, and calls that train take longer for that alone."""
         self.baseline = plan.call_seconds if plan is not None and not from_calls else None
         self.probe = plan is not None and _load_dependent(plan)
+        self.slow_probe = plan is not None and not self.probe and _threads_kept(plan)
         self.recent: deque[float] = deque(maxlen=self.window)
         self.watched = 0.0
         self.cost = RECHECK_CALLS * self.baseline if self.baseline else None
@@ -128,7 +140,18 @@ class Watch:
                 f"a periodic re-check of a load-dependent choice after "
                 f"{format_seconds(self.watched)} of calls"
             )
+        if self.slow_probe and self.watched * self.slow_share >= self.cost:
+            return (
+                f"a periodic re-check of the caller's {torch.get_num_threads()} intra-op threads "
+                f"after {format_seconds(self.watched)} of calls"
+            )
         return None
+
+
+def _threads_kept(plan: Plan) -> bool:
+    """The plan runs at the caller's threads, and there is more than one: one thread could
+    win when the load changes, or have won in the moment after the trial."""
+    return plan.measured and plan.thread_budget is None and torch.get_num_threads() > 1
 
 
 def _load_dependent(plan: Plan) -> bool:

@@ -243,6 +243,31 @@ def test_drift_re_checks_the_budget_both_ways_and_says_when(monkeypatch, kind):
 
 
 @needs_threads
+@pytest.mark.parametrize("slow_share", [0.5, 0.0], ids=["slow-probe", "off"])
+def test_threads_kept_in_a_calm_moment_are_re_checked_without_drift(monkeypatch, slow_share):
+    """A plan that kept the caller's threads is re-tried now and then at a small share of
+    the calls' time even when its calls stay inside the drift factor (a trial in a calm
+    moment on a busy machine): here the load makes the threads 8x slower, the factor is set
+    out of reach, and the slow probe alone finds one thread."""
+    machine = _Machine()
+    machine.patch(monkeypatch)
+    g = _work_graph(machine)
+    x = torch.ones(3)
+    watch = Watch(window=3, share=5.0, slow_share=slow_share, factor=100.0, clock=machine.clock)
+    with gx.GraphModule(g, "sequential", adapt=watch) as gm:
+        gm(x)
+        assert gm.plan.thread_budget is None
+        machine.loaded = True
+        for _ in range(20):
+            torch.testing.assert_close(gm(x), x * 2)
+        if slow_share:
+            assert gm.plan.thread_budget == 1, gm.plan.decisions
+            assert "periodic re-check of the caller's" in gm.plan.decisions[-1]
+        else:
+            assert gm.plan.thread_budget is None
+
+
+@needs_threads
 def test_adapt_false_keeps_the_plan(monkeypatch):
     machine = _Machine()
     machine.patch(monkeypatch)
