@@ -61,7 +61,7 @@ import torch
 
 from . import cache, split, trials
 from .backends import compile_plan
-from .budget import concurrency_pays, lanes, one_thread_may_pay, recheck, shape_step
+from .budget import concurrency_pays, lanes, one_thread_may_pay, recheck, shape_step, shapes
 from .executors.base import BudgetLanes
 from .executors.sequential import SequentialExecutor
 from .executors.threads import ThreadExecutor
@@ -300,15 +300,21 @@ def _measured(
     if opts.hfuse is not False and has_candidates(graph):
         progress.step("horizontal fusion, fused against unfused")
         p, costs_1 = _fusion_step(p, costs_1, inputs, opts)
-    progress.step("the thread budget and overlap, side by side")
-    p = shape_step(p, costs_1, inputs, opts.check,
-                   lambda q, c: _concurrency_pays(q, c) is None)  # fmt: skip
+    hopeless = None
+    if opts.check and graph.source is not None and _exported(graph) and opts.backend == "eager":
+        progress.step("the exported graph's estimate against the module as it is")
+        hopeless = _cannot_beat(p, graph.source, inputs, costs_1)
+    if hopeless is None:
+        progress.step("the thread budget and overlap, side by side")
+        p = shape_step(p, costs_1, inputs, opts.check,
+                       lambda q, c: _concurrency_pays(q, c) is None)  # fmt: skip
     if opts.backend != "eager":  # compiled last: its thread budget follows the overlap decision
         progress.step(f"{opts.backend} tasks against eager ones")
         p = _compile_step(p, as_is, opts.backend, inputs, opts.check)
     if opts.check and graph.source is not None:
         progress.step("the plan against the traced module as it is")
-        p = _source_step(p, graph, graph.source, inputs, opts.source_margin, try_one=try_one)
+        p = _source_step(p, graph, graph.source, inputs, opts.source_margin, try_one=try_one,
+                         hopeless=hopeless)  # fmt: skip
     p = split.split_step(p, inputs, opts.data_parallel, opts.batch_axis, opts.check)
     return p, costs
 
@@ -462,9 +468,12 @@ def _compile_step(
 
 def _source_step(
     p: Plan, graph: Graph, source: Callable[..., Any], example_inputs: Sequence[Any],
-    margin: float, try_one: bool = False,
+    margin: float, try_one: bool = False, hopeless: str | None = None,
 ) -> Plan:  # fmt: skip
     """The best plan against the module the graph was traced from, side by side.
+
+    ``hopeless`` (`_cannot_beat`): why the plan is not worth a trial; only the module's
+    thread count is tried.
 
     The module runs at the caller's threads and, where the plan kept a thread budget or
     ``try_one`` (the node times do not rule one thread out), at one intra-op thread. The
@@ -499,17 +508,19 @@ def _source_step(
             same = False
         if not same:
             return p
-        if not lever and not TRY_UNLEVERED and len(modules) == 1:
-            return _unlevered(p, module, None)
+        untried = hopeless is not None or (not lever and not TRY_UNLEVERED)
+        if untried and len(modules) == 1:
+            return _unlevered(p, module, None, hopeless)
         runs = {"plan": lambda: runner.run(p, *example_inputs),
                 **{k: functools.partial(inline.run, m, *example_inputs)
                    for k, m in modules.items()}}  # fmt: skip
-        if not lever and not TRY_UNLEVERED:
+        if untried:
             runs.pop("plan")
         elif margin < 1 or not lever:
             runs = {**{k: runs[k] for k in modules}, "plan": runs["plan"]}
         outcome = trials.decide(
-            runs, gain=margin if margin < 1 else 1 / margin if lever else NO_LEVER_GAIN,
+            runs, gain=margin if margin < 1 else 1 / margin if lever and not untried
+            else NO_LEVER_GAIN,
             # the same ops at the same thread count cannot run faster than overlap allows
             floors={"plan": ("module" if p.thread_budget is None else _AT_BUDGET,
                              0.9 / lanes())} if same_ops and "plan" in runs else None,
@@ -519,7 +530,7 @@ def _source_step(
             mean=_AT_BUDGET in runs,  # thread counts: a collapse now and then is what calls pay
         )  # fmt: skip
     if "plan" not in runs:
-        return _unlevered(p, modules[outcome.pick], outcome)
+        return _unlevered(p, modules[outcome.pick], outcome, hopeless)
     return _source_written(p, modules, source, outcome)
 
 
@@ -530,17 +541,53 @@ def _source_step(
 TRY_UNLEVERED = False
 
 
+#: An exported graph whose best way is estimated at this many times its module's measured
+#: seconds is not tried (`_cannot_beat`): it would have to run 1.25 / `GAIN` = 1.3x faster
+#: than the sum of its node times to be kept. Measured: exported aten plans of the zoo's
+#: transformers ran 1.26-3.3x of eager, and their shape trials were ~45% of a first call.
+HOPELESS = 1.25
+
+
+def _cannot_beat(
+    p: Plan, source: Callable[..., Any], example_inputs: Sequence[Any], costs_1: Mapping[str, float]
+) -> str | None:  # fmt: skip
+    """Why no way of running ``p`` (an exported graph) is worth a trial against its module,
+    or None: its best estimate from the node times is `HOPELESS` times the module's median
+    seconds (3 runs after a warm-up, which also checks that both give the same outputs)."""
+    best = min(s.estimate for s in shapes(p, costs_1))
+    with SequentialExecutor() as inline, torch.no_grad():
+        try:
+            if not _same(source(*example_inputs), inline.run(p, *example_inputs)):
+                return None
+        except Exception:  # noqa: BLE001 - a source that cannot take the graph's inputs
+            return None
+        runs = []
+        for _ in range(3):
+            start = time.perf_counter()
+            source(*example_inputs)
+            runs.append(time.perf_counter() - start)
+    module = statistics.median(runs)
+    if best < HOPELESS * module:
+        return None
+    return (
+        f"the exported graph's best way was estimated at {format_seconds(best)} from its node "
+        f"times, {best / module:.2f}x the module's {format_seconds(module)} (measured): no way "
+        "of running the plan was tried"
+    )
+
+
 def _exported(graph: Graph) -> bool:
     """The graph's ops are ``torch.export``'s aten ops, not its module's own."""
     return (graph.imported_by or "").startswith("torch.export")
 
 
-def _unlevered(p: Plan, chosen: Plan, outcome: trials.Outcome | None) -> Plan:
-    """The module as it is for a plan with no lever of its own; ``outcome`` is the trial of
-    the module's thread count, where one ran."""
-    line = (
-        "runs the traced module as it is: the best plan runs the same ops one after "
-        "another at the caller's threads, with no lever of its own (not tried against it)"
+def _unlevered(p: Plan, chosen: Plan, outcome: trials.Outcome | None, why: str | None = None
+               ) -> Plan:  # fmt: skip
+    """The module as it is for a plan with no lever of its own (or ``why`` the plan was not
+    tried); ``outcome`` is the trial of the module's thread count, where one ran."""
+    line = "runs the traced module as it is: " + (
+        why or "the best plan runs the same ops one after another at the caller's threads, "
+        "with no lever of its own (not tried against it)"
     )
     if outcome is not None:
         ran = _ran(outcome.ratios[_AT_BUDGET], "the module at the caller's threads")

@@ -362,6 +362,36 @@ def test_an_exported_graphs_module_is_tried_at_one_thread_when_the_node_times_al
         assert torch.get_num_threads() == before
 
 
+@pytest.mark.parametrize("module_s", [1.0, 10.0], ids=["cannot-beat", "may-beat"])
+def test_an_exported_graph_whose_estimate_cannot_beat_its_module_is_not_tried(
+    monkeypatch, module_s
+):
+    """An exported graph (aten ops, not the module's) whose best way, estimated from its node
+    times (4 s), is 1.25x its module's measured time or more, is not tried in any way: the
+    module runs as it is, and the plan says what was estimated and measured. Where it may
+    beat the module (10 s), its ways are tried."""
+    from graphexec import interpret
+
+    costs = _thread_clock(monkeypatch)
+    monkeypatch.setattr(interpret, "time", trials.time)  # the node timer, on the same clock
+    monkeypatch.setattr(tune, "time", trials.time)  # the module's own timing
+    g = gx.Graph("exported")
+    g.output(g.node("b", costs(2.0, 2.0), g.node("a", costs(2.0, 2.0), g.input("x"))))
+    g.imported_by = "torch.export: torch.fx could not trace it (a test)"
+    g.source = costs(module_s, module_s)
+    monkeypatch.setenv("GRAPHEXEC_CACHE", "0")
+    p = gx.plan(g, example_inputs=(torch.ones(2),))
+    if module_s == 1.0:
+        assert p.as_is is g.source, p.decisions
+        assert not any(d.startswith("thread budget") for d in p.decisions), p.decisions
+        line = p.decisions[-1]
+        assert "best way was estimated at 4.00 s from its node times, 4.00x the module's " in line
+        assert "1.00 s (measured): no way of running the plan was tried" in line
+    else:  # tried: the shape trial ran (the module then wins untried: the plan has no lever)
+        assert any(d.startswith("thread budget") for d in p.decisions), p.decisions
+        assert not any("no way of running the plan was tried" in d for d in p.decisions)
+
+
 def test_a_plan_with_no_lever_runs_its_module_untried(monkeypatch):
     """A plan of the module's own ops one after another, at the caller's threads, cannot win
     the margin: the module runs as it is without a trial (the plan would be 'faster' here),
