@@ -151,8 +151,10 @@ def _ratios(
     names: list[str], rounds: list[dict[str, float]], mean: bool = False
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Median per-round ratios to the first candidate (``mean``: ratios of the summed seconds
-    of the rounds both ran in); through the fastest candidate still running at the end (the
-    anchor) for rounds the first did not run in."""
+    of the rounds both ran in, where some candidate collapsed: `collapsed`); through the
+    fastest candidate still running at the end (the anchor) for rounds the first did not run
+    in."""
+    mean = mean and collapsed(rounds)
     base = names[0]
     last = rounds[-1]
     anchor = base if base in last else min(last, key=last.__getitem__)
@@ -168,6 +170,28 @@ def _ratios(
     ratios = {n: rel(n, anchor) * to_anchor for n in names}
     ratios[base] = 1.0
     return ratios, {n: center(r[n] for r in rounds if n in r) for n in names}
+
+
+#: A mean trial compares means only when some candidate's mean run is this many times its
+#: median run: torch's threads collapsing now and then (2-20x, measured) is what calls pay;
+#: one slow run in a few tens of percent is noise, and on a quiet machine a mean of 3-4 rounds
+#: let it decide (a CLIP-like module kept at one thread that ran 1.15x slower there).
+COLLAPSE = 1.5
+
+
+def collapsed(rounds: Sequence[Mapping[str, float]]) -> bool:
+    """Whether some candidate's runs collapsed now and then (its mean over `COLLAPSE` times its
+    median).
+
+    >>> collapsed([{"a": 1.0}, {"a": 1.0}, {"a": 20.0}]), collapsed([{"a": 1.0}, {"a": 1.4}])
+    (True, False)
+    """
+    names = {n for r in rounds for n in r}
+    for n in names:
+        runs = [r[n] for r in rounds if n in r]
+        if statistics.mean(runs) > COLLAPSE * statistics.median(runs):
+            return True
+    return False
 
 
 def _done(
@@ -247,7 +271,8 @@ def decide(
     ``mean=True`` compares mean seconds rather than the median of per-round ratios: for
     thread counts, where the runs at the caller's threads collapse now and then on a busy
     machine (measured: 3.5 ms in one run, 290-560 ms in the next three), and those calls are
-    what a user pays for, not outliers to filter out.
+    what a user pays for, not outliers to filter out. Only where a candidate did collapse
+    (`collapsed`): otherwise medians, as for every other decision.
 
     ``floors`` maps a candidate to ``(reference, floor)``: it cannot take below ``floor`` of
     the reference's time (overlapping the same ops on ``L`` lanes: ``1/L``). A trial that says

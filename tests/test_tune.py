@@ -259,6 +259,27 @@ def test_thread_count_trials_count_what_collapsing_calls_cost(monkeypatch, mean)
     assert out.pick == ("one thread" if mean else "caller's threads"), out
 
 
+def test_a_mean_trial_without_a_collapse_is_decided_on_medians(monkeypatch):
+    """A slow run now and then of a few tens of percent (a page fault, a GC pause) is noise:
+    on a quiet machine a mean of a few rounds let it hand a steady, slower way the win (a
+    CLIP-like module kept at one thread, 1.15x slower there). Means decide only where a
+    candidate collapsed (`trials.COLLAPSE`)."""
+    clock = {"now": 0.0, "calls": 0}
+
+    def cost(seconds):
+        clock["now"] += seconds
+
+    def hiccups():  # every third call 45% slower: its mean is 1.15x its median
+        clock["calls"] += 1
+        cost(1.45 if clock["calls"] % 3 == 0 else 1.0)
+
+    monkeypatch.setattr(trials, "TRIAL_BUDGET", math.inf)
+    monkeypatch.setattr(trials, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
+    out = trials.decide({"caller's threads": hiccups, "one thread": lambda: cost(1.03)},
+                        mean=True)  # fmt: skip
+    assert out.pick == "caller's threads", out
+
+
 def test_a_win_must_hold_in_a_second_trial(monkeypatch):
     """A candidate that looks twice as fast for one trial (a burst of load on the other) and
     the same afterwards is not kept; one that wins both trials is, at its worse ratio."""
