@@ -42,8 +42,9 @@ __all__ = ["FORMAT", "CacheWarning", "directory", "key", "load", "store"]
 
 #: The layout of a cache file, and the rules its decisions were made by: a file of another
 #: format is ignored (with a warning), and a new format means new keys (2: the module untried
-#: against a plan with no lever; thread counts tried on mean seconds).
-FORMAT = 2
+#: against a plan with no lever; thread counts tried on mean seconds; 3: a budget on the
+#: caller's thread, means only where a run collapsed, exported graphs that cannot win untried).
+FORMAT = 3
 
 
 class CacheWarning(UserWarning):
