@@ -238,22 +238,29 @@ def test_a_trial_stops_once_its_last_rounds_agree_with_the_medians(monkeypatch):
     assert clock["calls"] == 1 + trials.TRIAL_ROUNDS + 1  # warm-up, 3 rounds, one more
 
 
-@pytest.mark.parametrize("mean", [True, False])
-def test_thread_count_trials_count_what_collapsing_calls_cost(monkeypatch, mean):
-    """On a busy machine the caller's threads collapse now and then (measured: 3.5 ms, then
-    290-560 ms); a median of per-round ratios filters those calls out as noise and keeps
-    the way that pays for them. Thread-count trials compare mean seconds."""
+def _every_third(monkeypatch, slow: float):
+    """The trials' clock made fake, rounds not seconds deciding: ``cost(seconds)`` advances
+    it, and the second function costs 1 s, ``slow`` s on every third call."""
     clock = {"now": 0.0, "calls": 0}
 
     def cost(seconds):
         clock["now"] += seconds
 
-    def collapsing():  # every third call 20x slower
+    def periodic():
         clock["calls"] += 1
-        cost(20.0 if clock["calls"] % 3 == 0 else 1.0)
+        cost(slow if clock["calls"] % 3 == 0 else 1.0)
 
     monkeypatch.setattr(trials, "TRIAL_BUDGET", math.inf)
     monkeypatch.setattr(trials, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
+    return cost, periodic
+
+
+@pytest.mark.parametrize("mean", [True, False])
+def test_thread_count_trials_count_what_collapsing_calls_cost(monkeypatch, mean):
+    """On a busy machine the caller's threads collapse now and then (measured: 3.5 ms, then
+    290-560 ms); a median of per-round ratios filters those calls out as noise and keeps
+    the way that pays for them. Thread-count trials compare mean seconds."""
+    cost, collapsing = _every_third(monkeypatch, 20.0)  # every third call 20x slower
     out = trials.decide({"caller's threads": collapsing, "one thread": lambda: cost(1.5)},
                         mean=mean)  # fmt: skip
     assert out.pick == ("one thread" if mean else "caller's threads"), out
@@ -264,17 +271,7 @@ def test_a_mean_trial_without_a_collapse_is_decided_on_medians(monkeypatch):
     on a quiet machine a mean of a few rounds let it hand a steady, slower way the win (a
     CLIP-like module kept at one thread, 1.15x slower there). Means decide only where a
     candidate collapsed (`trials.COLLAPSE`)."""
-    clock = {"now": 0.0, "calls": 0}
-
-    def cost(seconds):
-        clock["now"] += seconds
-
-    def hiccups():  # every third call 45% slower: its mean is 1.15x its median
-        clock["calls"] += 1
-        cost(1.45 if clock["calls"] % 3 == 0 else 1.0)
-
-    monkeypatch.setattr(trials, "TRIAL_BUDGET", math.inf)
-    monkeypatch.setattr(trials, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
+    cost, hiccups = _every_third(monkeypatch, 1.45)  # its mean is 1.15x its median
     out = trials.decide({"caller's threads": hiccups, "one thread": lambda: cost(1.03)},
                         mean=True)  # fmt: skip
     assert out.pick == "caller's threads", out
