@@ -347,7 +347,9 @@ def helped_line(
     spread = f"middle half {low:.2f}x-{high:.2f}x of {len(speedup.ratios)} rounds"
     if speedup.verdict == "faster":
         speed = f"{speedup.median:.2f}x faster than eager ({spread})"
-    elif speedup.verdict == "slower":
+    elif speedup.verdict == "slower":  # the spread in the same words as the headline
+        spread = (f"middle half {1 / high:.2f}x-{1 / low:.2f}x slower, "
+                  f"of {len(speedup.ratios)} rounds")  # fmt: skip
         speed = f"{1 / speedup.median:.2f}x slower than eager ({spread})"
     else:
         speed = f"no faster than eager ({speedup.median:.2f}x, within noise: {spread})"

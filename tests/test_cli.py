@@ -164,6 +164,10 @@ def test_the_demo_line_says_what_the_plan_decided_and_what_was_measured():
     )
     assert helped_line("m", p, None) == "m: not timed (see the error above)"
     assert "\n" not in line
+    slow = Speedup((1.0, 1.0, 1.0, 1.0), (0.8, 0.9, 0.85, 0.9))  # spread in the headline's words
+    assert helped_line("m", serial, slow).startswith(
+        "m: 1.14x slower than eager (middle half 1.11x-1.19x slower, of 4 rounds)"
+    )
 
 
 @pytest.mark.parametrize(
