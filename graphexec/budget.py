@@ -176,7 +176,8 @@ def _floors(found: Sequence[Shape]) -> dict[str, tuple[str, float]]:
     return {s.name: (ref, 0.9 / lanes()) for s in found if s.name != ref and s.name != ONE_BY_ONE}
 
 
-def _measure(found: Sequence[Shape], inputs: Sequence[Any]) -> trials.Outcome:
+def _measure(found: Sequence[Shape], inputs: Sequence[Any], pause: float = 0.0
+             ) -> trials.Outcome:  # fmt: skip
     with SequentialExecutor() as inline, ThreadExecutor() as overlapped:
         # mean seconds: the caller's threads collapsing now and then under load is what the
         # calls would pay, not noise to filter out
@@ -184,7 +185,7 @@ def _measure(found: Sequence[Shape], inputs: Sequence[Any]) -> trials.Outcome:
         # shapes run the ops the node timing ran moments ago, at the same thread counts
         return trials.decide(_runs(found, inputs, inline, overlapped), floors=_floors(found),
                              words={s.name: s.words for s in found}, mean=True,
-                             warm={s.name for s in found if s.overlaps})  # fmt: skip
+                             warm={s.name for s in found if s.overlaps}, pause=pause)  # fmt: skip
 
 
 def shape_step(
@@ -329,6 +330,10 @@ def _disagreement(p: Plan, outcome: trials.Outcome) -> list[str]:
     ]
 
 
+def _paused(pause: float) -> str:
+    return f", each run after {format_seconds(pause)} idle, as between the calls" if pause else ""
+
+
 def current(p: Plan) -> str:
     """The shape ``p`` runs in."""
     if p.parallel:
@@ -336,14 +341,20 @@ def current(p: Plan) -> str:
     return AT_ONE if p.thread_budget == 1 else ONE_BY_ONE
 
 
-def recheck(p: Plan, inputs: Sequence[Any], why: str, calls: int) -> tuple[Plan, bool]:
+def recheck(p: Plan, inputs: Sequence[Any], why: str, calls: int, pause: float = 0.0
+            ) -> tuple[Plan, bool]:  # fmt: skip
     """Try ``p``'s shapes again side by side (the calls drifted: ``why``); the plan to run
-    from now on and whether it switched. A switch is written into ``plan.decisions``."""
+    from now on and whether it switched. A switch is written into ``plan.decisions``.
+
+    ``pause``: the idle seconds between the caller's calls (`graphexec.drift.Watch.gap`),
+    kept before each run of the trial: after 50-100 ms of idle time torch's 2 intra-op threads
+    ran a 1 ms BERT-like model in 12-13 ms and 1 thread in 2.3 ms (measured on this 2-core
+    VM), which back-to-back runs never show."""
     found = shapes(p)
     now = current(p)
     if len(found) == 1:
         return p, False
-    outcome = _measure(found, inputs)
+    outcome = _measure(found, inputs, pause)
     pick = next(s for s in found if s.name == outcome.pick)
     seconds = outcome.seconds_of(pick.name)
     if pick.name == now:
@@ -353,7 +364,7 @@ def recheck(p: Plan, inputs: Sequence[Any], why: str, calls: int) -> tuple[Plan,
     line = (
         f"re-checked at call {calls} ({stamp}): {why}; switched from {was.words} to "
         f"{pick.words}: it ran {_ran(outcome.ratios[pick.name] / outcome.ratios[now], was.words)}"
-        " (measured side by side)"
+        f" (measured side by side{_paused(pause)})"
     )
     reason = p.serial_reason
     if reason is None and p.max_width > 1:

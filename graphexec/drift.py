@@ -19,6 +19,10 @@ core is taken: measured here, 2-23x slower). `GraphModule` times each call with 
   threads that collapse right after (measured: a BERT-like model planned that way ran 2.3x
   slower than at one thread, and its calls stayed inside the drift factor of the trial's
   time). It is re-checked too, at a tenth of the budget (``slow_share``, 0.3%).
+* **Idle gaps.** The watch also keeps the idle time between calls (`Watch.gap`): a re-check
+  pauses that long (up to `GAP_MAX`) before each run of its trial, so it measures the calls
+  as they come. On this 2-core VM, after 50-100 ms idle torch's 2 intra-op threads ran a 1 ms
+  BERT-like model in 12-13 ms and 1 thread in 2.3 ms; back-to-back runs show neither.
 * **Budget.** A re-check runs the candidates side by side (`graphexec.tune.recheck`). It is
   allowed only once the calls watched since the last one add up to the last re-check's cost
   divided by ``share`` (3%): the watching costs a few percent of the time watched, at most.
@@ -49,6 +53,9 @@ WINDOW = 8
 SHARE = 0.03
 #: The same for the slow probe of a plan that kept the caller's threads.
 SLOW_SHARE = 0.003
+#: The longest idle pause a re-check keeps before each run (the effect was full at 0.1 s),
+#: and the shortest worth keeping.
+GAP_MAX, GAP_MIN = 0.1, 0.001
 #: Before the first re-check is measured, its cost is guessed as this many calls.
 RECHECK_CALLS = 12
 
@@ -93,6 +100,8 @@ class Watch:
         self.factor, self.window, self.share, self.clock = factor, window, share, clock
         self.slow_share = slow_share
         self.calls = 0
+        self.gaps: deque[float] = deque(maxlen=window)
+        self._last_end: float | None = None
         self.start(None)
 
     def start(self, plan: Plan | None, from_calls: bool = False) -> None:
@@ -110,8 +119,23 @@ class Watch:
         """A re-check took ``seconds``: the next one waits for its share."""
         self.cost = seconds
 
-    def observe(self, seconds: float) -> str | None:
-        """Record one call; why the decisions should be re-tried now, or None."""
+    @property
+    def gap(self) -> float:
+        """The median idle seconds between the last calls (0 below `GAP_MIN` or before half a
+        window of them, which the first drift can come before; at most `GAP_MAX`): what a
+        re-check pauses before each run."""
+        if len(self.gaps) < max(1, self.window // 2):
+            return 0.0
+        gap = statistics.median(self.gaps)
+        return 0.0 if gap < GAP_MIN else min(gap, GAP_MAX)
+
+    def observe(self, seconds: float, started: float | None = None) -> str | None:
+        """Record one call (``seconds`` long; ``started`` on `clock`, for the idle time since
+        the last call); why the decisions should be re-tried now, or None."""
+        if started is not None:
+            if self._last_end is not None:
+                self.gaps.append(max(0.0, started - self._last_end))
+            self._last_end = started + seconds
         self.calls += 1
         self.watched += seconds
         self.recent.append(seconds)
@@ -133,7 +157,7 @@ class Watch:
             return (
                 f"the last {self.window} calls took {format_seconds(now)} each, {times:.1f}x "
                 f"{how} than the {format_seconds(self.baseline)} measured before (the load "
-                "changed)"
+                "changed, or the idle time between calls)"
             )
         if self.probe:
             return (

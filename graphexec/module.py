@@ -155,7 +155,7 @@ class GraphModule(nn.Module):
             return self.executor.run(p, *args, **kwargs)
         start = watch.clock()
         out = self.executor.run(p, *args, **kwargs)
-        why = watch.observe(watch.clock() - start)  # races between callers cost a sample
+        why = watch.observe(watch.clock() - start, start)  # races between callers cost a sample
         if why is not None:
             self._recheck(args, kwargs, why)
         return out
@@ -185,7 +185,8 @@ class GraphModule(nn.Module):
             watch = self._watch
             start = watch.clock()
             with self._timing_mode():
-                new, _ = recheck(self._plan, self._inputs(args, kwargs), why, watch.calls)
+                new, _ = recheck(self._plan, self._inputs(args, kwargs), why, watch.calls,
+                                 watch.gap)  # fmt: skip
             self._plan = new
             watch.start(new, from_calls=True)
             watch.spent(watch.clock() - start)

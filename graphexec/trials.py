@@ -75,12 +75,14 @@ def timed(
     decide: Callable[[Mapping[str, float]], str] | None = None,
     warm: bool | Collection[str] = True,
     mean: bool = False,
+    pause: float = 0.0,
 ) -> tuple[dict[str, float], dict[str, float]]:
     """`trial`'s rounds: each candidate's median ratio to the first, and its median seconds.
     A warm-up run of each candidate comes first; ``warm=False`` skips it (candidates that
     have just run), a collection of names keeps it for those alone (the rest ran the same
     ops moments ago: only a new thread pool needs one). ``mean=True``: ratios of mean
-    seconds and mean seconds instead (see `decide`).
+    seconds and mean seconds instead (see `decide`). ``pause``: seconds of idle time before
+    each run, as between the caller's calls (see `graphexec.drift.Watch.gap`).
 
     ``decide`` maps one round's seconds (of the candidates that ran in it) to a winner
     (default: `choose` in the order of ``runs``); the trial stops early once every round
@@ -100,6 +102,7 @@ def timed(
         warming = names if warm is True else [n for n in names if warm and n in warm]
         for n in warming:  # warm-up: pools, allocators, lazy inits
             fn = runs[n]
+            _idle(pause)
             t0 = time.perf_counter()
             fn()
             first[n] = time.perf_counter() - t0
@@ -109,6 +112,7 @@ def timed(
             rng.shuffle(live)
             times = {}
             for n in live:
+                _idle(pause)
                 t0 = time.perf_counter()
                 runs[n]()
                 times[n] = time.perf_counter() - t0
@@ -118,6 +122,11 @@ def timed(
             if len(live) == 1 or _done(rounds, decide, len(live), elapsed, mean):
                 break
     return _ratios(names, rounds, mean)
+
+
+def _idle(seconds: float) -> None:
+    if seconds > 0:
+        time.sleep(seconds)
 
 
 #: A candidate this many times slower than the fastest, twice in a row, stops running (median
@@ -265,6 +274,7 @@ def decide(
     words: Mapping[str, str] | None = None,
     warm: bool | Collection[str] = True,
     mean: bool = False,
+    pause: float = 0.0,
 ) -> Outcome:
     """Try ``runs`` (simplest first) side by side and pick one by `choose`.
 
@@ -272,7 +282,8 @@ def decide(
     thread counts, where the runs at the caller's threads collapse now and then on a busy
     machine (measured: 3.5 ms in one run, 290-560 ms in the next three), and those calls are
     what a user pays for, not outliers to filter out. Only where a candidate did collapse
-    (`collapsed`): otherwise medians, as for every other decision.
+    (`collapsed`): otherwise medians, as for every other decision. ``pause``: idle seconds
+    before each run (`timed`).
 
     ``floors`` maps a candidate to ``(reference, floor)``: it cannot take below ``floor`` of
     the reference's time (overlapping the same ops on ``L`` lanes: ``1/L``). A trial that says
@@ -284,12 +295,12 @@ def decide(
     order, floors, words = list(runs), floors or {}, words or {}
     gain = GAIN if gain is None else gain
     ratios, seconds = timed(runs, lambda r: choose(r, [n for n in order if n in r], gain), warm,
-                            mean)  # fmt: skip
+                            mean, pause)  # fmt: skip
     seen = {n: [ratios[n] / ratios[ref]] for n, (ref, _) in floors.items() if n in runs}
     n_trials = 1
     while _below(ratios, floors, runs) and n_trials <= RERUNS:
         ratios, seconds = timed(runs, lambda r: choose(r, [n for n in order if n in r], gain),
-                                mean=mean)  # fmt: skip
+                                mean=mean, pause=pause)  # fmt: skip
         n_trials += 1
         for n in seen:
             seen[n].append(ratios[n] / ratios[floors[n][0]])
@@ -311,7 +322,7 @@ def decide(
         pair = [prev, pick]
         again, _ = timed({n: runs[n] for n in pair},
                          lambda r: choose(r, [n for n in pair if n in r], gain),
-                         warm=False, mean=mean)  # fmt: skip
+                         warm=False, mean=mean, pause=pause)  # fmt: skip
         n_trials += 1
         # the worse of the two trials, kept relative to what it beat: one trial's words
         ratios[pick] = ratios[prev] * max(ratios[pick] / ratios[prev], again[pick] / again[prev])

@@ -92,23 +92,30 @@ def test_a_graph_module_restores_the_thread_count_when_its_first_call_raises(kin
 
 
 class _Machine:
-    """A clock and a load: work costs 1 s at one thread, 0.6 s at more (quiet) or 5 s (loaded)."""
+    """A clock and a load: work costs 1 s at one thread, 0.6 s at more (quiet) or 5 s (loaded,
+    or with ``idle_costs`` right after 50 ms or more of idle time, as on a VM whose idle cores
+    take milliseconds to wake)."""
 
     def __init__(self):
-        self.now, self.loaded = 0.0, False
+        self.now, self.loaded, self.idle_costs, self._end = 0.0, False, False, 0.0
 
     def clock(self) -> float:
         return self.now
 
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
     def work(self, x: torch.Tensor) -> torch.Tensor:
+        woken = self.idle_costs and self.now - self._end >= 0.05
         if torch.get_num_threads() == 1:
             self.now += 1.0
         else:
-            self.now += 5.0 if self.loaded else 0.6
+            self.now += 5.0 if self.loaded or woken else 0.6
+        self._end = self.now
         return x * 2
 
     def patch(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        fake = types.SimpleNamespace(perf_counter=self.clock, time=self.clock)
+        fake = types.SimpleNamespace(perf_counter=self.clock, time=self.clock, sleep=self.sleep)
         monkeypatch.setattr(trials, "time", fake)
         monkeypatch.setattr(interpret, "time", fake)
 
@@ -265,6 +272,35 @@ def test_threads_kept_in_a_calm_moment_are_re_checked_without_drift(monkeypatch,
             assert "periodic re-check of the caller's" in gm.plan.decisions[-1]
         else:
             assert gm.plan.thread_budget is None
+
+
+@needs_threads
+@pytest.mark.parametrize("gap_max", [0.1, 0.0], ids=["paused", "back-to-back"])
+def test_a_re_check_pauses_as_long_as_the_calls_are_apart(monkeypatch, gap_max):
+    """Calls 100 ms apart find torch's threads asleep (here: 5 s instead of 0.6 s at two
+    threads, 1 s at one): a re-check that runs its trial back to back sees 0.6 s and keeps
+    them; one that pauses as long as the calls are apart sees what the calls pay and
+    switches to one thread, and says so."""
+    from graphexec import drift
+
+    machine = _Machine()
+    machine.patch(monkeypatch)
+    machine.idle_costs = True
+    monkeypatch.setattr(drift, "GAP_MAX", gap_max)
+    g = _work_graph(machine)
+    x = torch.ones(3)
+    watch = Watch(window=3, share=5.0, slow_share=0.0, clock=machine.clock)
+    with gx.GraphModule(g, "sequential", adapt=watch) as gm:
+        gm(x)
+        assert gm.plan.thread_budget is None
+        for _ in range(20):
+            machine.sleep(0.1)  # the caller's idle time between calls
+            torch.testing.assert_close(gm(x), x * 2)
+        if gap_max:
+            assert gm.plan.thread_budget == 1, gm.plan.decisions
+            assert "each run after 100.00 ms idle, as between the calls" in gm.plan.decisions[-1]
+        else:
+            assert gm.plan.thread_budget is None, gm.plan.decisions
 
 
 @needs_threads
