@@ -26,6 +26,7 @@ What it decides
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -35,7 +36,7 @@ import torch.utils._pytree as pytree
 
 from .fx_partition import closure
 
-__all__ = ["as_called", "constant_inputs", "export", "input_checks", "is_check"]
+__all__ = ["BATCH", "as_called", "constant_inputs", "export", "input_checks", "is_check"]
 
 
 def _aten(*names: str) -> set[Any]:
@@ -97,11 +98,67 @@ def as_called(gm: fx.GraphModule, target: Callable[..., Any]) -> Callable[..., A
     return call
 
 
-def export(module: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> fx.GraphModule:
-    """``torch.export.export(module, args, kwargs).module()``."""
+#: ``gx.trace(..., dynamic_shapes=)``'s default: the first dimension of every tensor dynamic.
+BATCH = "batch"
+
+
+def export(
+    module: Any, args: Sequence[Any], kwargs: dict[str, Any], dynamic_shapes: Any = BATCH
+) -> tuple[fx.GraphModule, str]:
+    """``torch.export.export(module, args, kwargs, dynamic_shapes=...).module()``, and what
+    it made dynamic, in words.
+
+    ``dynamic_shapes="batch"`` marks the first dimension of every tensor ``Dim.AUTO`` (export
+    makes it a symbol where the model allows, else keeps the example's size); where export
+    fails with it, the program is exported again with every size fixed, and the words say why.
+    Anything else is ``torch.export``'s own ``dynamic_shapes`` (``None``: every size fixed).
+    """
     import torch.export
 
-    return torch.export.export(module, tuple(args), kwargs).module()
+    args = tuple(args)
+    if not (isinstance(dynamic_shapes, str) and dynamic_shapes == BATCH):
+        program = torch.export.export(module, args, kwargs, dynamic_shapes=dynamic_shapes)
+        fixed = "every size as in the example" if dynamic_shapes is None else "as given"
+        return program.module(), f"dynamic shapes {fixed}"
+    try:
+        program = torch.export.export(module, args, kwargs,
+                                      dynamic_shapes=_batch_dynamic(module, args, kwargs))
+    except Exception as exc:  # noqa: BLE001 - a model export cannot make batch-dynamic
+        static = torch.export.export(module, args, kwargs).module()
+        why = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        return static, f"every size fixed as in the example (a dynamic batch failed: {why})"
+    return program.module(), _batch_words(program)
+
+
+def _batch_dynamic(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``dynamic_shapes`` with ``Dim.AUTO`` for the first dimension of every tensor leaf."""
+    from torch.export import Dim
+
+    def spec(leaf: Any) -> Any:
+        return {0: Dim.AUTO} if isinstance(leaf, torch.Tensor) and leaf.dim() else None
+
+    try:  # by parameter name: export matches a mix of args and kwargs that way
+        bound = inspect.signature(module.forward).bind(*args, **kwargs).arguments
+    except (TypeError, ValueError, AttributeError):
+        return pytree.tree_map(spec, args) if not kwargs else None
+    return {name: pytree.tree_map(spec, value) for name, value in bound.items()}
+
+
+def _batch_words(program: Any) -> str:
+    """Which inputs' first dimension the program left dynamic, from its placeholders."""
+    sig = program.graph_signature
+    dynamic, fixed = [], []
+    for n in program.graph.nodes:
+        if n.op != "placeholder" or n.name not in sig.user_inputs:
+            continue
+        val = n.meta.get("val")
+        if isinstance(val, torch.Tensor) and val.dim():
+            (dynamic if isinstance(val.shape[0], torch.SymInt) else fixed).append(n.name)
+    if not fixed:
+        return "batch size dynamic"
+    if not dynamic:
+        return "batch size fixed as in the example (the model needs it)"
+    return f"batch size dynamic but for {', '.join(fixed)} (fixed as in the example)"
 
 
 # -- export's checks ----------------------------------------------------------------------------

@@ -78,6 +78,7 @@ from __future__ import annotations
 
 import inspect
 import operator
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -87,7 +88,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from .errors import GraphError
-from .exported import as_called, constant_inputs, export, input_checks, is_check
+from .exported import BATCH, as_called, constant_inputs, export, input_checks, is_check
 from .fx_partition import (
     Leaves,
     build_graph,
@@ -152,6 +153,7 @@ def trace(
     leaves: Iterable[str | type] = (),
     name: str | None = None,
     concrete_args: dict[str, Any] | None = None,
+    dynamic_shapes: Any = BATCH,
 ) -> Graph:
     """Import ``module`` into a `Graph` of module-sized nodes: through ``torch.fx``, or through
     ``torch.export`` where fx cannot trace it and ``example_inputs`` are given.
@@ -176,6 +178,14 @@ def trace(
         Passed to ``torch.fx.Tracer.trace``; arguments with defaults (without
         ``example_inputs``: all of them; with: those not given) are fixed to them unless given
         here (``torch.fx.PH`` keeps one a graph input).
+    dynamic_shapes : "batch", None or torch.export's spec
+        Used where the module goes through ``torch.export``, which fixes every size it does
+        not mark dynamic. ``"batch"`` (default) marks the first dimension of every tensor
+        ``Dim.AUTO``, so the graph takes any batch size (give an example batch of 2 or more:
+        export fixes a size of 1); if export fails so, every size is fixed and
+        ``graph.imported_by`` says why. ``None`` fixes every size; anything else goes to
+        ``torch.export.export(..., dynamic_shapes=)`` as it is (``Dim.AUTO`` for a sequence
+        length too, say).
 
     Returns
     -------
@@ -217,12 +227,12 @@ def trace(
     ...         return self.a(x).masked_fill(mask, torch.finfo(x.dtype).min)
     >>> model, x = Masked(), torch.randn(2, 4)
     >>> g = gx.trace(model, example_inputs=(x, x > 0))
-    >>> g.imported_by.split(":")[0], g.inputs, g.source is model
+    >>> g.imported_by.split(" (")[0], g.inputs, g.source is model
     ('torch.export', ('x', 'mask'), True)
     """
     leaf = Leaves(leaves)
     example = _example(example_inputs, example_kwargs)
-    gm, source, how = _import(module, leaf, concrete_args, example)
+    gm, source, how = _import(module, leaf, concrete_args, example, dynamic_shapes)
     graph_name = name or _root_name(gm) or type(module).__name__
     for n in gm.graph.nodes:
         if n.op == "call_function" and n.target in _THREAD_STATE:
@@ -287,8 +297,9 @@ _PROGRAM_NOTE = (
 
 
 def _import(
-    module: Any, leaves: Leaves, concrete_args: Any, example: _Example | None
-) -> tuple[fx.GraphModule, Any, str]:
+    module: Any, leaves: Leaves, concrete_args: Any, example: _Example | None,
+    dynamic_shapes: Any = BATCH,
+) -> tuple[fx.GraphModule, Any, str]:  # fmt: skip
     """The fx graph to partition, the callable it came from (`Graph.source`), and which
     route made it and why (`Graph.imported_by`)."""
     exported = sys.modules.get("torch.export")
@@ -302,7 +313,7 @@ def _import(
     except UntraceableError as fx_error:
         if example is None:
             raise
-        return _export_route(module, example, fx_error)
+        return _export_route(module, example, fx_error, dynamic_shapes)
     return gm, source, "torch.fx"
 
 
@@ -349,23 +360,47 @@ def _fx_trace(
 
 
 def _export_route(
-    module: nn.Module, example: _Example, fx_error: UntraceableError
+    module: nn.Module, example: _Example, fx_error: UntraceableError, dynamic_shapes: Any
 ) -> tuple[fx.GraphModule, Any, str]:
     """``torch.export`` with the example call, where fx stopped; the user's module stays the
     one the graph is measured against (`graphexec.exported`)."""
     kind = type(module).__name__
     try:
-        gm = export(module, *example)
+        gm, shapes = export(module, *example, dynamic_shapes)
     except Exception as exc:  # noqa: BLE001 - whatever export raises, say both
         reason = _first_line(exc)
         raise UntraceableError(
             f"gx.trace({kind}): torch.fx cannot trace it ({fx_error.reason}) and "
-            f"torch.export cannot export it with the example inputs ({reason}). {fx_error}",
+            f"torch.export cannot export it with the example inputs ({reason}). "
+            f"{_unknown_output(module, exc, example)}{fx_error}",
             fx_error.node,
             reason,
         ) from exc
-    how = f"torch.export: torch.fx could not trace {kind} ({fx_error.reason})"
+    how = f"torch.export ({shapes}): torch.fx could not trace {kind} ({fx_error.reason})"
     return gm, as_called(gm, module), how
+
+
+_UNKNOWN_OUTPUT = re.compile(r"Found <class '([^']+)'> in output")
+
+
+def _unknown_output(module: nn.Module, exc: BaseException, example: _Example) -> str:
+    """The way out when export stopped at an output object it does not know (a library's
+    cache, say), or ""."""
+    found = _UNKNOWN_OUTPUT.search(str(exc))
+    if found is None:
+        return ""
+    what = f"The model's output holds a {found[1]}, which is no tensor and no type torch.export "
+    what += "knows; "
+    try:
+        params = inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        params = {}
+    off = [p for p in ("use_cache", "return_legacy_cache") if p in params
+           and p not in example[1]]  # fmt: skip
+    if off:
+        return (f"{what}pass example_kwargs={{'{off[0]}': False}} to leave it out of the "
+                "output, or register the type with torch.utils._pytree.register_pytree_node. ")
+    return f"{what}register it with torch.utils._pytree.register_pytree_node. "
 
 
 def _first_line(exc: BaseException, most: int = 300) -> str:
