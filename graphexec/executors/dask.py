@@ -110,6 +110,7 @@ from .dask_jobs import _make_jobs, reject_cuda
 from .dask_jobs import fingerprint as _fingerprint
 from .dask_placement import PlacementError, WorkerImportError
 from .dask_placer import Placer
+from .dask_wire import UnsendableNodeError
 
 __all__ = [
     "CHUNK_WORK",
@@ -120,6 +121,7 @@ __all__ = [
     "SCATTER_ABOVE",
     "SchedulerUnreachableError",
     "TLSConfigError",
+    "UnsendableNodeError",
     "WorkerImportError",
     "WorkerLostError",
 ]
@@ -172,7 +174,8 @@ class DaskExecutor(Executor):
         If TLS is asked for without the certificates it needs (before anything starts).
 
     Calls raise `NodeError` for a node that raised or crashed its worker, `WorkerLostError`
-    past ``retries``, `WorkerImportError` when a worker cannot import a node's module, and
+    past ``retries``, `WorkerImportError` when a worker cannot import a node's module,
+    `UnsendableNodeError` (before anything is sent) for a node that does not pickle, and
     `PlacementError` for weights or inputs that do not fit a worker.
 
     Examples

@@ -70,7 +70,8 @@ from ..graph import Ref
 from ..plans import Plan, Task
 from .base import Modes, capture_modes
 from .dask_calls import Session, _job_envs
-from .dask_jobs import _JobEnv, _NodeCopy, _RemoteNodeError, _run_job
+from .dask_jobs import _JobEnv, _RemoteNodeError, _run_job
+from .dask_wire import NodeCopy
 
 __all__ = ["map_blocks", "map_partitions"]
 
@@ -338,12 +339,12 @@ def _run_rows(spec: _Spec, env: dict[str, torch.Tensor], where: str) -> tuple:
 
 
 # -- weights on the worker -----------------------------------------------------------------------
-_FETCHED: OrderedDict[str, list[_NodeCopy]] = OrderedDict()  # collection token -> copies
+_FETCHED: OrderedDict[str, list[NodeCopy]] = OrderedDict()  # collection token -> copies
 _FETCHED_LOCK = threading.Lock()
 _FETCHED_KEEP = 4  # collections whose fetched copies a worker keeps
 
 
-def _weights_here(spec: _Spec, where: str) -> tuple[list[_NodeCopy], _JobEnv]:
+def _weights_here(spec: _Spec, where: str) -> tuple[list[NodeCopy], _JobEnv]:
     """This worker's copies of the plan's nodes and how its jobs run (see the docstring)."""
     try:
         worker = distributed.get_worker()
@@ -375,7 +376,7 @@ def _same_host(spec: _Spec, address: str) -> _JobEnv:
     return (same or list(spec.envs.values()))[0]
 
 
-def _fetch(spec: _Spec, where: str) -> list[_NodeCopy]:
+def _fetch(spec: _Spec, where: str) -> list[NodeCopy]:
     """Copies of the nodes from the first worker that still holds a whole set."""
     client = distributed.get_client()
     every = [k for keys in spec.keys.values() for k in keys]

@@ -41,10 +41,11 @@ import torch.utils._pytree as pytree
 from dask.sizeof import sizeof
 
 from ..errors import NodeError, _rebuild_node_error
-from ..graph import Node, state_tensors
+from ..graph import state_tensors
 from ..plans import Plan, Task
 from ..profile import TaskEvent
 from .base import Modes, run_task
+from .dask_wire import NodeCopy
 
 __all__ = ["compact", "fingerprint", "nbytes", "reject_cuda", "state_nbytes"]
 
@@ -156,19 +157,6 @@ class _RemoteNodeError(Exception):
         return err
 
 
-class _NodeCopy:
-    """A node as scattered to a worker. Its size, for Dask's memory accounting (spilling,
-    pausing, the dashboard, ``client.nbytes``), is that of its weights, not of a small object."""
-
-    __slots__ = ("node",)
-
-    def __init__(self, node: Node):
-        self.node = node
-
-    def __sizeof__(self) -> int:
-        return object.__sizeof__(self) + state_nbytes(self.node.fn)
-
-
 def _worker_address() -> str:
     try:
         return distributed.get_worker().address
@@ -187,7 +175,7 @@ def _use_threads(env: _JobEnv) -> None:
 
 def _run_job(
     tasks: tuple[Task, ...],
-    nodes: list[_NodeCopy],
+    nodes: list[NodeCopy],
     given: list[dict[str, Any]],
     produced: dict[str, list[dict[str, Any]]],
     env: _JobEnv,

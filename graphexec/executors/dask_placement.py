@@ -51,7 +51,8 @@ import torch
 
 from ..graph import Graph, Node, state_tensors
 from ..plans import Plan
-from .dask_jobs import _Job, _NodeCopy, fingerprint, reject_cuda, state_nbytes
+from .dask_jobs import _Job, fingerprint, reject_cuda, state_nbytes
+from .dask_wire import NodeCopy
 
 __all__ = [
     "FIT",
@@ -315,8 +316,12 @@ class WeightStore:
                         out[(name, w)] = fut
                     else:
                         missing.setdefault(w, {})[name] = graph.nodes[name]
+            # Every node is packed once, and all before anything is sent: one that cannot be
+            # sent raises UnsendableNodeError here, with nothing half-placed.
+            packed = {name: NodeCopy.of(node) for nodes in missing.values()
+                      for name, node in nodes.items()}  # fmt: skip
             for w, nodes in missing.items():
-                out.update(self._scatter(w, nodes))
+                out.update(self._scatter(w, {n: packed[n] for n in nodes}))
             return out
 
     def _current(self, node: Node, name: str) -> _Held:
@@ -331,12 +336,13 @@ class WeightStore:
             held.copies = {w: f for w, f in held.copies.items() if f.status == "finished"}
         return held
 
-    def _scatter(self, worker: str, nodes: Mapping[str, Node]):
+    def _scatter(self, worker: str, copies: Mapping[str, NodeCopy]):
         token = uuid.uuid4().hex[:8]
-        keys = {f"weights-{n}-{token}": n for n in nodes}
+        keys = {f"weights-{n}-{token}": n for n in copies}
+        nodes = {n: c.node for n, c in copies.items()}
         try:
             sent = self.client.scatter(
-                {k: _NodeCopy(nodes[n]) for k, n in keys.items()}, workers=[worker], hash=False
+                {k: copies[n] for k, n in keys.items()}, workers=[worker], hash=False
             )
         except Exception as exc:
             module = _missing_module(exc)
