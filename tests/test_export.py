@@ -313,6 +313,52 @@ def test_when_fx_and_export_both_fail_the_error_says_both():
     assert "leaves=['gate']" in message and info.value.node == "gate"
 
 
+def test_the_export_route_takes_any_batch_size_unless_asked_to_fix_it(local_executor):
+    """Export fixes every size it is not told is dynamic; gx.trace marks the batch."""
+    model, x = FinfoMask().eval(), torch.randn(4, 8)
+    g = gx.trace(model, example_inputs=(x, x > 1))
+    fixed = gx.trace(model, example_inputs=(x, x > 1), dynamic_shapes=None)
+    assert "batch size dynamic" in g.imported_by
+    assert "every size as in the example" in fixed.imported_by
+    with torch.no_grad():
+        for rows in (1, 7):
+            x2 = torch.randn(rows, 8)
+            got = local_executor.run(gx.plan(g), x2, x2 > 1)
+            torch.testing.assert_close(got, model(x2, x2 > 1))
+        with pytest.raises(gx.NodeError, match=r"check_inputs.*Guard failed: x.size\(\)\[0\] == 4"):
+            local_executor.run(gx.plan(fixed), x2, x2 > 1)
+
+
+class Cache:
+    """A library's cache object in a model's output: no tensor, no pytree node."""
+
+    def __init__(self, t: torch.Tensor):
+        self.t = t
+
+
+class Cached(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(8, 8)
+
+    def forward(self, x, use_cache=True):
+        y = self.a(x).clamp(min=torch.finfo(x.dtype).min)  # fx stops at finfo of a proxy
+        return (y, Cache(y)) if use_cache else (y,)
+
+
+def test_an_output_export_does_not_know_names_the_argument_that_leaves_it_out():
+    model, x = Cached().eval(), torch.randn(2, 8)
+    with pytest.raises(gx.UntraceableError) as info:
+        gx.trace(model, example_inputs=(x,))
+    message = str(info.value)
+    assert f"output holds a {__name__}.Cache" in message
+    assert "example_kwargs={'use_cache': False}" in message
+    g = gx.trace(model, example_inputs=(x,), example_kwargs={"use_cache": False})
+    with torch.no_grad():
+        (got,) = gx.SequentialExecutor().run(gx.plan(g), x)
+        torch.testing.assert_close(got, model(x, use_cache=False)[0])
+
+
 class WhisperLike(nn.Module):
     """An encoder-decoder called with ``(features, None, decoder_ids)``::
 
