@@ -229,6 +229,9 @@ SPECS: dict[str, Spec] = {
         Spec("dla46_c", "timm", "multi-branch", _timm("dla46_c")),
         Spec("vit_tiny", "timm", "attention", _timm("vit_tiny_patch16_224", img_size=64),
              concrete_args={"attn_mask": None, "is_causal": False}),
+        # fx stops at a branch on a shape in forward: imports through torch.export (issue 29)
+        Spec("crossvit", "timm", "attention (two branches)",
+             _timm("crossvit_tiny_240", 240, depth=((1, 1, 0),))),
         # transformers
         Spec("bert", "transformers", "attention",
              _hf("BertModel", "BertConfig", _text, vocab_size=VOCAB, **HIDDEN), tracer="hf"),
@@ -262,6 +265,9 @@ SPECS: dict[str, Spec] = {
              tracer="hf"),
         Spec("qwen2", "transformers", "decoder (rotary, GQA)",
              _hf("Qwen2Model", "Qwen2Config", _text, vocab_size=VOCAB, num_key_value_heads=1,
+                 **HIDDEN, **_NO_CACHE), tracer="hf"),
+        Spec("llama", "transformers", "decoder (rotary, GQA)",
+             _hf("LlamaModel", "LlamaConfig", _text, vocab_size=VOCAB, num_key_value_heads=1,
                  **HIDDEN, **_NO_CACHE), tracer="hf"),
         Spec("marian", "transformers", "encoder-decoder",
              _hf("MarianModel", "MarianConfig", _seq2seq, vocab_size=VOCAB, d_model=128,
