@@ -22,6 +22,10 @@ What it decides
 * **Export's checks.** Guards (``_guards_fn``) and assertion nodes (``_assert_scalar``,
   ``_assert_tensor_metadata``, ``sym_constrain_range*``) that read only graph inputs and
   shape arithmetic (`input_checks`) run together as one first node, ``check_inputs``.
+  Export's guard module holds its check (plain Python over the inputs' sizes) wrapped in a
+  Dynamo configuration context, which does not pickle (so the node could not go to a Dask
+  worker) and is entered on every call; graphexec runs the check itself (`InputGuards`),
+  and its failure says which size export fixed and how to make it dynamic.
 """
 
 from __future__ import annotations
@@ -32,11 +36,13 @@ from typing import Any
 
 import torch
 import torch.fx as fx
+import torch.nn as nn
 import torch.utils._pytree as pytree
 
 from .fx_partition import closure
 
-__all__ = ["BATCH", "as_called", "constant_inputs", "export", "input_checks", "is_check"]
+__all__ = ["BATCH", "InputGuards", "as_called", "constant_inputs", "export", "guards_class",
+           "input_checks", "is_check", "own_guards", "unwrapped_check"]
 
 
 def _aten(*names: str) -> set[Any]:
@@ -102,6 +108,54 @@ def as_called(gm: fx.GraphModule, target: Callable[..., Any]) -> Callable[..., A
 BATCH = "batch"
 
 
+class InputGuards(nn.Module):
+    """Export's input guards (its ``_guards_fn`` module) as graphexec runs them: the check
+    function itself, without the Dynamo configuration context it was wrapped in, and a
+    failure that says how to accept other sizes."""
+
+    def __init__(self, check: Callable[..., Any]):
+        super().__init__()
+        self.check = check
+
+    def forward(self, *args: Any) -> None:
+        try:
+            self.check(*args)
+        except AssertionError as exc:
+            if not str(exc).startswith("Guard failed"):
+                raise
+            raise AssertionError(
+                f"{exc} (torch.export fixed this size to the example's: to take others, "
+                "import with gx.trace(model, example_inputs=..., dynamic_shapes=...) marking "
+                "that dimension torch.export.Dim.AUTO)"
+            ) from None
+
+
+def guards_class() -> type | None:
+    """torch.export's guard module class (``GuardsFn``), where this torch has one."""
+    try:
+        from torch.export._unlift import GuardsFn
+    except ImportError:  # pragma: no cover - torch before export's guard modules
+        return None
+    return GuardsFn
+
+
+def unwrapped_check(fn: Any) -> Any:
+    """The function inside Dynamo's ``wrap_dunder_call_ctx_manager`` wrappers (what a
+    ``GuardsFn``'s ``forward`` is)."""
+    while getattr(fn, "__qualname__", "").endswith("wrap_dunder_call_ctx_manager.<locals>.inner"):
+        fn = inspect.getclosurevars(fn).nonlocals["func"]
+    return fn
+
+
+def own_guards(gm: fx.GraphModule) -> fx.GraphModule:
+    """``gm`` with export's guard module replaced by `InputGuards` (in place; returned)."""
+    guards = guards_class()
+    for name, child in list(gm.named_children()):
+        if guards is not None and isinstance(child, guards):
+            setattr(gm, name, InputGuards(unwrapped_check(child.forward)))
+    return gm
+
+
 def export(
     module: Any, args: Sequence[Any], kwargs: dict[str, Any], dynamic_shapes: Any = BATCH
 ) -> tuple[fx.GraphModule, str]:
@@ -119,15 +173,15 @@ def export(
     if not (isinstance(dynamic_shapes, str) and dynamic_shapes == BATCH):
         program = torch.export.export(module, args, kwargs, dynamic_shapes=dynamic_shapes)
         fixed = "every size as in the example" if dynamic_shapes is None else "as given"
-        return program.module(), f"dynamic shapes {fixed}"
+        return own_guards(program.module()), f"dynamic shapes {fixed}"
     try:
         program = torch.export.export(module, args, kwargs,
                                       dynamic_shapes=_batch_dynamic(module, args, kwargs))
     except Exception as exc:  # noqa: BLE001 - a model export cannot make batch-dynamic
-        static = torch.export.export(module, args, kwargs).module()
+        static = own_guards(torch.export.export(module, args, kwargs).module())
         why = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
         return static, f"every size fixed as in the example (a dynamic batch failed: {why})"
-    return program.module(), _batch_words(program)
+    return own_guards(program.module()), _batch_words(program)
 
 
 def _batch_dynamic(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -88,7 +88,15 @@ import torch.fx as fx
 import torch.nn as nn
 
 from .errors import GraphError
-from .exported import BATCH, as_called, constant_inputs, export, input_checks, is_check
+from .exported import (
+    BATCH,
+    as_called,
+    constant_inputs,
+    export,
+    input_checks,
+    is_check,
+    own_guards,
+)
 from .fx_partition import (
     Leaves,
     build_graph,
@@ -304,7 +312,7 @@ def _import(
     route made it and why (`Graph.imported_by`)."""
     exported = sys.modules.get("torch.export")
     if exported is not None and isinstance(module, exported.ExportedProgram):
-        gm = module.module()
+        gm = own_guards(module.module())
         return gm, as_called(gm, gm), _PROGRAM_NOTE
     if isinstance(module, fx.GraphModule):
         return module, _sized(module, as_called(module, module)), "an fx GraphModule, as it is"

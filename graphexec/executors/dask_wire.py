@@ -26,25 +26,25 @@ What it decides
   code there and a second, identical trace.)
 * **Export's input guards** (the ``_guards_fn`` module of ``ExportedProgram.module()``)
   hold their check as a function wrapped in a Dynamo configuration context that does not
-  pickle; the check itself is plain Python over the inputs' sizes. It is sent as
-  `InputGuards`, which runs that function (sent by value).
+  pickle. `graphexec.trace` replaces them with `graphexec.exported.InputGuards` already; a
+  guard module in a graph built by hand is sent the same way, its check function by value.
 """
 
 from __future__ import annotations
 
-import inspect
 import io
 import pickle
-from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
 import torch.fx as fx
 import torch.nn as nn
+import torch.utils._pytree as pytree
 
+from ..exported import InputGuards, guards_class, unwrapped_check
 from ..graph import Node, state_tensors
 
-__all__ = ["InputGuards", "NodeCopy", "ShippedFx", "UnsendableNodeError", "pack", "unpack"]
+__all__ = ["NodeCopy", "ShippedFx", "UnsendableNodeError", "pack", "unpack"]
 
 
 class UnsendableNodeError(TypeError):
@@ -105,48 +105,29 @@ def _reduce_fx(gm: nn.Module) -> tuple[Any, ...]:
     else:
         code = gm._graph.python_code(root_module="self")
         src, scope = code.src, dict(code.globals)
-        body = {k: v for k, v in gm.__dict__.items() if k not in _FX_ONLY}
+        # Not sent either: instance functions over nn.Module's own methods (export's module()
+        # sets train/eval to closures over itself, which raise: a worker never calls them).
+        body = {k: v for k, v in gm.__dict__.items()
+                if k not in _FX_ONLY and not (callable(v) and hasattr(nn.Module, k))}  # fmt: skip
     name = type(gm).__name__
     direct = bool(getattr(type(gm), "graphexec_direct", False))
     return (_load_fx, (name, direct, src, scope, body))
 
 
-class InputGuards(nn.Module):
-    """Export's input guards (``_guards_fn``) as a worker gets them: the check function
-    itself, without the Dynamo configuration context it was wrapped in."""
-
-    def __init__(self, check: Callable[..., Any]):
-        super().__init__()
-        self.check = check
-
-    def forward(self, *args: Any) -> None:
-        self.check(*args)
-
-
-def _guards_class() -> type | None:
-    try:
-        from torch.export._unlift import GuardsFn
-    except ImportError:  # pragma: no cover - torch before export's guard modules
-        return None
-    return GuardsFn
-
-
-_GUARDS = _guards_class()
-
-
-def _unwrapped(fn: Any) -> Any:
-    """The function inside Dynamo's ``wrap_dunder_call_ctx_manager`` wrappers."""
-    while getattr(fn, "__qualname__", "").endswith("wrap_dunder_call_ctx_manager.<locals>.inner"):
-        fn = inspect.getclosurevars(fn).nonlocals["func"]
-    return fn
+_GUARDS = guards_class()
 
 
 class _Pickler(cloudpickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, fx.GraphModule | ShippedFx):
             return _reduce_fx(obj)
+        if isinstance(obj, pytree.TreeSpec):  # an exported module's in/out structure
+            try:  # torch's own format: unpickling LeafSpec objects warns in torch 2.13
+                return (pytree.treespec_loads, (pytree.treespec_dumps(obj),))
+            except Exception:  # noqa: BLE001 - a node type without a serialized name
+                pass
         if _GUARDS is not None and isinstance(obj, _GUARDS):
-            guards = InputGuards(_unwrapped(obj.forward))
+            guards = InputGuards(unwrapped_check(obj.forward))
             guards.train(obj.training)
             return (_identity, (guards,))
         return super().reducer_override(obj)

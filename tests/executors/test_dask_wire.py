@@ -66,8 +66,6 @@ def test_every_node_of_an_exported_graph_travels_and_its_guards_still_check():
     g = gx.trace(model, example_inputs=(x, x > 0))
     assert g.imported_by.startswith("torch.export")
     nodes = {n.name: n for n in g if not n.is_input}
-    with pytest.raises(Exception, match="pickle"):  # export's guards do not pickle as they are
-        pickle.dumps(nodes["check_inputs"].fn)
     copies = {name: unpack(pack(NodeCopy.of(node))).node for name, node in nodes.items()}
 
     def run(*inputs: torch.Tensor):  # the graph, node after node, on the unpacked copies
@@ -81,7 +79,21 @@ def test_every_node_of_an_exported_graph_travels_and_its_guards_still_check():
         torch.testing.assert_close(run(x2, x2 > 0), model(x2, x2 > 0))
         with pytest.raises(AssertionError, match="Guard failed") as err:  # 7 features, not 8
             run(x2[:, :7], x2[:, :7] > 0)
-    assert "x.size()[1] == 8" in str(err.value)
+    assert "x.size()[1] == 8" in str(err.value) and "dynamic_shapes=" in str(err.value)
+
+
+def test_exports_own_module_in_a_graph_built_by_hand_travels_with_its_guards():
+    model, x = FinfoMask().eval(), torch.randn(4, 8)
+    program = torch.export.export(model, (x, x > 0)).module()
+    with pytest.raises(Exception, match="pickle"):  # its guard module does not pickle
+        pickle.dumps(program)
+    g = gx.Graph("g")
+    g.node("program", program, g.input("x"), g.input("mask"))
+    shipped = unpack(pack(NodeCopy.of(g.nodes["program"]))).node.fn
+    with torch.no_grad():
+        torch.testing.assert_close(shipped(x, x > 0), model(x, x > 0))
+        with pytest.raises(AssertionError, match="Guard failed"):  # fixed to 4 rows
+            shipped(x[:3], x[:3] > 0)
 
 
 def test_functions_defined_here_travel_by_value():
