@@ -25,7 +25,9 @@ sets its thresholds (and clock).
 
 On CUDA streams (`CudaStreamExecutor`) the plan is made from parameter counts, with that
 executor's `plan_defaults`: the planner times nodes on the host, which for GPU work measures
-kernel launches, not kernels.
+kernel launches, not kernels. So it is on Dask (`DaskExecutor`): its tasks run in the workers'
+processes, where what the planner would try in this one (the thread budget, running the
+traced module as it is) does not apply.
 
 ``executor="auto"`` picks `CudaStreamExecutor` on the parameters' GPU when the graph's first
 parameter (or buffer) is on one, `ThreadExecutor` otherwise. It decides at construction and
@@ -46,7 +48,7 @@ import torch.nn as nn
 from .budget import recheck
 from .drift import Watch
 from .errors import GraphError
-from .executors import CudaStreamExecutor, Executor, make_executor
+from .executors import Executor, make_executor
 from .executors.cuda import auto_choice
 from .graph import Graph, expect_graph
 from .interpret import bind_inputs
@@ -143,7 +145,10 @@ class GraphModule(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self._auto is not None:
             self._follow_parameters()
-        measure = self._measure and not isinstance(self.executor, CudaStreamExecutor)
+        # Measured plans are of this process's threads: executors that run elsewhere (CUDA
+        # streams: kernels the host clock cannot see; Dask: other processes, where the plan's
+        # thread budget and "as it is" do not apply) plan from estimates (module docstring).
+        measure = self._measure and self.executor.honours_budget
         if self._plan is None and measure:
             with self._lock:
                 if self._plan is None:
