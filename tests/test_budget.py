@@ -20,6 +20,7 @@ import torch.nn as nn
 import graphexec as gx
 from graphexec import budget, interpret, trials
 from graphexec.drift import Watch
+from tests.clocks import counted
 
 needs_threads = pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs 2 intra-op threads")
 
@@ -317,29 +318,10 @@ def test_adapt_false_keeps_the_plan(monkeypatch):
         assert gm.plan is first and gm.plan.thread_budget is None
 
 
-def _counted(monkeypatch) -> tuple[dict[str, int], object]:
-    """The trials' clock made fake: ``cost(name, seconds)`` is a candidate that advances it by
-    ``seconds`` and counts its runs in the returned ``calls``."""
-    clock = {"now": 0.0}
-    calls: dict[str, int] = {}
-
-    def cost(name, seconds):
-        calls[name] = 0
-
-        def fn():
-            clock["now"] += seconds
-            calls[name] += 1
-
-        return fn
-
-    monkeypatch.setattr(trials, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
-    return calls, cost
-
-
 def test_a_candidate_that_clearly_lost_stops_running(monkeypatch):
     """Under load the caller's threads can be 10x slower: two runs of that (its warm-up and
     one round) say enough, and the trial does not pay for more."""
-    calls, cost = _counted(monkeypatch)
+    calls, cost = counted(monkeypatch)
     ratios, base = trials.trial({"slow": cost("slow", 10.0), "fast": cost("fast", 1.0)})
     assert calls == {"slow": 2, "fast": 2}
     assert ratios == {"slow": 1.0, "fast": pytest.approx(0.1)} and base == 10.0
@@ -349,7 +331,7 @@ def test_a_challenger_that_lost_by_far_stops_running_but_the_reference_does_not(
     """In a median trial a challenger 1.5x slower than the simplest candidate in two runs
     in a row stops (it could only keep the simpler plan); the simplest one stops only at
     `trials.DROP`, so a burst of load on it cannot hand a challenger the win."""
-    calls, cost = _counted(monkeypatch)
+    calls, cost = counted(monkeypatch)
     ratios, _ = trials.trial({"base": cost("base", 1.0), "slow": cost("slow", 1.5)})
     assert calls == {"base": 2, "slow": 2} and ratios["slow"] == pytest.approx(1.5)
     calls.update(base=0, slow=0)

@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 
 import graphexec as gx
+from graphexec import interpret, trials
+from tests.clocks import steady_clock, thread_clock
 
 
 def two_towers(depth: int = 3, width: int = 256) -> gx.Graph:
@@ -75,15 +77,21 @@ def test_work_span_and_amdahl_bound():
     assert p.critical_path[0] == "a0" and p.critical_path[-1] == "join"
 
 
-def test_measured_costs_rank_the_heavy_branch_first():
+def test_measured_costs_rank_the_heavy_branch_first(monkeypatch):
+    """Two nodes without parameters, the light one first (on estimates alone it would lead the
+    critical path), timed on a clock of the test's own (tests.clocks): the heavy one takes 8x
+    the light one's seconds at any thread count, on a quiet machine or a busy one."""
+    costs = thread_clock(monkeypatch, trials, interpret)
     g = gx.Graph("uneven")
     x = g.input("x")
-    heavy = g.node("heavy", nn.Sequential(*[nn.Linear(256, 256) for _ in range(8)]), x)
-    light = g.node("light", nn.Linear(256, 256), x)
+    light = g.node("light", costs(1e-3, 1e-3), x)
+    heavy = g.node("heavy", costs(8e-3, 8e-3), x)
     g.output(g.node("join", gx.add(), heavy, light))
+    assert gx.plan(g).critical_path[0].startswith("light")  # estimated: a tie, in order
     p = gx.plan(g, example_inputs=(torch.randn(64, 256),))
     assert p.measured and "measured" in str(p)
-    assert p.node_costs["heavy"] > p.node_costs["light"] > 0
+    assert p.node_costs["heavy"] == pytest.approx(8e-3)
+    assert p.node_costs["light"] == pytest.approx(1e-3)
     assert p.critical_path[0] == "heavy"
     with pytest.raises(gx.ArityError):
         gx.plan(g, example_inputs=())
@@ -202,12 +210,14 @@ def test_plan_with_horizontal_fusion_equals_unfused(local_executor):
         )
 
 
-def test_default_measured_plan_fuses_small_branches_and_says_why():
+def test_default_measured_plan_fuses_small_branches_and_says_why(monkeypatch):
     """hfuse="auto": fused when measured members are small, never from estimates alone.
 
-    ``check=False``: the rule on measured member times (18 µs against a 200 µs bound, far
-    from the line even on a loaded machine), not the side-by-side trial, which
-    tests/test_tune.py covers both ways."""
+    ``check=False``: the rule on measured member times, not the side-by-side trial, which
+    tests/test_tune.py covers both ways. The members are timed on a steady clock
+    (tests.clocks): one tick, 15 µs, against the 200 µs bound, whatever the load (18 µs on
+    the real clock of a quiet machine)."""
+    steady_clock(monkeypatch, interpret)
     g = tiny_branches()
     x = torch.randn(4, 16)
     assert gx.plan(g).graph is g and gx.plan(g).fusion == ()  # estimated: nothing fused
@@ -300,21 +310,16 @@ def test_executors_start_the_critical_path_first(schedule):
     assert [e.task for e in trace.events][:2] == ["long0..long3", "short"]
 
 
-class _PythonBound(nn.Module):
-    """Holds the GIL for its whole run: two of them can never overlap on threads."""
+def test_overlap_is_checked_on_the_real_plan(monkeypatch):
+    """Per-node times say 4 branches overlap on 2 lanes; running them shows they cannot.
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        total = 0
-        for i in range(40_000):
-            total += i
-        return x + total % 2
-
-
-def test_overlap_is_checked_on_the_real_plan():
-    """Per-node times say 4 branches overlap on 2 lanes; running them shows they cannot."""
+    Each branch takes 2 ms on a clock of the test's own (tests.clocks), on any thread, and
+    branches on several lanes add up there, as Python code that holds the GIL does: the node
+    times promise half the time overlapped, the trial of the real plan measures the same."""
+    costs = thread_clock(monkeypatch, trials, interpret)
     g = gx.Graph("gil")
     x = g.input("x")
-    g.output(g.node("sum", gx.add(), *[g.node(f"b{i}", _PythonBound(), x) for i in range(4)]))
+    g.output(g.node("sum", gx.add(), *[g.node(f"b{i}", costs(2e-3, 2e-3), x) for i in range(4)]))
     before = torch.get_num_threads()
     torch.set_num_threads(2)  # the overlap decision is only made with several intra-op threads
     try:

@@ -16,8 +16,9 @@ import torch.nn as nn
 from hypothesis import HealthCheck, given, settings
 
 import graphexec as gx
+from graphexec import interpret, trials
 from graphexec import split as split_mod
-from graphexec import trials
+from tests.clocks import steady_clock
 from tests.test_conformance import D, assert_same, build_random, random_dags
 
 B = 7  # uneven shards: 7 = 3 + 2 + 2, or 4 + 3
@@ -321,8 +322,13 @@ def test_an_error_in_one_shard_names_the_node_and_the_executor_stays_usable():
 # -- "auto", the cache -----------------------------------------------------------------------------
 def test_auto_keeps_a_split_only_when_its_trial_wins(monkeypatch):
     """The decision's rule, with the trial's outcome given (the speeds are not asserted): the
-    split must beat the better of the whole batch at the caller's threads and at one."""
+    split must beat the better of the whole batch at the caller's threads and at one.
+
+    The plan's other decisions are measured on a steady clock (`tests.clocks`): every run
+    takes one tick, so the thread budget trial keeps the caller's threads. On the real clock a
+    busy core made it pick one thread, and the split was then not compared with it."""
     monkeypatch.setenv("GRAPHEXEC_CACHE", "0")  # every plan decided here, not reused
+    steady_clock(monkeypatch, trials, interpret)
     g = towers()
     x = torch.randn(B, D)
     real = trials.decide
@@ -345,7 +351,8 @@ def test_auto_keeps_a_split_only_when_its_trial_wins(monkeypatch):
         p = gx.plan(g, (x,), data_parallel="auto")
         assert said in p.decisions[-1]
         assert (p.data_parallel == 2) == (pick == "split")
-        if torch.get_num_threads() > 1 and p.thread_budget is None:
+        if torch.get_num_threads() > 1:
+            assert p.thread_budget is None, p.decisions
             assert seen["runs"] == ["whole", split_mod.ONE, "split"]
             assert seen["floors"] == {"split": (split_mod.ONE, 0.45)}
         if pick == "split":

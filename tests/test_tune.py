@@ -17,9 +17,10 @@ import torch.nn as nn
 from hypothesis import HealthCheck, given, settings
 
 import graphexec as gx
-from graphexec import trials, tune
+from graphexec import interpret, trials, tune
 from graphexec.codegen import plan_program
 from graphexec.interpret import program_values
+from tests.clocks import steady_clock, thread_clock
 from tests.test_conformance import D, assert_same, build_random, random_dags
 
 
@@ -36,6 +37,9 @@ def test_every_decision_either_way_equals_eager(monkeypatch, gain, backend):
     if backend == "onnxruntime":
         pytest.importorskip("onnxruntime")
     monkeypatch.setattr(trials, "GAIN", gain)
+    # measured on a steady clock (tests.clocks): every member a tick, below the size rule's
+    # bound, so the groups are fusion candidates on a busy machine too, and the margins decide
+    steady_clock(monkeypatch, trials, interpret, tune)
     g = _small_branches()
     x = torch.randn(4, 16)
     with torch.no_grad():
@@ -78,6 +82,7 @@ def test_fusion_no_group_gains_from_is_dropped_without_a_plan_trial(monkeypatch,
     there, the whole-model trial (rounds of the model: most of a first call's cost on small
     models) is skipped, and the plan says it was measured call by call."""
     monkeypatch.setenv("GRAPHEXEC_CACHE", "0")
+    steady_clock(monkeypatch, interpret)  # the node timer: members small enough to be fused
     monkeypatch.setattr(tune, "time", types.SimpleNamespace(perf_counter=lambda: _CLOCK["now"]))
     ran = []
     monkeypatch.setattr(tune, "trial_twice", lambda runs, c: ran.append(c) or (1.0, 1.0))
@@ -92,7 +97,10 @@ def test_fusion_no_group_gains_from_is_dropped_without_a_plan_trial(monkeypatch,
         assert "measured call by call" in p.fusion[-1] and p.graph is g
 
 
-def test_the_plan_as_it_is_equals_eager_and_says_so():
+def test_the_plan_as_it_is_equals_eager_and_says_so(monkeypatch):
+    """Measured on a steady clock (tests.clocks), every node is too cheap for a hand-off: on
+    the real clock a busy machine could time one past `graphexec.planner.INLINE_BELOW`."""
+    steady_clock(monkeypatch, trials, interpret)
     g = _small_branches(3)
     x = torch.randn(4, 16)
     p = gx.plan(g, example_inputs=(x,), hfuse=False)
@@ -206,6 +214,9 @@ def test_traced_module_as_it_is_is_tried_and_equals_eager(monkeypatch, margin):
     monkeypatch.setattr(tune, "NO_LEVER_GAIN", margin or tune.NO_LEVER_GAIN)  # a plan of the
     # module's own ops, no lever of its own, is kept when it takes below this share of it
     monkeypatch.setattr(tune, "TRY_UNLEVERED", True)  # ... once it is tried at all
+    # on a steady clock (tests.clocks) the plan and the module run alike, so the margin
+    # decides: on the real clock a burst of load could set the plan aside as disturbed
+    steady_clock(monkeypatch, trials, interpret)
     m = _Model()
     g = gx.trace(m)
     assert g.source is m
@@ -322,28 +333,12 @@ def test_a_plan_must_beat_its_module_within_what_overlap_can_do(monkeypatch, pla
         assert "disturbed measurement" in p.decisions[-1]
 
 
-def _thread_clock(monkeypatch):
-    """The trials' clock made fake: ``costs(at_one, at_caller)`` is a node that advances it by
-    its seconds at one intra-op thread or at the caller's threads."""
-    clock = {"now": 0.0}
-
-    def costs(at_one, at_caller):
-        def fn(x):
-            clock["now"] += at_one if torch.get_num_threads() == 1 else at_caller
-            return x
-
-        return fn
-
-    monkeypatch.setattr(trials, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
-    return costs
-
-
 @pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs two intra-op threads")
 def test_the_module_as_it_is_is_tried_at_the_callers_threads_too(monkeypatch):
     """A plan with a one-thread budget is compared with its module at that budget and at the
     caller's threads: a budget that won for the plan's ops need not win for the module's (the
     old step ran the module only at the plan's budget and kept a plan the module beat)."""
-    costs = _thread_clock(monkeypatch)
+    costs = thread_clock(monkeypatch)
     g = gx.Graph("budgeted")
     g.output(g.node("n", costs(2.0, 2.0), g.input("x")))
     budgeted = dataclasses.replace(gx.plan(g), thread_budget=1)
@@ -361,7 +356,7 @@ def test_an_exported_graphs_module_is_tried_at_one_thread_when_the_node_times_al
     at one thread when the node times allow it: on a busy machine the module's own threads
     collapse where the aten plan's did not (measured: exported BERT's module kept at 2
     threads ran 2.7x slower than eager at 1; the old step never tried it there)."""
-    costs = _thread_clock(monkeypatch)
+    costs = thread_clock(monkeypatch)
     g = gx.Graph("exported")
     g.output(g.node("n", costs(2.0, 2.0), g.input("x")))
     g.imported_by = "torch.export: torch.fx could not trace it (a test)"
@@ -388,11 +383,7 @@ def test_an_exported_graph_whose_estimate_cannot_beat_its_module_is_not_tried(
     times (4 s), is 1.25x its module's measured time or more, is not tried in any way: the
     module runs as it is, and the plan says what was estimated and measured. Where it may
     beat the module (10 s), its ways are tried."""
-    from graphexec import interpret
-
-    costs = _thread_clock(monkeypatch)
-    monkeypatch.setattr(interpret, "time", trials.time)  # the node timer, on the same clock
-    monkeypatch.setattr(tune, "time", trials.time)  # the module's own timing
+    costs = thread_clock(monkeypatch, trials, interpret, tune)  # trials, node timer, module runs
     g = gx.Graph("exported")
     g.output(g.node("b", costs(2.0, 2.0), g.node("a", costs(2.0, 2.0), g.input("x"))))
     g.imported_by = "torch.export: torch.fx could not trace it (a test)"
