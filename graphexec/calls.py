@@ -1,19 +1,22 @@
 """How a node calls its function: list arguments packed back, and the checks made when a
-node is declared (arity against the signature, in-place modules without ``mutates=``).
+node is declared (a class where an instance belongs, arity against the signature, in-place
+modules without ``mutates=``).
 """
 
 from __future__ import annotations
 
 import inspect
+import sys
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import torch
 import torch.nn as nn
 
-from .errors import ArityError, InPlaceWarning
+from .errors import ArityError, GraphError, InPlaceWarning
 
-__all__ = ["Packed", "check_arity", "check_in_place", "fn_name"]
+__all__ = ["Packed", "check_arity", "check_in_place", "check_instance", "fn_name"]
 
 
 class Packed:
@@ -50,6 +53,55 @@ class Packed:
 
     def __repr__(self) -> str:
         return f"Packed({fn_name(self.fn)})"
+
+
+def check_instance(name: str, fn: Any) -> None:
+    """Raise `GraphError` for a class given where an instance belongs (``nn.ReLU`` for
+    ``nn.ReLU()``).
+
+    A class is callable, so it would pass as a node's function, and every call would build a
+    new object from the node's inputs (an ``nn.ReLU`` module as the graph's output, say). The
+    classes refused are those whose instances are what a node runs: ``nn.Module`` s, merge ops
+    (``gx.mean``), any class whose instances are callable, and ``torch.autograd.Function`` s
+    (called through ``.apply``). Other classes are conversions a node may well mean
+    (``tuple``, ``float``), and functions such as ``torch.relu`` are no classes.
+
+    >>> check_instance("a", nn.ReLU)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    graphexec.errors.GraphError: node 'a': nn.ReLU is a module class, ... nn.ReLU() ...
+    """
+    if not isinstance(fn, type):
+        return
+    spelled = _spelled(fn)
+    if issubclass(fn, torch.autograd.Function):
+        raise GraphError(
+            f"node '{name}': {spelled} is an autograd Function class: pass {spelled}.apply, "
+            "which runs it (calling the class builds an object of it)",
+            name,
+        )
+    if issubclass(fn, nn.Module):
+        what = "a module class, not a module"
+    elif any("__call__" in vars(k) for k in fn.__mro__ if k is not object):
+        what = "a class, not an instance"
+    else:
+        return
+    raise GraphError(
+        f"node '{name}': {spelled} is {what}: pass an instance, {spelled}() (with its "
+        f"arguments); the class would build a new {spelled} object from the node's inputs on "
+        "every call",
+        name,
+    )
+
+
+def _spelled(cls: type) -> str:
+    """``cls`` as a user writes it: ``nn.ReLU``, ``gx.mean``, else its qualified name."""
+    if getattr(nn, cls.__name__, None) is cls:
+        return f"nn.{cls.__name__}"
+    package = sys.modules.get("graphexec")
+    names = [*getattr(package, "__all__", ()), "tuple"]  # gx.tuple: public, not in __all__
+    public = [n for n in names if getattr(package, n, None) is cls]
+    return f"gx.{public[0]}" if public else cls.__qualname__
 
 
 def check_in_place(name: str, fn: Any, mutates: tuple[int, ...]) -> None:

@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.utils._pytree as pytree
 
-from .calls import Packed, check_arity, check_in_place, fn_name
+from .calls import Packed, check_arity, check_in_place, check_instance, fn_name
 from .dag import lexicographic_order
 from .errors import (
     CycleError,
@@ -201,9 +201,13 @@ class Graph:
             If an input is a reference made by another graph.
         ArityError
             If ``fn``'s signature cannot take ``len(inputs)`` positional arguments.
+        GraphError
+            If ``fn`` is a class where an instance belongs (``nn.ReLU`` for ``nn.ReLU()``, a
+            merge op's class, an ``autograd.Function`` without ``.apply``): naming the node.
         """
         if not callable(fn):
             raise GraphError(f"node '{name}': fn must be callable, got {type(fn).__name__}", name)
+        check_instance(name, fn)
         clash = set(fn_kwargs) & set(kwargs or {})
         if clash:
             raise GraphError(f"node '{name}': {', '.join(sorted(clash))} given twice", name)

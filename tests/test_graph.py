@@ -116,6 +116,55 @@ def test_bad_inputs_and_fn():
         g.node("m", torch.relu, x, mutates=[1])
 
 
+class _Double(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, t):
+        return 2 * t
+
+    @staticmethod
+    def backward(ctx, grad):
+        return 2 * grad
+
+
+class _Scale:
+    def __init__(self, k):
+        self.k = k
+
+    def __call__(self, t):
+        return self.k * t
+
+
+@pytest.mark.parametrize(
+    ("cls", "way_out"),
+    [
+        (nn.ReLU, r"nn\.ReLU is a module class.*pass an instance, nn\.ReLU\(\)"),
+        (nn.Sequential, r"nn\.Sequential\(\)"),
+        (gx.mean, r"gx\.mean is a class.*gx\.mean\(\)"),
+        (gx.tuple, r"gx\.tuple\(\)"),
+        (_Scale, r"_Scale is a class.*_Scale\(\)"),
+        (_Double, r"autograd Function class: pass _Double\.apply"),
+    ],
+)
+@pytest.mark.parametrize("as_list", [False, True])
+def test_a_class_where_an_instance_belongs_is_refused_naming_the_node(cls, way_out, as_list):
+    """``g.node("a", nn.ReLU, x)`` ran nn.ReLU(x) on every call: the graph returned a module."""
+    g = gx.Graph("g")
+    x = g.input("x")
+    with pytest.raises(gx.GraphError, match=f"node 'a': .*{way_out}") as info:
+        g.node("a", cls, [x] if as_list else x)
+    assert info.value.node == "a" and "a" not in g
+
+
+def test_functions_and_conversion_classes_are_still_nodes():
+    g = gx.Graph("g")
+    x = g.input("x")
+    a = g.node("relu", torch.relu, x)
+    b = g.node("double", _Double.apply, a)
+    g.output(g.node("pair", tuple, [a, b]), g.node("n", float, g.node("s", torch.sum, b)))
+    (relu, double), total = gx.SequentialExecutor().run(gx.plan(g), torch.tensor([-1.0, 2.0]))
+    assert relu.tolist() == [0.0, 2.0] and double.tolist() == [0.0, 4.0] and total == 4.0
+
+
 def test_printing():
     g = gx.Graph("pr")
     x = g.input("x")
