@@ -91,6 +91,7 @@ from .dask_calls import (
     chunks,
     finish_call,
     finish_started,
+    on_the_loop,
     run_call,
     start_call,
 )
@@ -544,7 +545,7 @@ class DaskExecutor(Executor):
         for future in keepers:
             future.release()
         if keepers and self.client.status == "running":
-            self.client.sync(_on_the_loop)  # runs after the releases queued there
+            self.client.sync(on_the_loop)  # runs after the releases queued there
 
     def __repr__(self) -> str:
         where = "embedded LocalCluster" if self._cluster is not None else "joined"
@@ -552,10 +553,6 @@ class DaskExecutor(Executor):
             f"DaskExecutor({self.address!r}, {where}, schedule={self.schedule!r}, "
             f"placement={self._placer.kind!r})"
         )
-
-
-async def _on_the_loop() -> None:
-    """Nothing, on the client's event loop: what was queued there before it has run."""
 
 
 def _options(profile: bool, schedule: str, whole: bool) -> CallOptions:

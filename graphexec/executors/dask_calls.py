@@ -18,7 +18,7 @@ What it decides
   warns about task graphs over 10 MB) and counted in ``sent_bytes``.
 * **One gather.** The client waits on a call with a single ``gather`` of its waited jobs (it
   stops at the first error): no separate wait, so a call costs one round trip to collect.
-* **Errors.** The first error cancels and releases the call's futures, then is raised: a
+* **Errors.** The first error releases the call's futures (`_Call.cancel`), then is raised: a
   `NodeError` naming the node, with the remote traceback; a lost worker (a cancelled input or
   weight copy, a scatter to a worker just gone) is answered by `run_call`: settle the worker
   list, place again, re-run, up to the executor's ``retries`` (`dask_faults`). `map` submits
@@ -132,14 +132,25 @@ class _Call:
         self.waited = [n for n in jobs if n in self.out_jobs or n not in read]
 
     def cancel(self) -> None:
-        futures = list(self.futures.values()) + self.inputs
-        if futures:
-            self.client.cancel(futures)
+        """Stop the call: its futures are released, so the scheduler forgets the jobs (only
+        this call wants them: keys carry its token) and tells the workers to drop them.
+        Not ``client.cancel``: cancelling jobs that form a diamond made Dask's scheduler fail
+        an assertion (``assert ts.who_wants`` in ``stimulus_cancel``, distributed 2026.11)
+        and log two tracebacks, on the first error of a transformers model's call."""
+        futures = [*self.futures.values(), *self.inputs]
+        for f in futures:
+            f.release()
         self.release()
+        if futures and self.client.status == "running":
+            self.client.sync(on_the_loop)  # the releases, queued on the loop, have run
 
     def release(self) -> None:
         self.futures.clear()
         self.inputs.clear()
+
+
+async def on_the_loop() -> None:
+    """Nothing, on the client's event loop: what was queued there before it has run."""
 
 
 def auto_chunk(plan: Plan, threads: int, window: int | None, length: int | None) -> int:
