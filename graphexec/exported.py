@@ -169,7 +169,10 @@ def export(
     """
     import torch.export
 
-    args = tuple(args)
+    # Contiguous examples: export guards the strides of a dynamic-batch view (``ids[:, :8]``
+    # gave "decoder_input_ids.stride()[0] != 8"), so a contiguous copy of the same values,
+    # which is what a Dask worker receives, failed the check.
+    args, kwargs = pytree.tree_map(_contiguous, (tuple(args), kwargs))
     if not (isinstance(dynamic_shapes, str) and dynamic_shapes == BATCH):
         program = torch.export.export(module, args, kwargs, dynamic_shapes=dynamic_shapes)
         fixed = "every size as in the example" if dynamic_shapes is None else "as given"
@@ -182,6 +185,11 @@ def export(
         why = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
         return static, f"every size fixed as in the example (a dynamic batch failed: {why})"
     return own_guards(program.module()), _batch_words(program)
+
+
+def _contiguous(leaf: Any) -> Any:
+    strided = isinstance(leaf, torch.Tensor) and leaf.layout == torch.strided
+    return leaf.contiguous() if strided else leaf
 
 
 def _batch_dynamic(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -329,6 +329,16 @@ def test_the_export_route_takes_any_batch_size_unless_asked_to_fix_it(local_exec
             local_executor.run(gx.plan(fixed), x2, x2 > 1)
 
 
+def test_an_example_that_is_a_view_does_not_tie_the_graph_to_its_strides(local_executor):
+    """Export guards the strides of a view given as an example; gx.trace exports contiguous
+    copies, so contiguous inputs (what a Dask worker receives) and views both run."""
+    model, wide = FinfoMask().eval(), torch.randn(6, 16)
+    g = gx.trace(model, example_inputs=(wide[:4, :8], wide[:4, :8] > 0))
+    with torch.no_grad():
+        for x in (wide[:, 8:], wide[:, 8:].contiguous(), wide[:3, :8].clone()):
+            torch.testing.assert_close(local_executor.run(gx.plan(g), x, x > 0), model(x, x > 0))
+
+
 class Cache:
     """A library's cache object in a model's output: no tensor, no pytree node."""
 
