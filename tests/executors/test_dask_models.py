@@ -12,6 +12,7 @@ Zarr and Parquet files on the workers. About 2 minutes on a quiet 2-core machine
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import numpy as np
@@ -102,6 +103,32 @@ def test_transformers_own_fx_graphs_run_on_workers(key, dask_client):
         assert_same(got, zm.model(*zm.inputs))
 
 
+# Dynamo's own vmap tracing instantiates an autograd Function (torch 2.13 deprecates that).
+@pytest.mark.filterwarnings("ignore:.*should not be instantiated:DeprecationWarning")
+@pytest.mark.parametrize("key", ["gpt2", "qwen2"])
+def test_dynamo_graphs_run_on_workers(key, dask_client):
+    """The graphs Dynamo hands the ``torch.compile`` backend (GPT-2's vmap mask, Qwen2's
+    autocast region, parameters as inputs, symbolic sizes where Dynamo made them), imported
+    as the backend imports them, on the workers."""
+    zm = zoo.build(key, traced=False)
+    graphs = []
+
+    def keep(gm, example_inputs):
+        graphs.append((gm, list(example_inputs)))
+        return gm.forward
+
+    torch._dynamo.reset()
+    try:
+        with torch.no_grad():
+            torch.compile(zm.model, backend=keep)(*zm.inputs)
+            assert graphs
+            ex = DaskExecutor(client=dask_client)
+            for gm, example in graphs:
+                assert_same(ex.run(gx.trace(gm), *example), gm(*example))
+    finally:
+        torch._dynamo.reset()
+
+
 def test_graph_module_on_its_own_cluster_and_on_scheduler_and_worker_processes():
     """``GraphModule(executor="dask")`` (an embedded cluster of its own) and a cluster of
     ``dask scheduler`` / ``dask worker`` processes."""
@@ -124,6 +151,22 @@ def test_graph_module_on_its_own_cluster_and_on_scheduler_and_worker_processes()
         assert_same(ex.run(graph, *zm.inputs), ref)
         for got, batch in zip(ex.map(graph, batches, progress=False), batches, strict=True):
             assert_same(got, zm.model(*batch))
+
+
+def test_a_failed_check_is_one_error_and_dask_logs_none(dask_client, caplog):
+    """Rows of another sequence length fail export's input check on the worker: one
+    NodeError each call, the call's jobs released (Dask's scheduler logged an assertion's
+    traceback when they were cancelled: every job waits on check_inputs, a diamond)."""
+    zm = zoo.build("t5", traced=False)
+    graph = gx.trace(zm.model, example_inputs=zm.inputs)
+    ex = DaskExecutor(client=dask_client)
+    longer = (*(torch.cat([t, t], dim=1) for t in zm.inputs[:2]), zm.inputs[2])
+    with caplog.at_level(logging.ERROR, logger="distributed"), torch.no_grad():
+        for _ in range(2):
+            with pytest.raises(gx.NodeError, match=r"check_inputs.*Guard failed.*dynamic_shapes"):
+                ex.run(graph, *longer)
+        assert_same(ex.run(graph, *zm.inputs), zm.model(*zm.inputs))  # the next call works
+    assert not [r.getMessage() for r in caplog.records if r.name.startswith("distributed")]
 
 
 class Locked(nn.Linear):
@@ -183,11 +226,17 @@ def test_bert_over_token_ids_in_zarr_with_map_blocks(bert, tokens, tmp_path, das
     for name, t in (("ids", ids), ("mask", mask)):
         da.from_array(t.numpy(), chunks=(64, zoo.SEQ)).to_zarr(str(tmp_path / f"{name}.zarr"))
     ex = DaskExecutor(client=dask_client)
-    out = ex.map_blocks(graph, da.from_zarr(str(tmp_path / "ids.zarr")),
-                        da.from_zarr(str(tmp_path / "mask.zarr")))  # fmt: skip
-    assert type(out).__name__ == "BaseModelOutputWithPoolingAndCrossAttentions"
-    hidden, pooled = dask_client.compute([out.last_hidden_state, out.pooler_output], sync=True)
-    assert ex.sent_bytes < ids.nbytes + mask.nbytes  # task specs (~6 kB a block), no rows
+
+    def embed():
+        out = ex.map_blocks(graph, da.from_zarr(str(tmp_path / "ids.zarr")),
+                            da.from_zarr(str(tmp_path / "mask.zarr")))  # fmt: skip
+        assert type(out).__name__ == "BaseModelOutputWithPoolingAndCrossAttentions"
+        return dask_client.compute([out.last_hidden_state, out.pooler_output], sync=True)
+
+    embed()  # places the weights
+    before = ex.sent_bytes  # the shared client's counter: what this pass adds
+    hidden, pooled = embed()
+    assert ex.sent_bytes - before < ids.nbytes + mask.nbytes  # task specs (~6 kB a block)
     with torch.no_grad():
         ref = zm.model(ids, mask)  # blocks of 64, 64, 64 and 8 rows: every row checked
     torch.testing.assert_close(torch.tensor(hidden), ref.last_hidden_state, **TOL)
