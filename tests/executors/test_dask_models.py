@@ -92,6 +92,29 @@ def test_export_imports_run_on_workers_and_equal_eager(imported, dask_client):
     assert ex.scatters == sent
 
 
+class InPlace(nn.Module):
+    """docs/entry_points.md's exported program: an in-place masked_fill_ between modules."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(nn.Linear(8, 8), nn.ReLU())
+        self.b, self.head = nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x, mask):
+        y = self.a(x) + self.b(x)
+        y.masked_fill_(mask, 0.0)
+        return self.head(y)
+
+
+def test_an_exported_program_runs_on_workers(dask_client):
+    """``gx.trace(torch.export.export(...))``: export's guard module, in-place ops, fixed sizes."""
+    model, x = InPlace().eval(), torch.randn(4, 8)
+    graph = gx.trace(torch.export.export(model, (x, x > 0)))
+    with torch.no_grad():
+        got = DaskExecutor(client=dask_client).run(graph, x, x > 0)
+        torch.testing.assert_close(got, model(x, x > 0))
+
+
 @pytest.mark.parametrize("key", ["bert", "t5"])
 def test_transformers_own_fx_graphs_run_on_workers(key, dask_client):
     """Graphs of ``transformers.utils.fx.symbolic_trace``, whose code plain fx cannot
