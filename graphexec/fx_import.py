@@ -24,6 +24,11 @@ What it decides
   torch.fx.PH}`` keeps one as a (required) graph input. The source is the module itself
   when the graph's inputs are its leading arguments and the rest keep their defaults (one
   call less per run); otherwise a function calling it with the fixed values.
+* **The module's own call.** A graph of ``(features, decoder_ids)`` traced from
+  ``(features, None, decoder_ids)`` also takes ``(features, None, decoder_ids)``, and
+  ``attention_mask=None`` by name: on both routes the fixed arguments with their values are
+  given to the graph (`Graph.accept_call`), and a call that gives one as it was fixed drops it
+  before the inputs are bound; another value raises `ArityError`, naming it.
 * **Errors.** Anything raised while fx traces (data-dependent control flow, a library
   raising on a proxy: ``torch.finfo(x.dtype)``, ``ValueError: You have to specify either
   input_ids ...``) becomes `UntraceableError`, naming the submodule where it stopped, with the
@@ -268,7 +273,34 @@ def trace(
                     constant_inputs(gm))  # fmt: skip
     g.source = source  # what `graphexec.plan` measures its plans against
     g.imported_by = how
+    if isinstance(module, nn.Module) and not isinstance(module, fx.GraphModule):  # traced here
+        fx_route = how == "torch.fx"
+        _accept_module_call(g, module, _defaults(module, concrete_args if fx_route else None,
+                                                 example))  # fmt: skip
     return g
+
+
+def _accept_module_call(g: Graph, module: nn.Module, fixed: dict[str, Any]) -> None:
+    """Let ``g`` take the module's own call too, with the plain arguments the trace fixed
+    (module docstring: the module's own call)."""
+    fixed = {k: v for k, v in fixed.items() if isinstance(v, _PLAIN) and k not in g.inputs}
+    if not fixed:
+        return
+    try:
+        params = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return
+    positional = []
+    for p in params:  # up to the first that is no graph input and was not fixed (``*args``)
+        if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            break
+        if p.name not in fixed and p.name not in g.inputs:
+            break
+        positional.append(p.name)
+    inputs = [p for p in positional if p not in fixed]
+    if inputs != list(g.inputs[: len(inputs)]):  # the inputs are named otherwise (export)
+        positional = []
+    g.accept_call(positional, fixed)
 
 
 _Example = tuple[tuple[Any, ...], dict[str, Any]]

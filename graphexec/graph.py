@@ -16,6 +16,10 @@ What it decides
   mutation as program order says, so concurrency never changes the result.
 * ``after=`` adds ordering-only dependencies (no data flows); `graphexec.fx_import` uses it for
   the in-place hazards it finds in traced models.
+* A graph traced from a module whose call had arguments the trace fixed (Whisper's
+  ``attention_mask=None`` between two tensors) takes the module's own call too
+  (`Graph.accept_call`, `ModuleCall`): a fixed argument given as it was fixed, by position or
+  by name, is dropped before the inputs are bound; given another value, `ArityError` says so.
 
 The graph is backed by a ``networkx.DiGraph`` (``graph.nx``) whose nodes are the node and
 input names, with an edge for every data or ordering dependency.
@@ -24,7 +28,7 @@ input names, with an edge for every data or ordering dependency.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -37,6 +41,7 @@ import torch.utils._pytree as pytree
 from .calls import Packed, check_arity, check_in_place, check_instance, fn_name
 from .dag import lexicographic_order
 from .errors import (
+    ArityError,
     CycleError,
     DuplicateNameError,
     GraphError,
@@ -44,7 +49,7 @@ from .errors import (
     UnreachableOutputError,
 )
 
-__all__ = ["Graph", "Node", "Packed", "Ref", "expect_graph", "state_tensors"]
+__all__ = ["Graph", "ModuleCall", "Node", "Packed", "Ref", "expect_graph", "state_tensors"]
 
 _graph_ids = itertools.count(1)
 
@@ -110,6 +115,31 @@ class Node:
         return self.fn(*args, **self.kwargs)
 
 
+@dataclass(frozen=True)
+class ModuleCall:
+    """How the module a graph was traced from is called, where the trace fixed some of its
+    arguments: ``parameters`` are its leading positional parameters (graph inputs and fixed
+    arguments, in order), ``fixed`` every fixed argument's value (`Graph.accept_call`)."""
+
+    parameters: tuple[str, ...]
+    fixed: Mapping[str, Any]
+
+
+def _same(value: Any, fixed: Any) -> bool:
+    """``value`` is the plain value a trace fixed (``None``, a bool, number or string)."""
+    if value is fixed:
+        return True
+    if isinstance(value, torch.Tensor):
+        return False
+    numbers = isinstance(value, int | float) and isinstance(fixed, int | float)
+    if type(value) is not type(fixed) and not (numbers and bool not in (type(value), type(fixed))):
+        return False
+    try:
+        return bool(value == fixed)
+    except Exception:  # noqa: BLE001 - a value that cannot be compared is not the fixed one
+        return False
+
+
 def _graph_input() -> None:  # marker callable of graph-input nodes; never called
     raise AssertionError("graph inputs are bound, not called")
 
@@ -151,6 +181,8 @@ class Graph:
         #: How `graphexec.trace` imported the graph, and why that way (``"torch.fx"``,
         #: ``"torch.export: torch.fx could not trace ..."``); None for a declared graph.
         self.imported_by: str | None = None
+        #: The module's own call, where the trace fixed some of its arguments (`accept_call`).
+        self.call: ModuleCall | None = None
 
     # -- building ---------------------------------------------------------------------------
     def input(self, name: str) -> Ref:
@@ -245,6 +277,97 @@ class Graph:
         )
         self._has_outputs = True
 
+    def accept_call(self, parameters: Sequence[str], fixed: Mapping[str, Any]) -> None:
+        """Also take the call of the module this graph was traced from, whose arguments
+        include some the trace fixed (``attention_mask=None`` between two tensors: the graph
+        has no input for it). `graphexec.trace` says so for the graphs it makes.
+
+        Parameters
+        ----------
+        parameters : sequence of str
+            The module's leading positional parameters, in order: graph inputs (the graph's
+            first ones, in its order) and fixed arguments.
+        fixed : mapping of str to value
+            Every argument the trace fixed, and its value (``None``, a bool, number or
+            string), positional or not.
+
+        Raises
+        ------
+        GraphError
+            If a fixed argument is a graph input, or the parameters' inputs are not the
+            graph's leading inputs in order.
+
+        Examples
+        --------
+        >>> import torch
+        >>> g = Graph("whisper_like")
+        >>> x, ids = g.input("features"), g.input("decoder_ids")
+        >>> g.output(g.node("add", torch.add, x, ids))
+        >>> g.accept_call(["features", "attention_mask", "decoder_ids"], {"attention_mask": None})
+        >>> one = torch.ones(1)
+        >>> g.graph_call((one, None, one), {}) == ((one, one), {})
+        True
+        >>> g.graph_call((one,), {"attention_mask": None, "decoder_ids": one})[1].keys()
+        dict_keys(['decoder_ids'])
+        """
+        fixed = dict(fixed)
+        inputs = [p for p in parameters if p not in fixed]
+        clash = sorted(set(fixed) & set(self._inputs))
+        if clash or inputs != self._inputs[: len(inputs)]:
+            raise GraphError(
+                f"graph '{self.name}': the call ({', '.join(parameters)}; fixed "
+                f"{', '.join(fixed)}) does not fit the inputs ({', '.join(self._inputs)})"
+            )
+        self.call = ModuleCall(tuple(parameters), fixed)  # a plain dict: graphs are pickled
+
+    def graph_call(
+        self, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """A call's arguments as the graph's inputs: the fixed arguments of the module's own
+        call (`accept_call`), given as they were fixed, dropped; anything else as it is.
+
+        Positional arguments are read as the module's parameters when there are more of them
+        than graph inputs, or when a keyword names an input they would fill; otherwise they
+        are the graph's own inputs, as before. Executors and `GraphModule` call this first.
+
+        Raises
+        ------
+        ArityError
+            If a fixed argument is given another value than the one it was fixed to.
+        """
+        call = self.call
+        if call is None:
+            return args, dict(kwargs)
+        kwargs = dict(kwargs)
+        for name in [k for k in kwargs if k in call.fixed]:
+            self._check_fixed(name, kwargs.pop(name))
+        n = len(self._inputs)
+        if len(args) > len(call.parameters) or (
+            len(args) <= n and not set(kwargs) & set(self._inputs[: len(args)])
+        ):
+            return args, kwargs
+        kept = []
+        for name, value in zip(call.parameters, args, strict=False):
+            if name in call.fixed:
+                self._check_fixed(name, value)
+            else:
+                kept.append(value)
+        return tuple(kept), kwargs
+
+    def _check_fixed(self, name: str, value: Any) -> None:
+        fixed = self.call.fixed[name] if self.call is not None else None
+        if _same(value, fixed):
+            return
+        given = (f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor)
+                 else repr(value)[:80])  # fmt: skip
+        raise ArityError(
+            f"graph '{self.name}': {name} is {given}, but the trace fixed {name}={fixed!r} "
+            f"(the graph has no input '{name}'): pass {fixed!r} or leave it out, or import "
+            "the module again with gx.trace giving it (a tensor in example_inputs; another "
+            "value in concrete_args)",
+            name,
+        )
+
     # -- reading ----------------------------------------------------------------------------
     @property
     def nodes(self) -> Mapping[str, Node]:
@@ -335,6 +458,9 @@ class Graph:
         rows = [repr(self)]
         if self.imported_by:
             rows.append(f"  imported by {self.imported_by}")
+        if self.call is not None:
+            fixed = ", ".join(f"{k}={v!r}" for k, v in self.call.fixed.items())
+            rows.append(f"  fixed by the trace: {fixed} (a call gives them so, or leaves them out)")
         for node in self._nodes.values():
             if node.is_input:
                 rows.append(f"  {node.name:<24} <input>")

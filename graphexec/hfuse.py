@@ -277,6 +277,7 @@ def _rewrite(graph: Graph, groups: list[list[str]]) -> Graph:
     read |= {r.node for r in torch.utils._pytree.tree_leaves(graph.outputs) if isinstance(r, Ref)}
     out = Graph(graph.name)
     out.source, out.imported_by = graph.source, graph.imported_by  # the same model, fused
+    out.call = graph.call
     for node in graph:
         if node.is_input:
             out.input(node.name)

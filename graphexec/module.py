@@ -134,6 +134,8 @@ class GraphModule(nn.Module):
     def replan(self, example_inputs: Sequence[Any] | None = None, **plan_kwargs: Any) -> Plan:
         """Plan again, e.g. with costs measured on ``example_inputs``."""
         self._plan_kwargs.update(plan_kwargs)
+        if example_inputs is not None:  # a traced module's own call, too
+            example_inputs = self.graph.graph_call(tuple(example_inputs), {})[0]
         self._plan = make_plan(self.graph, example_inputs, **self._planning())
         if self._watch is not None:
             self._watch.start(self._plan)
@@ -143,6 +145,7 @@ class GraphModule(nn.Module):
         return {**getattr(self.executor, "plan_defaults", {}), **self._plan_kwargs}
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        args, kwargs = self.graph.graph_call(args, kwargs)  # a traced module's own call, too
         if self._auto is not None:
             self._follow_parameters()
         # Measured plans are of this process's threads: executors that run elsewhere (CUDA

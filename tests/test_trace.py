@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.fx as fx
 import torch.nn as nn
@@ -113,3 +114,53 @@ def test_traced_graph_module_shares_the_models_parameters_and_trains():
     for n, p in model.named_parameters():
         torch.testing.assert_close(got[n], p.grad, rtol=1e-4, atol=1e-6)
     gm.close()
+
+
+class WhisperLike(nn.Module):
+    """``attention_mask=None`` between two tensors, as Whisper takes it; ``finfo=True``:
+    ``torch.finfo`` of a proxy's dtype stops fx, so it imports through torch.export."""
+
+    def __init__(self, finfo: bool = False):
+        super().__init__()
+        self.enc, self.dec = nn.Linear(8, 8), nn.Embedding(10, 8)
+        self.finfo = finfo
+
+    def forward(self, features, attention_mask=None, decoder_input_ids=None):
+        h = self.enc(features)
+        if attention_mask is not None:
+            h = h * attention_mask[..., None]
+        out = self.dec(decoder_input_ids) + h.mean(1, keepdim=True)
+        return out.clamp(min=torch.finfo(out.dtype).min) if self.finfo else out
+
+
+@pytest.mark.parametrize("route", ["torch.fx", "torch.export"])
+def test_a_graph_traced_with_a_none_takes_the_modules_own_call(route, local_executor):
+    """gx.trace(model, example_inputs=(features, None, ids)) makes a graph of 2 inputs; the
+    model's own 3-argument call (the None where it was, or by name) runs it too."""
+    model = WhisperLike(finfo=route == "torch.export").eval()
+    features, ids = torch.randn(2, 5, 8), torch.randint(0, 10, (2, 3))
+    g = gx.trace(model, example_inputs=(features, None, ids))
+    assert g.imported_by.startswith(route) and g.inputs == ("features", "decoder_input_ids")
+    calls = [
+        ((features, None, ids), {}),  # the module's own call
+        ((features, ids), {}),  # the graph's, as before
+        ((features,), {"attention_mask": None, "decoder_input_ids": ids}),
+        ((features, None), {"decoder_input_ids": ids}),
+    ]
+    with torch.no_grad():
+        expected = model(features, None, ids)
+        p = gx.plan(g)
+        for args, kwargs in calls:
+            torch.testing.assert_close(local_executor.run(p, *args, **kwargs), expected)
+        gm = gx.GraphModule(g, executor=local_executor, example_inputs=(features, None, ids))
+        for args, kwargs in calls:
+            torch.testing.assert_close(gm(*args, **kwargs), expected)
+        mask = torch.ones(2, 5)
+        with pytest.raises(gx.ArityError, match=r"attention_mask is a tensor of shape \(2, 5\), "
+                           r"but the trace fixed attention_mask=None"):  # fmt: skip
+            gm(features, mask, ids)
+        with pytest.raises(gx.ArityError, match="fixed attention_mask=None"):
+            local_executor.run(p, features, ids, attention_mask=mask)
+        with pytest.raises(gx.ArityError, match="takes 2 inputs"):
+            local_executor.run(p, features, None, ids, ids)
+    assert "fixed by the trace: attention_mask=None" in str(g)

@@ -362,7 +362,9 @@ class Executor:
         plan : Plan or Graph
             A graph is planned once (estimated costs) and the plan cached.
         *args, **kwargs
-            Graph inputs, by position (declaration order) or by name.
+            Graph inputs, by position (declaration order) or by name; for a traced graph,
+            also as its module takes them (`Graph.graph_call`: the arguments the trace fixed
+            given as they were, or left out).
         profile : bool
             Also return a `Timeline` of what ran where and when.
 
@@ -379,6 +381,7 @@ class Executor:
             If a node raised; other in-flight tasks are cancelled or awaited first.
         """
         p = self._as_plan(plan)
+        args, kwargs = p.graph.graph_call(args, kwargs)  # a traced module's own call, too
         if p.split is not None:  # data parallelism: shards, _run_shards, merge
             return run_split(self, p, args, kwargs, profile)
         return self._budgeted(p, args, kwargs, profile)
