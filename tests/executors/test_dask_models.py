@@ -5,9 +5,9 @@ Each model is built from the zoo (`benchmarks.zoo`: random weights, tiny configs
 imported as a user does, ``gx.trace(model, example_inputs=...)``; fx cannot trace any of
 them, so every one goes through ``torch.export`` (aten ops, export's input guards, lifted
 buffers, autocast and vmap regions, a dynamic batch size). Each runs with ``run``, with
-``map`` over other batch sizes, and in ``gx.GraphModule`` on the session's LocalCluster, and
-some on ``dask scheduler`` / ``dask worker`` processes; batch inference reads token ids from
-Zarr and Parquet files on the workers. About 2 minutes on a quiet 2-core machine.
+``map`` over other batch sizes, in ``gx.GraphModule`` and sharded on the session's
+LocalCluster, and some on ``dask scheduler`` / ``dask worker`` processes; batch inference
+reads token ids from Zarr and Parquet files on the workers. About 3 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -85,6 +85,8 @@ def test_export_imports_run_on_workers_and_equal_eager(imported, dask_client):
             assert_same(got, model(*batch))
         module = gx.GraphModule(graph, executor=ex, measure=False)
         assert_same(module(*inputs), model(*inputs))
+        sharded = DaskExecutor(client=dask_client, placement="shard")  # each node on one worker
+        assert_same(sharded.run(plan, *inputs), model(*inputs))
     assert ex.scatters > 0  # the nodes went to the workers (copies, each once per worker)
     sent = ex.scatters
     with torch.no_grad():
