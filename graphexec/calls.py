@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from .errors import ArityError, GraphError, InPlaceWarning
 
-__all__ = ["Packed", "check_arity", "check_in_place", "check_instance", "fn_name"]
+__all__ = ["Packed", "check_arity", "check_in_place", "check_instance", "fn_name", "spelled"]
 
 
 class Packed:
@@ -73,10 +73,10 @@ def check_instance(name: str, fn: Any) -> None:
     """
     if not isinstance(fn, type):
         return
-    spelled = _spelled(fn)
+    shown = spelled(fn)
     if issubclass(fn, torch.autograd.Function):
         raise GraphError(
-            f"node '{name}': {spelled} is an autograd Function class: pass {spelled}.apply, "
+            f"node '{name}': {shown} is an autograd Function class: pass {shown}.apply, "
             "which runs it (calling the class builds an object of it)",
             name,
         )
@@ -87,14 +87,14 @@ def check_instance(name: str, fn: Any) -> None:
     else:
         return
     raise GraphError(
-        f"node '{name}': {spelled} is {what}: pass an instance, {spelled}() (with its "
-        f"arguments); the class would build a new {spelled} object from the node's inputs on "
+        f"node '{name}': {shown} is {what}: pass an instance, {shown}() (with its "
+        f"arguments); the class would build a new {shown} object from the node's inputs on "
         "every call",
         name,
     )
 
 
-def _spelled(cls: type) -> str:
+def spelled(cls: type) -> str:
     """``cls`` as a user writes it: ``nn.ReLU``, ``gx.mean``, else its qualified name."""
     if getattr(nn, cls.__name__, None) is cls:
         return f"nn.{cls.__name__}"

@@ -2,6 +2,11 @@
 
 What it decides
 ---------------
+* **What it takes.** An ``nn.Module`` instance, an ``fx.GraphModule``, an
+  ``ExportedProgram``, or a plain Python function (``gx.trace(lambda t: t + 1)``: fx traces
+  functions as it traces a ``forward``; torch.export takes modules only, so a function fx
+  cannot trace is not exported). Anything else (a module's class, a builtin such as
+  ``torch.relu``) raises a `TypeError` saying what to pass.
 * **The route.** ``gx.trace(model)`` traces with ``torch.fx``. ``gx.trace(model,
   example_inputs=args)`` (``torch.export.export``'s ``args``, and ``example_kwargs`` its
   ``kwargs``) traces with fx where fx can, and otherwise exports the model with that call
@@ -92,6 +97,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from .calls import spelled
 from .errors import GraphError
 from .exported import (
     BATCH,
@@ -173,9 +179,10 @@ def trace(
 
     Parameters
     ----------
-    module : nn.Module, torch.fx.GraphModule or torch.export.ExportedProgram
-        A module to trace, a GraphModule traced already (used as it is, not re-traced), or
-        an exported program (its ``.module()``, with export's checks in ``check_inputs``).
+    module : nn.Module, torch.fx.GraphModule, torch.export.ExportedProgram or function
+        A module to trace, a GraphModule traced already (used as it is, not re-traced), an
+        exported program (its ``.module()``, with export's checks in ``check_inputs``), or a
+        Python function (traced with fx alone: torch.export takes modules only).
     example_inputs : tuple, optional
         Positional arguments of a call, as ``torch.export.export(module, args)`` takes them (a
         single tensor is one argument). Only the arguments not given are fixed to their
@@ -212,6 +219,9 @@ def trace(
 
     Raises
     ------
+    TypeError
+        If ``module`` is none of the above: a module's class (pass an instance), a builtin or
+        another callable object (wrap it in a function).
     UntraceableError
         If ``torch.fx`` cannot trace ``module`` (data-dependent control flow, a library
         raising on a proxy) and, with ``example_inputs``, ``torch.export`` cannot export it:
@@ -246,7 +256,7 @@ def trace(
     leaf = Leaves(leaves)
     example = _example(example_inputs, example_kwargs)
     gm, source, how = _import(module, leaf, concrete_args, example, dynamic_shapes)
-    graph_name = name or _root_name(gm) or type(module).__name__
+    graph_name = name or _root_name(gm) or _kind(module).strip("<>")
     for n in gm.graph.nodes:
         if n.op == "call_function" and n.target in _THREAD_STATE:
             raise GraphError(
@@ -273,21 +283,21 @@ def trace(
                     constant_inputs(gm))  # fmt: skip
     g.source = source  # what `graphexec.plan` measures its plans against
     g.imported_by = how
-    if isinstance(module, nn.Module) and not isinstance(module, fx.GraphModule):  # traced here
+    if not isinstance(module, fx.GraphModule) and _traced_here(module):
         fx_route = how == "torch.fx"
         _accept_module_call(g, module, _defaults(module, concrete_args if fx_route else None,
                                                  example))  # fmt: skip
     return g
 
 
-def _accept_module_call(g: Graph, module: nn.Module, fixed: dict[str, Any]) -> None:
+def _accept_module_call(g: Graph, module: Any, fixed: dict[str, Any]) -> None:
     """Let ``g`` take the module's own call too, with the plain arguments the trace fixed
     (module docstring: the module's own call)."""
     fixed = {k: v for k, v in fixed.items() if isinstance(v, _PLAIN) and k not in g.inputs}
     if not fixed:
         return
     try:
-        params = inspect.signature(module.forward).parameters.values()
+        params = inspect.signature(_forward(module)).parameters.values()
     except (TypeError, ValueError):
         return
     positional = []
@@ -348,13 +358,46 @@ def _import(
         return gm, as_called(gm, gm), _PROGRAM_NOTE
     if isinstance(module, fx.GraphModule):
         return module, _sized(module, as_called(module, module)), "an fx GraphModule, as it is"
+    if not _traced_here(module):
+        raise TypeError(_not_traceable(module))
     try:
         gm, source = _fx_trace(module, leaves, concrete_args, example)
     except UntraceableError as fx_error:
-        if example is None:
+        if example is None or not isinstance(module, nn.Module):
             raise
         return _export_route(module, example, fx_error, dynamic_shapes)
     return gm, source, "torch.fx"
+
+
+def _traced_here(module: Any) -> bool:
+    """A module instance or a plain Python function: what `trace` traces itself."""
+    return isinstance(module, nn.Module) or inspect.isfunction(module)
+
+
+def _forward(module: Any) -> Any:
+    """What a call runs: a module's ``forward``, or the function itself."""
+    return module.forward if isinstance(module, nn.Module) else module
+
+
+def _kind(module: Any) -> str:
+    """The class name of a module, or a function's name (``<lambda>``)."""
+    return module.__name__ if inspect.isfunction(module) else type(module).__name__
+
+
+def _not_traceable(obj: Any) -> str:
+    """Why ``gx.trace(obj)`` cannot take ``obj``, and what to pass instead."""
+    takes = ("gx.trace takes an nn.Module instance, a torch.fx.GraphModule, a "
+             "torch.export.ExportedProgram or a Python function")  # fmt: skip
+    if isinstance(obj, type):
+        name = spelled(obj)
+        if issubclass(obj, nn.Module):
+            return f"{takes}; got the class {name}: pass an instance, gx.trace({name}(...))"
+        return f"{takes}; got the class {name}"
+    if callable(obj):
+        what = getattr(obj, "__name__", None) or type(obj).__name__
+        return (f"{takes}; got {what} ({type(obj).__name__}), which fx cannot trace: call it "
+                f"from a Python function and trace that (def f(x): return {what}(x))")  # fmt: skip
+    return f"{takes}; got {type(obj).__name__}"
 
 
 def _sized(gm: fx.GraphModule, source: Any) -> Any:
@@ -372,7 +415,7 @@ def _sized(gm: fx.GraphModule, source: Any) -> Any:
 
 
 def _fx_trace(
-    module: nn.Module, leaves: Leaves, concrete_args: Any, example: _Example | None
+    module: nn.Module | Any, leaves: Leaves, concrete_args: Any, example: _Example | None
 ) -> tuple[fx.GraphModule, Any]:
     """``torch.fx`` with every argument not given fixed (`_defaults`); any exception raised
     while tracing becomes an `UntraceableError` naming where it stopped."""
@@ -384,7 +427,7 @@ def _fx_trace(
         where = _where(module, exc.__traceback__)
         message, reason = _untraceable(module, exc, where, concrete, example)
         raise UntraceableError(message, (where and where[0]) or None, reason) from exc
-    gm = fx.GraphModule(tracer.root, graph, type(module).__name__)
+    gm = fx.GraphModule(tracer.root, graph, _kind(module).strip("<>"))
     if not concrete:
         return gm, module
     _drop_specialised(gm, module, concrete)
@@ -459,7 +502,7 @@ def _defaults(
     gives (``None``, numbers: export fixes them too)."""
     given_args = dict(concrete_args or {})
     try:
-        params = list(inspect.signature(module.forward).parameters.values())
+        params = list(inspect.signature(_forward(module)).parameters.values())
     except (TypeError, ValueError):
         return given_args
     named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
@@ -479,7 +522,7 @@ def _called_plainly(module: nn.Module, inputs: list[str], concrete: dict[str, An
     positional arguments, and every fixed one is fixed to its own default (so the module
     itself is the graph's source, with nothing between a call and it)."""
     try:
-        params = inspect.signature(module.forward).parameters
+        params = inspect.signature(_forward(module)).parameters
     except (TypeError, ValueError):
         return False
     positional = [p.name for p in params.values()
@@ -492,7 +535,7 @@ def _called_plainly(module: nn.Module, inputs: list[str], concrete: dict[str, An
 
 def _drop_specialised(gm: fx.GraphModule, module: nn.Module, concrete: dict[str, Any]) -> None:
     """Remove the placeholders of fixed arguments and the asserts fx wrote for them."""
-    params = list(inspect.signature(module.forward).parameters)
+    params = list(inspect.signature(_forward(module)).parameters)
     holders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(params) != len(holders):  # *args or pytree concrete_args: leave them
         return
@@ -506,28 +549,33 @@ def _drop_specialised(gm: fx.GraphModule, module: nn.Module, concrete: dict[str,
     gm.recompile()
 
 
-def _where(module: nn.Module, tb: Any) -> tuple[str, str, int] | None:
-    """The innermost submodule (qualified name, file, line) a traceback ran ``forward`` of."""
-    names = {id(m): n for n, m in module.named_modules()}
+def _where(module: nn.Module | Any, tb: Any) -> tuple[str, str, int] | None:
+    """The innermost submodule (qualified name, file, line) a traceback ran ``forward`` of;
+    for a function, ``""`` and the line of the function where it stopped."""
+    names = ({id(m): n for n, m in module.named_modules()} if isinstance(module, nn.Module)
+             else {})  # fmt: skip
     where = None
     while tb is not None:
         owner = tb.tb_frame.f_locals.get("self")
         if isinstance(owner, nn.Module) and id(owner) in names:
             where = (names[id(owner)], tb.tb_frame.f_code.co_filename, tb.tb_lineno)
+        elif tb.tb_frame.f_code is getattr(module, "__code__", None):
+            where = ("", tb.tb_frame.f_code.co_filename, tb.tb_lineno)
         tb = tb.tb_next
     return where
 
 
 def _untraceable(
-    module: nn.Module,
+    module: nn.Module | Any,
     exc: Exception,
     where: tuple[str, str, int] | None,
     concrete: dict[str, Any],
     example: _Example | None,
 ) -> tuple[str, str]:
     """The error's message (where, the library's words, the ways out) and its reason."""
-    kind = type(module).__name__
+    kind = _kind(module)
     at = f" ({where[1]}:{where[2]})" if where else ""
+    function = not isinstance(module, nn.Module)
     branch = isinstance(exc, fx.proxy.TraceError)  # control flow on a proxy, not a library
     reason = str(exc) if branch else _first_line(exc)
     ways = []
@@ -535,12 +583,15 @@ def _untraceable(
         place = f"in submodule '{where[0]}'{at}"
         ways.append(f"name it in leaves=['{where[0]}'] to run it as one node")
     else:
-        place = f"in {kind}.forward{at}"
-        if branch:
+        place = f"in {kind}{at}" if function else f"in {kind}.forward{at}"
+        if branch and not function:
             ways.append("move the branch into a submodule and name it in leaves=")
     fixed = ", ".join(f"{k}={v!r}" for k, v in concrete.items())
     note = ""
-    if example is None:
+    if function:  # torch.export takes modules only
+        ways.append("make it the forward of an nn.Module and trace that with example_inputs=, "
+                    "which imports it through torch.export where fx cannot")  # fmt: skip
+    elif example is None:
         if fixed:
             note = (f" (gx.trace fixed every argument with a default to it: {fixed}; "
                     "example_inputs= says which ones a call gives)")  # fmt: skip
@@ -548,7 +599,8 @@ def _untraceable(
                     "imports it through torch.export where fx cannot")  # fmt: skip
     elif branch:
         ways.append("write the branch with torch.cond (export takes it)")
-    ways.append('torch.compile(model, backend="graphexec"), which splits the model there')
+    what, it = ("fn", "it") if function else ("model", "the model")
+    ways.append(f'torch.compile({what}, backend="graphexec"), which splits {it} there')
     return (f"gx.trace({kind}): torch.fx cannot trace {place}: {reason}{note}. To import it, "
             + "; or ".join(ways), reason)  # fmt: skip
 

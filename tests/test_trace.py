@@ -164,3 +164,43 @@ def test_a_graph_traced_with_a_none_takes_the_modules_own_call(route, local_exec
         with pytest.raises(gx.ArityError, match="takes 2 inputs"):
             local_executor.run(p, features, None, ids, ids)
     assert "fixed by the trace: attention_mask=None" in str(g)
+
+
+def _scaled(x, y, scale=2.0):
+    return torch.relu(x) * scale + y
+
+
+def _branchy(x):
+    if x.sum() > 0:
+        return x
+    return -x
+
+
+def test_a_plain_function_is_traced_with_fx(local_executor):
+    """fx traces functions as it traces a forward: gx.trace(lambda t: t + 1) raised
+    AttributeError: 'function' object has no attribute 'forward'."""
+    g = gx.trace(lambda t: t + 1)
+    assert g.inputs == ("t",) and g.imported_by == "torch.fx"
+    x, y = torch.randn(3), torch.randn(3)
+    torch.testing.assert_close(local_executor.run(gx.plan(g), x), x + 1)
+    g = gx.trace(_scaled)  # a default is fixed, as for a module's forward
+    assert g.name == "_scaled" and g.inputs == ("x", "y") and g.source is _scaled
+    torch.testing.assert_close(local_executor.run(gx.plan(g), x, y), _scaled(x, y))
+    torch.testing.assert_close(local_executor.run(gx.plan(g), x, y, 2.0), _scaled(x, y))
+    with pytest.raises(gx.UntraceableError, match=r"gx.trace\(_branchy\): .* in _branchy "
+                       r"\(.*test_trace.py:\d+\).*nn.Module.*torch.compile\(fn"):  # fmt: skip
+        gx.trace(_branchy, example_inputs=(x,))
+
+
+@pytest.mark.parametrize(
+    ("what", "says"),
+    [
+        (nn.Linear, r"got the class nn.Linear: pass an instance, gx.trace\(nn.Linear\(...\)\)"),
+        (TwoTowers, r"got the class TwoTowers: pass an instance"),
+        (torch.relu, r"got relu .*call it from a Python function and trace that"),
+        (3, r"got int"),
+    ],
+)
+def test_what_trace_cannot_take_is_a_type_error_saying_what_to_pass(what, says):
+    with pytest.raises(TypeError, match=r"gx.trace takes an nn.Module instance, .*; " + says):
+        gx.trace(what)
