@@ -38,7 +38,10 @@ What it decides
   raising on a proxy: ``torch.finfo(x.dtype)``, ``ValueError: You have to specify either
   input_ids ...``) becomes `UntraceableError`, naming the submodule where it stopped, with the
   library's message and the ways out; with ``example_inputs`` it is raised only when export
-  fails too, saying both.
+  fails too, saying both. Where it stopped inside an ``fx.GraphModule`` 's generated code, fx
+  prints its own traceback to stderr before re-raising; that print is kept out of stderr and
+  its news (the line of generated code) goes into the error's message; anything else printed
+  while tracing is passed on.
 * **Symbolic sizes.** With dynamic shapes Dynamo's graphs take sizes as inputs, and hands a
   backend ``SymInt`` s for them beside real example tensors; aten ops called with a ``SymInt``
   outside tracing raise. A partition (and the graph as its source) reads such an input as
@@ -86,10 +89,13 @@ What it decides
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
 import operator
 import re
 import sys
+import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -421,12 +427,17 @@ def _fx_trace(
     while tracing becomes an `UntraceableError` naming where it stopped."""
     concrete = _defaults(module, concrete_args, example)
     tracer = _Tracer(leaves)
+    printed = io.StringIO()
     try:
-        graph = tracer.trace(module, concrete or None)
+        with _TRACING, contextlib.redirect_stderr(printed):
+            graph = tracer.trace(module, concrete or None)
     except Exception as exc:  # noqa: BLE001 - a library raising on a proxy stops fx too
+        rest, generated = _fx_printed(printed.getvalue())
+        sys.stderr.write(rest)
         where = _where(module, exc.__traceback__)
-        message, reason = _untraceable(module, exc, where, concrete, example)
+        message, reason = _untraceable(module, exc, where, concrete, example, generated)
         raise UntraceableError(message, (where and where[0]) or None, reason) from exc
+    sys.stderr.write(printed.getvalue())  # fx caught what it printed about: pass it on
     gm = fx.GraphModule(tracer.root, graph, _kind(module).strip("<>"))
     if not concrete:
         return gm, module
@@ -440,6 +451,27 @@ def _fx_trace(
 
     source.__wrapped__ = module  # type: ignore[attr-defined]
     return gm, source
+
+
+#: fx patches torch's globals while it traces, and a process has one stderr: one trace at a time.
+_TRACING = threading.Lock()
+#: What fx prints (`torch.fx.graph_module._WrappedCall`) when generated code raises.
+_FX_PRINTED = re.compile(
+    r"Call using an FX-traced Module, line (?P<line>\d+) of the traced Module's generated "
+    r"forward function:\n(?:.*\n)*?(?P<code>.*\S.*)\n+~+ <--- HERE\n(?:.*\n\n?){0,2}\n?"
+)
+
+
+def _fx_printed(text: str) -> tuple[str, tuple[int, str] | None]:
+    """``text`` printed while tracing without fx's own traceback, and the line of generated
+    code it pointed at (number, code), if fx printed one."""
+    found = _FX_PRINTED.search(text)
+    if found is None:
+        return text, None
+    start = text.rfind("Traceback (most recent call last):", 0, found.start())
+    start = found.start() if start < 0 else start
+    code = found["code"].split(";")[0].strip()  # fx's "x = None" frees, not the failing call
+    return text[:start] + text[found.end():], (int(found["line"]), code)
 
 
 def _export_route(
@@ -571,10 +603,14 @@ def _untraceable(
     where: tuple[str, str, int] | None,
     concrete: dict[str, Any],
     example: _Example | None,
+    generated: tuple[int, str] | None = None,
 ) -> tuple[str, str]:
-    """The error's message (where, the library's words, the ways out) and its reason."""
+    """The error's message (where, the library's words, the ways out) and its reason;
+    ``generated``: the line of an fx GraphModule's generated code where it stopped."""
     kind = _kind(module)
     at = f" ({where[1]}:{where[2]})" if where else ""
+    if generated is not None:  # ``where`` is torch's own file then
+        at = f" (line {generated[0]} of its generated forward: {generated[1]})"
     function = not isinstance(module, nn.Module)
     branch = isinstance(exc, fx.proxy.TraceError)  # control flow on a proxy, not a library
     reason = str(exc) if branch else _first_line(exc)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import sys
+
 import pytest
 import torch
 import torch.fx as fx
@@ -204,3 +207,33 @@ def test_a_plain_function_is_traced_with_fx(local_executor):
 def test_what_trace_cannot_take_is_a_type_error_saying_what_to_pass(what, says):
     with pytest.raises(TypeError, match=r"gx.trace takes an nn.Module instance, .*; " + says):
         gx.trace(what)
+
+
+def _finfo_graph_module() -> fx.GraphModule:
+    """An fx GraphModule whose generated forward calls torch.finfo on its input: a proxy
+    raises there, inside generated code, where fx prints its own traceback to stderr."""
+    graph = fx.Graph()
+    graph.output(graph.call_function(torch.finfo, (graph.placeholder("x"),)))
+    return fx.GraphModule(nn.Module(), graph)
+
+
+class _Chatty(nn.Module):
+    def __init__(self, fail: bool):
+        super().__init__()
+        self.child = _finfo_graph_module() if fail else nn.Identity()
+
+    def forward(self, x):
+        print("a model's own words while tracing", file=sys.stderr)
+        return self.child(x)
+
+
+def test_fxs_own_traceback_stays_out_of_stderr_and_its_line_is_in_the_error(capfd):
+    with pytest.raises(gx.UntraceableError) as info:
+        gx.trace(_Chatty(fail=True))
+    err = capfd.readouterr().err
+    assert "Call using an FX-traced Module" not in err and "Traceback" not in err
+    assert err == "a model's own words while tracing\n"  # what is not fx's passes on
+    assert re.search(r"submodule 'child' \(line \d+ of its generated forward: finfo = "
+                     r"torch.finfo\(x\)\): TypeError: torch.finfo", str(info.value))  # fmt: skip
+    gx.trace(_Chatty(fail=False))
+    assert capfd.readouterr().err == "a model's own words while tracing\n"
