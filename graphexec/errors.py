@@ -92,7 +92,8 @@ def _rebuild_node_error(node: str, task: str | None, message: str) -> NodeError:
 
 
 class DeadNodeWarning(UserWarning):
-    """A node that no graph output depends on: it is planned but never run."""
+    """A node that no graph output depends on: it is planned but never run; or an input of a
+    declared graph that no output depends on: a run takes it and ignores it."""
 
 
 class InPlaceWarning(UserWarning):

@@ -268,7 +268,19 @@ class Graph:
         ``output(y)`` returns one value, ``output(y1, y2)`` a tuple, ``output(a=y1, b=y2)`` a
         dict; a single nested tuple/list/dict of refs (as a traced model returns) is kept as
         it is. Leaves that are not refs are returned as constants.
+
+        Raises
+        ------
+        GraphError
+            If the outputs were declared already: a second call would replace the first one's
+            outputs silently, so all of them are declared in one call.
         """
+        if self._has_outputs:
+            raise GraphError(
+                f"graph '{self.name}': outputs were already set "
+                f"(-> {pytree.tree_map(str, self._outputs)}); declare every output in one "
+                "g.output(...) call: g.output(a, b) returns both, g.output(a=a, b=b) a dict"
+            )
         if refs and named:
             raise GraphError(f"graph '{self.name}': give outputs positionally or by name, not both")
         spec = named if named else (refs[0] if len(refs) == 1 else tuple(refs))

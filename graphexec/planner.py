@@ -14,7 +14,9 @@ What it decides, in order
    (step 5), the tasks touching one written tensor are merged into one task that runs them in
    program order: without shared memory (Dask), a write could not reach another task's copy.
 2. **Liveness.** Nodes that no output depends on are reported (`DeadNodeWarning`) and left out,
-   except mutating nodes, which always run.
+   except mutating nodes, which always run. So are inputs of a declared graph that no output
+   depends on (a run takes them and ignores them); an imported graph's inputs are its module's
+   arguments, which the module may well ignore, and are not reported.
 3. **Chain fusion.** An edge ``u -> v`` where ``u`` has one consumer and ``v`` one producer
    joins them in one task: a straight chain inside a branch is one dispatch, not one barrier
    per layer. Fusion never removes parallelism: nothing else could run between them.
@@ -82,7 +84,8 @@ def arrange(
     fuse_chains : bool
         Fuse straight chains into one task (default). Off: one task per node.
     warn_dead : bool
-        Warn (`DeadNodeWarning`) about nodes no output depends on.
+        Warn (`DeadNodeWarning`) about nodes no output depends on, and about inputs of a
+        declared graph (not an imported one) that no output depends on.
 
     Examples
     --------
@@ -106,6 +109,15 @@ def arrange(
     if dead and warn_dead:
         warnings.warn(
             f"graph '{graph.name}': no output depends on {', '.join(dead)}; they will not run",
+            DeadNodeWarning,
+            stacklevel=3,
+        )
+    unread = [n for n in graph.inputs if n not in live]
+    if unread and warn_dead and graph.imported_by is None:
+        them = "it" if len(unread) == 1 else "them"
+        warnings.warn(
+            f"graph '{graph.name}': no output depends on input{'s' * (len(unread) > 1)} "
+            f"{', '.join(unread)}; a run takes {them} and ignores {them}",
             DeadNodeWarning,
             stacklevel=3,
         )

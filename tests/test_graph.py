@@ -94,6 +94,45 @@ def test_dead_node_warns_and_is_not_run():
     assert ran == []
 
 
+def test_an_input_no_output_depends_on_warns_at_plan_time():
+    """x -> a -> out; y is read by nobody, z only by a dead node."""
+    g = gx.Graph("g")
+    x, _, z = g.input("x"), g.input("y"), g.input("z")
+    g.node("unused", torch.relu, z)
+    g.output(g.node("a", torch.relu, x))
+    with pytest.warns(gx.DeadNodeWarning) as record:
+        p = gx.plan(g)
+    messages = [str(w.message) for w in record]
+    assert "graph 'g': no output depends on inputs y, z; a run takes them and ignores them" in (
+        messages) and any("no output depends on unused" in m for m in messages)  # fmt: skip
+    out = gx.SequentialExecutor().run(p, torch.ones(1), torch.ones(1), torch.ones(1))
+    assert out.tolist() == [1.0]
+
+
+def test_an_imported_graph_keeps_its_modules_unread_arguments_quietly(recwarn):
+    class Ignores(nn.Module):
+        def forward(self, x, unused):
+            return 2 * x
+
+    g = gx.trace(Ignores())
+    assert g.inputs == ("x", "unused")
+    gx.plan(g)
+    assert not [w for w in recwarn if issubclass(w.category, gx.DeadNodeWarning)]
+
+
+def test_a_second_output_declaration_is_refused():
+    g = gx.Graph("g")
+    x = g.input("x")
+    a, b = g.node("a", torch.relu, x), g.node("b", torch.neg, x)
+    g.output(a)
+    with pytest.raises(gx.GraphError, match=r"graph 'g': outputs were already set \(-> a\); "
+                       r"declare every output in one g.output"):  # fmt: skip
+        g.output(b)
+    with pytest.raises(gx.GraphError, match="already set"):
+        g.output(a=a, b=b)
+    assert g.outputs == a  # the first declaration stands
+
+
 def test_errors_are_graph_errors():
     for cls in (
         gx.DuplicateNameError,
