@@ -56,7 +56,7 @@ from .targets import (
     save_trace,
     target_inputs,
 )
-from .timing import Speedup, paired, speedup_table, time_median
+from .timing import MIN_ROUNDS, Speedup, paired, speedup_table, time_median
 from .tune import plan as make_plan
 
 # DemoNet and demo_graph are re-exported: docs and tests name graphexec.cli:demo_graph.
@@ -316,6 +316,27 @@ def _count(text: str) -> int:
 _count.__name__ = "non-negative integer"  # argparse: "invalid non-negative integer value: '-1'"
 
 
+def _rounds(text: str, none: str = "") -> int:
+    """``--repeat`` of ``bench`` and ``demo``: paired rounds, enough for a verdict
+    (`graphexec.timing.MIN_ROUNDS`: with fewer, one disturbed round decides it)."""
+    value = _count(text)
+    if value < MIN_ROUNDS:
+        raise argparse.ArgumentTypeError(
+            f"{value} is too few rounds for a verdict: give at least {MIN_ROUNDS}{none} (the "
+            "verdict reads the middle half of the rounds' speedups; with fewer, one disturbed "
+            "round decides it)"
+        )
+    return value
+
+
+def _rounds_or_none(text: str) -> int:
+    """``--repeat`` of ``run``: 0 (time nothing) or enough rounds for a verdict."""
+    return 0 if _count(text) == 0 else _rounds(text, none=", or 0 to time nothing")
+
+
+_rounds.__name__ = _rounds_or_none.__name__ = _count.__name__
+
+
 def _version() -> str:
     try:
         return importlib.metadata.version("graphexec")
@@ -348,9 +369,10 @@ def _parser() -> argparse.ArgumentParser:
     p = command("run", "run TARGET once on an executor", _cmd_run)
     _target_args(p)
     _executor_args(p)
-    p.add_argument("--repeat", type=_count, default=0,
+    p.add_argument("--repeat", type=_rounds_or_none, default=0,
                    help="also time N calls, side by side with eager PyTorch for a module "
-                        "target (median and spread; default 0)")  # fmt: skip
+                        f"target (median, spread and verdict; 0 or at least {MIN_ROUNDS}; "
+                        "default 0)")  # fmt: skip
     p.add_argument("--profile", metavar="DIR", help="write Gantt, Chrome trace, summary here")
 
     p = command("viz", "plan picture, Gantt chart and Chrome trace of one run", _cmd_viz)
@@ -364,9 +386,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--executors", default="sequential,threads", metavar="E1,E2,...",
                    help=f"comma-separated, from {', '.join((*EXECUTORS, 'auto'))} "
                         "(default sequential,threads)")  # fmt: skip
-    p.add_argument("--repeat", type=_count, default=15,
+    p.add_argument("--repeat", type=_rounds, default=15,
                    help="timed rounds per executor, each against eager PyTorch (or the "
-                        "sequential executor for a graph target); default 15")  # fmt: skip
+                        f"sequential executor for a graph target); at least {MIN_ROUNDS}, "
+                        "default 15")  # fmt: skip
     p.add_argument("--out", default="out/bench", help="output folder (default out/bench)")
 
     p = command(
@@ -378,9 +401,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     p.add_argument(
         "--repeat",
-        type=_count,
+        type=_rounds,
         default=15,
-        help="timed rounds per executor against eager PyTorch (default 15)",
+        help=f"timed rounds per executor against eager PyTorch (at least {MIN_ROUNDS}; default 15)",
     )
     p.add_argument("--no-dask", action="store_true", help="skip the local Dask cluster")
     return parser

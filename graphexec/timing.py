@@ -12,6 +12,12 @@ What it decides
 * **A verdict that can say "within noise".** Faster when the whole middle half is above 1,
   slower when it is below, and *within noise* otherwise: a 1.04x whose rounds range from
   0.9x to 1.2x is not a result, and the tables say so instead of ranking it.
+* **Enough rounds for a verdict** (`MIN_ROUNDS`, 3). One round has no middle half: its one
+  ratio would be the verdict. With two, the 25th percentile is 3/4 of the lower ratio and 1/4
+  of the higher, so one disturbed round (eager slowed by another process: 0.9x and 2.0x give a
+  25th percentile of 1.18x) says "faster". From three on, each quartile lies between the median
+  round and one neighbour, and one odd round cannot flip a verdict, only blur it into "within
+  noise". The command line refuses fewer timed rounds.
 * **The GPU.** Every clock read waits for queued GPU work first (`sync`).
 
 Used by `graphexec.cli` (``run``, ``bench``) and `graphexec.demo`.
@@ -27,7 +33,10 @@ from typing import Any
 
 import torch
 
-__all__ = ["Speedup", "paired", "speedup_table", "sync", "time_median"]
+__all__ = ["MIN_ROUNDS", "Speedup", "paired", "speedup_table", "sync", "time_median"]
+
+#: The fewest paired rounds a verdict is given from (module docstring).
+MIN_ROUNDS = 3
 
 #: A reference that ran this many times slower beside one candidate than beside the others
 #: was disturbed by it (noise between rows of a quiet run stays within ~10%).
@@ -117,7 +126,7 @@ def paired(fn: Callable[[], Any], reference: Callable[[], Any], rounds: int) -> 
     fn, reference : callable
         Called with no arguments; their results are ignored.
     rounds : int
-        Rounds to time (at least 1).
+        Rounds to time (at least 1; a verdict needs `MIN_ROUNDS`).
 
     Returns
     -------

@@ -86,7 +86,7 @@ def test_viz_writes_every_picture(tmp_path):
 
 
 def test_bench_table_and_figure(tmp_path):
-    r = graphexec("bench", TOWERS, "--executors", "sequential,threads", "--repeat", "2",
+    r = graphexec("bench", TOWERS, "--executors", "sequential,threads", "--repeat", "3",
                   "--out", str(tmp_path))  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "sequential (dataflow)" not in r.stdout and "threads (dataflow)" in r.stdout
@@ -223,6 +223,10 @@ def test_usage_errors_exit_2_and_name_the_command():
         (["run", TOWERS, "--repeat", "-1"], "invalid non-negative integer"),
         (["run", TOWERS, "--input-shape", "0,3"], "bad --input-shape"),
         (["bench", TOWERS, "--executors", "gpu"], "unknown executor 'gpu'"),
+        # a verdict needs 3 paired rounds: --repeat 0 ran one and gave verdicts from it
+        (["bench", TOWERS, "--repeat", "0"], "0 is too few rounds for a verdict: give at least 3"),
+        (["demo", "--repeat", "2"], "2 is too few rounds for a verdict: give at least 3 ("),
+        (["run", TOWERS, "--repeat", "1"], "give at least 3, or 0 to time nothing"),
     ):
         r = graphexec(*args)
         assert r.returncode == 2, (args, r.stderr)
