@@ -8,6 +8,9 @@ measurements depend on, and rebuilds the plan from it:
 * the graph's structure: node names, each callable's type, a module's hyper-parameters
   (``extra_repr``) and parameter shapes and dtypes, the edges (which value each node reads);
 * the example inputs' shapes, dtypes and devices;
+* the caller's grad mode and inference mode when planning: a call with grad enabled records
+  autograd history and runs slower than one under ``no_grad`` or ``inference_mode``, so a
+  decision made for one is not reused for the other (a training loop's plan and a server's);
 * the planning options and margins, torch's version, its intra-op thread count, the CPU
   model and core count.
 
@@ -76,6 +79,8 @@ def describe(
         "format": FORMAT,
         "nodes": [_node(n) for n in graph],
         "inputs": [_value(v) for v in example_inputs],
+        "grad": torch.is_grad_enabled(),
+        "inference": torch.is_inference_mode_enabled(),
         "source": type(graph.source).__qualname__ if graph.source is not None else None,
         "options": dict(options),
         "torch": torch.__version__,

@@ -67,9 +67,27 @@ def test_a_second_plan_reuses_the_measured_decisions(cache_dir):
     assert (again.thread_budget, again.parallel, again.levels) == (
         first.thread_budget, first.parallel, first.levels)  # fmt: skip
     g3, a3 = counted()
-    with gx.GraphModule(g3) as gm, torch.no_grad():
+    with gx.GraphModule(g3) as gm:  # grad enabled, as the plans above were made
         torch.testing.assert_close(gm(x), g3.nodes["a"].fn(x) + g3.nodes["b"].fn(x))
     assert a3.calls <= 3 + 1  # the plan from the cache, the call, the check above
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_a_call_without_grad_is_measured_apart_from_one_with_grad(cache_dir, mode):
+    """A call with grad enabled records autograd history (slower): its decisions are not
+    reused for no_grad or inference_mode calls, nor theirs for it."""
+    x = torch.randn(4, 8)
+    g, _ = counted()
+    gx.plan(g, example_inputs=(x,))
+    g2, a2 = counted()
+    with mode():
+        again = gx.plan(g2, example_inputs=(x,))
+    assert a2.calls > 3 and not again.decisions[-1].startswith("reused from the cache")
+    assert len(_files(cache_dir)) == 2
+    g3, a3 = counted()
+    with mode():
+        assert gx.plan(g3, example_inputs=(x,)).decisions[-1].startswith("reused from the cache")
+    assert a3.calls <= 3
 
 
 def test_another_input_shape_is_measured_anew(cache_dir):
