@@ -69,5 +69,6 @@ pictures: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
 
+# What the build left too: setuptools' build/ and graphexec.egg-info/ (pip install, python -m build)
 clean:
-	rm -rf $(VENV) $(BASE) out .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(BASE) out .pytest_cache .ruff_cache build graphexec.egg-info

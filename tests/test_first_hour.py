@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -112,6 +115,27 @@ def test_star_import_does_not_shadow_builtins():
     scope: dict = {}
     exec("from graphexec import *", scope)  # noqa: S102
     assert "sum" not in scope and "tuple" not in scope and "Graph" in scope
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_clean_removes_what_the_build_left(tmp_path):
+    """`make clean` left setuptools' build/ and graphexec.egg-info/ behind. Run on a copy of
+    the Makefile, so the real tree (and its .venv) is left alone."""
+    shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
+    made = ["build/lib/graphexec", "graphexec.egg-info", "out/demo", ".venv/bin", ".pytest_cache"]
+    for d in made + ["graphexec"]:  # the Makefile lists graphexec/*.py when read
+        (tmp_path / d).mkdir(parents=True)
+    (tmp_path / "graphexec" / "keep.py").write_text("")
+    drop = ("VENV", "BASE", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")  # nothing points elsewhere
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    make = ["make", "--no-print-directory", "clean", "VENV=.venv", "BASE=.venv-base"]
+    r = subprocess.run(make, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert [d for d in made if (tmp_path / d.split("/")[0]).exists()] == []
+    assert (tmp_path / "graphexec" / "keep.py").exists()  # the sources stay
 
 
 UNGUARDED = """
