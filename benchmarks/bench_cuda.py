@@ -61,10 +61,12 @@ if __package__ in (None, ""):  # run as a script: the repository root on the pat
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import graphexec as gx
-from graphexec.executors.cuda import INLINE_BELOW
 from graphexec.gputime import time_nodes_cuda
 from graphexec.interpret import compute_order, time_nodes
 from graphexec.planner import arrange
+from graphexec.policy import DEFAULT
+
+INLINE_BELOW = DEFAULT.gpu_inline_below  # what plans for CUDA streams inline below
 
 RESULTS = Path(__file__).parent / "results" / "cuda.md"
 #: Published anchors (batch 1): Opara on GoogLeNet, IOS on Inception-v3, in ms.

@@ -45,6 +45,7 @@ from .merge import MergeOp, add, cat, getitem, identity, mean, stack, tuple_
 from .merge import sum as sum  # noqa: A004 - gx.sum(), not exported by *: see __all__
 from .module import GraphModule
 from .plans import Plan, Split, Task
+from .policy import Policy
 from .profile import TaskEvent, Timeline
 from .split import SplitError
 from .tune import plan
@@ -73,7 +74,7 @@ __all__ = [
     "MergeOp", "stack", "cat", "add", "mean", "identity", "getitem",
     "GraphError", "DuplicateNameError", "UnknownNodeError", "CycleError",
     "UnreachableOutputError", "ArityError", "NodeError", "DeadNodeWarning", "InPlaceWarning",
-    "SplitError", "UntraceableError", "PlanFallbackWarning", "CacheWarning", "Watch",
+    "SplitError", "UntraceableError", "PlanFallbackWarning", "CacheWarning", "Watch", "Policy",
 ]  # fmt: skip
 
 

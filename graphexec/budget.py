@@ -36,6 +36,7 @@ from . import trials
 from .executors.sequential import SequentialExecutor
 from .executors.threads import ThreadExecutor
 from .plans import Plan
+from .policy import DEFAULT, Policy
 from .units import format_seconds, speed_words
 
 __all__ = ["Shape", "concurrency_pays", "one_thread_may_pay", "recheck", "shape_step", "shapes"]
@@ -43,13 +44,6 @@ __all__ = ["Shape", "concurrency_pays", "one_thread_may_pay", "recheck", "shape_
 ONE_BY_ONE, AT_ONE, OVERLAP, OVERLAP_AT_ONE = (
     "one by one", "one by one at 1", "overlapped", "overlapped at 1",
 )  # fmt: skip
-#: A thread budget of 1 is tried when the node times at one thread add up to below this
-#: many times those at the caller's threads. Not `GAIN`: node-by-node timing shows a collapse
-#: of torch's threads under load much less than a whole run does (measured: node costs 20 ms,
-#: the same plan run 225 ms), so the estimate only rules out what clearly scales.
-BUDGET_SLACK = 1.5
-#: Node costs and a trial of the same plan that disagree beyond this factor are flagged.
-DISAGREE = 3.0
 _TRYING = "(being tried)"
 
 
@@ -130,24 +124,29 @@ def _overlap_estimate(p: Plan, costs_1: Mapping[str, float], at_one: bool) -> fl
     return total
 
 
-def one_thread_may_pay(costs: Mapping[str, float], costs_1: Mapping[str, float]) -> bool:
+def one_thread_may_pay(costs: Mapping[str, float], costs_1: Mapping[str, float],
+                       policy: Policy = DEFAULT) -> bool:  # fmt: skip
     """Whether one intra-op thread is worth a trial: the caller has more than one and the
-    node times at one thread add up to below `BUDGET_SLACK` times those at the caller's."""
-    slower = sum(costs_1.values()) >= BUDGET_SLACK * sum(costs.values())
+    node times at one thread add up to below ``policy.budget_slack`` times those at the
+    caller's. Not ``gain``: node-by-node timing shows a collapse of torch's threads under load
+    much less than a whole run does (measured: node costs 20 ms, the same plan run 225 ms),
+    so the estimate only rules out what clearly scales."""
+    slower = sum(costs_1.values()) >= policy.budget_slack * sum(costs.values())
     return torch.get_num_threads() > 1 and not slower
 
 
-def concurrency_pays(p: Plan, costs_1: Mapping[str, float]) -> str | None:
+def concurrency_pays(p: Plan, costs_1: Mapping[str, float], policy: Policy = DEFAULT
+                     ) -> str | None:  # fmt: skip
     """None if overlapping branches should beat running every task with all cores, else why
     (estimated from the measured node times)."""
     serial, overlap = p.work, _overlap_estimate(p, costs_1, at_one=False)
-    if overlap < trials.GAIN * serial:
+    if overlap < policy.gain * serial:
         return None
     return (
         f"overlapping branches on {lanes()} one-thread lanes would take "
         f"~{format_seconds(overlap)}, one by one with {threads_words()} ~{format_seconds(serial)} "
         "(estimated from the measured node times); "
-        f"overlap must save {1 - trials.GAIN:.0%} to beat hand-off costs and noise"
+        f"overlap must save {1 - policy.gain:.0%} to beat hand-off costs and noise"
     )
 
 
@@ -164,75 +163,81 @@ def _runs(found: Sequence[Shape], inputs: Sequence[Any], inline: SequentialExecu
     return {s.name: run(s) for s in found}
 
 
-def _floors(found: Sequence[Shape]) -> dict[str, tuple[str, float]]:
+def _floors(found: Sequence[Shape], policy: Policy) -> dict[str, tuple[str, float]]:
     """No shape can take below 1/cores of the same ops run one by one at one intra-op
-    thread (0.9 of that: hand-off noise). The reference is the one-thread run: the caller's
-    threads can collapse under load (measured here: 80x slower), so a shape that beats them by
-    more than the cores is no sign of a disturbed trial."""
+    thread (``policy.floor`` of that, 0.9: hand-off noise). The reference is the one-thread
+    run: the caller's threads can collapse under load (measured here: 80x slower), so a shape
+    that beats them by more than the cores is no sign of a disturbed trial."""
     names = {s.name for s in found}
     ref = AT_ONE if AT_ONE in names else ONE_BY_ONE
     if torch.get_num_threads() > 1 and ref == ONE_BY_ONE:
         return {}  # no one-thread reference in this trial: nothing bounds the others
-    return {s.name: (ref, 0.9 / lanes()) for s in found if s.name != ref and s.name != ONE_BY_ONE}
+    return {s.name: (ref, policy.floor / lanes()) for s in found
+            if s.name != ref and s.name != ONE_BY_ONE}  # fmt: skip
 
 
-def _measure(found: Sequence[Shape], inputs: Sequence[Any], pause: float = 0.0
+def _measure(found: Sequence[Shape], inputs: Sequence[Any], pause: float, policy: Policy
              ) -> trials.Outcome:  # fmt: skip
     with SequentialExecutor() as inline, ThreadExecutor() as overlapped:
         # mean seconds: the caller's threads collapsing now and then under load is what the
         # calls would pay, not noise to filter out
         # warm-up for the overlapped shapes alone: their pool is new, while the one-by-one
         # shapes run the ops the node timing ran moments ago, at the same thread counts
-        return trials.decide(_runs(found, inputs, inline, overlapped), floors=_floors(found),
+        return trials.decide(_runs(found, inputs, inline, overlapped),
+                             floors=_floors(found, policy),
                              words={s.name: s.words for s in found}, mean=True,
-                             warm={s.name for s in found if s.overlaps}, pause=pause)  # fmt: skip
+                             warm={s.name for s in found if s.overlaps}, pause=pause,
+                             policy=policy)  # fmt: skip
 
 
 def shape_step(
     p: Plan, costs_1: Mapping[str, float], inputs: Sequence[Any], check: bool,
     overlap_pays: Callable[[Plan, Mapping[str, float]], bool] | None = None,
+    policy: Policy = DEFAULT,
 ) -> Plan:  # fmt: skip
     """Pick the thread budget and overlap for ``p``: tried where the estimates allow.
 
     A thread budget of 1 is tried when the node times at one thread add up to below
-    `BUDGET_SLACK` times those at the caller's threads; overlap when ``overlap_pays``
+    ``policy.budget_slack`` times those at the caller's threads; overlap when ``overlap_pays``
     (default: the estimate of `concurrency_pays`) says so. With ``check=False`` the estimates
     decide, untried, by the margin.
     """
     found = shapes(p, costs_1)
     by_name = {s.name: s for s in found}
     ref = found[0]
-    one = AT_ONE in by_name and by_name[AT_ONE].estimate < BUDGET_SLACK * ref.estimate
-    pays = overlap_pays or (lambda q, c: concurrency_pays(q, c) is None)
+    one = AT_ONE in by_name and by_name[AT_ONE].estimate < policy.budget_slack * ref.estimate
+    pays = overlap_pays or (lambda q, c: concurrency_pays(q, c, policy) is None)
     overlap = OVERLAP in by_name and pays(p, costs_1)
     wanted = {ONE_BY_ONE, *([AT_ONE] if one else []), *([OVERLAP] if overlap else []),
               *([OVERLAP_AT_ONE, AT_ONE] if overlap and one else [])}  # fmt: skip
     tried = [s for s in found if s.name in wanted]
-    if one and ref.estimate > trials.DROP * by_name[AT_ONE].estimate:
+    if one and ref.estimate > policy.drop * by_name[AT_ONE].estimate:
         # the caller's threads collapsed while the nodes were timed: one thread is the way
         # to beat (a collapse comes and goes; a short trial in a calm moment must not decide)
         tried.sort(key=lambda s: s.name != AT_ONE)
     if len(tried) == 1 or not check:
-        one = one and by_name[AT_ONE].estimate < trials.GAIN * ref.estimate
+        one = one and by_name[AT_ONE].estimate < policy.gain * ref.estimate
         pick = by_name[(OVERLAP if overlap else ONE_BY_ONE) if not one else
                        (OVERLAP_AT_ONE if overlap else AT_ONE)]  # fmt: skip
-        return _written(p, found, pick, None, tried)
-    outcome = _measure(tried, inputs)
+        return _written(p, found, pick, None, tried, policy.gain)
+    outcome = _measure(tried, inputs, 0.0, policy)
     pick = by_name[outcome.pick]
-    out = _written(p, found, pick, outcome, tried)
-    return dataclasses.replace(out, decisions=(*out.decisions, *_disagreement(p, outcome)))
+    out = _written(p, found, pick, outcome, tried, policy.gain)
+    return dataclasses.replace(out, decisions=(*out.decisions,
+                                               *_disagreement(p, outcome, policy.disagree)))
 
 
 def _written(p: Plan, found: Sequence[Shape], pick: Shape, outcome: trials.Outcome | None,
-             tried: Sequence[Shape]) -> Plan:  # fmt: skip
+             tried: Sequence[Shape], gain: float) -> Plan:  # fmt: skip
     """The picked shape with its measured words: the thread budget line, and the overlap
     line (``decisions``) or why not (``serial_reason``)."""
-    lines = [_budget_line(found, pick, outcome, tried)] if torch.get_num_threads() > 1 else []
+    lines = ([_budget_line(found, pick, outcome, tried, gain)]
+             if torch.get_num_threads() > 1 else [])  # fmt: skip
     reason = None
     if p.max_width > 1 and not pick.overlaps:
-        reason = _overlap_words(found, pick, outcome, tried, kept=False)
+        reason = _overlap_words(found, pick, outcome, tried, False, gain)
     elif pick.overlaps:
-        lines.append("overlap kept: " + _overlap_words(found, pick, outcome, tried, kept=True))
+        lines.append("overlap kept: " + _overlap_words(found, pick, outcome, tried, True, gain))
     # the trial's seconds, else the node times measured one by one (the pick was not tried)
     seconds = outcome.seconds_of(pick.name) if outcome is not None else pick.estimate
     return dataclasses.replace(pick.plan, serial_reason=reason, call_seconds=seconds,
@@ -240,7 +245,7 @@ def _written(p: Plan, found: Sequence[Shape], pick: Shape, outcome: trials.Outco
 
 
 def _budget_line(found: Sequence[Shape], pick: Shape, outcome: trials.Outcome | None,
-                 tried: Sequence[Shape]) -> str:  # fmt: skip
+                 tried: Sequence[Shape], gain: float) -> str:  # fmt: skip
     names = {s.name for s in tried}
     ones = [s for s in tried if s.plan.thread_budget == 1]
     if not ones:
@@ -270,15 +275,15 @@ def _budget_line(found: Sequence[Shape], pick: Shape, outcome: trials.Outcome | 
     must = "the caller's threads had to" if first else "a budget of its own must"
     return (
         f"thread budget: the caller's {threads_words()} kept: {said}; {must} save "
-        f"{1 - trials.GAIN:.0%}"
+        f"{1 - gain:.0%}"
     )
 
 
 def _overlap_words(found: Sequence[Shape], pick: Shape, outcome: trials.Outcome | None,
-                   tried: Sequence[Shape], kept: bool) -> str:  # fmt: skip
+                   tried: Sequence[Shape], kept: bool, gain: float) -> str:  # fmt: skip
     overlaps = [s for s in tried if s.overlaps]
     if not overlaps:
-        return _estimated_no(found)
+        return _estimated_no(found, gain)
     if outcome is None:
         best = pick if kept else overlaps[0]
         return (f"{best.words} would take ~{format_seconds(best.estimate)}, one by one "
@@ -299,12 +304,12 @@ def _overlap_words(found: Sequence[Shape], pick: Shape, outcome: trials.Outcome 
         ratio = outcome.ratios[best.name] / outcome.ratios[pick.name]
         said = (f"overlapping branches ran {_ran(ratio, pick.words)} "
                 f"({format_seconds(outcome.seconds_of(pick.name))}; measured on the example "
-                f"inputs); overlap must save {1 - trials.GAIN:.0%} to be chosen"
+                f"inputs); overlap must save {1 - gain:.0%} to be chosen"
                 + (f"; {said}" if said else ""))  # fmt: skip
     return said
 
 
-def _estimated_no(found: Sequence[Shape]) -> str:
+def _estimated_no(found: Sequence[Shape], gain: float) -> str:
     over = next((s for s in found if s.name == OVERLAP), None)
     if over is None:
         return "nothing overlaps"
@@ -312,16 +317,17 @@ def _estimated_no(found: Sequence[Shape]) -> str:
         f"overlapping branches on {lanes()} one-thread lanes would take "
         f"~{format_seconds(over.estimate)}, one by one with {threads_words()} "
         f"~{format_seconds(found[0].estimate)} (estimated from the measured node times); "
-        f"overlap must save {1 - trials.GAIN:.0%} to beat hand-off costs and noise"
+        f"overlap must save {1 - gain:.0%} to beat hand-off costs and noise"
     )
 
 
-def _disagreement(p: Plan, outcome: trials.Outcome) -> list[str]:
+def _disagreement(p: Plan, outcome: trials.Outcome, disagree: float = DEFAULT.disagree
+                  ) -> list[str]:  # fmt: skip
     """Node costs and the trial's run of the same plan, measured moments apart, that
-    disagree beyond `DISAGREE`: said, so nobody reads one as the other."""
+    disagree beyond ``disagree`` (the policy's): said, so nobody reads one as the other."""
     run, nodes = outcome.seconds_of(ONE_BY_ONE), p.work
     far = max(run, nodes) / max(min(run, nodes), 1e-9)
-    if far < DISAGREE or max(run, nodes) < 1e-3:
+    if far < disagree or max(run, nodes) < 1e-3:
         return []
     return [
         f"check: the node costs above add up to {format_seconds(nodes)}, one run of the plan "
@@ -341,8 +347,8 @@ def current(p: Plan) -> str:
     return AT_ONE if p.thread_budget == 1 else ONE_BY_ONE
 
 
-def recheck(p: Plan, inputs: Sequence[Any], why: str, calls: int, pause: float = 0.0
-            ) -> tuple[Plan, bool]:  # fmt: skip
+def recheck(p: Plan, inputs: Sequence[Any], why: str, calls: int, pause: float = 0.0,
+            policy: Policy = DEFAULT) -> tuple[Plan, bool]:  # fmt: skip
     """Try ``p``'s shapes again side by side (the calls drifted: ``why``); the plan to run
     from now on and whether it switched. A switch is written into ``plan.decisions``.
 
@@ -354,7 +360,7 @@ def recheck(p: Plan, inputs: Sequence[Any], why: str, calls: int, pause: float =
     now = current(p)
     if len(found) == 1:
         return p, False
-    outcome = _measure(found, inputs, pause)
+    outcome = _measure(found, inputs, pause, policy)
     pick = next(s for s in found if s.name == outcome.pick)
     seconds = outcome.seconds_of(pick.name)
     if pick.name == now:

@@ -42,10 +42,11 @@ import torch
 from .demo import DemoNet, demo_graph, run_demo
 from .executors import EXECUTORS, make_executor
 from .executors.base import SCHEDULES, Executor
-from .executors.cuda import INLINE_BELOW, auto_choice
+from .executors.cuda import auto_choice
 from .executors.sequential import SequentialExecutor
 from .graph import Graph
 from .plans import Plan
+from .policy import DEFAULT
 from .profile import Timeline, median_run
 from .targets import (
     CLIError,
@@ -125,7 +126,7 @@ def _plan(
     kw: dict[str, Any] = {"fuse_chains": fuse} if fuse else {"fuse_chains": False, "hfuse": False}
     with torch.no_grad():
         if executor == "cuda":  # host timings of GPU nodes measure launches: estimate instead
-            return make_plan(target.graph, inline_below=INLINE_BELOW, **kw)
+            return make_plan(target.graph, inline_below=DEFAULT.gpu_inline_below, **kw)
         return make_plan(target.graph, inputs, **kw)
 
 

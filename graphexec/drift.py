@@ -20,15 +20,17 @@ core is taken: measured here, 2-23x slower). `GraphModule` times each call with 
   slower than at one thread, and its calls stayed inside the drift factor of the trial's
   time). It is re-checked too, at a tenth of the budget (``slow_share``, 0.3%).
 * **Idle gaps.** The watch also keeps the idle time between calls (`Watch.gap`): a re-check
-  pauses that long (up to `GAP_MAX`) before each run of its trial, so it measures the calls
+  pauses that long (up to the policy's ``gap_max``) before each run of its trial, so it
+  measures the calls
   as they come. On this 2-core VM, after 50-100 ms idle torch's 2 intra-op threads ran a 1 ms
   BERT-like model in 12-13 ms and 1 thread in 2.3 ms; back-to-back runs show neither.
-* **Budget.** A re-check runs the candidates side by side (`graphexec.tune.recheck`). It is
+* **Budget.** A re-check runs the candidates side by side (`graphexec.budget.recheck`). It is
   allowed only once the calls watched since the last one add up to the last re-check's cost
   divided by ``share`` (3%): the watching costs a few percent of the time watched, at most.
 
-Everything that decides is injectable (``clock``, ``factor``, ``window``, ``share``), so a test
-can force a drift without sleeping or loading the machine.
+Every threshold is a rule of the `graphexec.policy.Policy` the watch is given (``drift``,
+``window``, ``share``, ``slow_share``, ``gap_max``, ``gap_min``, ``recheck_calls``), and the
+clock is injectable too, so a test can force a drift without sleeping or loading the machine.
 """
 
 from __future__ import annotations
@@ -41,23 +43,10 @@ from collections.abc import Callable
 import torch
 
 from .plans import Plan
+from .policy import DEFAULT, Policy
 from .units import format_seconds
 
 __all__ = ["Watch"]
-
-#: Calls slower or faster than the baseline by this factor (median of a window) have drifted.
-DRIFT = 1.5
-#: Calls in the window.
-WINDOW = 8
-#: The most a re-check may cost, as a share of the time of the calls watched before it.
-SHARE = 0.03
-#: The same for the slow probe of a plan that kept the caller's threads.
-SLOW_SHARE = 0.003
-#: The longest idle pause a re-check keeps before each run (the effect was full at 0.1 s),
-#: and the shortest worth keeping.
-GAP_MAX, GAP_MIN = 0.1, 0.001
-#: Before the first re-check is measured, its cost is guessed as this many calls.
-RECHECK_CALLS = 12
 
 
 class Watch:
@@ -65,14 +54,19 @@ class Watch:
 
     Parameters
     ----------
+    policy : Policy
+        The rules (``drift``, ``window``, ``share``, ``slow_share``, ``gap_max``, ``gap_min``,
+        ``recheck_calls``); the arguments below override one each.
     factor : float
         Drift: the window's median beyond ``factor`` times the baseline, or below it divided
-        by ``factor``.
+        by ``factor`` (default: the policy's ``drift``).
     window : int
         Calls whose median is compared.
     share : float
         A re-check is allowed once it costs at most this share of the time watched since the
         last one.
+    slow_share : float
+        The same for the slow probe of a plan that kept the caller's threads.
     clock : callable
         Seconds, as ``time.perf_counter`` (the default) gives them.
 
@@ -89,16 +83,24 @@ class Watch:
     def __init__(
         self,
         *,
-        factor: float = DRIFT,
-        window: int = WINDOW,
-        share: float = SHARE,
-        slow_share: float = SLOW_SHARE,
+        policy: Policy = DEFAULT,
+        factor: float | None = None,
+        window: int | None = None,
+        share: float | None = None,
+        slow_share: float | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ):
-        if factor <= 1 or window < 1 or share <= 0 or slow_share < 0:
-            raise ValueError("Watch needs factor > 1, window >= 1, share > 0, slow_share >= 0")
-        self.factor, self.window, self.share, self.clock = factor, window, share, clock
-        self.slow_share = slow_share
+        changes = {"drift": factor, "window": window, "share": share, "slow_share": slow_share}
+        changes = {k: v for k, v in changes.items() if v is not None}
+        try:
+            policy = policy.replace(**changes) if changes else policy
+        except ValueError:
+            raise ValueError(
+                "Watch needs factor > 1, window >= 1, share > 0, slow_share >= 0"
+            ) from None
+        self.policy = policy
+        self.factor, self.window, self.share = policy.drift, policy.window, policy.share
+        self.slow_share, self.clock = policy.slow_share, clock
         self.calls = 0
         self.gaps: deque[float] = deque(maxlen=window)
         self._last_end: float | None = None
@@ -113,7 +115,7 @@ class Watch:
         self.slow_probe = plan is not None and not self.probe and _threads_kept(plan)
         self.recent: deque[float] = deque(maxlen=self.window)
         self.watched = 0.0
-        self.cost = RECHECK_CALLS * self.baseline if self.baseline else None
+        self.cost = self.policy.recheck_calls * self.baseline if self.baseline else None
 
     def spent(self, seconds: float) -> None:
         """A re-check took ``seconds``: the next one waits for its share."""
@@ -121,13 +123,13 @@ class Watch:
 
     @property
     def gap(self) -> float:
-        """The median idle seconds between the last calls (0 below `GAP_MIN` or before half a
-        window of them, which the first drift can come before; at most `GAP_MAX`): what a
-        re-check pauses before each run."""
+        """The median idle seconds between the last calls (0 below the policy's ``gap_min`` or
+        before half a window of them, which the first drift can come before; at most
+        ``gap_max``): what a re-check pauses before each run."""
         if len(self.gaps) < max(1, self.window // 2):
             return 0.0
         gap = statistics.median(self.gaps)
-        return 0.0 if gap < GAP_MIN else min(gap, GAP_MAX)
+        return 0.0 if gap < self.policy.gap_min else min(gap, self.policy.gap_max)
 
     def observe(self, seconds: float, started: float | None = None) -> str | None:
         """Record one call (``seconds`` long; ``started`` on `clock`, for the idle time since
@@ -147,7 +149,7 @@ class Watch:
         if self.baseline is None:
             self.baseline = now
         if self.cost is None:
-            self.cost = RECHECK_CALLS * self.baseline
+            self.cost = self.policy.recheck_calls * self.baseline
         if self.watched * self.share < self.cost:
             return None
         ratio = now / self.baseline if self.baseline > 0 else 1.0

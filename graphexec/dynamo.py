@@ -18,10 +18,10 @@ What it decides
   `graphexec.plan` measures them and tries every decision end to end.
 * **Handed back unless it wins.** A plan is kept only when it may beat Dynamo's graph and did:
   it overlaps branches, fuses modules or compiles tasks (an inline plan of the same ops, cut
-  into partition calls, can only add calls), and it ran in at most `GAIN` (95%) of the
-  graph's time side by side, in two trials in a row and by no more than overlap alone could
-  (``source_margin=GAIN`` of `graphexec.plan`: one trial can be fooled by a burst of load).
-  Otherwise the
+  into partition calls, can only add calls), and it ran in at most the policy's ``gain``
+  (95%) of the graph's time side by side, in two trials in a row and by no more than overlap
+  alone could (``source_margin=gain`` of `graphexec.plan`: one trial can be fooled by a burst
+  of load). Otherwise the
   backend returns Dynamo's ``graph_module.forward`` itself, as ``backend="eager"`` does (its
   code generated first: `CompiledGraph.forward`): no graphexec code runs per call, and the
   compiled model costs what Dynamo's own guards and frame handling cost (measured in
@@ -64,7 +64,7 @@ from .executors import CudaStreamExecutor, Executor, SequentialExecutor, make_ex
 from .fx_import import trace
 from .graph import Graph
 from .plans import Plan
-from .tune import GAIN
+from .policy import DEFAULT
 from .tune import plan as make_plan
 
 __all__ = ["Backend", "CompiledGraph", "PlanFallbackWarning", "backend", "compile_backend"]
@@ -176,7 +176,8 @@ class CompiledGraph:
         try:
             self.graph = trace(self.gm, name=self.name)
             executor = self._executor = self._backend.executor_for(example_inputs)
-            kwargs = {"source_margin": GAIN, **getattr(executor, "plan_defaults", {}),
+            policy = self._backend.plan_kwargs.get("policy") or DEFAULT
+            kwargs = {"source_margin": policy.gain, **getattr(executor, "plan_defaults", {}),
                       **self._backend.plan_kwargs}  # fmt: skip
             if isinstance(executor, CudaStreamExecutor):  # host timings: launches, not kernels
                 self.plan = make_plan(self.graph, **kwargs)  # as GraphModule plans for streams

@@ -15,7 +15,8 @@ other (`uses_cuda` says which applies):
   time between two events is the node's kernels, not the host's launch gaps. The spin is sized
   from the host's enqueue time of the warm-up run (with a margin). If the spin ended before the
   host finished enqueueing (the hold failed: a node synchronized, the launch queue filled, or
-  the host was slow), the run is repeated with a spin twice as long, up to `HOLD_TRIES` times;
+  the host was slow), the run is repeated with a spin twice as long, up to the policy's
+  ``hold_tries`` times;
   after that the samples are kept as measured (they then include launch gaps) and
   `TimesCuda.held` says so.
 * **Host nodes.** A node that computes on the CPU launches nothing: its GPU time is ~0. Mixed
@@ -38,13 +39,9 @@ import torch
 
 from .graph import Graph, state_tensors
 from .interpret import bind_inputs, check_none, run_nodes
+from .policy import DEFAULT, Policy
 
-__all__ = ["time_nodes_cuda", "uses_cuda", "TimesCuda", "HOLD_TRIES"]
-
-#: Runs tried per repeat, each with a spin twice as long, before samples are kept unheld.
-HOLD_TRIES = 4
-#: The spin lasts this many times the host's enqueue time of the run before it.
-HOLD_MARGIN = 2.0
+__all__ = ["time_nodes_cuda", "uses_cuda", "TimesCuda"]
 
 
 class TimesCuda(dict):
@@ -80,11 +77,14 @@ def time_nodes_cuda(
     example_inputs: Sequence[Any],
     repeats: int,
     threads: int | None = None,
+    policy: Policy = DEFAULT,
 ) -> TimesCuda:
     """GPU seconds of each node over ``repeats`` held ``no_grad`` runs, after a warm-up run.
 
     Same arguments and result as `graphexec.interpret.time_nodes` (``threads`` is accepted
-    and ignored: kernels do not use the host's intra-op threads).
+    and ignored: kernels do not use the host's intra-op threads). Each run is tried up to
+    ``policy.hold_tries`` times behind a spin of ``policy.hold_margin`` times the host's
+    enqueue time, doubled at each try.
 
     Raises
     ------
@@ -113,8 +113,9 @@ def time_nodes_cuda(
         torch.cuda.synchronize()
         rate = _spin_rate()
         for _ in range(repeats):
-            for _ in range(HOLD_TRIES):
-                times, held, host_s = _held_run(graph, names, example_inputs, host_s, rate)
+            for _ in range(policy.hold_tries):
+                times, held, host_s = _held_run(graph, names, example_inputs, host_s, rate,
+                                                policy.hold_margin)  # fmt: skip
                 if held:
                     break
             samples.held += held
@@ -125,14 +126,15 @@ def time_nodes_cuda(
 
 
 def _held_run(
-    graph: Graph, names: Sequence[str], example_inputs: Sequence[Any], host_s: float, rate: float
-) -> tuple[list[float], bool, float]:
-    """One run behind a spin of ``HOLD_MARGIN * host_s``: (seconds per node, held, the spin's
+    graph: Graph, names: Sequence[str], example_inputs: Sequence[Any], host_s: float, rate: float,
+    margin: float,
+) -> tuple[list[float], bool, float]:  # fmt: skip
+    """One run behind a spin of ``margin * host_s``: (seconds per node, held, the spin's
     length for the next try: doubled when the hold failed)."""
     stream = torch.cuda.current_stream()
     marks = [torch.cuda.Event(enable_timing=True) for _ in range(len(names) + 1)]
     env = bind_inputs(graph, example_inputs, {})
-    spin = HOLD_MARGIN * host_s
+    spin = margin * host_s
     torch.cuda._sleep(max(1, int(spin * rate)))
     marks[0].record(stream)
     for name, mark in zip(names, marks[1:], strict=True):

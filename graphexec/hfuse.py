@@ -44,6 +44,7 @@ from .graph import Graph, Node, Ref
 from .hgroup import HorizontalGroup, member, restack
 from .interpret import program_values
 from .merge import add, mean, stack
+from .policy import DEFAULT
 from .units import format_seconds
 
 __all__ = [
@@ -55,10 +56,6 @@ __all__ = [
     "restack",
     "should_fuse",
 ]
-
-#: Fuse a group when the members' measured mean cost is below this (seconds) ...
-FUSE_MEMBER_BELOW = 200e-6
-
 
 def module_signature(module: nn.Module) -> tuple | None:
     """A hashable description of a module's structure, or None if it must not be fused.
@@ -91,7 +88,9 @@ def module_signature(module: nn.Module) -> tuple | None:
     return tuple(parts), params
 
 
-def should_fuse(member_costs: Sequence[float], member_below: float = FUSE_MEMBER_BELOW) -> bool:
+def should_fuse(
+    member_costs: Sequence[float], member_below: float = DEFAULT.fuse_member_below
+) -> bool:
     """The recommended cost-model rule: fuse when the members are small.
 
     Parameters
@@ -99,7 +98,8 @@ def should_fuse(member_costs: Sequence[float], member_below: float = FUSE_MEMBER
     member_costs : sequence of float
         Measured (or estimated) seconds of each member.
     member_below : float
-        Fuse when the mean member cost is below this. Small members are dominated by per-call
+        Fuse when the mean member cost is below this (the policy's ``fuse_member_below``,
+        200 µs). Small members are dominated by per-call
         overhead, which fusion removes; large ones are GEMM-bound, where fusion gains nothing
         and takes away branch concurrency.
 
@@ -117,6 +117,7 @@ def horizontal_fuse(
     min_group: int = 2,
     costs: dict[str, float] | None = None,
     notes: list[str] | None = None,
+    member_below: float = DEFAULT.fuse_member_below,
 ) -> Graph:
     """Return a new graph where groups of identical same-level modules run as one call.
 
@@ -132,7 +133,7 @@ def horizontal_fuse(
         The smallest group worth fusing.
     costs : dict, optional
         Node name -> seconds (e.g. ``plan.node_costs``). When given, a group is fused only if
-        `should_fuse` says so.
+        `should_fuse` says so, by ``member_below``.
     notes : list, optional
         Filled with one line per group found: fused or not, and why.
 
@@ -159,7 +160,7 @@ def horizontal_fuse(
     """
     graph.validate()
     shapes = _value_shapes(graph, example_inputs) if example_inputs is not None else None
-    groups = _find_groups(graph, shapes, min_group, costs, notes)
+    groups = _find_groups(graph, shapes, min_group, costs, notes, member_below)
     return _rewrite(graph, groups)
 
 
@@ -189,7 +190,8 @@ def _find_groups(
     shapes: dict[Ref, Any] | None,
     min_group: int,
     costs: dict[str, float] | None,
-    notes: list[str] | None = None,
+    notes: list[str] | None,
+    member_below: float,
 ) -> list[list[str]]:
     groups: list[list[str]] = []
     for level in nx.topological_generations(graph.nx):
@@ -212,20 +214,21 @@ def _find_groups(
         for members in buckets.values():
             if len(members) < min_group:
                 continue
-            fuse = costs is None or should_fuse([costs[m] for m in members])
+            fuse = costs is None or should_fuse([costs[m] for m in members], member_below)
             if notes is not None:
-                notes.append(_describe(graph, members, costs, fuse))
+                notes.append(_describe(graph, members, costs, fuse, member_below))
             if fuse:
                 groups.append(members)
     return groups
 
 
-def _describe(graph: Graph, members: list[str], costs: dict[str, float] | None, fuse: bool) -> str:
+def _describe(graph: Graph, members: list[str], costs: dict[str, float] | None, fuse: bool,
+              member_below: float) -> str:  # fmt: skip
     what = f"{len(members)} x {type(graph.nodes[members[0]].fn).__name__} ({members[0]}, ...)"
     if costs is None:
         return f"fused {what}: identical modules on the same inputs"
     mean_cost = format_seconds(sum(costs[m] for m in members) / len(members))
-    limit = format_seconds(FUSE_MEMBER_BELOW)
+    limit = format_seconds(member_below)
     if fuse:
         return f"fused {what}: {mean_cost} per member < {limit}, overhead-bound"
     return f"not fused {what}: {mean_cost} per member >= {limit}, not overhead-bound"

@@ -53,6 +53,7 @@ from .executors.cuda import auto_choice
 from .graph import Graph, expect_graph
 from .interpret import bind_inputs
 from .plans import Plan
+from .policy import DEFAULT, Policy
 from .tune import plan as make_plan
 
 __all__ = ["GraphModule"]
@@ -79,6 +80,9 @@ class GraphModule(nn.Module):
         Re-try the load-dependent decisions of a measured plan when its calls drift (default
         True; `graphexec.drift`); False: keep the plan as measured. A `graphexec.drift.Watch`
         gives the thresholds and the clock.
+    policy : Policy, optional
+        The rules the plan is made by and re-checked by (`graphexec.policy.Policy`), and the
+        watch's thresholds (unless ``adapt`` is a `Watch` of its own).
     **plan_kwargs
         Passed to `graphexec.plan`.
 
@@ -105,6 +109,7 @@ class GraphModule(nn.Module):
         example_inputs: Sequence[Any] | None = None,
         measure: bool = True,
         adapt: bool | Watch = True,
+        policy: Policy | None = None,
         **plan_kwargs: Any,
     ):
         """An `nn.Module` that runs ``graph`` on ``executor``: see `GraphModule` for the
@@ -116,10 +121,12 @@ class GraphModule(nn.Module):
         self._owns_executor = not isinstance(executor, Executor)
         self._auto = auto_choice(graph) if executor == "auto" else None
         self.executor = make_executor(executor, graph=graph)
-        self._plan_kwargs = plan_kwargs
+        self.policy = DEFAULT if policy is None else policy
+        self._plan_kwargs = {"policy": self.policy, **plan_kwargs}
         self._plan: Plan | None = None
         self._measure = measure
-        self._watch = adapt if isinstance(adapt, Watch) else Watch() if adapt else None
+        watch = Watch(policy=self.policy) if adapt is True else adapt or None
+        self._watch = watch
         self._lock = threading.Lock()  # several threads may make the first call at once
         if example_inputs is not None:
             self.replan(example_inputs=example_inputs)
@@ -194,7 +201,7 @@ class GraphModule(nn.Module):
             start = watch.clock()
             with self._timing_mode():
                 new, _ = recheck(self._plan, self._inputs(args, kwargs), why, watch.calls,
-                                 watch.gap)  # fmt: skip
+                                 watch.gap, self.policy)  # fmt: skip
             self._plan = new
             watch.start(new, from_calls=True)
             watch.spent(watch.clock() - start)

@@ -50,11 +50,10 @@ from .errors import DeadNodeWarning
 from .graph import Graph, Node, Ref
 from .merge import is_cheap
 from .plans import Plan, Task
+from .policy import DEFAULT
 
-__all__ = ["INLINE_BELOW", "Plan", "Task", "arrange", "estimate"]
+__all__ = ["Plan", "Task", "arrange", "estimate"]
 
-#: Below this many seconds a task is not worth a thread hand-off (measured here: 20-50 µs).
-INLINE_BELOW = 50e-6
 #: Assumed throughput of the cost estimate: 64 rows at 20 GFLOP/s, 2 FLOPs per parameter.
 _EST_ROWS, _EST_FLOPS = 64, 20e9
 _EST_CHEAP, _EST_FUNCTION = 1e-6, 10e-6
@@ -66,7 +65,7 @@ def arrange(
     graph: Graph,
     costs: Mapping[str, float] | None = None,
     *,
-    inline_below: float = INLINE_BELOW,
+    inline_below: float = DEFAULT.inline_below,
     fuse_chains: bool = True,
     warn_dead: bool = True,
 ) -> Plan:

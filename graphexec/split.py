@@ -15,7 +15,7 @@ before anything is dispatched::
                          `SplitError` (BatchNorm in training mode, a reduction over the batch)
       -> _trial          ``"auto"``: the plan whole against the plan split over one-thread
                          lanes, side by side (`graphexec.trials.decide`): the split is kept
-                         only when it wins by `graphexec.trials.GAIN`, twice
+                         only when it wins by the policy's ``gain``, twice
 
 The check is as strong as the example inputs: a batch whose samples are all equal cannot show
 that a node mixes them. Random nodes (``nn.Dropout``) are checked with their randomness off,
@@ -48,6 +48,7 @@ from .executors.threads import ThreadExecutor
 from .graph import Graph, Ref
 from .interpret import program_values
 from .plans import Plan, Split
+from .policy import DEFAULT, Policy
 from .units import speed_words
 
 __all__ = ["SplitError", "batch_axes", "check_split", "restored", "split_step", "validate"]
@@ -318,7 +319,7 @@ def _shape(value: Any) -> str:
 
 # -- the decision ---------------------------------------------------------------------------------
 def split_step(p: Plan, inputs: Sequence[Any], data_parallel: bool | int | str,
-               batch_axis: BatchAxis, check: bool) -> Plan:  # fmt: skip
+               batch_axis: BatchAxis, check: bool, policy: Policy = DEFAULT) -> Plan:  # fmt: skip
     """``p`` with the batch split as ``data_parallel`` asks (`graphexec.tune` calls this last).
 
     ``k``: split into ``k`` shards, or raise (`SplitError` naming the node, `ValueError` for
@@ -347,7 +348,7 @@ def split_step(p: Plan, inputs: Sequence[Any], data_parallel: bool | int | str,
         return _not(p, f"refused: {exc}")
     if not check:
         return _not(p, "not tried (check=False): a split is kept only when it wins a trial")
-    return _trial(p, dataclasses.replace(p, split=split), inputs)
+    return _trial(p, dataclasses.replace(p, split=split), inputs, policy)
 
 
 def restored(record: Mapping[str, Any] | None) -> Split | None:
@@ -369,8 +370,9 @@ def _not(p: Plan, why: str) -> Plan:
     return dataclasses.replace(p, decisions=(*p.decisions, f"data parallel: not split: {why}"))
 
 
-def _trial(p: Plan, split: Plan, inputs: Sequence[Any]) -> Plan:
-    """The plan whole against the plan split, side by side; the split must win by `GAIN`.
+def _trial(p: Plan, split: Plan, inputs: Sequence[Any], policy: Policy) -> Plan:
+    """The plan whole against the plan split, side by side; the split must win by the
+    policy's ``gain``.
 
     Shards run on one-thread lanes, so the whole plan is also tried at one intra-op thread
     (where the caller has more): under load torch's threads can collapse (measured here:
@@ -390,8 +392,8 @@ def _trial(p: Plan, split: Plan, inputs: Sequence[Any]) -> Plan:
         runs["split"] = lambda: threads.run(split, *inputs)
         # k shards of the same ops cannot beat the whole batch at one thread k-fold
         ref = ONE if ONE in runs else "whole" if p.thread_budget == 1 else None
-        floors = {"split": (ref, 0.9 / k)} if ref else None
-        outcome = trials.decide(runs, floors=floors, words=words)
+        floors = {"split": (ref, policy.floor / k)} if ref else None
+        outcome = trials.decide(runs, floors=floors, words=words, policy=policy)
     wholes = [n for n in runs if n != "split" and n not in outcome.aside] or ["whole"]
     best = min(wholes, key=outcome.ratios.__getitem__)
     ran = speed_words(outcome.ratios["split"] / outcome.ratios[best], 1.0, words[best])
@@ -401,7 +403,7 @@ def _trial(p: Plan, split: Plan, inputs: Sequence[Any]) -> Plan:
         return dataclasses.replace(split, call_seconds=outcome.seconds_of("split"),
                                    decisions=(*p.decisions, line))  # fmt: skip
     return _not(p, f"{words['split']} ran {ran} (measured side by side); a split must save "
-                   f"{1 - trials.GAIN:.0%}{aside}")  # fmt: skip
+                   f"{1 - policy.gain:.0%}{aside}")  # fmt: skip
 
 
 ONE = "whole at 1"

@@ -7,16 +7,17 @@ per-round ratio, so an outlier round (a scheduler hiccup, a page fault) cannot d
 
 What a trial costs, and when it stops
 -------------------------------------
-At least `TRIAL_ROUNDS` rounds. Then it stops as soon as its answer is clear (every round on
-its own picks the same winner, by `choose`, or the last `TRIAL_ROUNDS` rounds each pick what
-the medians of all rounds pick), and otherwise at `TRIAL_PASSES` runs of the
-candidates, `TRIAL_BUDGET` seconds or `TRIAL_MAX` rounds, whichever comes first: on a real
-model a trial costs a handful of forward passes, not half a second of them.
+At least ``trial_rounds`` rounds (every number here is a rule of the `graphexec.policy.Policy`
+a trial is given). Then it stops as soon as its answer is clear (every round on its own picks
+the same winner, by `choose`, or the last ``trial_rounds`` rounds each pick what the medians
+of all rounds pick), and otherwise at ``trial_passes`` runs of the candidates,
+``trial_budget`` seconds or ``trial_max`` rounds, whichever comes first: on a real model a
+trial costs a handful of forward passes, not half a second of them.
 
 How a winner is picked
 ----------------------
 Candidates are listed simplest first. `choose` walks them in that order and moves to a
-candidate only when it takes below `GAIN` of the one chosen so far, so a difference inside
+candidate only when it takes below ``gain`` of the one chosen so far, so a difference inside
 the noise always resolves to the simpler plan: planning the same model twice on a quiet
 machine reaches the same decisions.
 """
@@ -32,26 +33,20 @@ from typing import Any
 
 import torch
 
-__all__ = ["GAIN", "Outcome", "choose", "decide", "timed", "trial", "trial_twice"]
+from .policy import DEFAULT, Policy
 
-#: A measured decision is kept when the plan it makes takes below this share of the plan
-#: without it (side by side, median of rounds): 5% beats hand-off costs and noise.
-GAIN = 0.95
-
-#: Rounds: at least `TRIAL_ROUNDS`; then until clear, `TRIAL_PASSES` runs, `TRIAL_BUDGET`
-#: seconds or `TRIAL_MAX` rounds.
-TRIAL_ROUNDS, TRIAL_MAX, TRIAL_BUDGET, TRIAL_PASSES = 3, 41, 0.5, 12
+__all__ = ["Outcome", "choose", "collapsed", "decide", "timed", "trial", "trial_twice"]
 
 
 def choose(ratios: Mapping[str, float], order: Sequence[str], gain: float | None = None) -> str:
-    """The simplest candidate no later one beats by ``gain`` (default `GAIN`).
+    """The simplest candidate no later one beats by ``gain`` (default: the default policy's).
 
     >>> choose({"plain": 1.0, "fused": 0.97, "overlap": 0.5}, ["plain", "fused", "overlap"])
     'overlap'
     >>> choose({"plain": 1.0, "fused": 0.97}, ["plain", "fused"])  # inside the noise
     'plain'
     """
-    gain = GAIN if gain is None else gain
+    gain = DEFAULT.gain if gain is None else gain
     best = order[0]
     for name in order[1:]:
         if ratios[name] < gain * ratios[best]:
@@ -62,11 +57,12 @@ def choose(ratios: Mapping[str, float], order: Sequence[str], gain: float | None
 def trial(
     runs: Mapping[str, Callable[[], Any]],
     decide: Callable[[Mapping[str, float]], str] | None = None,
+    policy: Policy = DEFAULT,
 ) -> tuple[dict[str, float], float]:
     """Time candidates side by side: each one's median ratio to the first, and the first's
     median seconds (`timed` gives every candidate's median seconds).
     """
-    ratios, seconds = timed(runs, decide)
+    ratios, seconds = timed(runs, decide, policy=policy)
     return ratios, seconds[next(iter(runs))]
 
 
@@ -76,6 +72,7 @@ def timed(
     warm: bool | Collection[str] = True,
     mean: bool = False,
     pause: float = 0.0,
+    policy: Policy = DEFAULT,
 ) -> tuple[dict[str, float], dict[str, float]]:
     """`trial`'s rounds: each candidate's median ratio to the first, and its median seconds.
     A warm-up run of each candidate comes first; ``warm=False`` skips it (candidates that
@@ -86,15 +83,16 @@ def timed(
 
     ``decide`` maps one round's seconds (of the candidates that ran in it) to a winner
     (default: `choose` in the order of ``runs``); the trial stops early once every round
-    agrees on it. A challenger slower than `LOST` times the fastest in two runs in a row (its
-    warm-up included) cannot win by the margin: it stops running, and its ratio is what its
-    runs measured. The reference (the first candidate) stops only at `DROP`, and so does
+    agrees on it. A challenger slower than ``policy.lost`` times the fastest in two runs in a
+    row (its warm-up included) cannot win by the margin: it stops running, and its ratio is
+    what its runs measured. The reference (the first candidate) stops only at ``drop``, and so
+    does
     every candidate with ``mean=True``: there a steady candidate 1.5x slower than one that
     collapses every third call still wins on the mean, and two calm runs in a row must not
     drop it. Under load, the caller's collapsed threads are the slow candidate.
     """
     names = list(runs)
-    decide = decide or (lambda r: choose(r, [n for n in runs if n in r]))
+    decide = decide or (lambda r: choose(r, [n for n in runs if n in r], policy.gain))
     rng = random.Random(0)
     rounds: list[dict[str, float]] = []
     with torch.no_grad():
@@ -117,11 +115,11 @@ def timed(
                 runs[n]()
                 times[n] = time.perf_counter() - t0
             rounds.append(times)
-            live = _survivors(live, first, rounds, mean, names[0])
+            live = _survivors(live, first, rounds, mean, names[0], policy)
             elapsed = time.perf_counter() - start
-            if len(live) == 1 or _done(rounds, decide, len(live), elapsed, mean):
+            if len(live) == 1 or _done(rounds, decide, len(live), elapsed, mean, policy):
                 break
-    return _ratios(names, rounds, mean)
+    return _ratios(names, rounds, mean, policy)
 
 
 def _idle(seconds: float) -> None:
@@ -129,27 +127,18 @@ def _idle(seconds: float) -> None:
         time.sleep(seconds)
 
 
-#: A candidate this many times slower than the fastest, twice in a row, stops running (median
-#: trials): to win it would have to turn 1.3 / `GAIN` = 1.37x faster relative to the others in
-#: the rounds left, which a quiet machine's noise (a few percent) does not do, and a median
-#: filters the odd burst of load out anyway. It saves a first call the rounds of what lost.
-LOST = 1.3
-
-#: The same for mean trials (thread counts), and the caller's threads this many times slower
-#: than one thread in the node times: collapsed (`graphexec.budget`).
-DROP = 3.0
-
-
 def _survivors(live: list[str], warm: Mapping[str, float], rounds: list[dict[str, float]],
-               mean: bool, reference: str) -> list[str]:  # fmt: skip
-    """The candidates still running: a challenger drops at `LOST` (median trials), which can
-    only keep the simpler plan; the reference, and anything in a mean trial, at `DROP` (a
-    burst of load on the reference for two runs must not hand a challenger the win)."""
+               mean: bool, reference: str, policy: Policy) -> list[str]:  # fmt: skip
+    """The candidates still running: a challenger drops at ``policy.lost`` (median trials;
+    1.3: to win it would have to turn 1.3 / ``gain`` = 1.37x faster relative to the others in
+    the rounds left, which a quiet machine's noise does not do), which can only keep the
+    simpler plan; the reference, and anything in a mean trial, at ``policy.drop`` (a burst of
+    load on the reference for two runs must not hand a challenger the win)."""
     before = rounds[-2] if len(rounds) > 1 else warm
     now = rounds[-1]
 
     def lost(n: str) -> bool:
-        bar = DROP if mean or n == reference else LOST
+        bar = policy.drop if mean or n == reference else policy.lost
         return all(n in r and r[n] > bar * min(r[m] for m in live if m in r)
                    for r in (before, now))  # fmt: skip
 
@@ -157,13 +146,14 @@ def _survivors(live: list[str], warm: Mapping[str, float], rounds: list[dict[str
 
 
 def _ratios(
-    names: list[str], rounds: list[dict[str, float]], mean: bool = False
-) -> tuple[dict[str, float], dict[str, float]]:
+    names: list[str], rounds: list[dict[str, float]], mean: bool = False,
+    policy: Policy = DEFAULT,
+) -> tuple[dict[str, float], dict[str, float]]:  # fmt: skip
     """Median per-round ratios to the first candidate (``mean``: ratios of the summed seconds
     of the rounds both ran in, where some candidate collapsed: `collapsed`); through the
     fastest candidate still running at the end (the anchor) for rounds the first did not run
     in."""
-    mean = mean and collapsed(rounds)
+    mean = mean and collapsed(rounds, policy.collapse)
     base = names[0]
     last = rounds[-1]
     anchor = base if base in last else min(last, key=last.__getitem__)
@@ -181,16 +171,12 @@ def _ratios(
     return ratios, {n: center(r[n] for r in rounds if n in r) for n in names}
 
 
-#: A mean trial compares means only when some candidate's mean run is this many times its
-#: median run: torch's threads collapsing now and then (2-20x, measured) is what calls pay;
-#: one slow run in a few tens of percent is noise, and on a quiet machine a mean of 3-4 rounds
-#: let it decide (a CLIP-like module kept at one thread that ran 1.15x slower there).
-COLLAPSE = 1.5
-
-
-def collapsed(rounds: Sequence[Mapping[str, float]]) -> bool:
-    """Whether some candidate's runs collapsed now and then (its mean over `COLLAPSE` times its
-    median).
+def collapsed(rounds: Sequence[Mapping[str, float]], collapse: float = DEFAULT.collapse
+              ) -> bool:  # fmt: skip
+    """Whether some candidate's runs collapsed now and then (its mean over ``collapse`` times
+    its median: torch's threads collapsing now and then, 2-20x measured, is what calls pay;
+    one slow run in a few tens of percent is noise, and on a quiet machine a mean of 3-4
+    rounds let it decide: a CLIP-like module kept at one thread that ran 1.15x slower there).
 
     >>> collapsed([{"a": 1.0}, {"a": 1.0}, {"a": 20.0}]), collapsed([{"a": 1.0}, {"a": 1.4}])
     (True, False)
@@ -198,36 +184,37 @@ def collapsed(rounds: Sequence[Mapping[str, float]]) -> bool:
     names = {n for r in rounds for n in r}
     for n in names:
         runs = [r[n] for r in rounds if n in r]
-        if statistics.mean(runs) > COLLAPSE * statistics.median(runs):
+        if statistics.mean(runs) > collapse * statistics.median(runs):
             return True
     return False
 
 
 def _done(
     rounds: list[dict[str, float]], decide: Callable[[Mapping[str, float]], str], width: int,
-    elapsed: float, mean: bool = False,
+    elapsed: float, mean: bool, policy: Policy,
 ) -> bool:  # fmt: skip
-    if len(rounds) < TRIAL_ROUNDS:
+    last = policy.trial_rounds
+    if len(rounds) < last:
         return False
     if len({decide(r) for r in rounds}) == 1:  # clear: every round picks the same winner
         return True
     # clear too: the last rounds each pick what the medians so far pick (an outlier round
     # early on, a hiccup, costs one more round rather than a trial run to its limits)
-    live = [n for n in rounds[0] if all(n in r for r in rounds[-TRIAL_ROUNDS:])]
+    live = [n for n in rounds[0] if all(n in r for r in rounds[-last:])]
     if len(live) > 1:
         ratios, _ = _ratios(live, [{n: r[n] for n in live} for r in rounds if set(live) <= set(r)],
-                            mean)  # fmt: skip
+                            mean, policy)  # fmt: skip
         overall = decide(ratios)
-        if all(decide({n: r[n] for n in live}) == overall for r in rounds[-TRIAL_ROUNDS:]):
+        if all(decide({n: r[n] for n in live}) == overall for r in rounds[-last:]):
             return True
-    return (
-        len(rounds) >= TRIAL_MAX or elapsed >= TRIAL_BUDGET or len(rounds) * width >= TRIAL_PASSES
-    )
+    return (len(rounds) >= policy.trial_max or elapsed >= policy.trial_budget
+            or len(rounds) * width >= policy.trial_passes)  # fmt: skip
 
 
 def trial_twice(
-    runs: Mapping[str, Callable[[], Any]], candidate: str, gain: float | None = None
-) -> tuple[float, float]:
+    runs: Mapping[str, Callable[[], Any]], candidate: str, gain: float | None = None,
+    policy: Policy = DEFAULT,
+) -> tuple[float, float]:  # fmt: skip
     """`trial`, and a second one when ``candidate`` won the first (ran below ``gain`` of the
     first entry): its worse ratio of the two, and the first entry's median seconds.
 
@@ -235,21 +222,17 @@ def trial_twice(
     winning two in a row by chance is much rarer, and the second costs time only where
     something is about to be kept.
     """
-    gain = GAIN if gain is None else gain
+    gain = policy.gain if gain is None else gain
     first = next(iter(runs))
 
     def wins(r: Mapping[str, float]) -> str:
         return candidate if candidate in r and first in r and r[candidate] < gain * r[first] else ""
 
-    ratios, base = trial(runs, wins)
+    ratios, base = trial(runs, wins, policy)
     if ratios[candidate] >= gain:
         return ratios[candidate], base
-    again, _ = trial(runs, wins)
+    again, _ = trial(runs, wins, policy)
     return max(ratios[candidate], again[candidate]), base
-
-
-#: An implausible trial is run again at most this many times before it is set aside.
-RERUNS = 2
 
 
 @dataclass
@@ -275,6 +258,7 @@ def decide(
     warm: bool | Collection[str] = True,
     mean: bool = False,
     pause: float = 0.0,
+    policy: Policy = DEFAULT,
 ) -> Outcome:
     """Try ``runs`` (simplest first) side by side and pick one by `choose`.
 
@@ -287,20 +271,21 @@ def decide(
 
     ``floors`` maps a candidate to ``(reference, floor)``: it cannot take below ``floor`` of
     the reference's time (overlapping the same ops on ``L`` lanes: ``1/L``). A trial that says
-    otherwise was disturbed: it is run again, at most `RERUNS` times; a candidate still below
+    otherwise was disturbed: it is run again, at most ``policy.reruns`` times; a candidate
+    still below
     its floor is set aside, and `Outcome.aside` says what it measured and why. A winner other
     than the simplest must win a second trial against the simplest too (its worse ratio of
     the two counts).
     """
     order, floors, words = list(runs), floors or {}, words or {}
-    gain = GAIN if gain is None else gain
+    gain = policy.gain if gain is None else gain
     ratios, seconds = timed(runs, lambda r: choose(r, [n for n in order if n in r], gain), warm,
-                            mean, pause)  # fmt: skip
+                            mean, pause, policy)  # fmt: skip
     seen = {n: [ratios[n] / ratios[ref]] for n, (ref, _) in floors.items() if n in runs}
     n_trials = 1
-    while _below(ratios, floors, runs) and n_trials <= RERUNS:
+    while _below(ratios, floors, runs) and n_trials <= policy.reruns:
         ratios, seconds = timed(runs, lambda r: choose(r, [n for n in order if n in r], gain),
-                                mean=mean, pause=pause)  # fmt: skip
+                                mean=mean, pause=pause, policy=policy)  # fmt: skip
         n_trials += 1
         for n in seen:
             seen[n].append(ratios[n] / ratios[floors[n][0]])
@@ -322,7 +307,7 @@ def decide(
         pair = [prev, pick]
         again, _ = timed({n: runs[n] for n in pair},
                          lambda r: choose(r, [n for n in pair if n in r], gain),
-                         warm=False, mean=mean, pause=pause)  # fmt: skip
+                         warm=False, mean=mean, pause=pause, policy=policy)  # fmt: skip
         n_trials += 1
         # the worse of the two trials, kept relative to what it beat: one trial's words
         ratios[pick] = ratios[prev] * max(ratios[pick] / ratios[prev], again[pick] / again[prev])

@@ -34,14 +34,16 @@ plan. Everything that needs the model run on real inputs happens here, in this o
 6. **The traced module** (``graph.source``), at the plan's thread budget: kept as it is
    (``plan.as_is``) unless the plan is within ``source_margin`` of it.
 
-Every kept decision must make the plan faster than the one without it by `GAIN` (5%),
+Every rule and threshold below is one of the `graphexec.policy.Policy` given as ``policy=``
+(the defaults: `graphexec.policy.DEFAULT`). Every kept decision must make the plan faster than
+the one without it by ``gain`` (5%),
 measured side by side (`graphexec.trials`: shuffled rounds, the median of the per-round
 ratios, a change confirmed by a second trial, a difference inside the noise resolved to the
 simpler plan). A trial faster than the cores could make the same work is re-run, then set
 aside with what it measured. Each decision is written into the plan (``serial_reason``,
 ``fusion``, ``decisions``, ``thread_budget``), so ``print(plan)`` says what was measured and
 why it was kept or dropped; ``call_seconds`` is what `graphexec.drift` later compares the
-calls with. Planning that takes over `SLOW_PLANNING` seconds says what it measures on the
+calls with. Planning that takes over ``slow_planning`` seconds says what it measures on the
 ``graphexec`` logger.
 """
 
@@ -76,21 +78,13 @@ from .interpret import (
     time_nodes,
     time_nodes_beside,
 )
-from .planner import INLINE_BELOW, arrange
+from .planner import arrange
 from .plans import Plan
-from .trials import GAIN, trial, trial_twice
+from .policy import DEFAULT, Policy
+from .trials import trial, trial_twice
 from .units import format_seconds, speed_words
 
-__all__ = ["GAIN", "SOURCE_MARGIN", "plan", "recheck", "trial", "trial_twice"]
-
-OVERLAP_GAIN = GAIN  # the name before every decision shared one margin
-#: The traced module is run as it is when the best plan takes longer than this share of it.
-SOURCE_MARGIN = 1.03
-#: A plan with no lever of its own (the module's ops one after another at the caller's
-#: threads) is kept only when it takes below this share of the module's time.
-NO_LEVER_GAIN = GAIN
-#: Planning that takes longer than this many seconds says what it is measuring (logging).
-SLOW_PLANNING = 2.0
+__all__ = ["plan", "recheck", "trial", "trial_twice"]
 
 log = logging.getLogger("graphexec")
 _concurrency_pays = concurrency_pays  # looked up at each plan: tests make it say yes
@@ -107,6 +101,7 @@ class _Options:
     source_margin: float
     data_parallel: bool | int | str = False
     batch_axis: int | Mapping[str, int | None] = 0
+    policy: Policy = DEFAULT
 
     @property
     def arranging(self) -> dict[str, Any]:
@@ -117,7 +112,7 @@ def plan(
     graph: Graph,
     example_inputs: Sequence[Any] | None = None,
     *,
-    inline_below: float = INLINE_BELOW,
+    inline_below: float | None = None,
     fuse_chains: bool = True,
     repeats: int = 3,
     hfuse: bool | str = "auto",
@@ -126,6 +121,7 @@ def plan(
     source_margin: float | None = None,
     data_parallel: bool | int | str = False,
     batch_axis: int | Mapping[str, int | None] = 0,
+    policy: Policy | None = None,
 ) -> Plan:
     """Plan a graph: measure its nodes (with ``example_inputs``), arrange it, try what can lose.
 
@@ -139,8 +135,9 @@ def plan(
         the decisions that can lose are tried on them (the thread budget among them); the
         measured decisions are kept in the cache (`graphexec.cache`) for the next process.
         Without them, costs are estimated from parameter counts.
-    inline_below : float
-        Tasks cheaper than this many seconds are folded into their consumer or run inline.
+    inline_below : float, optional
+        Tasks cheaper than this many seconds are folded into their consumer or run inline
+        (default: the policy's ``inline_below``, 50 µs).
     fuse_chains : bool
         Fuse straight chains into one task (default). Off: one task per node.
     repeats : int
@@ -149,7 +146,7 @@ def plan(
     hfuse : {"auto", True, False}
         Horizontal fusion (`graphexec.hfuse`): same-level nodes with identical module
         structure run as one batched call. ``"auto"`` (default): with ``example_inputs``, fuse
-        the groups whose members measure below `graphexec.hfuse.FUSE_MEMBER_BELOW` (small
+        the groups whose members measure below the policy's ``fuse_member_below`` (small
         members: overhead-bound); without them, fuse nothing. ``True``: fuse every group (by
         the same rule when measured). The plan then runs the fused graph (``plan.graph``),
         which shares the original modules and parameters; ``plan.fusion`` says what was
@@ -165,20 +162,23 @@ def plan(
     source_margin : float, optional
         For a traced graph (``graph.source``, with ``example_inputs`` and ``check``): the best
         plan is kept when it takes at most this share of the module it was traced from, side
-        by side; otherwise the plan runs that module as it is (``plan.as_is``). Default
-        `SOURCE_MARGIN` (1.03: a plan within 3% of the module is kept). The ``torch.compile``
-        backend passes `GAIN`: its plan must beat Dynamo's graph by 5%.
+        by side; otherwise the plan runs that module as it is (``plan.as_is``). Default: the
+        policy's ``source_margin`` (1.03: a plan within 3% of the module is kept). The
+        ``torch.compile`` backend passes its ``gain``: its plan must beat Dynamo's graph by 5%.
     data_parallel : {False, "auto"} or int
         Split each call's batch into shards, run the plan on each at once (threads: on
         one-thread lanes; Dask: on different workers; CUDA: on streams) and concatenate the
         outputs (`graphexec.split`; needs ``example_inputs``). An int ``k``: always, in ``k``
-        shards. ``"auto"``: only where the split wins a side-by-side trial by `GAIN`. Either
+        shards. ``"auto"``: only where the split wins a side-by-side trial by ``gain``. Either
         way the graph is first run whole and in shards on the example inputs, and a graph
         whose result depends on the whole batch is refused (``k``: `SplitError` naming the
         node; ``"auto"``: not split, ``plan.decisions`` says why). ``plan.split`` holds it.
     batch_axis : int or mapping of input name to int or None
         The axis batched inputs are split along (default 0; tensors without it are passed
         whole), or per input (None: passed whole to every shard).
+    policy : Policy, optional
+        The rules every decision is made by (`graphexec.policy.Policy`; default: today's).
+        Measured plans are cached under them: other rules measure again.
 
     Returns
     -------
@@ -221,9 +221,11 @@ def plan(
     if example_inputs is not None:
         bind_inputs(graph, example_inputs, {})  # arity, before anything runs
     split.validate(data_parallel, batch_axis, graph, example_inputs)
-    margin = SOURCE_MARGIN if source_margin is None else source_margin
-    opts = _Options(inline_below, fuse_chains, repeats, hfuse, backend, check, margin,
-                    data_parallel, batch_axis)  # fmt: skip
+    policy = DEFAULT if policy is None else policy
+    margin = policy.source_margin if source_margin is None else source_margin
+    below = policy.inline_below if inline_below is None else inline_below
+    opts = _Options(below, fuse_chains, repeats, hfuse, backend, check, margin,
+                    data_parallel, batch_axis, policy)  # fmt: skip
     with _no_gc():
         if example_inputs is None:
             return _estimated(graph, opts)
@@ -247,7 +249,7 @@ def _estimated(graph: Graph, opts: _Options) -> Plan:
     """Without example inputs: costs from parameter counts, nothing tried."""
     fusion: list[str] = []
     if opts.hfuse is True:
-        graph = _fuse_horizontally(graph, None, None, fusion)
+        graph = _fuse_horizontally(graph, None, None, fusion, opts.policy)
     return dataclasses.replace(arrange(graph, **opts.arranging), fusion=tuple(fusion))
 
 
@@ -260,7 +262,7 @@ def _cached_or_measured(graph: Graph, inputs: tuple[Any, ...], opts: _Options) -
         if restored is not None:
             return restored
         cache.ignored(digest, "its node names or decisions do not fit this graph")
-    p, costs = _measured(graph, inputs, opts, _Progress(graph.name))
+    p, costs = _measured(graph, inputs, opts, _Progress(graph.name, opts.policy.slow_planning))
     if digest:
         cache.store(digest, _record(graph, p, costs))
     return p
@@ -269,20 +271,22 @@ def _cached_or_measured(graph: Graph, inputs: tuple[Any, ...], opts: _Options) -
 def _cache_key(graph: Graph, inputs: tuple[Any, ...], opts: _Options) -> str | None:
     if opts.backend != "eager" or cache.directory() is None:
         return None  # compiled tasks are not plain data
-    options = {**dataclasses.asdict(opts), "gain": trials.GAIN}
+    options = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)}
+    options["policy"] = opts.policy.digest()  # other rules: measured again, never reused
     return cache.key(graph, inputs, options)
 
 
 class _Progress:
     """Says on the ``graphexec`` logger what planning measures once it has taken more than
-    `SLOW_PLANNING` seconds (silence it with ``logging.getLogger("graphexec")``)."""
+    ``slow`` seconds (the policy's ``slow_planning``; silence it with
+    ``logging.getLogger("graphexec")``)."""
 
-    def __init__(self, name: str):
-        self.name, self.start = name, time.perf_counter()
+    def __init__(self, name: str, slow: float):
+        self.name, self.start, self.slow = name, time.perf_counter(), slow
 
     def step(self, what: str) -> None:
         spent = time.perf_counter() - self.start
-        if spent > SLOW_PLANNING:
+        if spent > self.slow:
             log.warning("graphexec: planning graph '%s' (%.1f s so far): measuring %s; the "
                         "decisions are cached for the next process (GRAPHEXEC_CACHE_DIR)",
                         self.name, spent, what)  # fmt: skip
@@ -293,8 +297,9 @@ def _measured(
 ) -> tuple[Plan, dict[str, float]]:
     """Measure, arrange, then try what can lose, in order; the plan and the node costs."""
     progress.step(f"each node at {torch.get_num_threads()} and at 1 intra-op thread")
-    costs, costs_1 = _node_costs(graph, inputs, opts.repeats)
-    try_one = one_thread_may_pay(costs, costs_1)
+    policy = opts.policy
+    costs, costs_1 = _node_costs(graph, inputs, opts.repeats, policy)
+    try_one = one_thread_may_pay(costs, costs_1, policy)
     p = arrange(graph, costs, **opts.arranging)
     as_is = p
     if opts.hfuse is not False and has_candidates(graph):
@@ -303,19 +308,19 @@ def _measured(
     hopeless = None
     if opts.check and graph.source is not None and _exported(graph) and opts.backend == "eager":
         progress.step("the exported graph's estimate against the module as it is")
-        hopeless = _cannot_beat(p, graph.source, inputs, costs_1)
+        hopeless = _cannot_beat(p, graph.source, inputs, costs_1, policy.hopeless)
     if hopeless is None:
         progress.step("the thread budget and overlap, side by side")
         p = shape_step(p, costs_1, inputs, opts.check,
-                       lambda q, c: _concurrency_pays(q, c) is None)  # fmt: skip
+                       lambda q, c: _concurrency_pays(q, c, policy) is None, policy)  # fmt: skip
     if opts.backend != "eager":  # compiled last: its thread budget follows the overlap decision
         progress.step(f"{opts.backend} tasks against eager ones")
-        p = _compile_step(p, as_is, opts.backend, inputs, opts.check)
+        p = _compile_step(p, as_is, opts.backend, inputs, opts.check, policy)
     if opts.check and graph.source is not None:
         progress.step("the plan against the traced module as it is")
         p = _source_step(p, graph, graph.source, inputs, opts.source_margin, try_one=try_one,
-                         hopeless=hopeless)  # fmt: skip
-    p = split.split_step(p, inputs, opts.data_parallel, opts.batch_axis, opts.check)
+                         hopeless=hopeless, policy=policy)  # fmt: skip
+    p = split.split_step(p, inputs, opts.data_parallel, opts.batch_axis, opts.check, policy)
     return p, costs
 
 
@@ -324,13 +329,13 @@ def _median(samples: Mapping[str, list[float]]) -> dict[str, float]:
 
 
 def _node_costs(
-    graph: Graph, inputs: Sequence[Any], repeats: int
+    graph: Graph, inputs: Sequence[Any], repeats: int, policy: Policy = DEFAULT
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Each node's median seconds at the caller's intra-op threads and at one thread (on a
     budget, interleaved run by run: the caller's count is put back after each)."""
     names = compute_order(graph)
     if uses_cuda(graph, inputs):  # kernel time from CUDA events: host clocks see launches
-        costs = _median(time_nodes_cuda(graph, names, inputs, repeats))
+        costs = _median(time_nodes_cuda(graph, names, inputs, repeats, policy=policy))
         return costs, costs
     if torch.get_num_threads() == 1:
         costs = _median(time_nodes(graph, names, inputs, repeats))
@@ -356,17 +361,18 @@ def _fusion_step(
     run inline in the trial, where costs do not matter: the fused graph's nodes are timed only
     once it is kept."""
     notes: list[str] = []
-    fused_graph = _fuse_horizontally(p.graph, example_inputs, p.node_costs, notes)
+    gain = opts.policy.gain
+    fused_graph = _fuse_horizontally(p.graph, example_inputs, p.node_costs, notes, opts.policy)
     if fused_graph is p.graph:
         return dataclasses.replace(p, fusion=tuple(notes)), costs_1
     if opts.check and opts.hfuse is not True:
-        calls = _fused_calls(p.graph, fused_graph, example_inputs)
-        if calls and min(calls) >= trials.GAIN:  # no group gains on its own: skip the trial
+        calls = _fused_calls(p.graph, fused_graph, example_inputs, opts.policy.fused_call_rounds)
+        if calls and min(calls) >= gain:  # no group gains on its own: skip the trial
             notes = [n.replace("fused ", "not fused ", 1) if n.startswith("fused ") else n
                      for n in notes]  # fmt: skip
             line = (f"dropped: the fused calls took {_span(calls)} of their members' time one "
                     "by one (measured call by call; the plan was not tried); fusion must save "
-                    f"{1 - trials.GAIN:.0%}")  # fmt: skip
+                    f"{1 - gain:.0%}")  # fmt: skip
             return dataclasses.replace(p, fusion=(*notes, line)), costs_1
         # at the thread count the node times favour: under load the caller's threads collapse
         # (a run 50x slower), which would cost the trial more than the whole rest of planning
@@ -377,26 +383,25 @@ def _fusion_step(
         with SequentialExecutor() as ex:  # closed: its budget's pool thread ends here
             args = tuple(example_inputs)
             ratio, _ = trial_twice({"plain": lambda: ex.run(plain, *args),
-                                    "fused": lambda: ex.run(raw, *args)}, "fused")  # fmt: skip
-        if ratio >= trials.GAIN:
+                                    "fused": lambda: ex.run(raw, *args)}, "fused",
+                                   policy=opts.policy)  # fmt: skip
+        if ratio >= gain:
             notes = [n.replace("fused ", "not fused ", 1) if n.startswith("fused ") else n
                      for n in notes]  # fmt: skip
             line = (f"dropped: the fused plan ran {_ran(ratio, 'the unfused one')} (measured); "
-                    f"fusion must save {1 - trials.GAIN:.0%}")  # fmt: skip
+                    f"fusion must save {1 - gain:.0%}")  # fmt: skip
             return dataclasses.replace(p, fusion=(*notes, line)), costs_1
         notes.append(f"kept: the fused plan ran {_ran(ratio, 'the unfused one')} (measured)")
-    costs, fused_1 = _node_costs(fused_graph, example_inputs, opts.repeats)
+    costs, fused_1 = _node_costs(fused_graph, example_inputs, opts.repeats, opts.policy)
     fused = arrange(fused_graph, costs, warn_dead=False, **opts.arranging)
     return dataclasses.replace(fused, fusion=tuple(notes)), fused_1
 
 
-#: Rounds of the call-by-call check of fused groups (`_fused_calls`).
-FUSED_CALL_ROUNDS = 5
-
-
-def _fused_calls(graph: Graph, fused: Graph, example_inputs: Sequence[Any]) -> list[float]:
+def _fused_calls(graph: Graph, fused: Graph, example_inputs: Sequence[Any], n_rounds: int
+                 ) -> list[float]:  # fmt: skip
     """Each fused call's seconds over its members' one after another, on the values of one
-    run (median ratio of `FUSED_CALL_ROUNDS` interleaved rounds): a few calls of the groups,
+    run (median ratio of ``n_rounds`` interleaved rounds, the policy's ``fused_call_rounds``):
+    a few calls of the groups,
     not rounds of the whole model. A group gaining nothing here gains nothing in the plan."""
     values = program_values(graph, example_inputs)
     ratios = []
@@ -408,7 +413,7 @@ def _fused_calls(graph: Graph, fused: Graph, example_inputs: Sequence[Any]) -> l
                     for r in node.inputs]  # fmt: skip
             members = _member_calls(node.fn, args)
             rounds = []
-            for _ in range(FUSED_CALL_ROUNDS + 1):  # the first warms up
+            for _ in range(n_rounds + 1):  # the first warms up
                 t0 = time.perf_counter()
                 node.fn(*args)
                 t1 = time.perf_counter()
@@ -437,8 +442,9 @@ def _span(ratios: Sequence[float]) -> str:
 
 
 def _compile_step(
-    p: Plan, as_is: Plan, backend: str, example_inputs: Sequence[Any], check: bool
-) -> Plan:
+    p: Plan, as_is: Plan, backend: str, example_inputs: Sequence[Any], check: bool,
+    policy: Policy = DEFAULT,
+) -> Plan:  # fmt: skip
     """Compiled tasks, kept only when they beat the plan as it is (run inline, eagerly)."""
     compiled = compile_plan(p, backend, example_inputs)
     said = f"{backend}: {len(compiled.tasks)} tasks compiled"
@@ -455,20 +461,21 @@ def _compile_step(
     with runner:
         ratio, _ = trial_twice({"as is": _inline_run(as_is, example_inputs),
                                 "compiled": lambda: runner.run(candidate, *example_inputs)},
-                               "compiled")  # fmt: skip
-    if ratio < trials.GAIN:
+                               "compiled", policy=policy)  # fmt: skip
+    if ratio < policy.gain:
         return dataclasses.replace(
             candidate,
             decisions=(*p.decisions, f"{said}; kept: ran {_ran(ratio, 'eager tasks')}"),
         )
     line = (f"{said}; dropped: ran {_ran(ratio, 'the plan run eagerly as it is')} "
-            f"(measured), must save {1 - trials.GAIN:.0%}")  # fmt: skip
+            f"(measured), must save {1 - policy.gain:.0%}")  # fmt: skip
     return dataclasses.replace(p, decisions=(*p.decisions, line))
 
 
 def _source_step(
     p: Plan, graph: Graph, source: Callable[..., Any], example_inputs: Sequence[Any],
     margin: float, try_one: bool = False, hopeless: str | None = None,
+    policy: Policy = DEFAULT,
 ) -> Plan:  # fmt: skip
     """The best plan against the module the graph was traced from, side by side.
 
@@ -479,8 +486,11 @@ def _source_step(
     ``try_one`` (the node times do not rule one thread out), at one intra-op thread. The
     module as it is wins unless the plan takes at most ``margin`` of its time. A plan with
     no lever of its own (the graph's own ops one after another at the caller's threads)
-    cannot beat the module's own ops by the `GAIN` every decision must win
-    by: the module runs as it is, untried against it (`TRY_UNLEVERED`), and only its thread
+    cannot beat the module's own ops by the ``gain`` every decision must win
+    by: the module runs as it is, untried against it (the policy's ``try_unlevered``:
+    measured, such plans came within 3% of the module and never beat it by ``gain``
+    (GoogLeNet, Inception-v3, ResNet-18, exported BERT); kept on a near tie they ran
+    1.03-1.09x of eager, and the trial cost 10-20 forward passes), and only its thread
     count is tried where its ops are not the plan's (imported through ``torch.export``).
     Where the plan must beat the module (``margin`` below 1, as the ``torch.compile`` backend
     asks), a win must hold in a second trial; a plan of the same ops faster than overlapping
@@ -499,7 +509,7 @@ def _source_step(
     modules = {"module": module}
     if p.thread_budget is not None or (try_one and torch.get_num_threads() > 1):
         modules[_AT_BUDGET] = dataclasses.replace(module, thread_budget=p.thread_budget or 1)
-    if not lever and not TRY_UNLEVERED and not _exported(graph):
+    if not lever and not policy.try_unlevered and not _exported(graph):
         modules = {"module": module}  # the plan's own thread trial holds for the same ops
     with runner, SequentialExecutor() as inline, torch.no_grad():
         try:
@@ -508,7 +518,7 @@ def _source_step(
             same = False
         if not same:
             return p
-        untried = hopeless is not None or (not lever and not TRY_UNLEVERED)
+        untried = hopeless is not None or (not lever and not policy.try_unlevered)
         if untried and len(modules) == 1:
             return _unlevered(p, module, None, hopeless)
         runs = {"plan": lambda: runner.run(p, *example_inputs),
@@ -520,40 +530,31 @@ def _source_step(
             runs = {**{k: runs[k] for k in modules}, "plan": runs["plan"]}
         outcome = trials.decide(
             runs, gain=margin if margin < 1 else 1 / margin if lever and not untried
-            else NO_LEVER_GAIN,
+            else policy.gain,
             # the same ops at the same thread count cannot run faster than overlap allows
             floors={"plan": ("module" if p.thread_budget is None else _AT_BUDGET,
-                             0.9 / lanes())} if same_ops and "plan" in runs else None,
+                             policy.floor / lanes())} if same_ops and "plan" in runs else None,
             words={"plan": "the plan", "module": "the traced module as it is",
                    _AT_BUDGET: "the traced module at 1 intra-op thread"},
             warm=p.thread_budget is None,  # both just ran (on the caller) to compare outputs
             mean=_AT_BUDGET in runs,  # thread counts: a collapse now and then is what calls pay
+            policy=policy,
         )  # fmt: skip
     if "plan" not in runs:
         return _unlevered(p, modules[outcome.pick], outcome, hopeless)
     return _source_written(p, modules, source, outcome)
 
 
-#: Try a plan with no lever of its own against its module (the module wins untried when
-#: False). Measured with it tried: such plans came within 3% of the module and never beat it
-#: by `GAIN` (GoogLeNet, Inception-v3, ResNet-18, exported BERT); kept on a near tie, they ran
-#: 1.03-1.09x of eager, and the trial cost 10-20 forward passes of the first call.
-TRY_UNLEVERED = False
-
-
-#: An exported graph whose best way is estimated at this many times its module's measured
-#: seconds is not tried (`_cannot_beat`): it would have to run 1.25 / `GAIN` = 1.3x faster
-#: than the sum of its node times to be kept. Measured: exported aten plans of the zoo's
-#: transformers ran 1.26-3.3x of eager, and their shape trials were ~45% of a first call.
-HOPELESS = 1.25
-
-
 def _cannot_beat(
-    p: Plan, source: Callable[..., Any], example_inputs: Sequence[Any], costs_1: Mapping[str, float]
+    p: Plan, source: Callable[..., Any], example_inputs: Sequence[Any],
+    costs_1: Mapping[str, float], hopeless: float = DEFAULT.hopeless,
 ) -> str | None:  # fmt: skip
     """Why no way of running ``p`` (an exported graph) is worth a trial against its module,
-    or None: its best estimate from the node times is `HOPELESS` times the module's median
-    seconds (3 runs after a warm-up, which also checks that both give the same outputs)."""
+    or None: its best estimate from the node times is ``hopeless`` (the policy's, 1.25) times
+    the module's median seconds (3 runs after a warm-up, which also checks that both give the
+    same outputs): it would have to run 1.25 / ``gain`` = 1.3x faster than the sum of its node
+    times to be kept. Measured: exported aten plans of the zoo's transformers ran 1.26-3.3x
+    of eager, and their shape trials were ~45% of a first call."""
     best = min(s.estimate for s in shapes(p, costs_1))
     with SequentialExecutor() as inline, torch.no_grad():
         try:
@@ -567,7 +568,7 @@ def _cannot_beat(
             source(*example_inputs)
             runs.append(time.perf_counter() - start)
     module = statistics.median(runs)
-    if best < HOPELESS * module:
+    if best < hopeless * module:
         return None
     return (
         f"the exported graph's best way was estimated at {format_seconds(best)} from its node "
@@ -653,12 +654,13 @@ def _fuse_horizontally(
     example_inputs: Sequence[Any] | None,
     costs: Mapping[str, float] | None,
     notes: list[str],
+    policy: Policy = DEFAULT,
 ) -> Graph:
     """The graph with small identical same-level modules fused (`graphexec.hfuse`)."""
     if not has_candidates(graph):  # the common case: nothing to rewrite
         return graph
     return horizontal_fuse(graph, example_inputs, costs=dict(costs) if costs else None,
-                           notes=notes)  # fmt: skip
+                           notes=notes, member_below=policy.fuse_member_below)  # fmt: skip
 
 
 # -- the cache: what a measured plan is, as plain data ------------------------------------------
@@ -688,7 +690,7 @@ def _restore(
             return None
         p = arrange(graph, costs, **opts.arranging)
         if record["fused_costs"] is not None:
-            fused_graph = _fuse_horizontally(graph, inputs, costs, [])
+            fused_graph = _fuse_horizontally(graph, inputs, costs, [], opts.policy)
             fused = {str(k): float(v) for k, v in record["fused_costs"].items()}
             if fused_graph is graph or set(fused) != set(compute_order(fused_graph)):
                 return None

@@ -34,7 +34,7 @@ __all__ = ["counted", "steady_clock", "thread_clock"]
 
 
 #: `steady_clock`'s tick: a power of two, so that every difference of two readings is exact,
-#: and below `graphexec.planner.INLINE_BELOW` (50 µs) and `graphexec.hfuse.FUSE_MEMBER_BELOW`.
+#: and below the policy's ``inline_below`` (50 µs) and ``fuse_member_below`` (200 µs).
 TICK = 2.0**-16  # 15.3 µs
 
 

@@ -195,7 +195,7 @@ def test_an_implausible_trial_is_re_run_and_reported_as_measured(monkeypatch):
     monkeypatch.setattr(trials, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
     out = trials.decide({"ref": cost(1.0), "fast": cost(0.1)}, floors={"fast": ("ref", 0.45)},
                         words={"fast": "overlapped", "ref": "one by one"})  # fmt: skip
-    assert out.trials == 1 + trials.RERUNS and out.pick == "ref"
+    assert out.trials == 1 + gx.Policy().reruns and out.pick == "ref"
     assert out.aside["fast"].startswith("overlapped measured 0.10x, 0.10x, 0.10x of one by one")
     assert "in 3 trials" in out.aside["fast"] and "disturbed" in out.aside["fast"]
     plausible = trials.decide({"ref": cost(1.0), "fast": cost(0.5)}, floors={"fast": ("ref", 0.45)})
@@ -282,15 +282,13 @@ def test_a_re_check_pauses_as_long_as_the_calls_are_apart(monkeypatch, gap_max):
     threads, 1 s at one): a re-check that runs its trial back to back sees 0.6 s and keeps
     them; one that pauses as long as the calls are apart sees what the calls pay and
     switches to one thread, and says so."""
-    from graphexec import drift
-
     machine = _Machine()
     machine.patch(monkeypatch)
     machine.idle_costs = True
-    monkeypatch.setattr(drift, "GAP_MAX", gap_max)
     g = _work_graph(machine)
     x = torch.ones(3)
-    watch = Watch(window=3, share=5.0, slow_share=0.0, clock=machine.clock)
+    watch = Watch(policy=gx.Policy(gap_max=gap_max), window=3, share=5.0, slow_share=0.0,
+                  clock=machine.clock)  # fmt: skip
     with gx.GraphModule(g, "sequential", adapt=watch) as gm:
         gm(x)
         assert gm.plan.thread_budget is None
@@ -330,7 +328,7 @@ def test_a_candidate_that_clearly_lost_stops_running(monkeypatch):
 def test_a_challenger_that_lost_by_far_stops_running_but_the_reference_does_not(monkeypatch):
     """In a median trial a challenger 1.5x slower than the simplest candidate in two runs
     in a row stops (it could only keep the simpler plan); the simplest one stops only at
-    `trials.DROP`, so a burst of load on it cannot hand a challenger the win."""
+    the policy's ``drop``, so a burst of load on it cannot hand a challenger the win."""
     calls, cost = counted(monkeypatch)
     ratios, _ = trials.trial({"base": cost("base", 1.0), "slow": cost("slow", 1.5)})
     assert calls == {"base": 2, "slow": 2} and ratios["slow"] == pytest.approx(1.5)

@@ -279,7 +279,7 @@ def test_no_fuse_is_one_task_per_costly_node():
     """--no-fuse turns chain and horizontal fusion off: a task holds one node that costs a
     hand-off, plus the cheap nodes folded into it."""
     from graphexec.cli import _parser, _plan
-    from graphexec.planner import INLINE_BELOW
+    INLINE_BELOW = gx.Policy().inline_below
     from graphexec.targets import load_target, target_inputs
 
     target = load_target(CNN)

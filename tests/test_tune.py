@@ -36,7 +36,7 @@ def _small_branches(n: int = 8) -> gx.Graph:
 def test_every_decision_either_way_equals_eager(monkeypatch, gain, backend):
     if backend == "onnxruntime":
         pytest.importorskip("onnxruntime")
-    monkeypatch.setattr(trials, "GAIN", gain)
+    policy = gx.Policy(gain=gain)
     # measured on a steady clock (tests.clocks): every member a tick, below the size rule's
     # bound, so the groups are fusion candidates on a busy machine too, and the margins decide
     steady_clock(monkeypatch, trials, interpret, tune)
@@ -46,7 +46,7 @@ def test_every_decision_either_way_equals_eager(monkeypatch, gain, backend):
         expected = gx.SequentialExecutor().run(gx.plan(g), x)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", gx.backends.CompileFallbackWarning)
-            p = gx.plan(g, example_inputs=(x,), backend=backend, inline_below=0)
+            p = gx.plan(g, example_inputs=(x,), backend=backend, inline_below=0, policy=policy)
         kept = gain > 1
         assert (p.graph is not g) == kept, p.fusion  # fusion kept only when it won
         assert p.fusion[-1].startswith("kept" if kept else "dropped")
@@ -85,7 +85,7 @@ def test_fusion_no_group_gains_from_is_dropped_without_a_plan_trial(monkeypatch,
     steady_clock(monkeypatch, interpret)  # the node timer: members small enough to be fused
     monkeypatch.setattr(tune, "time", types.SimpleNamespace(perf_counter=lambda: _CLOCK["now"]))
     ran = []
-    monkeypatch.setattr(tune, "trial_twice", lambda runs, c: ran.append(c) or (1.0, 1.0))
+    monkeypatch.setattr(tune, "trial_twice", lambda runs, c, **_: ran.append(c) or (1.0, 1.0))
     g = gx.Graph("clocked")
     x = g.input("x")
     g.output(g.node("sum", gx.add(), *(g.node(f"m{i}", _Clocked(1.0, fused), x)
@@ -128,7 +128,7 @@ def test_one_outlier_round_cannot_decide_a_trial(monkeypatch):
     ratios, base = trials.trial({"base": lambda: cost(1.0), "same": hiccup})
     assert ratios["base"] == 1.0 and base == 1.0
     assert ratios["same"] == 1.0  # one 200x round out of >= 5 moves no median
-    assert clock["calls"] >= 1 + trials.TRIAL_ROUNDS
+    assert clock["calls"] >= 1 + gx.Policy().trial_rounds
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -210,10 +210,9 @@ def test_trace_drops_tracer_dead_nodes_quietly_and_keeps_in_place_writes():
 
 @pytest.mark.parametrize("margin", [0.0, 100.0])  # the module always wins / never wins
 def test_traced_module_as_it_is_is_tried_and_equals_eager(monkeypatch, margin):
-    monkeypatch.setattr(tune, "SOURCE_MARGIN", margin)
-    monkeypatch.setattr(tune, "NO_LEVER_GAIN", margin or tune.NO_LEVER_GAIN)  # a plan of the
-    # module's own ops, no lever of its own, is kept when it takes below this share of it
-    monkeypatch.setattr(tune, "TRY_UNLEVERED", True)  # ... once it is tried at all
+    # a plan of the module's own ops, no lever of its own, is kept when it takes below the
+    # gain's share of it, once it is tried at all (try_unlevered)
+    policy = gx.Policy(source_margin=margin, gain=margin or gx.Policy().gain, try_unlevered=True)
     # on a steady clock (tests.clocks) the plan and the module run alike, so the margin
     # decides: on the real clock a burst of load could set the plan aside as disturbed
     steady_clock(monkeypatch, trials, interpret)
@@ -221,7 +220,7 @@ def test_traced_module_as_it_is_is_tried_and_equals_eager(monkeypatch, margin):
     g = gx.trace(m)
     assert g.source is m
     x = torch.randn(3, 4)
-    p = gx.plan(g, example_inputs=(x,))
+    p = gx.plan(g, example_inputs=(x,), policy=policy)
     assert (p.as_is is m) == (margin == 0.0)
     assert ("runs the traced module as it is" in str(p)) == (margin == 0.0)
     with torch.no_grad(), gx.ThreadExecutor() as threads:
@@ -242,16 +241,20 @@ def test_a_trial_stops_once_its_last_rounds_agree_with_the_medians(monkeypatch):
         clock["calls"] += 1
         cost(2.0 if clock["calls"] == 2 else 0.5)  # its first round: a hiccup
 
-    monkeypatch.setattr(trials, "TRIAL_BUDGET", math.inf)  # rounds, not seconds, decide here
+    policy = gx.Policy(trial_budget=math.inf)  # rounds, not seconds, decide here
     monkeypatch.setattr(trials, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
-    ratios, _ = trials.trial({"base": lambda: cost(1.0), "fast": fast})
+    ratios, _ = trials.trial({"base": lambda: cost(1.0), "fast": fast}, policy=policy)
     assert ratios["fast"] == 0.5
-    assert clock["calls"] == 1 + trials.TRIAL_ROUNDS + 1  # warm-up, 3 rounds, one more
+    assert clock["calls"] == 1 + policy.trial_rounds + 1  # warm-up, 3 rounds, one more
+
+
+#: Rounds, not seconds, decide the trials of `_every_third`.
+ROUNDS = gx.Policy(trial_budget=math.inf)
 
 
 def _every_third(monkeypatch, slow: float):
-    """The trials' clock made fake, rounds not seconds deciding: ``cost(seconds)`` advances
-    it, and the second function costs 1 s, ``slow`` s on every third call."""
+    """The trials' clock made fake, rounds (`ROUNDS`) not seconds deciding: ``cost(seconds)``
+    advances it, and the second function costs 1 s, ``slow`` s on every third call."""
     clock = {"now": 0.0, "calls": 0}
 
     def cost(seconds):
@@ -261,7 +264,6 @@ def _every_third(monkeypatch, slow: float):
         clock["calls"] += 1
         cost(slow if clock["calls"] % 3 == 0 else 1.0)
 
-    monkeypatch.setattr(trials, "TRIAL_BUDGET", math.inf)
     monkeypatch.setattr(trials, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
     return cost, periodic
 
@@ -273,7 +275,7 @@ def test_thread_count_trials_count_what_collapsing_calls_cost(monkeypatch, mean)
     the way that pays for them. Thread-count trials compare mean seconds."""
     cost, collapsing = _every_third(monkeypatch, 20.0)  # every third call 20x slower
     out = trials.decide({"caller's threads": collapsing, "one thread": lambda: cost(1.5)},
-                        mean=mean)  # fmt: skip
+                        mean=mean, policy=ROUNDS)  # fmt: skip
     assert out.pick == ("one thread" if mean else "caller's threads"), out
 
 
@@ -281,10 +283,10 @@ def test_a_mean_trial_without_a_collapse_is_decided_on_medians(monkeypatch):
     """A slow run now and then of a few tens of percent (a page fault, a GC pause) is noise:
     on a quiet machine a mean of a few rounds let it hand a steady, slower way the win (a
     CLIP-like module kept at one thread, 1.15x slower there). Means decide only where a
-    candidate collapsed (`trials.COLLAPSE`)."""
+    candidate collapsed (the policy's ``collapse``)."""
     cost, hiccups = _every_third(monkeypatch, 1.45)  # its mean is 1.15x its median
     out = trials.decide({"caller's threads": hiccups, "one thread": lambda: cost(1.03)},
-                        mean=True)  # fmt: skip
+                        mean=True, policy=ROUNDS)  # fmt: skip
     assert out.pick == "caller's threads", out
 
 
@@ -298,7 +300,7 @@ def test_a_win_must_hold_in_a_second_trial(monkeypatch):
 
     def lucky():  # fast for the first trial only (a warm-up and its >= 5 rounds)
         clock["calls"] += 1
-        cost(0.5 if clock["calls"] <= 1 + trials.TRIAL_ROUNDS else 1.0)
+        cost(0.5 if clock["calls"] <= 1 + gx.Policy().trial_rounds else 1.0)
 
     monkeypatch.setattr(trials, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
     ratio, base = trials.trial_twice({"base": lambda: cost(1.0), "lucky": lucky}, "lucky")
@@ -327,7 +329,7 @@ def test_a_plan_must_beat_its_module_within_what_overlap_can_do(monkeypatch, pla
     x = torch.ones(2)
     # a thread budget is a lever: the plan is tried (one without runs the module untried)
     budgeted = dataclasses.replace(gx.plan(g), thread_budget=1)
-    p = tune._source_step(budgeted, g, costs(1.0), (x,), margin=trials.GAIN)
+    p = tune._source_step(budgeted, g, costs(1.0), (x,), margin=gx.Policy().gain)
     assert (p.as_is is None) == kept, p.decisions
     if not kept:
         assert "disturbed measurement" in p.decisions[-1]
@@ -342,7 +344,8 @@ def test_the_module_as_it_is_is_tried_at_the_callers_threads_too(monkeypatch):
     g = gx.Graph("budgeted")
     g.output(g.node("n", costs(2.0, 2.0), g.input("x")))
     budgeted = dataclasses.replace(gx.plan(g), thread_budget=1)
-    p = tune._source_step(budgeted, g, costs(3.0, 1.0), (torch.ones(2),), tune.SOURCE_MARGIN)
+    p = tune._source_step(budgeted, g, costs(3.0, 1.0), (torch.ones(2),),
+                          gx.Policy().source_margin)  # fmt: skip
     assert p.as_is is not None and p.thread_budget is None, p.decisions
     assert "the module ran best at the caller's threads" in p.decisions[-1]
 
@@ -361,7 +364,7 @@ def test_an_exported_graphs_module_is_tried_at_one_thread_when_the_node_times_al
     g.output(g.node("n", costs(2.0, 2.0), g.input("x")))
     g.imported_by = "torch.export: torch.fx could not trace it (a test)"
     p = tune._source_step(gx.plan(g), g, costs(1.0, 3.0), (torch.ones(2),),
-                          tune.SOURCE_MARGIN, try_one=try_one)  # fmt: skip
+                          gx.Policy().source_margin, try_one=try_one)  # fmt: skip
     assert p.as_is is not None, p.decisions
     assert (p.thread_budget == 1) == try_one, p.decisions
     if try_one:
@@ -414,7 +417,7 @@ def test_a_plan_with_no_lever_runs_its_module_untried(monkeypatch):
     g = gx.Graph("unlevered")
     g.output(g.node("n", counted, g.input("x")))
     measured = dataclasses.replace(gx.plan(g), call_seconds=0.25)  # as the shape trial says
-    p = tune._source_step(measured, g, lambda x: x + 1, (torch.ones(2),), tune.SOURCE_MARGIN)
+    p = tune._source_step(measured, g, lambda x: x + 1, (torch.ones(2),), gx.Policy().source_margin)
     assert p.as_is is not None and p.thread_budget is None
     assert calls["plan"] == 1, "the plan ran once, to compare outputs, and was not timed"
     assert "not tried against it" in p.decisions[-1] and "x " not in p.decisions[-1]
@@ -422,11 +425,11 @@ def test_a_plan_with_no_lever_runs_its_module_untried(monkeypatch):
 
 
 def test_slow_planning_says_what_it_measures(monkeypatch, caplog):
-    """Past `SLOW_PLANNING` seconds each step names the graph and what it measures, on the
-    ``graphexec`` logger (so it can be silenced)."""
-    monkeypatch.setattr(tune, "SLOW_PLANNING", 0.0)
+    """Past the policy's ``slow_planning`` seconds each step names the graph and what it
+    measures, on the ``graphexec`` logger (so it can be silenced)."""
     with caplog.at_level(logging.WARNING, logger="graphexec"):
-        gx.plan(_small_branches(2), example_inputs=(torch.randn(4, 16),), hfuse=False)
+        gx.plan(_small_branches(2), example_inputs=(torch.randn(4, 16),), hfuse=False,
+                policy=gx.Policy(slow_planning=0.0))  # fmt: skip
     lines = [r.getMessage() for r in caplog.records if r.name == "graphexec"]
     assert lines[0].startswith("graphexec: planning graph 'small'")
     assert "measuring each node at" in lines[0]

@@ -49,6 +49,7 @@ import torch.utils._pytree as pytree
 
 from ..graph import Graph, state_tensors
 from ..plans import Plan
+from ..policy import DEFAULT
 from ..profile import TaskEvent
 from .base import Executor, IdCache
 from .capture import (
@@ -75,12 +76,7 @@ __all__ = [
     "auto_choice",
     "capture_key",
     "INPUTS",
-    "INLINE_BELOW",
 ]
-
-#: Plans made for this executor inline only tasks estimated below this (merge ops): a stream
-#: hand-off costs an event record and wait (a few µs of host time), not a thread hand-off.
-INLINE_BELOW = 2e-6
 
 
 class CudaUnavailableError(RuntimeError):
@@ -271,7 +267,10 @@ class CudaStreamExecutor(Executor):
 
     name = "cuda"
     #: Plans made for this executor (``run(graph)``, `GraphModule`) use these settings.
-    plan_defaults: Mapping[str, Any] = MappingProxyType({"inline_below": INLINE_BELOW})
+    #: Plans made for this executor inline only tasks estimated below the policy's
+    #: ``gpu_inline_below`` (merge ops): a stream hand-off costs an event record and wait (a
+    #: few µs of host time), not a thread hand-off.
+    plan_defaults: Mapping[str, Any] = MappingProxyType({"inline_below": DEFAULT.gpu_inline_below})
 
     def __init__(
         self,
