@@ -23,6 +23,7 @@ import torch
 
 from .errors import ArityError, NodeError, none_error
 from .graph import Graph, Node, Ref
+from .policy import DEFAULT
 
 __all__ = [
     "bind_inputs",
@@ -120,7 +121,10 @@ def check_input(graph: Graph, name: str, value: Any) -> None:
 
 
 def bind_inputs(graph: Graph, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """Map positional and keyword arguments to graph inputs, or raise `ArityError`."""
+    """Map positional and keyword arguments to graph inputs, or raise `ArityError`. The
+    module's own call of a traced graph is taken too: arguments the trace fixed, given with
+    their fixed values, are dropped (`Graph.graph_call`)."""
+    args, kwargs = graph.graph_call(tuple(args), kwargs)
     names = graph.inputs
     if len(args) > len(names):
         raise ArityError(
@@ -204,14 +208,14 @@ def time_nodes_beside(
     example_inputs: Sequence[Any],
     repeats: int,
     elsewhere: Callable[[Callable[[], Any]], Any],
-    drop: float = 3.0,
+    drop: float = DEFAULT.drop,
 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Seconds of each node here and through ``elsewhere`` (which runs a function on another
     thread, e.g. a pool thread at 1 intra-op thread), interleaved run by run so both see the
     same moments of the machine's load; one warm-up run each first.
 
-    When the runs here take over ``drop`` times those elsewhere twice in a row (torch's
-    threads collapsing under load), they stop: the samples so far say enough.
+    When the runs here take over ``drop`` (the policy's) times those elsewhere twice in a row
+    (torch's threads collapsing under load), they stop: the samples so far say enough.
 
     Returns ``(here, there)``: node name -> up to ``repeats`` samples each (one at least).
     """

@@ -155,6 +155,8 @@ def test_a_graph_traced_with_a_none_takes_the_modules_own_call(route, local_exec
         p = gx.plan(g)
         for args, kwargs in calls:
             torch.testing.assert_close(local_executor.run(p, *args, **kwargs), expected)
+        measured = gx.plan(g, example_inputs=(features, None, ids))  # planned on it, too
+        torch.testing.assert_close(local_executor.run(measured, features, None, ids), expected)
         gm = gx.GraphModule(g, executor=local_executor, example_inputs=(features, None, ids))
         for args, kwargs in calls:
             torch.testing.assert_close(gm(*args, **kwargs), expected)
