@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._version import __version__ as __version__  # gx.__version__
 from .cache import CacheWarning
 from .drift import Watch
 from .dynamo import PlanFallbackWarning, compile_backend
@@ -60,8 +61,6 @@ Plan.draw = draw_plan
 Plan.to_dot = plan_to_dot
 Timeline.gantt = gantt
 Timeline.to_chrome = to_chrome
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Graph", "Node", "Ref",

@@ -92,7 +92,7 @@ def describe(
 
 
 def _version() -> str:
-    from . import __version__  # the package's, once it is imported
+    from ._version import __version__  # from below: the package face imports this module
 
     return __version__
 
