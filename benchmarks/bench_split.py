@@ -45,6 +45,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` and `graphex
 
 import graphexec as gx
 from benchmarks import workloads, zoo
+from graphexec.decisions import SPLIT, last
 from graphexec.executors.base import BudgetLanes, enter_lane, process_default
 
 #: (zoo model, batch): the issue's measurements were at batch 2 and 8
@@ -133,7 +134,7 @@ def bench(name: str, model: Any, graph: gx.Graph, inputs: tuple, dask_ex: Any, r
           lanes: BudgetLanes, pool: Any, threads: gx.ThreadExecutor) -> dict[str, Any]:  # fmt: skip
     t0 = time.perf_counter()
     auto = gx.plan(graph, inputs, data_parallel="auto")
-    said = next(d for d in auto.decisions if d.startswith("data parallel:"))
+    said = str(last(auto.decisions, SPLIT))
     try:
         forced = gx.plan(graph, inputs, data_parallel=SHARDS)
     except gx.SplitError as exc:  # a batch-dependent model: refused, nothing to time split

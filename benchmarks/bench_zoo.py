@@ -266,7 +266,7 @@ def decision_key(plan: gx.Plan) -> str:
     overlapped or inline, horizontal fusion groups, compiled tasks, and a thread budget where
     the plan has one."""
     parts = ["as is" if plan.as_is is not None else "plan",
-             "overlap" if plan.parallel else "inline"]  # fmt: skip
+             "overlap" if plan.parallel else "one by one"]  # fmt: skip
     fused = sum(n.name.startswith("hfuse:") for n in plan.graph)
     if fused:
         parts.append(f"{fused} fused groups")

@@ -104,9 +104,9 @@ def bench_model(key: str, threads: int, reps: int, sweep: tuple[int, ...] = (1,)
             t = time.perf_counter()
             gm(*gin)
             row["planning_s"] = time.perf_counter() - t
-            fused = [f for f in gm.plan.fusion if not f.startswith("not fused")]
-            row["decisions"] = [*fused, *gm.plan.decisions]
-            row["serial_reason"] = gm.plan.serial_reason
+            fused = [str(f) for f in gm.plan.fusion if f.choice != "not fused"]
+            row["decisions"] = [*fused, *map(str, gm.plan.decisions)]
+            row["one_by_one"] = gm.plan.one_by_one_why
             row["width"] = gm.plan.max_width
             calls["gx default"] = lambda: gm(*gin)
         except Exception as exc:
@@ -115,7 +115,7 @@ def bench_model(key: str, threads: int, reps: int, sweep: tuple[int, ...] = (1,)
             untried = gx.plan(zm.graph, gin, check=False)
             ex = gx.ThreadExecutor()
             row["untried"] = f"{untried.max_width} wide, {len(untried.tasks)} tasks" + (
-                f"; runs inline: {untried.serial_reason}" if untried.serial_reason else ""
+                f"; one by one: {untried.one_by_one_why}" if untried.one_by_one_why else ""
             )
             calls["gx overlap, untried"] = lambda: ex.run(untried, *gin)
         except Exception as exc:
@@ -177,9 +177,9 @@ def render(rows: list[dict[str, Any]], threads: int, reps: int) -> str:
     out += ["", "## What the default plans decided", ""]
     for r in rows:
         said = [f"plan {r['width']} wide" if "width" in r else "no plan"]
-        if r.get("serial_reason"):
-            said.append(f"runs inline: {r['serial_reason']}")
-        said += [d for d in r.get("decisions", []) if d != r.get("serial_reason")]
+        if r.get("one_by_one"):
+            said.append(f"one by one: {r['one_by_one']}")
+        said += list(r.get("decisions", []))
         if "untried" in r:
             said.append(f"untried overlap plan: {r['untried']}")
         said += [f"**{k} failed**: {v}" for k, v in r["errors"].items()]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import graphexec as gx
+from graphexec.decisions import CACHE, CHECK
 from graphexec.dynamo import Backend
 
 from . import suite, zoo
@@ -25,7 +26,8 @@ SHORT = {"gx default, hfuse off": "hfuse off", "gx tasks onnxruntime": "gx tasks
 #: The default modules compared with both eager columns (`_eager_table`).
 DEFAULTS = ("gx default", "gx example_inputs")
 #: Lines of ``print(plan)`` that say what the planner decided (inline, overlap, fusion).
-_DECISION_PREFIXES = ("work ", "runs inline", "horizontal fusion", "not run")
+_DECISION_PREFIXES = ("work ", "decision: one by one", "decision: runs the traced module",
+                      "horizontal fusion", "not run")  # fmt: skip
 
 
 @dataclass
@@ -120,10 +122,10 @@ def _trace_table(rows: list[Row]) -> list[str]:
         inline = sum(t.inline for t in p.tasks.values())
         if p.parallel:
             sched = "overlaps branches"
-        elif p.serial_reason:
-            sched = "inline: overlap measured slower"
+        elif p.one_by_one_why:
+            sched = "one by one: overlap measured slower"
         else:
-            sched = "inline: nothing to overlap"
+            sched = "one by one: nothing to overlap"
         plan_s = "–" if row.plan_s is None else f"{row.plan_s:.2f}"
         lines.append(
             head + f"{zm.trace_s:.2f} | {nodes} | {len(p.tasks)} ({inline}) | {len(p.levels)} | "
@@ -171,7 +173,8 @@ def _dynamo_state(graph: Any) -> str:
         )
     if graph.handed_back:
         return f"graph {graph.name} ({size}): handed back to Dynamo: {graph.handed_back}"
-    kept = [d for d in graph.plan.decisions if "kept" in d] if graph.plan else []
+    kept = ([d for d in graph.plan.decisions if d.step not in (CHECK, CACHE)]
+            if graph.plan else [])  # fmt: skip
     return f"graph {graph.name} ({size}): run by graphexec" + "".join(f"; {d}" for d in kept)
 
 

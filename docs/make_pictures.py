@@ -184,7 +184,7 @@ def two_towers(repeats: int) -> dict[str, str]:
     else:
         plan_words = (
             "The measured plan runs the towers one after another, as its measurements chose "
-            f'({plan.serial_reason}); the row "{REJECTED}" is not what graphexec runs: it is '
+            f'({plan.one_by_one_why}); the row "{REJECTED}" is not what graphexec runs: it is '
             "the plan made from estimated costs (`gx.plan(graph)`), which overlaps the towers, "
             "drawn to show what the measured plan avoided."
         )

@@ -33,6 +33,8 @@ from typing import Any
 import torch
 
 from . import trials
+from .decisions import BUDGET, CHECK, RECHECK, Candidate, Decision
+from .decisions import OVERLAP as OVERLAP_STEP
 from .executors.sequential import SequentialExecutor
 from .executors.threads import ThreadExecutor
 from .plans import Plan
@@ -44,7 +46,6 @@ __all__ = ["Shape", "concurrency_pays", "one_thread_may_pay", "recheck", "shape_
 ONE_BY_ONE, AT_ONE, OVERLAP, OVERLAP_AT_ONE = (
     "one by one", "one by one at 1", "overlapped", "overlapped at 1",
 )  # fmt: skip
-_TRYING = "(being tried)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,10 +77,10 @@ def threads_words(n: int | None = None) -> str:
 def shapes(p: Plan, costs_1: Mapping[str, float] | None = None) -> list[Shape]:
     """The shapes ``p`` can run in, simplest first (estimated when ``costs_1`` is given)."""
     n = torch.get_num_threads()
-    inline = dataclasses.replace(p, serial_reason=p.serial_reason or _TRYING, thread_budget=None)
+    inline = dataclasses.replace(p, one_by_one=True, thread_budget=None)
     found = [Shape(ONE_BY_ONE, f"one by one on the calling thread ({threads_words(n)})", inline)]
     can_overlap = p.max_width > 1 and p.as_is is None and p.compiled is None
-    overlap = dataclasses.replace(p, serial_reason=None, thread_budget=None)
+    overlap = dataclasses.replace(p, one_by_one=False, thread_budget=None)
     if n > 1:
         found.append(Shape(AT_ONE, "one by one at 1 intra-op thread",
                            dataclasses.replace(inline, thread_budget=1)))  # fmt: skip
@@ -229,19 +230,31 @@ def shape_step(
 
 def _written(p: Plan, found: Sequence[Shape], pick: Shape, outcome: trials.Outcome | None,
              tried: Sequence[Shape], gain: float) -> Plan:  # fmt: skip
-    """The picked shape with its measured words: the thread budget line, and the overlap
-    line (``decisions``) or why not (``serial_reason``)."""
-    lines = ([_budget_line(found, pick, outcome, tried, gain)]
-             if torch.get_num_threads() > 1 else [])  # fmt: skip
-    reason = None
-    if p.max_width > 1 and not pick.overlaps:
-        reason = _overlap_words(found, pick, outcome, tried, False, gain)
-    elif pick.overlaps:
-        lines.append("overlap kept: " + _overlap_words(found, pick, outcome, tried, True, gain))
+    """The picked shape with its records: the thread budget, and overlap (kept, or one by
+    one and why) where tasks could overlap."""
+    weighed = _weighed(found, outcome)
+    records = []
+    if torch.get_num_threads() > 1:
+        records.append(Decision(
+            BUDGET, "1 thread" if pick.plan.thread_budget == 1 else "caller's threads",
+            _budget_line(found, pick, outcome, tried, gain), weighed, gain, outcome is not None))
+    if p.max_width > 1:
+        words = _overlap_words(found, pick, outcome, tried, pick.overlaps, gain)
+        records.append(Decision(
+            OVERLAP_STEP, "overlapped" if pick.overlaps else "one by one",
+            f"overlap kept: {words}" if pick.overlaps else f"one by one: {words}", weighed, gain,
+            outcome is not None and any(s.overlaps for s in tried), {"why": words}))
     # the trial's seconds, else the node times measured one by one (the pick was not tried)
     seconds = outcome.seconds_of(pick.name) if outcome is not None else pick.estimate
-    return dataclasses.replace(pick.plan, serial_reason=reason, call_seconds=seconds,
-                               decisions=(*p.decisions, *lines))  # fmt: skip
+    return dataclasses.replace(pick.plan, one_by_one=p.max_width > 1 and not pick.overlaps,
+                               call_seconds=seconds, decisions=(*p.decisions, *records))
+
+
+def _weighed(found: Sequence[Shape], outcome: trials.Outcome | None) -> tuple[Candidate, ...]:
+    """Every shape: its seconds in the trial where it ran, else its estimate (so marked)."""
+    ran = outcome.seconds if outcome is not None else {}
+    return tuple(Candidate(s.name, ran[s.name]) if s.name in ran
+                 else Candidate(s.name, s.estimate, estimated=True) for s in found)  # fmt: skip
 
 
 def _budget_line(found: Sequence[Shape], pick: Shape, outcome: trials.Outcome | None,
@@ -322,18 +335,20 @@ def _estimated_no(found: Sequence[Shape], gain: float) -> str:
 
 
 def _disagreement(p: Plan, outcome: trials.Outcome, disagree: float = DEFAULT.disagree
-                  ) -> list[str]:  # fmt: skip
+                  ) -> list[Decision]:  # fmt: skip
     """Node costs and the trial's run of the same plan, measured moments apart, that
     disagree beyond ``disagree`` (the policy's): said, so nobody reads one as the other."""
     run, nodes = outcome.seconds_of(ONE_BY_ONE), p.work
     far = max(run, nodes) / max(min(run, nodes), 1e-9)
     if far < disagree or max(run, nodes) < 1e-3:
         return []
-    return [
+    return [Decision(
+        CHECK, None,
         f"check: the node costs above add up to {format_seconds(nodes)}, one run of the plan "
         f"one by one took {format_seconds(run)} (both measured, moments apart, {far:.1f}x "
-        "apart): the load changed while planning; the decisions rest on the side-by-side trials"
-    ]
+        "apart): the load changed while planning; the decisions rest on the side-by-side trials",
+        (Candidate("node costs", nodes, estimated=True), Candidate(ONE_BY_ONE, run)),
+    )]  # fmt: skip
 
 
 def _paused(pause: float) -> str:
@@ -372,10 +387,10 @@ def recheck(p: Plan, inputs: Sequence[Any], why: str, calls: int, pause: float =
         f"{pick.words}: it ran {_ran(outcome.ratios[pick.name] / outcome.ratios[now], was.words)}"
         f" (measured side by side{_paused(pause)})"
     )
-    reason = p.serial_reason
-    if reason is None and p.max_width > 1:
-        reason = f"overlap lost at the re-check of call {calls} (measured side by side)"
+    record = Decision(RECHECK, pick.name, line, _weighed(found, outcome), policy.gain,
+                      detail={"call": calls, "from": now,
+                              "overlap_lost": was.overlaps and not pick.overlaps})  # fmt: skip
     return dataclasses.replace(
-        pick.plan, serial_reason=reason if not pick.overlaps else None, call_seconds=seconds,
-        decisions=(*p.decisions, line),
+        pick.plan, one_by_one=p.max_width > 1 and not pick.overlaps, call_seconds=seconds,
+        decisions=(*p.decisions, record),
     ), True  # fmt: skip

@@ -53,6 +53,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .decisions import MODULE, OVERLAP, last
 from .executors import make_executor
 from .executors.base import Executor
 from .fx_import import trace as fx_trace
@@ -361,8 +362,8 @@ def _why(plan: Plan, faster: bool, lanes: str, loads: tuple[float, float] | None
     compiled = "; compiled tasks kept" if plan.compiled else ""
     if plan.parallel:
         ran = f"the plan ran {plan.max_width} branches at once" + (f" on {lanes}" if lanes else "")
-        trial = next((d.removeprefix("overlap kept: ") for d in plan.decisions
-                      if d.startswith("overlap kept")), "overlap was kept")  # fmt: skip
+        kept = last(plan.decisions, OVERLAP)
+        trial = kept.detail["why"] if kept is not None else "overlap was kept"
         if faster:
             return f"{ran} (its trial: {trial}){compiled}"
         seen = ""
@@ -370,14 +371,14 @@ def _why(plan: Plan, faster: bool, lanes: str, loads: tuple[float, float] | None
             seen = f" (load average {loads[0]:.1f} while planning, {loads[1]:.1f} while timing)"
         return f"{ran}, which its trial found faster ({trial}), but these rounds did not{seen}"
     if plan.as_is is not None:
-        said = next((d for d in plan.decisions if d.startswith("runs the traced")), None)
-        why = plan.serial_reason or "no plan beat it (measured)"
+        said = last(plan.decisions, MODULE)
+        why = plan.one_by_one_why or "no plan beat it (measured)"
         return f"graphexec {said}" if said else f"graphexec runs the traced module as it is: {why}"
-    if plan.serial_reason:
+    if plan.one_by_one_why:
         verb = "so graphexec runs them one after another" + (
             ", with every core for each task, as eager does" if not faster else ""
         )
-        return f"branches could overlap, but {plan.serial_reason}; {verb}{compiled}"
+        return f"branches could overlap, but {plan.one_by_one_why}; {verb}{compiled}"
     return f"no two tasks can run at once, so the plan runs them one after another{compiled}"
 
 

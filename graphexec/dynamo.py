@@ -60,6 +60,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from .decisions import MODULE, last
 from .executors import CudaStreamExecutor, Executor, SequentialExecutor, make_executor
 from .fx_import import trace
 from .graph import Graph
@@ -241,7 +242,7 @@ def _why_as_is(p: Plan, graph: Graph, executor: Executor) -> str | None:
     if p.thread_budget is not None and executor.honours_budget:
         return None
     if p.as_is is not None:
-        return next(d for d in p.decisions if d.startswith("runs the traced module"))
+        return str(last(p.decisions, MODULE))
     overlaps = p.parallel and not isinstance(executor, SequentialExecutor)
     if not overlaps and p.compiled is None and p.graph is graph:
         return (

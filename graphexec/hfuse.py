@@ -33,13 +33,14 @@ costs by default (``hfuse="auto"``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import networkx as nx
 import torch
 import torch.nn as nn
 
+from .decisions import FUSION, Candidate, Decision
 from .graph import Graph, Node, Ref
 from .hgroup import HorizontalGroup, member, restack
 from .interpret import program_values
@@ -49,6 +50,7 @@ from .units import format_seconds
 
 __all__ = [
     "HorizontalGroup",
+    "describe_group",
     "has_candidates",
     "horizontal_fuse",
     "member",
@@ -116,7 +118,7 @@ def horizontal_fuse(
     example_inputs: Sequence[Any] | None = None,
     min_group: int = 2,
     costs: dict[str, float] | None = None,
-    notes: list[str] | None = None,
+    notes: list[Decision] | None = None,
     member_below: float = DEFAULT.fuse_member_below,
 ) -> Graph:
     """Return a new graph where groups of identical same-level modules run as one call.
@@ -135,7 +137,7 @@ def horizontal_fuse(
         Node name -> seconds (e.g. ``plan.node_costs``). When given, a group is fused only if
         `should_fuse` says so, by ``member_below``.
     notes : list, optional
-        Filled with one line per group found: fused or not, and why.
+        Filled with one record per group found (`describe_group`): fused or not, and why.
 
     Returns
     -------
@@ -190,7 +192,7 @@ def _find_groups(
     shapes: dict[Ref, Any] | None,
     min_group: int,
     costs: dict[str, float] | None,
-    notes: list[str] | None,
+    notes: list[Decision] | None,
     member_below: float,
 ) -> list[list[str]]:
     groups: list[list[str]] = []
@@ -216,22 +218,34 @@ def _find_groups(
                 continue
             fuse = costs is None or should_fuse([costs[m] for m in members], member_below)
             if notes is not None:
-                notes.append(_describe(graph, members, costs, fuse, member_below))
+                notes.append(describe_group(graph, members, costs, fuse, member_below))
             if fuse:
                 groups.append(members)
     return groups
 
 
-def _describe(graph: Graph, members: list[str], costs: dict[str, float] | None, fuse: bool,
-              member_below: float) -> str:  # fmt: skip
+def describe_group(graph: Graph, members: Sequence[str], costs: Mapping[str, float] | None,
+                   fuse: bool, member_below: float = DEFAULT.fuse_member_below,
+                   dropped: bool = False) -> Decision:  # fmt: skip
+    """The record of one group found: fused or not (``fuse``), by the size rule or, without
+    ``costs``, because its members are identical modules on the same inputs; ``dropped``: the
+    rule said fuse, and a trial of the fused plan did not keep it. Its candidates are the
+    members, with their measured seconds."""
     what = f"{len(members)} x {type(graph.nodes[members[0]].fn).__name__} ({members[0]}, ...)"
+    found = tuple(Candidate(m, None if costs is None else costs[m]) for m in members)
     if costs is None:
-        return f"fused {what}: identical modules on the same inputs"
-    mean_cost = format_seconds(sum(costs[m] for m in members) / len(members))
-    limit = format_seconds(member_below)
-    if fuse:
-        return f"fused {what}: {mean_cost} per member < {limit}, overhead-bound"
-    return f"not fused {what}: {mean_cost} per member >= {limit}, not overhead-bound"
+        why = "identical modules on the same inputs"
+    elif fuse:
+        mean_cost = format_seconds(sum(costs[m] for m in members) / len(members))
+        why = f"{mean_cost} per member < {format_seconds(member_below)}, overhead-bound"
+    else:
+        mean_cost = format_seconds(sum(costs[m] for m in members) / len(members))
+        why = f"{mean_cost} per member >= {format_seconds(member_below)}, not overhead-bound"
+    fused = fuse and not dropped
+    return Decision(FUSION, "fused" if fused else "not fused",
+                    f"{'fused' if fused else 'not fused'} {what}: {why}", found,
+                    measured=costs is not None,
+                    detail={"members": list(members), "rule": fuse})  # fmt: skip
 
 
 def has_candidates(graph: Graph, min_group: int = 2) -> bool:

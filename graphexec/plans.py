@@ -3,7 +3,8 @@ r"""What the planner makes: a `Plan` of `Task`\ s, plain frozen data that prints
 A plan holds names only (plus the graph it runs); executors look callables up in
 ``plan.graph``. `graphexec.planner.arrange` builds plans from a graph and its costs;
 `graphexec.plan` (in `graphexec.tune`) also measures costs and records its measured decisions
-(``serial_reason``, ``fusion``, ``compiled``, ``split``) here, so ``print(plan)`` says why.
+here (``decisions`` and ``fusion``, records of `graphexec.decisions`; ``one_by_one``,
+``thread_budget``, ``compiled``, ``as_is``, ``split``), so ``print(plan)`` says why.
 Pictures of a plan are drawn by `graphexec.viz` (``plan.draw()`` is wired there).
 """
 
@@ -14,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .decisions import MODULE, OVERLAP, RECHECK, STEPS, Decision, last
 from .graph import Graph
 from .units import format_seconds
 
@@ -118,17 +120,19 @@ class Plan:
     dead: tuple[str, ...]
     inline_below: float
     task_of: Mapping[str, str] = field(repr=False)
-    #: Why the plan runs inline although levels have several tasks (measured: overlap loses).
-    serial_reason: str | None = None
+    #: Run the tasks one by one on the calling thread although levels have several (measured:
+    #: overlap loses, or the module runs as it is); the decision that chose it says why.
+    one_by_one: bool = False
     #: Task name -> compiled callable (``backend=`` of `plan`); None runs every task eagerly.
     compiled: Mapping[str, Callable[[Mapping[str, Any]], dict[str, Any]]] | None = field(
         default=None, repr=False
     )
-    #: Horizontal fusion: one line per group of identical modules found, fused or not and why.
-    fusion: tuple[str, ...] = ()
-    #: The measured end-to-end decisions (`graphexec.tune`), one line each: what was tried
-    #: against what, the measured ratio, and whether it was kept.
-    decisions: tuple[str, ...] = ()
+    #: Horizontal fusion: a record per group of identical modules found, fused or not and why,
+    #: and one for the trial of the fused plan (`graphexec.decisions.Decision`).
+    fusion: tuple[Decision, ...] = ()
+    #: The measured end-to-end decisions (`graphexec.tune`), a record each: what was tried
+    #: against what, the measured seconds, the margin, what was kept; each prints as a line.
+    decisions: tuple[Decision, ...] = ()
     #: Set when no plan beat the module the graph was traced from (``graph.source``): local
     #: executors then call it, as it is, instead of running the tasks.
     as_is: Callable[..., Any] | None = field(default=None, repr=False)
@@ -162,8 +166,40 @@ class Plan:
     @property
     def parallel(self) -> bool:
         """False when no two dispatchable tasks can ever run at once, or when measurements
-        say overlapping them loses to running them one by one with every core: run inline."""
-        return self.serial_reason is None and self.max_width > 1
+        say overlapping them loses to running them one by one with every core."""
+        return not self.one_by_one and self.max_width > 1
+
+    @property
+    def one_by_one_why(self) -> str | None:
+        """Why the plan runs its tasks one by one although some could overlap: the words of
+        the decision that chose it (running the module as it is, or overlap that lost)."""
+        if not self.one_by_one:
+            return None
+        for d in reversed(self.decisions):
+            if ((d.step == MODULE and self.as_is is not None) or d.step == OVERLAP
+                    or (d.step == RECHECK and d.detail.get("overlap_lost"))):  # fmt: skip
+                return str(d.detail.get("why", d.text))
+        return None
+
+    def decision(self, step: str) -> Decision | None:
+        """The last decision of ``step`` (a name of `graphexec.decisions.STEPS`: ``"thread
+        budget"``, ``"overlap"``, ``"module as it is"``, ``"data parallel"``, ...), or None
+        when the plan made none; its fields say what was chosen and measured, ``str()`` the
+        sentence ``print(plan)`` shows.
+
+        Raises
+        ------
+        ValueError
+            If ``step`` names no step.
+        """
+        if step not in STEPS:
+            raise ValueError(f"Plan.decision: unknown step {step!r} (steps: {', '.join(STEPS)})")
+        return last((*self.fusion, *self.decisions), step)
+
+    @property
+    def serial_reason(self) -> str | None:
+        """`one_by_one_why` under its name before 0.2."""
+        return self.one_by_one_why
 
     def __repr__(self) -> str:
         return (
@@ -194,12 +230,12 @@ class Plan:
                 f"{line}; runs the module it was traced from as it is (the levels above are "
                 "the best plan; the decision below says why)"
             )
-        if self.serial_reason:
+        if self.one_by_one and self.max_width > 1:
             return (
-                f"{line}; runs inline, one task after another, as measurements chose "
-                f"(amdahl bound {self.amdahl:.2f}x not used)"
+                f"{line}; runs one by one, one task after another on the calling thread, as "
+                f"measurements chose (amdahl bound {self.amdahl:.2f}x not used)"
             )
-        return f"{line}; runs inline, one task after another (no two tasks can overlap)"
+        return f"{line}; runs one by one, one task after another (no two tasks can overlap)"
 
     def __str__(self) -> str:
         rows = [
@@ -242,8 +278,6 @@ class Plan:
                 f"inline: {_count(inline, 'task')} under {format_seconds(self.inline_below)} "
                 "(marked ~) run on the calling thread, never dispatched"
             )
-        if self.serial_reason:
-            rows.append(f"runs inline: {self.serial_reason}")
         if self.thread_budget is not None:
             rows.append(
                 f"thread budget: runs at {self.thread_budget} intra-op "

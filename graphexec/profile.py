@@ -95,14 +95,14 @@ class Timeline:
 
     def one_lane_reason(self) -> str | None:
         """Why the tasks ran one after another, in a few words; None if they ran on several
-        lanes. (The plan's full reason, if it chose so, is ``plan.serial_reason``.)"""
+        lanes. (The plan's full reason, if it chose so, is ``plan.one_by_one_why``.)"""
         if len(self.lanes) > 1:
             return None
         if self.executor == "sequential":
             return "the sequential executor runs one task at a time"
         if self.plan.as_is is not None:  # "inline" is kept for tasks too cheap to dispatch
             return "the plan runs the traced module as it is"
-        if self.plan.serial_reason:
+        if self.plan.one_by_one_why:
             return "the plan chose one after another (measured)"
         if self.plan.max_width <= 1:
             return "no two tasks could run at once"
@@ -151,9 +151,8 @@ class Timeline:
         why = self.one_lane_reason()
         if why is not None:
             rows = [f"  one lane        tasks ran one after another: {why}"]
-            if self.plan.serial_reason and self.executor != "sequential":
-                said = self.plan.serial_reason.removeprefix("runs the traced module as it is: ")
-                rows.append(f"                  ({said})")  # the why, said once
+            if self.plan.one_by_one_why and self.executor != "sequential":
+                rows.append(f"                  ({self.plan.one_by_one_why})")  # said once
             return rows
         span, _ = self.measured_span()
         bound = self.busy / span if span > 0 else 1.0

@@ -41,6 +41,7 @@ import torch.utils._pytree as pytree
 
 from . import trials
 from .budget import lanes
+from .decisions import SPLIT, Decision, candidates
 from .errors import GraphError, NodeError
 from .executors.sequential import SequentialExecutor
 from .executors.shards import shard_inputs
@@ -335,7 +336,8 @@ def split_step(p: Plan, inputs: Sequence[Any], data_parallel: bool | int | str,
             raise ValueError(f"data_parallel={data_parallel} needs a batch of at least "
                              f"{data_parallel}; the example batch has {batch}")  # fmt: skip
         split = _checked(p.graph, inputs, Split(data_parallel, axes, ()))
-        line = f"data parallel: {data_parallel} shards, as asked (checked on the example inputs)"
+        line = Decision(SPLIT, "split", f"data parallel: {data_parallel} shards, as asked "
+                        "(checked on the example inputs)", measured=False)  # fmt: skip
         # the calls were measured whole: a split call is not what drift should compare with
         return dataclasses.replace(p, split=split, call_seconds=None,
                                    decisions=(*p.decisions, line))  # fmt: skip
@@ -366,8 +368,12 @@ def _checked(graph: Graph, inputs: Sequence[Any], split: Split) -> Split:
     return dataclasses.replace(split, outputs=check_split(graph, inputs, split))
 
 
-def _not(p: Plan, why: str) -> Plan:
-    return dataclasses.replace(p, decisions=(*p.decisions, f"data parallel: not split: {why}"))
+def _not(p: Plan, why: str, outcome: trials.Outcome | None = None,
+         gain: float | None = None) -> Plan:  # fmt: skip
+    line = Decision(SPLIT, "whole", f"data parallel: not split: {why}",
+                    candidates(outcome.seconds) if outcome is not None else (), gain,
+                    measured=outcome is not None)  # fmt: skip
+    return dataclasses.replace(p, decisions=(*p.decisions, line))
 
 
 def _trial(p: Plan, split: Plan, inputs: Sequence[Any], policy: Policy) -> Plan:
@@ -399,11 +405,13 @@ def _trial(p: Plan, split: Plan, inputs: Sequence[Any], policy: Policy) -> Plan:
     ran = speed_words(outcome.ratios["split"] / outcome.ratios[best], 1.0, words[best])
     aside = f"; {outcome.aside['split']}" if "split" in outcome.aside else ""
     if outcome.pick == "split":
-        line = f"data parallel: {k} shards kept: they ran {ran} (measured side by side){aside}"
+        line = Decision(SPLIT, "split", f"data parallel: {k} shards kept: they ran {ran} "
+                        f"(measured side by side){aside}", candidates(outcome.seconds),
+                        policy.gain)  # fmt: skip
         return dataclasses.replace(split, call_seconds=outcome.seconds_of("split"),
                                    decisions=(*p.decisions, line))  # fmt: skip
     return _not(p, f"{words['split']} ran {ran} (measured side by side); a split must save "
-                   f"{1 - policy.gain:.0%}{aside}")  # fmt: skip
+                   f"{1 - policy.gain:.0%}{aside}", outcome, policy.gain)  # fmt: skip
 
 
 ONE = "whole at 1"

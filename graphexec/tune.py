@@ -40,8 +40,9 @@ the one without it by ``gain`` (5%),
 measured side by side (`graphexec.trials`: shuffled rounds, the median of the per-round
 ratios, a change confirmed by a second trial, a difference inside the noise resolved to the
 simpler plan). A trial faster than the cores could make the same work is re-run, then set
-aside with what it measured. Each decision is written into the plan (``serial_reason``,
-``fusion``, ``decisions``, ``thread_budget``), so ``print(plan)`` says what was measured and
+aside with what it measured. Each decision is written into the plan as a record
+(`graphexec.decisions.Decision` in ``decisions`` and ``fusion``; ``one_by_one``,
+``thread_budget``, ``as_is``), so ``print(plan)`` says what was measured and
 why it was kept or dropped; ``call_seconds`` is what `graphexec.drift` later compares the
 calls with. Planning that takes over ``slow_planning`` seconds says what it measures on the
 ``graphexec`` logger.
@@ -64,12 +65,13 @@ import torch
 from . import cache, split, trials
 from .backends import compile_plan
 from .budget import concurrency_pays, lanes, one_thread_may_pay, recheck, shape_step, shapes
+from .decisions import CACHE, COMPILED, FUSION, MODULE, Candidate, Decision, candidates
 from .executors.base import BudgetLanes
 from .executors.sequential import SequentialExecutor
 from .executors.threads import ThreadExecutor
 from .gputime import time_nodes_cuda, uses_cuda
 from .graph import Graph, expect_graph
-from .hfuse import has_candidates, horizontal_fuse
+from .hfuse import describe_group, has_candidates, horizontal_fuse
 from .hgroup import HorizontalGroup
 from .interpret import (
     bind_inputs,
@@ -247,7 +249,7 @@ def _no_gc() -> Iterator[None]:
 
 def _estimated(graph: Graph, opts: _Options) -> Plan:
     """Without example inputs: costs from parameter counts, nothing tried."""
-    fusion: list[str] = []
+    fusion: list[Decision] = []
     if opts.hfuse is True:
         graph = _fuse_horizontally(graph, None, None, fusion, opts.policy)
     return dataclasses.replace(arrange(graph, **opts.arranging), fusion=tuple(fusion))
@@ -360,20 +362,20 @@ def _fusion_step(
     """Horizontal fusion, kept only when the fused plan runs faster than the plain one. Both
     run inline in the trial, where costs do not matter: the fused graph's nodes are timed only
     once it is kept."""
-    notes: list[str] = []
-    gain = opts.policy.gain
+    notes: list[Decision] = []
+    gain, below = opts.policy.gain, opts.policy.fuse_member_below
     fused_graph = _fuse_horizontally(p.graph, example_inputs, p.node_costs, notes, opts.policy)
     if fused_graph is p.graph:
         return dataclasses.replace(p, fusion=tuple(notes)), costs_1
     if opts.check and opts.hfuse is not True:
         calls = _fused_calls(p.graph, fused_graph, example_inputs, opts.policy.fused_call_rounds)
         if calls and min(calls) >= gain:  # no group gains on its own: skip the trial
-            notes = [n.replace("fused ", "not fused ", 1) if n.startswith("fused ") else n
-                     for n in notes]  # fmt: skip
-            line = (f"dropped: the fused calls took {_span(calls)} of their members' time one "
-                    "by one (measured call by call; the plan was not tried); fusion must save "
-                    f"{1 - gain:.0%}")  # fmt: skip
-            return dataclasses.replace(p, fusion=(*notes, line)), costs_1
+            line = Decision(
+                FUSION, "unfused",
+                f"dropped: the fused calls took {_span(calls)} of their members' time one "
+                "by one (measured call by call; the plan was not tried); fusion must save "
+                f"{1 - gain:.0%}", margin=gain, detail={"call_ratios": calls})  # fmt: skip
+            return dataclasses.replace(p, fusion=(*_dropped(p.graph, notes, below), line)), costs_1
         # at the thread count the node times favour: under load the caller's threads collapse
         # (a run 50x slower), which would cost the trial more than the whole rest of planning
         budget = 1 if sum(costs_1.values()) < sum(p.node_costs.values()) else None
@@ -382,19 +384,27 @@ def _fusion_step(
         raw = dataclasses.replace(raw, thread_budget=budget)
         with SequentialExecutor() as ex:  # closed: its budget's pool thread ends here
             args = tuple(example_inputs)
-            ratio, _ = trial_twice({"plain": lambda: ex.run(plain, *args),
-                                    "fused": lambda: ex.run(raw, *args)}, "fused",
-                                   policy=opts.policy)  # fmt: skip
+            ratio, base = trial_twice({"plain": lambda: ex.run(plain, *args),
+                                       "fused": lambda: ex.run(raw, *args)}, "fused",
+                                      policy=opts.policy)  # fmt: skip
+        weighed = (Candidate("unfused", base), Candidate("fused", base * ratio))
         if ratio >= gain:
-            notes = [n.replace("fused ", "not fused ", 1) if n.startswith("fused ") else n
-                     for n in notes]  # fmt: skip
-            line = (f"dropped: the fused plan ran {_ran(ratio, 'the unfused one')} (measured); "
-                    f"fusion must save {1 - gain:.0%}")  # fmt: skip
-            return dataclasses.replace(p, fusion=(*notes, line)), costs_1
-        notes.append(f"kept: the fused plan ran {_ran(ratio, 'the unfused one')} (measured)")
+            line = Decision(FUSION, "unfused",
+                            f"dropped: the fused plan ran {_ran(ratio, 'the unfused one')} "
+                            f"(measured); fusion must save {1 - gain:.0%}", weighed, gain)
+            return dataclasses.replace(p, fusion=(*_dropped(p.graph, notes, below), line)), costs_1
+        notes.append(Decision(FUSION, "fused", f"kept: the fused plan ran "
+                              f"{_ran(ratio, 'the unfused one')} (measured)", weighed, gain))
     costs, fused_1 = _node_costs(fused_graph, example_inputs, opts.repeats, opts.policy)
     fused = arrange(fused_graph, costs, warn_dead=False, **opts.arranging)
     return dataclasses.replace(fused, fusion=tuple(notes)), fused_1
+
+
+def _dropped(graph: Graph, notes: Sequence[Decision], below: float) -> list[Decision]:
+    """The groups' records once a trial dropped fusion: none of them is fused."""
+    return [describe_group(graph, n.detail["members"], {c.name: c.seconds for c in n.candidates},
+                           True, below, dropped=True) if n.choice == "fused" and n.measured
+            else n for n in notes]  # fmt: skip
 
 
 def _fused_calls(graph: Graph, fused: Graph, example_inputs: Sequence[Any], n_rounds: int
@@ -453,22 +463,25 @@ def _compile_step(
             f"{t} ({why})" for t, why in compiled.fallbacks.items()
         )
     if not compiled.tasks:
-        return dataclasses.replace(p, decisions=(*p.decisions, said + "; nothing to run compiled"))
+        line = Decision(COMPILED, "eager", said + "; nothing to run compiled", measured=False)
+        return dataclasses.replace(p, decisions=(*p.decisions, line))
     candidate = dataclasses.replace(p, compiled=compiled)
     if not check:
-        return dataclasses.replace(candidate, decisions=(*p.decisions, said + "; not tried"))
+        line = Decision(COMPILED, "compiled", said + "; not tried", measured=False)
+        return dataclasses.replace(candidate, decisions=(*p.decisions, line))
     runner = ThreadExecutor() if candidate.parallel else SequentialExecutor()
     with runner:
-        ratio, _ = trial_twice({"as is": _inline_run(as_is, example_inputs),
+        ratio, base = trial_twice({"as is": _inline_run(as_is, example_inputs),
                                 "compiled": lambda: runner.run(candidate, *example_inputs)},
                                "compiled", policy=policy)  # fmt: skip
+    weighed = (Candidate("eager", base), Candidate("compiled", base * ratio))
     if ratio < policy.gain:
-        return dataclasses.replace(
-            candidate,
-            decisions=(*p.decisions, f"{said}; kept: ran {_ran(ratio, 'eager tasks')}"),
-        )
-    line = (f"{said}; dropped: ran {_ran(ratio, 'the plan run eagerly as it is')} "
-            f"(measured), must save {1 - policy.gain:.0%}")  # fmt: skip
+        line = Decision(COMPILED, "compiled", f"{said}; kept: ran {_ran(ratio, 'eager tasks')}",
+                        weighed, policy.gain)  # fmt: skip
+        return dataclasses.replace(candidate, decisions=(*p.decisions, line))
+    line = Decision(COMPILED, "eager",
+                    f"{said}; dropped: ran {_ran(ratio, 'the plan run eagerly as it is')} "
+                    f"(measured), must save {1 - policy.gain:.0%}", weighed, policy.gain)
     return dataclasses.replace(p, decisions=(*p.decisions, line))
 
 
@@ -503,7 +516,7 @@ def _source_step(
     # thread took 1.30x of eager), and the reverse (on a busy machine exported BERT's aten
     # plan kept the caller's threads, and its module ran there 2.7x slower than at one)
     module = dataclasses.replace(p, as_is=source, compiled=None, thread_budget=None,
-                                 serial_reason=p.serial_reason or "(being tried)")  # fmt: skip
+                                 one_by_one=True)  # fmt: skip
     same_ops = p.compiled is None and p.graph is graph
     lever = p.parallel or p.thread_budget is not None or not same_ops
     modules = {"module": module}
@@ -521,6 +534,7 @@ def _source_step(
         untried = hopeless is not None or (not lever and not policy.try_unlevered)
         if untried and len(modules) == 1:
             return _unlevered(p, module, None, hopeless)
+        gain = margin if margin < 1 else 1 / margin if lever and not untried else policy.gain
         runs = {"plan": lambda: runner.run(p, *example_inputs),
                 **{k: functools.partial(inline.run, m, *example_inputs)
                    for k, m in modules.items()}}  # fmt: skip
@@ -529,8 +543,7 @@ def _source_step(
         elif margin < 1 or not lever:
             runs = {**{k: runs[k] for k in modules}, "plan": runs["plan"]}
         outcome = trials.decide(
-            runs, gain=margin if margin < 1 else 1 / margin if lever and not untried
-            else policy.gain,
+            runs, gain=gain,
             # the same ops at the same thread count cannot run faster than overlap allows
             floors={"plan": ("module" if p.thread_budget is None else _AT_BUDGET,
                              policy.floor / lanes())} if same_ops and "plan" in runs else None,
@@ -541,8 +554,8 @@ def _source_step(
             policy=policy,
         )  # fmt: skip
     if "plan" not in runs:
-        return _unlevered(p, modules[outcome.pick], outcome, hopeless)
-    return _source_written(p, modules, source, outcome)
+        return _unlevered(p, modules[outcome.pick], outcome, hopeless, gain)
+    return _source_written(p, modules, source, outcome, gain)
 
 
 def _cannot_beat(
@@ -582,32 +595,34 @@ def _exported(graph: Graph) -> bool:
     return (graph.imported_by or "").startswith("torch.export")
 
 
-def _unlevered(p: Plan, chosen: Plan, outcome: trials.Outcome | None, why: str | None = None
-               ) -> Plan:  # fmt: skip
+def _unlevered(p: Plan, chosen: Plan, outcome: trials.Outcome | None, why: str | None = None,
+               gain: float | None = None) -> Plan:  # fmt: skip
     """The module as it is for a plan with no lever of its own (or ``why`` the plan was not
     tried); ``outcome`` is the trial of the module's thread count, where one ran."""
-    line = "runs the traced module as it is: " + (
-        why or "the best plan runs the same ops one after another at the caller's threads, "
-        "with no lever of its own (not tried against it)"
-    )
+    why = why or ("the best plan runs the same ops one after another at the caller's threads, "
+                  "with no lever of its own (not tried against it)")
     if outcome is not None:
         ran = _ran(outcome.ratios[_AT_BUDGET], "the module at the caller's threads")
         kept = "kept there" if outcome.pick == _AT_BUDGET else "not kept"
-        line += f"; the module at 1 intra-op thread ran {ran} (measured): {kept}"
+        why += f"; the module at 1 intra-op thread ran {ran} (measured): {kept}"
+    line = f"runs the traced module as it is: {why}"
     # the drift check's baseline: the module's own trial, else the same ops one by one at the
     # same threads as the shape trial measured them (None: the first calls set it)
     seconds = outcome.seconds_of(outcome.pick) if outcome is not None else p.call_seconds
-    return dataclasses.replace(chosen, serial_reason=p.serial_reason or line,
-                               call_seconds=seconds,
-                               decisions=(*p.decisions, line))  # fmt: skip
+    record = Decision(MODULE, outcome.pick if outcome is not None else "module", line,
+                      candidates(outcome.seconds) if outcome is not None else (), gain,
+                      measured=outcome is not None, detail={"why": why})  # fmt: skip
+    return dataclasses.replace(chosen, one_by_one=True, call_seconds=seconds,
+                               decisions=(*p.decisions, record))  # fmt: skip
 
 
 _AT_BUDGET = "module at 1 thread"
 
 
 def _source_written(
-    p: Plan, modules: Mapping[str, Plan], source: Callable[..., Any], outcome: trials.Outcome
-) -> Plan:
+    p: Plan, modules: Mapping[str, Plan], source: Callable[..., Any], outcome: trials.Outcome,
+    gain: float,
+) -> Plan:  # fmt: skip
     ref = "module" if outcome.pick == "plan" else outcome.pick
     ratio = outcome.ratios["plan"] / outcome.ratios[ref]
     aside = outcome.aside.get("plan") or outcome.aside.get(ref)
@@ -615,8 +630,9 @@ def _source_written(
         line = f"the plan ran {_ran(ratio, 'the traced module as it is')} (measured): kept"
         if aside:
             line += f" ({aside})"
+        record = Decision(MODULE, "plan", line, candidates(outcome.seconds), gain)
         return dataclasses.replace(p, call_seconds=outcome.seconds_of("plan"),
-                                   decisions=(*p.decisions, line))  # fmt: skip
+                                   decisions=(*p.decisions, record))  # fmt: skip
     why = f"{_ran(ratio, 'it')} ({format_seconds(outcome.seconds_of('plan'))}; measured)"
     if aside:
         why += f"; {aside}"
@@ -626,9 +642,10 @@ def _source_written(
                  else "at the caller's threads")  # fmt: skip
         why += f"; the module ran best {where}"
     line = f"runs the traced module as it is: the best plan ran {why}"
-    return dataclasses.replace(chosen, serial_reason=p.serial_reason or line,
-                               call_seconds=outcome.seconds_of(ref),
-                               decisions=(*p.decisions, line))  # fmt: skip
+    record = Decision(MODULE, ref, line, candidates(outcome.seconds), gain,
+                      detail={"why": f"the best plan ran {why}"})  # fmt: skip
+    return dataclasses.replace(chosen, one_by_one=True, call_seconds=outcome.seconds_of(ref),
+                               decisions=(*p.decisions, record))  # fmt: skip
 
 
 def _ran(ratio: float, than: str) -> str:
@@ -653,7 +670,7 @@ def _fuse_horizontally(
     graph: Graph,
     example_inputs: Sequence[Any] | None,
     costs: Mapping[str, float] | None,
-    notes: list[str],
+    notes: list[Decision],
     policy: Policy = DEFAULT,
 ) -> Graph:
     """The graph with small identical same-level modules fused (`graphexec.hfuse`)."""
@@ -670,9 +687,9 @@ def _record(graph: Graph, p: Plan, costs: Mapping[str, float]) -> dict[str, Any]
         "made": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "costs": dict(costs),
         "fused_costs": dict(p.node_costs) if p.graph is not graph else None,
-        "fusion": list(p.fusion),
-        "serial_reason": p.serial_reason,
-        "decisions": list(p.decisions),
+        "fusion": [d.to_json() for d in p.fusion],
+        "one_by_one": p.one_by_one,
+        "decisions": [d.to_json() for d in p.decisions],
         "thread_budget": p.thread_budget,
         "as_is": p.as_is is not None,
         "call_seconds": p.call_seconds,
@@ -699,10 +716,11 @@ def _restore(
         if record["as_is"] and graph.source is None:
             return None
         return dataclasses.replace(
-            p, fusion=tuple(map(str, record["fusion"])),
-            serial_reason=None if record["serial_reason"] is None else str(record["serial_reason"]),
-            decisions=(*map(str, record["decisions"]),
-                       f"reused from the cache: measured {record['made']} on this machine"),
+            p, fusion=tuple(map(Decision.from_json, record["fusion"])),
+            one_by_one=bool(record["one_by_one"]),
+            decisions=(*map(Decision.from_json, record["decisions"]),
+                       Decision(CACHE, "reused", f"reused from the cache: measured "
+                                f"{record['made']} on this machine", measured=False)),
             thread_budget=None if budget is None else int(budget),
             as_is=graph.source if record["as_is"] else None,
             call_seconds=None if seconds is None else float(seconds),

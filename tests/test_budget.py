@@ -19,8 +19,11 @@ import torch.nn as nn
 
 import graphexec as gx
 from graphexec import budget, interpret, trials
+from graphexec.budget import AT_ONE
+from graphexec.decisions import BUDGET, CHECK, RECHECK, last
 from graphexec.drift import Watch
 from tests.clocks import counted
+from tests.records import one_by_one
 
 needs_threads = pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs 2 intra-op threads")
 
@@ -64,7 +67,7 @@ def test_the_callers_thread_count_is_never_changed(local_executor, fail, budget_
     g, seen = _pair(fail)
     p = gx.plan(g, inline_below=0)
     if not parallel:
-        p = dataclasses.replace(p, serial_reason="one by one, for this test")
+        p = one_by_one(p, "one by one, for this test")
     p = dataclasses.replace(p, thread_budget=budget_)
     before, default = torch.get_num_threads(), _new_thread_count()
     x = torch.randn(2, 4)
@@ -139,7 +142,7 @@ def test_the_thread_budget_is_measured_and_said(monkeypatch, loaded):
     g = _work_graph(machine)
     x = torch.ones(3)
     p = gx.plan(g, example_inputs=(x,))
-    line = next(d for d in p.decisions if d.startswith("thread budget"))
+    line = str(last(p.decisions, BUDGET))
     if loaded:
         assert p.thread_budget == 1, p.decisions
         assert "5.00x faster" in line and "measured side by side" in line
@@ -175,7 +178,7 @@ def test_threads_that_collapsed_while_timing_nodes_must_beat_one_thread(monkeypa
     g = gx.Graph("collapsing")
     g.output(g.node("work", work, g.input("x")))
     p = gx.plan(g, example_inputs=(torch.ones(3),))
-    line = next(d for d in p.decisions if d.startswith("thread budget"))
+    line = str(last(p.decisions, BUDGET))
     assert p.thread_budget == 1, p.decisions
     assert "the caller's threads collapsed while the nodes were timed" in line
 
@@ -218,7 +221,9 @@ def test_node_costs_and_trials_that_disagree_are_flagged():
     p = dataclasses.replace(p, work=0.080)
     measured = {"one by one": 1.0}
     far = budget._disagreement(p, trials.Outcome(measured, {"one by one": 0.0014}, "one by one"))
-    assert far and "80.00 ms" in far[0] and "1.40 ms" in far[0] and "57.1x apart" in far[0]
+    said = str(far[0])
+    assert far[0].step == CHECK and far[0].seconds("node costs") == pytest.approx(0.080)
+    assert "80.00 ms" in said and "1.40 ms" in said and "57.1x apart" in said
     assert not budget._disagreement(p, trials.Outcome(measured, {"one by one": 0.07}, "x"))
 
 
@@ -240,14 +245,15 @@ def test_drift_re_checks_the_budget_both_ways_and_says_when(monkeypatch, kind):
         for _ in range(20):
             torch.testing.assert_close(gm(x), x * 2)
         assert gm.plan.thread_budget == 1, gm.plan.decisions
-        switch = gm.plan.decisions[-1]
+        switch = str(gm.plan.decisions[-1])
+        assert gm.plan.decisions[-1].step == RECHECK and gm.plan.decisions[-1].choice == AT_ONE
         assert switch.startswith("re-checked at call ") and "8.3x slower" in switch
         assert "switched from one by one on the calling thread" in switch
         machine.loaded = False
         for _ in range(40):
             gm(x)
         assert gm.plan.thread_budget is None, gm.plan.decisions
-        assert "periodic re-check" in gm.plan.decisions[-1]
+        assert "periodic re-check" in str(gm.plan.decisions[-1])
 
 
 @needs_threads
@@ -270,7 +276,7 @@ def test_threads_kept_in_a_calm_moment_are_re_checked_without_drift(monkeypatch,
             torch.testing.assert_close(gm(x), x * 2)
         if slow_share:
             assert gm.plan.thread_budget == 1, gm.plan.decisions
-            assert "periodic re-check of the caller's" in gm.plan.decisions[-1]
+            assert "periodic re-check of the caller's" in str(gm.plan.decisions[-1])
         else:
             assert gm.plan.thread_budget is None
 
@@ -297,7 +303,8 @@ def test_a_re_check_pauses_as_long_as_the_calls_are_apart(monkeypatch, gap_max):
             torch.testing.assert_close(gm(x), x * 2)
         if gap_max:
             assert gm.plan.thread_budget == 1, gm.plan.decisions
-            assert "each run after 100.00 ms idle, as between the calls" in gm.plan.decisions[-1]
+            said = str(gm.plan.decisions[-1])
+            assert "each run after 100.00 ms idle, as between the calls" in said
         else:
             assert gm.plan.thread_budget is None, gm.plan.decisions
 

@@ -7,7 +7,6 @@ non-zero exit, never a traceback.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import graphexec as gx
 from graphexec.cli import main
 from graphexec.demo import helped_line
 from graphexec.timing import Speedup
+from tests.records import as_is, one_by_one, overlapped
 
 ROOT = Path(__file__).resolve().parents[1]
 VERDICTS = ("faster", "slower", "within noise")
@@ -139,7 +139,7 @@ def test_the_demo_line_says_what_the_plan_decided_and_what_was_measured():
     plan that runs one after another or the module as it is gives the plan's own reason."""
     p = _two_branch_plan()
     assert p.max_width == 2
-    kept = dataclasses.replace(p, decisions=("overlap kept: overlapping ran 1.40x faster",))
+    kept = overlapped(p, "overlapping ran 1.40x faster")
     line = helped_line("m", kept, FAST, "2 pool threads of 1 intra-op thread each")
     assert line.startswith("m: 1.40x faster than eager (middle half")
     assert "2 branches at once on 2 pool threads" in line
@@ -147,18 +147,14 @@ def test_the_demo_line_says_what_the_plan_decided_and_what_was_measured():
     line = helped_line("m", kept, NOISE, loads=(0.3, 2.5))
     assert "no faster than eager" in line and "within noise" in line
     assert "but these rounds did not (load average 0.3 while planning, 2.5 while timing)" in line
-    serial = dataclasses.replace(p, serial_reason="overlapping branches ran 1.12x slower")
+    serial = one_by_one(p, "overlapping branches ran 1.12x slower")
     line = helped_line("m", serial, NOISE)
     assert "overlapping branches ran 1.12x slower; so graphexec runs them one after" in line
-    as_is = dataclasses.replace(
-        serial,
-        as_is=print,
-        decisions=("runs the traced module as it is: the best plan ran 1.07x slower than it",),
-    )
-    assert helped_line("m", as_is, NOISE).endswith(
+    module = as_is(serial, print, "the best plan ran 1.07x slower than it")
+    assert helped_line("m", module, NOISE).endswith(
         "graphexec runs the traced module as it is: the best plan ran 1.07x slower than it"
     )
-    reworded = dataclasses.replace(as_is, decisions=())  # the planner's words may change
+    reworded = as_is(serial, print)  # no decision of its own: the overlap's words
     assert "runs the traced module as it is: overlapping branches ran" in helped_line(
         "m", reworded, NOISE
     )

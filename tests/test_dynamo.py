@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 import graphexec as gx
+from tests.records import as_is
 
 # Dynamo reads ``.grad`` of non-leaf tensors while it builds a resumed frame in grad mode.
 pytestmark = pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor:UserWarning")
@@ -132,9 +133,7 @@ def test_a_plan_with_a_thread_budget_is_not_handed_back():
     with gx.ThreadExecutor() as threads, gx.SequentialExecutor() as inline:
         for q in (
             p,
-            dataclasses.replace(
-                p, as_is=g.nodes["a"].fn, decisions=("runs the traced module as it is: measured",)
-            ),
+            as_is(p, g.nodes["a"].fn, "measured"),
         ):
             assert gx.dynamo._why_as_is(q, g, threads) is not None
             budgeted = dataclasses.replace(q, thread_budget=1)

@@ -19,6 +19,7 @@ import torch.nn as nn
 import graphexec as gx
 from graphexec.profile import TaskEvent, Timeline, median_run
 from graphexec.units import fit_name, name_forms, speed_words
+from tests.records import as_is, one_by_one
 
 
 def blocks() -> gx.Graph:
@@ -139,22 +140,22 @@ def test_an_inline_plan_says_so_instead_of_leading_with_a_bound():
     text = str(gx.plan(g))
     assert "1 task, 1 level" in text and "1 tasks" not in text
     totals = text.splitlines()[3]
-    assert "runs inline, one task after another" in totals and "amdahl" not in totals
+    assert "runs one by one, one task after another" in totals and "amdahl" not in totals
 
 
-def test_a_plan_that_chose_to_run_inline_does_not_claim_why_in_its_totals(trace):
-    """serial_reason may be 'overlap saved 4%, under the 5% asked': not 'measured faster'."""
-    chose = dataclasses.replace(trace.plan, serial_reason="overlapping branches ran 0.96x")
+def test_a_plan_that_chose_to_run_one_by_one_does_not_claim_why_in_its_totals(trace):
+    """The reason may be 'overlap saved 4%, under the 5% asked': not 'measured faster'."""
+    chose = one_by_one(trace.plan, "overlapping branches ran 0.96x")
     totals = chose.totals()
-    assert "runs inline, one task after another, as measurements chose" in totals
+    assert "runs one by one, one task after another on the calling thread, as measurements " \
+        "chose" in totals
     assert "faster" not in totals
-    assert f"runs inline: {chose.serial_reason}" in str(chose), "the reason follows in full"
+    assert f"one by one: {chose.one_by_one_why}" in str(chose), "the reason follows in full"
 
 
 def test_a_plan_that_runs_the_module_as_it_is_says_that_in_its_totals(trace):
-    """Not 'runs inline, one task after another': the plan's tasks do not run at all."""
-    as_is = dataclasses.replace(trace.plan, as_is=lambda *xs: xs, serial_reason="(measured)")
-    totals = as_is.totals()
+    """Not 'runs one by one, one task after another': the plan's tasks do not run at all."""
+    totals = as_is(trace.plan, lambda *xs: xs, "(measured)").totals()
     assert "runs the module it was traced from as it is" in totals
     assert "one task after another" not in totals
 
@@ -223,17 +224,16 @@ def test_a_slow_reference_row_is_reported_without_a_cause():
 def test_one_lane_reasons_keep_inline_for_cheap_tasks(trace):
     """ "inline" means a task too cheap to dispatch (drawn dashed); a plan run one task after
     another, or the module run as it is, is said in other words, and the why once."""
-    chose = dataclasses.replace(trace.plan, serial_reason="overlap ran 1.2x slower")
+    chose = one_by_one(trace.plan, "overlap ran 1.2x slower")
     lane = trace.events[0].lane
     events = tuple(dataclasses.replace(e, lane=lane) for e in trace.events)
     one = dataclasses.replace(trace, plan=chose, events=events)
     assert one.one_lane_reason() == "the plan chose one after another (measured)"
-    why = "runs the traced module as it is: the best plan ran 1.07x slower than it"
-    as_is = dataclasses.replace(
-        one, plan=dataclasses.replace(chose, as_is=print, serial_reason=why)
+    module = dataclasses.replace(
+        one, plan=as_is(chose, print, "the best plan ran 1.07x slower than it")
     )
-    assert as_is.one_lane_reason() == "the plan runs the traced module as it is"
-    summary = as_is.summary()
-    assert "inline" not in as_is.one_lane_reason()
+    assert module.one_lane_reason() == "the plan runs the traced module as it is"
+    summary = module.summary()
+    assert "inline" not in module.one_lane_reason()
     assert summary.count("runs the traced module as it is") == 1
     assert "(the best plan ran 1.07x slower than it)" in summary

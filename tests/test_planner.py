@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import gc
 import weakref
 
@@ -15,6 +14,7 @@ import torch.nn as nn
 import graphexec as gx
 from graphexec import interpret, trials
 from tests.clocks import steady_clock, thread_clock
+from tests.records import one_by_one
 
 
 def two_towers(depth: int = 3, width: int = 256) -> gx.Graph:
@@ -56,7 +56,7 @@ def test_long_chain_is_one_task_and_not_parallel():
     g.output(h)
     p = gx.plan(g)
     assert len(p.tasks) == 1 and not p.parallel
-    assert "runs inline" in str(p)
+    assert "runs one by one" in str(p)
 
 
 def test_cheap_nodes_fold_into_their_consumer():
@@ -203,7 +203,7 @@ def test_plan_with_horizontal_fusion_equals_unfused(local_executor):
     batched = [n for n in fused.graph if isinstance(n.fn, HorizontalGroup)]
     assert len(batched) == 1  # one batched call replaced 16, and the sum reads it directly
     assert not any(f"t{i}" in fused.graph.nodes for i in range(16))
-    assert fused.fusion and fused.fusion[0].startswith("fused 16 x Linear")
+    assert fused.fusion and str(fused.fusion[0]).startswith("fused 16 x Linear")
     with torch.no_grad():
         torch.testing.assert_close(
             local_executor.run(fused, x), gx.SequentialExecutor().run(gx.plan(g), x)
@@ -257,8 +257,8 @@ def test_overlap_is_dropped_when_one_thread_lanes_would_lose():
     flat = dict(p.node_costs)
     assert "one by one" in _concurrency_pays(p, scales)
     assert _concurrency_pays(p, flat) is None
-    serial = dataclasses.replace(p, serial_reason=_concurrency_pays(p, scales))
-    assert not serial.parallel and "runs inline:" in str(serial)
+    serial = one_by_one(p, _concurrency_pays(p, scales))
+    assert not serial.parallel and "decision: one by one: overlapping branches" in str(serial)
 
 
 def test_graph_module_measures_on_first_call_without_touching_batchnorm():
@@ -327,4 +327,4 @@ def test_overlap_is_checked_on_the_real_plan(monkeypatch):
     finally:
         torch.set_num_threads(before)
     assert p.max_width == 4 and not p.parallel
-    assert "measured on the example inputs" in p.serial_reason
+    assert "measured on the example inputs" in p.one_by_one_why

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 import graphexec as gx
 from graphexec import interpret, trials
 from graphexec import split as split_mod
+from graphexec.decisions import SPLIT, last
 from tests.clocks import steady_clock
 from tests.test_conformance import D, assert_same, build_random, random_dags
 
@@ -173,8 +174,9 @@ def test_batch_dependent_graphs_are_refused_naming_the_node(g, node):
     assert err.value.node == node
     auto = gx.plan(g, (x,), data_parallel="auto")
     assert auto.split is None
-    assert any(d.startswith("data parallel: not split: refused") and f"'{node}'" in d
-               for d in auto.decisions)  # fmt: skip
+    said = last(auto.decisions, SPLIT)
+    assert said.choice == "whole" and str(said).startswith("data parallel: not split: refused")
+    assert f"'{node}'" in str(said)
 
 
 def test_a_node_that_fails_on_a_shard_is_named():
@@ -349,7 +351,7 @@ def test_auto_keeps_a_split_only_when_its_trial_wins(monkeypatch):
 
         monkeypatch.setattr(trials, "decide", decide)
         p = gx.plan(g, (x,), data_parallel="auto")
-        assert said in p.decisions[-1]
+        assert said in str(p.decisions[-1])
         assert (p.data_parallel == 2) == (pick == "split")
         if torch.get_num_threads() > 1:
             assert p.thread_budget is None, p.decisions
@@ -363,7 +365,7 @@ def test_auto_keeps_a_split_only_when_its_trial_wins(monkeypatch):
 def test_auto_measures_and_says_what_it_chose():
     g = towers()
     p = gx.plan(g, (torch.randn(B, D),), data_parallel="auto")
-    line = next(d for d in p.decisions if d.startswith("data parallel:"))
+    line = str(last(p.decisions, SPLIT))
     assert ("kept" in line) == (p.split is not None)
     assert "measured side by side" in line
 
@@ -371,9 +373,9 @@ def test_auto_measures_and_says_what_it_chose():
 def test_auto_with_check_false_and_a_batch_of_one():
     g = towers()
     p = gx.plan(g, (torch.randn(B, D),), data_parallel="auto", check=False)
-    assert p.split is None and "not tried (check=False)" in p.decisions[-1]
+    assert p.split is None and "not tried (check=False)" in str(p.decisions[-1])
     p = gx.plan(g, (torch.randn(1, D),), data_parallel="auto")
-    assert p.split is None and "a batch of 1 cannot be split" in p.decisions[-1]
+    assert p.split is None and "a batch of 1 cannot be split" in str(p.decisions[-1])
 
 
 def test_the_split_is_kept_in_the_decision_cache(tmp_path, monkeypatch):
@@ -385,7 +387,7 @@ def test_the_split_is_kept_in_the_decision_cache(tmp_path, monkeypatch):
                                                      "outputs": [0]}  # fmt: skip
     g = towers()
     again = gx.plan(g, (x,), data_parallel=3)
-    assert again.decisions[-1].startswith("reused from the cache")
+    assert str(again.decisions[-1]).startswith("reused from the cache")
     assert again.split == first.split
     assert_same(gx.ThreadExecutor().run(again, x), whole_run(g, x))
     assert gx.plan(towers(), (x,), data_parallel=2).split.shards == 2  # another key
