@@ -218,7 +218,7 @@ def _eager_1_thread(model: nn.Module, inputs: list) -> list:
 
 
 def _chunk_of(ex: DaskExecutor, plan: gx.Plan, n_inputs: int) -> float:
-    from graphexec.executors.dask_calls import auto_chunk
+    from graphexec.executors.dask.pipeline import auto_chunk
 
     return auto_chunk(plan, sum(ex.client.nthreads().values()), None, n_inputs)
 

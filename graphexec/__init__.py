@@ -83,7 +83,7 @@ def __getattr__(name: str) -> Any:
 
         return DaskExecutor
     if name == "PlacementError":
-        from .executors.dask_placement import PlacementError
+        from .executors.dask import PlacementError
 
         return PlacementError
     raise AttributeError(f"module 'graphexec' has no attribute {name!r}")

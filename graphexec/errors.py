@@ -74,21 +74,23 @@ class NodeError(RuntimeError):
         self.node = node
         self.task = task
 
+    @classmethod
+    def from_message(cls, node: str, task: str | None, message: str) -> NodeError:
+        """A `NodeError` with its whole message given (unpickled, or rebuilt on the client
+        from a Dask worker's report), not made from a cause."""
+        err = cls.__new__(cls)
+        RuntimeError.__init__(err, message)
+        err.node, err.task = node, task
+        return err
+
     def __reduce__(self):  # picklable across Dask workers
-        return (_rebuild_node_error, (self.node, self.task, str(self)))
+        return (NodeError.from_message, (self.node, self.task, str(self)))
 
 
 def none_error(node: str, who: str) -> NodeError:
     """The error for a node whose value was None where a value was needed: ``who`` is what
     needed it (``"node 'head' reads"``, ``"is a graph output"``)."""
     return NodeError(node, ValueError(f"returned None, which {who} (a forgotten return?)"))
-
-
-def _rebuild_node_error(node: str, task: str | None, message: str) -> NodeError:
-    err = NodeError.__new__(NodeError)
-    RuntimeError.__init__(err, message)
-    err.node, err.task = node, task
-    return err
 
 
 class DeadNodeWarning(UserWarning):

@@ -24,7 +24,8 @@ import torch
 import torch.nn as nn
 
 import graphexec as gx
-from graphexec.executors.dask import DaskExecutor, SchedulerUnreachableError, _fingerprint
+from graphexec.executors.dask import DaskExecutor, SchedulerUnreachableError
+from graphexec.executors.dask.jobs import fingerprint, make_jobs
 
 distributed = pytest.importorskip("distributed")
 from _dask_cluster import free_port, process_cluster  # noqa: E402
@@ -148,8 +149,6 @@ def test_merge_ops_are_not_dask_tasks(dask_client):
 
 def test_inline_task_runs_inside_each_consumer():
     """x -> cheap relu -> (a, b): relu is inline with two consumers, so it runs in both jobs."""
-    from graphexec.executors.dask import _make_jobs
-
     g = gx.Graph("shared_cheap")
     r = g.node("relu", torch.relu, g.input("x"))
     a = g.node("a", nn.Linear(512, 512), r)
@@ -157,7 +156,7 @@ def test_inline_task_runs_inside_each_consumer():
     g.output(a, b)
     p = gx.plan(g)
     assert p.tasks["relu"].inline
-    jobs = _make_jobs(p)
+    jobs = make_jobs(p)
     assert sorted(jobs) == ["a", "b"]
     assert all(j.nodes[0] == "relu" and j.inputs == ("x",) for j in jobs.values())
 
@@ -315,18 +314,18 @@ def test_unreachable_scheduler_fails_within_timeout_naming_the_address():
 # -- weights: sent once, again after a change -------------------------------------------------
 def test_fingerprint_changes_on_load_state_dict_optimizer_step_and_mode():
     m = nn.Sequential(nn.Linear(4, 4), nn.Dropout())
-    fp = _fingerprint(m)
-    assert _fingerprint(m) == fp
+    fp = fingerprint(m)
+    assert fingerprint(m) == fp
     m.load_state_dict(nn.Sequential(nn.Linear(4, 4), nn.Dropout()).state_dict())
-    assert _fingerprint(m) != fp
-    fp = _fingerprint(m)
+    assert fingerprint(m) != fp
+    fp = fingerprint(m)
     opt = torch.optim.SGD(m.parameters(), lr=0.1)
     m(torch.randn(2, 4)).sum().backward()
     opt.step()
-    assert _fingerprint(m) != fp
-    fp = _fingerprint(m)
+    assert fingerprint(m) != fp
+    fp = fingerprint(m)
     m.eval()
-    assert _fingerprint(m) != fp
+    assert fingerprint(m) != fp
 
 
 def _weight_keys(client) -> set[str]:
@@ -383,7 +382,7 @@ def test_node_error_names_node_with_remote_traceback_and_next_call_works(dask_cl
         assert "Remote traceback" in str(info.value) and "_explode" in str(info.value)
         assert isinstance(info.value.__cause__, ZeroDivisionError)
         assert info.value.node == "bad"
-        kept = {f.key for f in ex._session.keepers.values()}  # held on purpose (dask_calls)
+        kept = {f.key for f in ex._session.keepers.values()}  # held on purpose (dask/calls.py)
         left = [k for k in dask_client.futures if str(k).startswith(("ok", "bad", "add"))]
         assert set(left) <= kept
         assert ex.run(gx.plan(chain()), torch.randn(2, D)).shape == (2, D)
@@ -480,15 +479,22 @@ def _fail_on_negative(t):
 
 # -- layering --------------------------------------------------------------------------------------
 def test_the_dask_modules_below_the_executor_do_not_import_it():
-    """dask.py -> dask_calls -> dask_faults / dask_placer -> ...: no way back, not even for
-    type checking (tests/test_layering.py skips TYPE_CHECKING blocks; this does not)."""
+    """executor -> data / pipeline -> calls -> faults / placer -> ...: no module of the package
+    imports the executor or the package's face (its __init__ imports the executor), not even
+    for type checking."""
     import ast
 
-    import graphexec.executors as executors
+    import graphexec.executors.dask as package
 
-    folder = Path(executors.__file__).parent
-    for module in ("dask_calls", "dask_faults", "dask_placer", "dask_placement", "dask_jobs",
-                   "dask_connect"):  # fmt: skip
-        tree = ast.parse((folder / f"{module}.py").read_text())
-        imported = {(n.level, n.module) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-        assert not imported & {(1, "dask"), (0, "graphexec.executors.dask")}, module
+    folder = Path(package.__file__).parent
+    for path in sorted(folder.glob("*.py")):
+        if path.stem in ("__init__", "executor"):
+            continue
+        tree = ast.parse(path.read_text())
+        imports = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        imported = {(n.level, n.module) for n in imports}
+        face = {(1, "executor"), (2, "dask"), (0, "graphexec.executors.dask"),
+                (0, "graphexec.executors.dask.executor")}  # fmt: skip
+        assert not imported & face, path.name
+        names = {a.name for n in imports if (n.level, n.module) == (1, None) for a in n.names}
+        assert all((folder / f"{name}.py").is_file() and name != "executor" for name in names)

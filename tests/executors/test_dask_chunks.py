@@ -19,7 +19,7 @@ from test_dask_placement import two_stage
 
 import graphexec as gx
 from graphexec.executors.dask import CHUNK_WORK, MAX_CHUNK, DaskExecutor
-from graphexec.executors.dask_calls import auto_chunk
+from graphexec.executors.dask.pipeline import auto_chunk
 from graphexec.planner import arrange
 
 distributed = pytest.importorskip("distributed")
@@ -81,7 +81,7 @@ def test_node_error_in_a_chunk_names_the_node_and_cancels_the_rest(dask_client):
     with DaskExecutor(client=dask_client, retries=0) as ex:
         with pytest.raises(gx.NodeError, match="node 'check'"):
             list(ex.map(g, items, chunk=4, progress=False))
-        kept = {f.key for f in ex._session.keepers.values()}  # held on purpose (dask_calls)
+        kept = {f.key for f in ex._session.keepers.values()}  # held on purpose (dask/calls.py)
         assert set(k for k in dask_client.futures if str(k).startswith("fails_sometimes")) <= kept
         with pytest.raises(ValueError, match="chunk and window must be >= 1"):
             list(ex.map(g, items, chunk=-1, progress=False))

@@ -17,9 +17,8 @@ import torch
 from test_dask import D, assert_same, diamond, lin
 
 import graphexec as gx
-from graphexec.executors import dask_placer
-from graphexec.executors.dask import DaskExecutor
-from graphexec.executors.dask_faults import KILLS_ALLOWED
+from graphexec.executors.dask import DaskExecutor, placer
+from graphexec.executors.dask.faults import KILLS_ALLOWED
 
 pytest.importorskip("distributed")
 
@@ -65,7 +64,7 @@ def churn_ex():
 def stale_list(churn_ex, monkeypatch):
     """The client keeps the list of workers it takes now for an hour: every call after a
     death meets a list that still names the dead worker (with the default 1 s, some do)."""
-    monkeypatch.setattr(dask_placer, "WORKERS_TTL", 3600.0)
+    monkeypatch.setattr(placer, "WORKERS_TTL", 3600.0)
     churn_ex.placement(gx.plan(diamond()))  # asks the scheduler for its workers
 
 

@@ -1,4 +1,4 @@
-"""How a node crosses to a worker (`graphexec.executors.dask_wire`), without a cluster.
+"""How a node crosses to a worker (`graphexec.executors.dask.wire`), without a cluster.
 
 A worker loads what `pack` made with plain ``pickle.loads``; here that happens in this
 process, and the Dask tests (test_dask_models) do it on real workers.
@@ -17,7 +17,7 @@ import torch.nn as nn
 
 import graphexec as gx
 from graphexec.executors.base import collect_outputs
-from graphexec.executors.dask_wire import NodeCopy, ShippedFx, UnsendableNodeError, pack, unpack
+from graphexec.executors.dask.wire import NodeCopy, ShippedFx, UnsendableNodeError, pack, unpack
 
 
 def _slice_by_size() -> fx.GraphModule:

@@ -1,132 +1,34 @@
-"""Run a plan on a Dask cluster (the real ``dask.distributed``): weights once, activations P2P.
+"""`DaskExecutor`: the executor's face over the modules of `graphexec.executors.dask`.
 
-What it decides
----------------
-* **Which cluster** (`dask_connect`). ``client=`` is used as given and never closed. Otherwise
-  ``address=``, or Dask's configuration (``scheduler-address`` / ``DASK_SCHEDULER_ADDRESS``),
-  names a scheduler to join, and failing to reach it within ``timeout`` raises
-  `SchedulerUnreachableError` naming the address. With none of these, an embedded
-  ``LocalCluster`` is started (one 1-thread worker process per core, free ports) and closed by
-  `close`, by ``with``, or by a finalizer should the executor be dropped first.
-* **What a Dask task is** (`dask_jobs`). One *job* per plan task, keyed
-  ``f"{task}-{call token}"`` so the dashboard reads like the model; inline tasks run inside
-  the jobs that read them.
-* **Where weights live and jobs run** (`dask_placement`). Each node is scattered once per
-  worker that needs it, under a key of its own, so Dask's active memory manager cannot drop
-  "spare" replicas; each job is pinned to a worker holding its nodes. ``placement=`` chooses
-  ``"replicate"`` (every worker holds every node; jobs of a call spread over the workers),
-  ``"shard"`` (each job's nodes on ``copies`` workers) or ``{node: address}``. A node is sent
-  again only when its fingerprint changes or its copy was lost with a worker.
-* **What is sent per call.** Job specs (a few hundred bytes each) and the graph inputs, views
-  compacted first: embedded in the job that reads them, sent once as a task of their own when
-  several jobs read them, or scattered (to the worker of their first reader) above
-  `SCATTER_ABOVE`. Intermediate values go worker to worker; only graph outputs come back.
-* **Schedules.** ``"dataflow"`` submits every job at once; ``"levels"`` waits for each depth
-  level. `map` pipelines: with a replicated plan each chunk of inputs is one job running the
-  whole plan; with a sharded one each chunk's jobs follow the shards, so chunk *i + 1* runs
-  its first stage while chunk *i* is in its second, on another worker. Chunks (`auto_chunk`:
-  about `CHUNK_WORK` seconds of work each) exist because Dask's own cost per task, measured at
-  20-25 ms of client, scheduler and worker CPU on 2 shared cores, is paid per task, not per
-  input: one input per task spent a fifth of the CPU on Dask.
-* **Failures.** A node that raises becomes a `NodeError` naming the node with the remote
-  traceback; jobs are submitted with ``retries=0``, so a node never runs again because it
-  raised. A worker lost mid-call is re-run by the scheduler when it can; when data only the
-  client has (weights, scattered inputs) was lost with it, or the call met a worker that had
-  just died (a scatter to it), this executor settles the worker list, places the lost copies
-  again and re-runs the call, up to ``retries`` times, then raises `WorkerLostError`; a node
-  whose worker dies under it twice in a call is named in a `NodeError` (`dask_faults`). A
-  scheduler that dies makes the call, and every later one, raise `SchedulerUnreachableError`.
-* **Modes and devices.** Jobs run under the caller's inference mode and autocast with grad off
-  (autograd does not cross processes); CUDA tensors are rejected with a clear error.
-
-The call tree::
-
-    Executor.run -> DaskExecutor._execute(plan, env, events)
-      -> dask_calls.run_call          again after a lost worker (dask_faults, Placer.settle)
-      -> submit_call
-           Placer.place               jobs (IdCache per plan) -> workers; weight copies to send
-           _send_inputs               compact, embed / submit / scatter graph inputs
-           client.submit per job      worker: dask_jobs._run_job -> run_task per task
-      -> finish_call                  gather outputs (first error), pop worker events
-    DaskExecutor.map -> start_call per chunk ... finish_started, oldest first
-    DaskExecutor.map_blocks / map_partitions -> dask_data: lazy Dask collections, one task
-                                  per block on the worker holding it, weights read there
-
-Trust: Dask moves functions and data with pickle. Connect only to clusters you trust and use
-``security=`` (``distributed.Security``) for TLS between client, scheduler and workers.
+It holds what outlives a call (the client and the cluster it may own, the `Placer`, the
+`calls.Session`) and hands every call to the modules below; the package docstring says what
+they decide. An executor given a ``client=`` never closes it; one that started an embedded
+cluster always does (`close`, ``with``, or a finalizer should the executor be dropped).
 """
 
 from __future__ import annotations
 
 import os
 import weakref
-from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-try:
-    import dask
-    import distributed
-    from dask.utils import parse_timedelta
-except ImportError as exc:  # pragma: no cover - dask is a dependency, but say what to install
-    raise ImportError(
-        "graphexec's DaskExecutor needs dask.distributed: pip install 'dask[distributed]'"
-    ) from exc
+import dask
+import distributed
+from dask.utils import parse_timedelta
 
-from ..graph import Graph
-from ..plans import Plan
-from ..profile import TaskEvent
-from . import dask_data, spawn_guard
-from .base import Executor, Modes, bind_inputs, capture_modes, collect_outputs
-from .dask_calls import (
-    CHUNK_WORK,
-    EMBED_BELOW,
-    MAX_CHUNK,
-    SCATTER_ABOVE,
-    CallOptions,
-    Session,
-    _Call,
-    _progress,
-    auto_chunk,
-    chunks,
-    finish_call,
-    finish_started,
-    on_the_loop,
-    run_call,
-    start_call,
-)
-from .dask_connect import (
-    SchedulerUnreachableError,
-    TLSConfigError,
-    check_tls,
-    close_owned,
-    os_reason,
-    probe,
-    quiet_interrupts,
-    start_cluster,
-    unreachable,
-)
-from .dask_faults import ClusterErrors, WorkerLostError
-from .dask_jobs import _make_jobs, reject_cuda
-from .dask_jobs import fingerprint as _fingerprint
-from .dask_placement import PlacementError, WorkerImportError
-from .dask_placer import Placer
-from .dask_wire import UnsendableNodeError
+from ...graph import Graph
+from ...plans import Plan
+from ...profile import TaskEvent
+from ..base import Executor
+from .calls import CallOptions, Session, call_modes, on_the_loop, run_call
+from .connect import check_tls, close_owned, connect, quiet_interrupts, start_cluster
+from .data import map_blocks, map_partitions
+from .jobs import reject_cuda
+from .pipeline import map_calls, run_shards
+from .placer import Placer
 
-__all__ = [
-    "CHUNK_WORK",
-    "DaskExecutor",
-    "EMBED_BELOW",
-    "MAX_CHUNK",
-    "PlacementError",
-    "SCATTER_ABOVE",
-    "SchedulerUnreachableError",
-    "TLSConfigError",
-    "UnsendableNodeError",
-    "WorkerImportError",
-    "WorkerLostError",
-]
-__all__ += ["_fingerprint", "_make_jobs"]  # tested directly
+__all__ = ["DaskExecutor"]
 
 
 class DaskExecutor(Executor):
@@ -225,35 +127,17 @@ class DaskExecutor(Executor):
             check_tls(self.address, security, embedded=self.address is None)
             if self.address is None:
                 cores = len(os.sched_getaffinity(0))
-                self._cluster = _start_guarded(
+                self._cluster = start_cluster(
                     n_workers or cores, threads_per_worker, processes, security, dashboard_address
                 )
                 self.address = self._cluster.scheduler_address
-            self.client = self._connect(self.address, security)
+            self.client = connect(self.address, self._cluster, security, self.timeout)
             quiet_interrupts()
         self._placer = Placer(self.client, placement, copies, self.timeout)
         self._session = Session(self.client, self.address, self._placer, torch_threads, retries)
         self._finalizer = weakref.finalize(
             self, close_owned, self.client if self._owns_client else None, self._cluster
         )
-
-    def _connect(self, address: Any, security: Any) -> distributed.Client:
-        target = self._cluster if self._cluster is not None else address
-        try:
-            if self._cluster is None:
-                probe(address, self.timeout)
-            return distributed.Client(
-                target, timeout=self.timeout, security=security, set_as_default=False
-            )
-        except (OSError, SchedulerUnreachableError) as exc:
-            if self._cluster is not None:
-                self._cluster.close()
-            if isinstance(exc, SchedulerUnreachableError):
-                raise
-            why = os_reason(exc)
-            if isinstance(exc, TimeoutError) or "Timed out" in str(exc):
-                why = f"no answer within {self.timeout:g} s ({type(exc).__name__}: {exc})"
-            raise unreachable(address, why) from exc
 
     # -- properties -------------------------------------------------------------------------
     @property
@@ -319,33 +203,15 @@ class DaskExecutor(Executor):
     # -- running ----------------------------------------------------------------------------
     def _execute(self, plan: Plan, env: dict[str, Any], events: list[TaskEvent] | None) -> None:
         reject_cuda("a graph input", env)
-        opts = _options(events is not None, self.schedule, whole=False)
+        opts = CallOptions(events is not None, self.schedule, False, call_modes())
         run_call(self._session, plan, [env], events, opts)
 
     def _run_shards(self, plan: Plan, shards: list[tuple[Any, ...]],
                     events: list[TaskEvent] | None) -> list[Any]:  # fmt: skip
         """Data parallelism: each shard's whole plan as one Dask job (as `map` runs a chunk),
         all submitted before the first is awaited, spread over the workers holding the plan;
-        activations stay on the workers, only each shard's outputs come back."""
-        envs = [bind_inputs(plan.graph, s, {}) for s in shards]
-        for env in envs:
-            reject_cuda("a graph input", env)
-        opts = _options(events is not None, "dataflow", whole=True)
-        calls: list[_Call] = []
-        try:
-            for env in envs:
-                calls.append(start_call(self._session, plan, [env], opts))
-            for call, env in zip(calls, envs, strict=True):
-                if events is None:
-                    finish_started(self._session, plan, call, [env], opts)
-                else:  # profiled: the shard's worker events too (a lost worker is not re-run)
-                    with ClusterErrors(self._session):
-                        finish_call(self._session, call, [env], events)
-        except BaseException:
-            for call in calls:
-                call.cancel()
-            raise
-        return [collect_outputs(plan.graph, env) for env in envs]
+        activations stay on the workers, only each shard's outputs come back (`pipeline`)."""
+        return run_shards(self._session, plan, shards, events)
 
     def map(
         self,
@@ -393,29 +259,9 @@ class DaskExecutor(Executor):
         ValueError
             If ``chunk`` or ``window`` is below 1.
         """
-        p = self._as_plan(plan)
+        p = self._as_plan(plan)  # a generator: nothing runs before the first output is asked for
         whole = not split and self._placer.kind == "replicate"
-        threads = sum(w.nthreads for w in self._placer.live())
-        length = len(inputs) if hasattr(inputs, "__len__") else None
-        size = chunk or auto_chunk(p, threads, window, length)
-        if size < 1 or (window is not None and window < 1):
-            raise ValueError(f"map: chunk and window must be >= 1 (chunk={chunk}, window={window})")
-        calls = max(1, (window or max(2, 2 * threads) * size) // size)  # chunks in flight
-        bar = _progress(inputs, progress)
-        flight: deque[tuple[_Call, list[dict[str, Any]]]] = deque()
-        opts = _options(False, "dataflow", whole)  # map: every job of a chunk at once
-        try:
-            for envs in chunks(p.graph, inputs, size):
-                flight.append((start_call(self._session, p, envs, opts), envs))
-                while len(flight) >= calls:
-                    yield from self._yield_oldest(p, flight, bar, opts)
-            while flight:
-                yield from self._yield_oldest(p, flight, bar, opts)
-        finally:
-            for call, _ in flight:
-                call.cancel()
-            if bar is not None:
-                bar.close()
+        yield from map_calls(self._session, p, inputs, window, chunk, progress, whole)
 
     def map_blocks(self, plan: Plan | Graph, *arrays: Any, name: str | None = None) -> Any:
         """Run the plan over Dask arrays, block by block on the workers holding the blocks; lazy.
@@ -463,7 +309,7 @@ class DaskExecutor(Executor):
         ...     y.numblocks, y.compute().shape
         ((2, 1), (6, 2))
         """
-        return dask_data.map_blocks(self._session, self._as_plan(plan), arrays, name)
+        return map_blocks(self._session, self._as_plan(plan), arrays, name)
 
     def map_partitions(
         self,
@@ -502,8 +348,7 @@ class DaskExecutor(Executor):
         NodeError
             At compute time, naming the partition and the node, for a node that raised.
         """
-        p = self._as_plan(plan)
-        return dask_data.map_partitions(self._session, p, frame, columns, names)
+        return map_partitions(self._session, self._as_plan(plan), frame, columns, names)
 
     def __enter__(self) -> DaskExecutor:
         """Also makes this executor's client the current one for the ``with`` block, so a
@@ -520,14 +365,6 @@ class DaskExecutor(Executor):
         finally:
             self.close()
 
-    def _yield_oldest(self, plan: Plan, flight, bar, opts: CallOptions) -> Iterator[Any]:
-        call, envs = flight.popleft()
-        finish_started(self._session, plan, call, envs, opts)  # run again if a worker was lost
-        for env in envs:
-            if bar is not None:
-                bar.update(1)
-            yield collect_outputs(plan.graph, env)
-
     # -- lifetime ---------------------------------------------------------------------------
     def close(self) -> None:
         """Release the weights; close the client and embedded cluster if this executor made them."""
@@ -538,7 +375,7 @@ class DaskExecutor(Executor):
         self._finalizer()
 
     def _release_keepers(self) -> None:
-        """Release the keepers (`dask_calls`) now: a client given to this executor forgets
+        """Release the keepers (`calls`) now: a client given to this executor forgets
         them before `close` returns (Dask releases a future on its loop, later)."""
         keepers = list(self._session.keepers.values())
         self._session.keepers.clear()
@@ -553,23 +390,3 @@ class DaskExecutor(Executor):
             f"DaskExecutor({self.address!r}, {where}, schedule={self.schedule!r}, "
             f"placement={self._placer.kind!r})"
         )
-
-
-def _options(profile: bool, schedule: str, whole: bool) -> CallOptions:
-    """A call's options; its modes are the calling thread's, with grad off."""
-    modes = capture_modes()
-    return CallOptions(profile, schedule, whole, Modes(False, modes.inference, modes.autocast))
-
-
-def _start_guarded(n_workers: int, threads: int, processes: bool, *args: Any) -> Any:
-    """`start_cluster`, but a script that re-runs in its spawned workers gets one clear error
-    (`graphexec.executors.spawn_guard`) instead of a page of worker tracebacks."""
-    if processes:
-        spawn_guard.refuse_in_bootstrap()
-    try:
-        return start_cluster(n_workers, threads, processes, *args)
-    except Exception as exc:
-        better = spawn_guard.explain(exc) if processes else None
-        if better is None:
-            raise
-        raise better from None

@@ -23,7 +23,13 @@ import re
 import sys
 from pathlib import Path
 
-__all__ = ["UnguardedMainError", "bootstrapping", "refuse_in_bootstrap", "unguarded_script"]
+__all__ = [
+    "UnguardedMainError",
+    "bootstrapping",
+    "explain",
+    "refuse_in_bootstrap",
+    "unguarded_script",
+]
 
 _GUARD = re.compile(r"""^\s*if\s+__name__\s*==\s*['"]__main__['"]\s*:""", re.MULTILINE)
 
@@ -78,6 +84,6 @@ def explain(exc: BaseException) -> UnguardedMainError | None:
         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}). Dask starts "
         f"workers with 'spawn', which runs the top level of {script} again in each of them, "
         "and that starts a cluster again. Put the code that starts the cluster under\n"
-        "    if __name__ == \"__main__\":\n(see https://docs.python.org/3/library/"
+        '    if __name__ == "__main__":\n(see https://docs.python.org/3/library/'
         "multiprocessing.html#the-spawn-and-forkserver-start-methods)"
     )

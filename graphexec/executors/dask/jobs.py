@@ -3,20 +3,20 @@
 What it decides
 ---------------
 * **A job is one Dask task, over a chunk of inputs.** One job per plan task; `run` sends a
-  chunk of one input, `map` several (`_run_job` runs them one after another), so Dask's own
+  chunk of one input, `map` several (`run_job` runs them one after another), so Dask's own
   cost per task (milliseconds of client, scheduler and worker CPU) is paid once per chunk.
   Inline tasks (too cheap to dispatch) are not jobs: each job re-runs the inline tasks it
   reads from before its own task (they are pure and cheap), so merge ops never become Dask
   tasks. An inline task is a job only when its value is a graph output or it mutates a
-  tensor. `map` may run the whole plan as one job (`_whole_job`), so inputs, not branches,
+  tensor. `map` may run the whole plan as one job (`whole_job`), so inputs, not branches,
   fill the workers.
-* **A node's exception is not a lost worker.** `_run_job` raises `_RemoteNodeError` (message,
+* **A node's exception is not a lost worker.** `run_job` raises `RemoteNodeError` (message,
   worker, traceback text, the original exception when it pickles). The executor submits jobs
   with ``retries=0``: Dask re-runs a job only when its worker died (the scheduler's
   ``allowed-failures``), never because a node raised, so a node's side effects happen once.
 * **Torch threads on a worker.** Dask's nanny sets ``OMP_NUM_THREADS=1`` in its workers. A job
   sets torch's intra-op threads of the thread it runs on (OpenMP settings are per thread) to
-  the `_JobEnv`'s choice: a fixed number, or the host's cores divided by the task threads of
+  the `JobEnv`'s choice: a fixed number, or the host's cores divided by the task threads of
   all the workers on that host. Never inside the client's own process (``processes=False``).
 * **Sizes count storage.** A tensor pickles its whole storage, so a small view of a big tensor
   is measured by its storage and copied out (`compact`) before it is embedded or scattered.
@@ -40,18 +40,32 @@ import torch
 import torch.utils._pytree as pytree
 from dask.sizeof import sizeof
 
-from ..errors import NodeError, _rebuild_node_error
-from ..graph import state_tensors
-from ..plans import Plan, Task
-from ..profile import TaskEvent
-from .base import Modes, run_task
-from .dask_wire import NodeCopy
+from ...errors import NodeError
+from ...graph import state_tensors
+from ...plans import Plan, Task
+from ...profile import TaskEvent
+from ..base import Modes, run_task
+from .wire import NodeCopy
 
-__all__ = ["compact", "fingerprint", "nbytes", "reject_cuda", "state_nbytes"]
+__all__ = [
+    "Job",
+    "JobEnv",
+    "RemoteNodeError",
+    "compact",
+    "fingerprint",
+    "input_task",
+    "make_jobs",
+    "nbytes",
+    "pop_events",
+    "reject_cuda",
+    "run_job",
+    "state_nbytes",
+    "whole_job",
+]
 
 
 @dataclass(frozen=True)
-class _Job:
+class Job:
     """One Dask task: ``tasks`` run in order on one worker (inline producers, then the task)."""
 
     name: str
@@ -64,7 +78,7 @@ class _Job:
     cost: float = 0.0
 
 
-def _make_jobs(plan: Plan) -> dict[str, _Job]:
+def make_jobs(plan: Plan) -> dict[str, Job]:
     """Turn a plan's tasks into jobs; inline tasks are folded into every job that reads them."""
     graph = plan.graph
     out_values = {r.node for r in graph.output_refs()}
@@ -94,7 +108,7 @@ def _members(plan: Plan, name: str, absorbed: set[str]) -> set[str]:
     return members
 
 
-def _job_of(plan: Plan, name: str, members: set[str], order: dict[str, int]) -> _Job:
+def _job_of(plan: Plan, name: str, members: set[str], order: dict[str, int]) -> Job:
     producer = {n: t for t, task in plan.tasks.items() for n in task.nodes}
     tasks = tuple(plan.tasks[t] for t in sorted(members, key=order.__getitem__))
     made = {n for t in tasks for n in t.nodes}
@@ -105,10 +119,10 @@ def _job_of(plan: Plan, name: str, members: set[str], order: dict[str, int]) -> 
     )
     task = plan.tasks[name]
     nodes = tuple(n for t in tasks for n in t.nodes)
-    return _Job(name, tasks, nodes, inputs, task.outputs, after, task.level, task.cost)
+    return Job(name, tasks, nodes, inputs, task.outputs, after, task.level, task.cost)
 
 
-def _whole_job(plan: Plan) -> dict[str, _Job]:
+def whole_job(plan: Plan) -> dict[str, Job]:
     """The whole plan as one job: for `DaskExecutor.map`, where inputs, not branches, overlap."""
     wanted = {r.node for r in plan.graph.output_refs()} - set(plan.graph.inputs)
     tasks = tuple(plan.tasks.values())
@@ -116,7 +130,7 @@ def _whole_job(plan: Plan) -> dict[str, _Job]:
     name = plan.graph.name
     nodes = tuple(n for t in tasks for n in t.nodes)
     cost = sum(t.cost for t in tasks)
-    return {name: _Job(name, tasks, nodes, inputs, tuple(sorted(wanted)), (), 0, cost)}
+    return {name: Job(name, tasks, nodes, inputs, tuple(sorted(wanted)), (), 0, cost)}
 
 
 # -- the worker side -------------------------------------------------------------------------------
@@ -125,7 +139,7 @@ _EVENTS_LOCK = threading.Lock()  # a worker with several threads runs several jo
 
 
 @dataclass(frozen=True)
-class _JobEnv:
+class JobEnv:
     """What every job of a call shares: modes, profiling token, torch threads."""
 
     modes: Modes
@@ -135,7 +149,7 @@ class _JobEnv:
     client_pid: int  # never change torch's threads in the client's own process
 
 
-class _RemoteNodeError(Exception):
+class RemoteNodeError(Exception):
     """A `NodeError` as it crosses back to the client: message, worker, traceback text, cause."""
 
     def __init__(self, node: str, task: str | None, message: str, where: str, tb: str, cause):
@@ -145,10 +159,10 @@ class _RemoteNodeError(Exception):
 
     def __reduce__(self):
         args = (self.node, self.task, self.message, self.where, self.tb, self.cause)
-        return (_RemoteNodeError, args)
+        return (RemoteNodeError, args)
 
     def to_node_error(self) -> NodeError:
-        err = _rebuild_node_error(
+        err = NodeError.from_message(
             self.node,
             self.task,
             f"{self.message}\n\nRemote traceback (worker {self.where}):\n{self.tb.rstrip()}",
@@ -164,7 +178,7 @@ def _worker_address() -> str:
         return threading.current_thread().name
 
 
-def _use_threads(env: _JobEnv) -> None:
+def _use_threads(env: JobEnv) -> None:
     """Set torch's intra-op threads of this (task) thread; see the module docstring."""
     if os.getpid() == env.client_pid:
         return
@@ -173,12 +187,12 @@ def _use_threads(env: _JobEnv) -> None:
         torch.set_num_threads(n)
 
 
-def _run_job(
+def run_job(
     tasks: tuple[Task, ...],
     nodes: list[NodeCopy],
     given: list[dict[str, Any]],
     produced: dict[str, list[dict[str, Any]]],
-    env: _JobEnv,
+    env: JobEnv,
     outputs: tuple[str, ...],
     *after: Any,
 ) -> list[dict[str, Any]]:
@@ -224,7 +238,7 @@ class _Elsewhere:
     is_input: bool
 
 
-def _remote_error(err: NodeError, lane: str) -> _RemoteNodeError:
+def _remote_error(err: NodeError, lane: str) -> RemoteNodeError:
     """``err`` as it can cross to the client: Dask pickles an exception with its whole chain
     (``__cause__`` and ``__context__``, through tblib), and an exception that does not pickle
     reached the client as a bare ``Exception``. So the original travels only when it survives a
@@ -238,7 +252,7 @@ def _remote_error(err: NodeError, lane: str) -> _RemoteNodeError:
     if cause is not None:
         cause.__context__ = cause.__cause__ = None  # pickled with it otherwise
         cause.__traceback__ = None
-    return _RemoteNodeError(err.node, err.task, str(err), lane, tb, cause)
+    return RemoteNodeError(err.node, err.task, str(err), lane, tb, cause)
 
 
 _QUIET = threading.Lock()
@@ -257,16 +271,16 @@ def _quiet_node_errors() -> None:
 
 def _not_a_node_error(record: logging.LogRecord) -> bool:
     args = record.args if isinstance(record.args, tuple) else ()
-    ours = len(args) > 3 and "_RemoteNodeError(" in str(args[3])
+    ours = len(args) > 3 and "RemoteNodeError(" in str(args[3])
     return not (ours and str(record.msg).startswith("Compute Failed"))
 
 
-def _value(value: Any) -> Any:
+def input_task(value: Any) -> Any:
     """A graph input as a Dask task of its own: sent once, read by several jobs."""
     return value
 
 
-def _pop_events(token: str) -> list[TaskEvent]:
+def pop_events(token: str) -> list[TaskEvent]:
     with _EVENTS_LOCK:
         return _EVENTS.pop(token, [])
 

@@ -28,10 +28,10 @@ What it decides
   Dask's memory manager cannot drop), sending only copies a worker does not hold yet. Block
   tasks do not take the weights as Dask dependencies (the scheduler would then move the weights
   to the data, or the data to the weights); each reads the copies of the worker it runs on from
-  that worker's memory (`_weights_here`). A worker that joined later (a nanny's replacement for
-  a killed one) fetches one copy from a peer on its first block and keeps it for that
-  collection (`_FETCHED`): still once per worker, never from the client.
-* **Threads and modes as `run` sets them.** Each block runs through `dask_jobs._run_job`:
+  that worker's memory (`blocks.weights_here`). A worker that joined later (a nanny's
+  replacement for a killed one) fetches one copy from a peer on its first block and keeps it
+  for that collection: still once per worker, never from the client.
+* **Threads and modes as `run` sets them.** Each block runs through `jobs.run_job`:
   torch's intra-op threads per worker task thread as the executor chooses, the caller's
   inference mode and autocast (taken when the collection is built), grad off.
 * **Faults.** Dask recomputes a block lost with its worker from its inputs (the files), on a
@@ -42,36 +42,30 @@ The call tree::
 
     DaskExecutor.map_blocks(plan, *arrays)   -> map_blocks(session, plan, arrays)
       _check_arrays, _probe (client: 2 rows of zeros), _spec (Placer.place: weights)
-      blockwise(_run_block)                  worker: _weights_here, dask_jobs._run_job
-      blockwise(_pick) per output            one array per graph output
+      blockwise(run_block)                  worker (`blocks`): weights_here, jobs.run_job
+      blockwise(pick) per output            one array per graph output
     DaskExecutor.map_partitions(plan, frame, columns=, names=) -> map_partitions(...)
-      _input_columns, _probe, _spec, frame.map_partitions(_run_partition, meta=...)
+      _input_columns, _probe, _spec, frame.map_partitions(run_partition, meta=...)
 
-Worker-side state: `_FETCHED` (weights a worker fetched from a peer, per collection) is shared
-by the worker's task threads, hence `_FETCHED_LOCK`.
+This module is the client side; what a block task runs on its worker is in `blocks`.
 """
 
 from __future__ import annotations
 
-import threading
 import uuid
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-import distributed
 import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
-from ..errors import NodeError, _rebuild_node_error
-from ..graph import Ref
-from ..plans import Plan, Task
-from .base import Modes, capture_modes
-from .dask_calls import Session, _job_envs
-from .dask_jobs import _JobEnv, _RemoteNodeError, _run_job
-from .dask_wire import NodeCopy
+from ...errors import NodeError
+from ...graph import Ref
+from ...plans import Plan
+from ..base import Modes
+from .blocks import Partitions, Spec, pick, run_block, run_partition
+from .calls import Session, call_modes, job_envs
 
 __all__ = ["map_blocks", "map_partitions"]
 
@@ -95,30 +89,14 @@ def _dask_dataframe():
     return dd, pd
 
 
-# -- what every block task carries ---------------------------------------------------------------
-@dataclass(frozen=True)
-class _Spec:
-    """What a block task needs besides its block: a few kB, no weights (those stay on workers)."""
-
-    graph: str
-    token: str  # this collection's: keys `_FETCHED`
-    tasks: tuple[Task, ...]
-    inputs: tuple[str, ...]  # graph inputs, in the order the blocks come
-    wanted: tuple[str, ...]  # values `_run_job` returns (graph outputs that are not inputs)
-    leaves: tuple[Ref, ...]  # the graph's output refs, in pytree order
-    rows: tuple[tuple[int, ...], ...]  # each input's row shape
-    keys: Mapping[str, tuple[str, ...]]  # worker address -> keys of its node copies, in order
-    envs: Mapping[str, _JobEnv]  # worker address -> how its jobs run
-
-
-def _spec(s: Session, plan: Plan, rows: Sequence[tuple[int, ...]], modes: Modes) -> _Spec:
+def _spec(s: Session, plan: Plan, rows: Sequence[tuple[int, ...]], modes: Modes) -> Spec:
     """Place the whole plan on every live worker (sending missing copies) and describe it."""
     jobs, _, nodes, workers = s.placer.place(plan, whole=True)
     (job,) = jobs.values()
     keys = {w: tuple(nodes[(n, w)].key for n in job.nodes) for w in workers}
     keys = {w: k for w, k in keys.items() if all((n, w) in nodes for n in job.nodes)}
     refs = tuple(plan.graph.output_refs())
-    return _Spec(
+    return Spec(
         plan.graph.name,
         uuid.uuid4().hex[:12],
         job.tasks,
@@ -127,14 +105,8 @@ def _spec(s: Session, plan: Plan, rows: Sequence[tuple[int, ...]], modes: Modes)
         refs,
         tuple(rows),
         keys,
-        _job_envs(s, workers, None, modes),
+        job_envs(s, workers, None, modes),
     )
-
-
-def _modes() -> Modes:
-    """The calling thread's inference mode and autocast, grad off (as `DaskExecutor.run`)."""
-    m = capture_modes()
-    return Modes(False, m.inference, m.autocast)
 
 
 def _name(s: str) -> str:
@@ -154,7 +126,7 @@ def _probe(plan: Plan, rows: Sequence[tuple[int, ...]], dtypes: Sequence[np.dtyp
         If the graph cannot take the rows (naming the input and the node that refused them), or
         an output is not one row per input row.
     """
-    from .sequential import SequentialExecutor
+    from ..sequential import SequentialExecutor
 
     graph = plan.graph
     tensors = []
@@ -250,7 +222,7 @@ def map_blocks(s: Session, plan: Plan, arrays: Sequence[Any], name: str | None =
     graph = plan.graph
     rows = [tuple(int(d) for d in a.shape[1:]) for a in arrays]
     leaves = _probe(plan, rows, [a.dtype for a in arrays], lambda n: f"array input '{n}'")
-    spec = _spec(s, plan, rows, _modes())
+    spec = _spec(s, plan, rows, call_modes())
     base = _name(name or graph.name)
     token = f"{base}-{spec.token}"
     row_chunks = arrays[0].chunks[0]
@@ -259,7 +231,7 @@ def map_blocks(s: Session, plan: Plan, arrays: Sequence[Any], name: str | None =
     for a in arrays:
         pairs += [a, "i" + "".join(next(letters) for _ in range(1, a.ndim))]
     results = da.blockwise(
-        _run_block, "i", *pairs, spec=spec, dtype=object, meta=np.empty((0,), dtype=object),
+        run_block, "i", *pairs, spec=spec, dtype=object, meta=np.empty((0,), dtype=object),
         concatenate=True, align_arrays=False, name=token,
     )  # fmt: skip
     outs = []
@@ -269,7 +241,7 @@ def map_blocks(s: Session, plan: Plan, arrays: Sequence[Any], name: str | None =
         label = "out" if len(leaves) == 1 else _name(str(ref))
         outs.append(
             da.blockwise(
-                _pick, "i" + feat, results, "i", j, None,
+                pick, "i" + feat, results, "i", j, None,
                 new_axes={c: n for c, n in zip(feat, leaf.shape[1:], strict=True)},
                 dtype=dtype, meta=np.empty((0,) * leaf.ndim, dtype=dtype),
                 name=f"{base}-{label}-{spec.token}",
@@ -285,123 +257,6 @@ def _restructure(outputs: Any, arrays: list[Any]) -> Any:
     """The graph's output structure with each output ref replaced by its collection."""
     it = iter(arrays)
     return pytree.tree_map(lambda r: next(it) if isinstance(r, Ref) else r, outputs)
-
-
-def _pick(outs: tuple, j: int) -> np.ndarray:
-    return outs[j]
-
-
-def _run_block(block_id: tuple[int, ...], *blocks: np.ndarray, spec: _Spec) -> tuple:
-    """On a worker: run the plan over one block of rows; return each output as numpy."""
-    where = f"block {block_id[0]} of graph '{spec.graph}'"
-    env = {}
-    for name, shape, block in zip(spec.inputs, spec.rows, blocks, strict=True):
-        block = np.asarray(block)
-        if tuple(block.shape[1:]) != shape:
-            raise ValueError(
-                f"{where}: input '{name}' has rows of shape {tuple(block.shape[1:])}, the "
-                f"array said {shape}"
-            )
-        env[name] = _tensor(block)
-    return _run_rows(spec, env, where)
-
-
-def _tensor(block: np.ndarray) -> torch.Tensor:
-    """A block as a tensor; copied only when torch cannot share it (read-only, byte order)."""
-    native = block.dtype.newbyteorder("=")
-    if block.dtype != native or not block.flags.writeable or not block.flags.c_contiguous:
-        block = np.array(block, dtype=native, order="C", copy=True)
-    return torch.from_numpy(block)
-
-
-def _run_rows(spec: _Spec, env: dict[str, torch.Tensor], where: str) -> tuple:
-    """Run the whole plan on this worker over ``env``; outputs in `_Spec.leaves` order."""
-    nodes, job_env = _weights_here(spec, where)
-    try:
-        (values,) = _run_job(spec.tasks, nodes, [env], {}, job_env, spec.wanted)
-    except _RemoteNodeError as err:
-        raise _rebuild_node_error(
-            err.node, err.task, f"{where}: {err.message}\n\nRemote traceback (worker "
-            f"{err.where}):\n{err.tb.rstrip()}"
-        ) from None  # fmt: skip
-    values.update(env)
-    rows = next(iter(env.values())).shape[0]
-    out = []
-    for ref in spec.leaves:
-        leaf = ref.resolve(values[ref.node])
-        if not isinstance(leaf, torch.Tensor) or leaf.ndim == 0 or leaf.shape[0] != rows:
-            shape = tuple(leaf.shape) if isinstance(leaf, torch.Tensor) else type(leaf).__name__
-            raise NodeError(
-                ref.node, ValueError(f"{where}: output '{ref}' gave {shape} for {rows} rows")
-            )
-        out.append(leaf.detach().cpu().numpy())
-    return tuple(out)
-
-
-# -- weights on the worker -----------------------------------------------------------------------
-_FETCHED: OrderedDict[str, list[NodeCopy]] = OrderedDict()  # collection token -> copies
-_FETCHED_LOCK = threading.Lock()
-_FETCHED_KEEP = 4  # collections whose fetched copies a worker keeps
-
-
-def _weights_here(spec: _Spec, where: str) -> tuple[list[NodeCopy], _JobEnv]:
-    """This worker's copies of the plan's nodes and how its jobs run (see the docstring)."""
-    try:
-        worker = distributed.get_worker()
-    except ValueError:
-        raise RuntimeError(
-            f"{where} ran outside a Dask worker: compute it on the executor's cluster, "
-            "inside `with DaskExecutor(...) as ex:` or with ex.client.compute(...)"
-        ) from None
-    env = spec.envs.get(worker.address) or _same_host(spec, worker.address)
-    keys = spec.keys.get(worker.address)
-    if keys is not None:
-        try:
-            return [worker.data[k] for k in keys], env
-        except KeyError:
-            pass  # a copy lost (a restarted worker under the same address): fetch one
-    with _FETCHED_LOCK:  # one fetch per worker: the task threads wait for it
-        nodes = _FETCHED.get(spec.token)
-        if nodes is None:
-            nodes = _fetch(spec, where)
-            _FETCHED[spec.token] = nodes
-            while len(_FETCHED) > _FETCHED_KEEP:
-                _FETCHED.popitem(last=False)
-    return nodes, env
-
-
-def _same_host(spec: _Spec, address: str) -> _JobEnv:
-    host = address.rsplit(":", 1)[0]
-    same = [e for a, e in spec.envs.items() if a.rsplit(":", 1)[0] == host]
-    return (same or list(spec.envs.values()))[0]
-
-
-def _fetch(spec: _Spec, where: str) -> list[NodeCopy]:
-    """Copies of the nodes from the first worker that still holds a whole set."""
-    client = distributed.get_client()
-    every = [k for keys in spec.keys.values() for k in keys]
-    # Only keys the scheduler says are held: a future of a key lost with its worker would wait
-    # for it forever (nothing can recompute scattered data).
-    held = client.sync(client.scheduler.who_has, keys=every)
-    errors = []
-    for address, keys in sorted(spec.keys.items()):
-        if not all(held.get(k) for k in keys):
-            errors.append(f"{address}: gone")
-            continue
-        # state="memory": what the scheduler says of a future it sends a worker (a future made
-        # here is not reported on otherwise, and would wait for ever)
-        futures = [distributed.Future(k, client, state="memory") for k in keys]
-        try:
-            return client.gather(futures, errors="raise")
-        except Exception as exc:  # that worker died since: try the next
-            errors.append(f"{address}: {type(exc).__name__}")
-        finally:
-            for f in futures:
-                f.release()
-    raise RuntimeError(
-        f"{where}: no worker holds the weights any more ({'; '.join(errors) or 'none placed'});"
-        " build the collection again with the executor (it places them again)"
-    )
 
 
 # -- map_partitions ------------------------------------------------------------------------------
@@ -514,7 +369,7 @@ def map_partitions(
         return f"column '{cols[n]}'" if isinstance(cols[n], str) else f"columns {cols[n]}"
 
     leaves = _probe(plan, rows, dtypes, what)
-    spec = _spec(s, plan, rows, _modes())
+    spec = _spec(s, plan, rows, call_modes())
     out_cols = _out_columns(spec.leaves, leaves, names, graph.name)
     empty = {}
     for cs, leaf in zip(out_cols, leaves, strict=True):
@@ -523,46 +378,7 @@ def map_partitions(
     out_meta = pd.DataFrame(empty, index=meta.index[:0])
     out_dtypes = tuple(leaf.numpy().dtype for leaf in leaves)
     inputs = tuple(cols[n] for n in graph.inputs)
-    part = _Partitions(spec, inputs, tuple(dtypes), out_cols, out_dtypes)
+    part = Partitions(spec, inputs, tuple(dtypes), out_cols, out_dtypes)
     return frame.map_partitions(
-        _run_partition, part, meta=out_meta, token=_name(graph.name), enforce_metadata=False
+        run_partition, part, meta=out_meta, token=_name(graph.name), enforce_metadata=False
     )
-
-
-@dataclass(frozen=True)
-class _Partitions:
-    """What a partition task carries: the spec, the columns per input, the output columns."""
-
-    spec: _Spec
-    columns: tuple[str | list[str], ...]
-    dtypes: tuple[np.dtype, ...]
-    out: list[list[str]]
-    out_dtypes: tuple[np.dtype, ...]
-
-
-def _run_partition(part: Any, how: _Partitions, partition_info: dict | None = None) -> Any:
-    """On a worker: run the plan over one partition's rows; return the outputs as columns."""
-    import pandas as pd
-
-    spec = how.spec
-    number = (partition_info or {}).get("number", "?")
-    where = f"partition {number} of graph '{spec.graph}'"
-    env = {}
-    for name, cols, dtype in zip(spec.inputs, how.columns, how.dtypes, strict=True):
-        missing = [c for c in ([cols] if isinstance(cols, str) else cols) if c not in part.columns]
-        if missing:
-            raise ValueError(f"{where}: input '{name}': column(s) {missing} missing here")
-        try:
-            values = part[cols].to_numpy(dtype=dtype)
-        except (TypeError, ValueError) as exc:  # a missing value in an integer column, ...
-            raise ValueError(f"{where}: input '{name}' from {cols}: {exc}") from None
-        env[name] = _tensor(values)
-    if len(part) == 0:
-        data = {c: np.zeros(0, dtype=d) for cs, d in zip(how.out, how.out_dtypes, strict=True)
-                for c in cs}  # fmt: skip
-        return pd.DataFrame(data, index=part.index)
-    data = {}
-    for cs, arr in zip(how.out, _run_rows(spec, env, where), strict=True):
-        arr = arr.reshape(len(part), -1)
-        data.update({c: arr[:, i] for i, c in enumerate(cs)})
-    return pd.DataFrame(data, index=part.index)

@@ -44,8 +44,10 @@ What it decides
   a Ctrl-C printed some 25 lines of shutdown warnings around the one traceback that matters.
   `quiet_interrupts` also drops asyncio's "Task exception was never retrieved" for Dask's
   internal ``AllExit`` (a gather interrupted by Ctrl-C leaves one behind).
+* **A script without a ``__main__`` guard** gets one clear error (`spawn_guard`), not a page
+  of worker tracebacks, when its embedded cluster cannot start (`start_cluster`).
 * **Close what was created.** `close_owned` closes the client and cluster this executor made,
-  never a client it was given.
+  never a client it was given; `connect` closes the embedded cluster when no client reaches it.
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ import dask
 import distributed
 from distributed.deploy.cluster import Cluster
 
+from . import spawn_guard
+
 __all__ = [
     "EMBEDDED_CONFIG",
     "EmbeddedCluster",
@@ -71,8 +75,10 @@ __all__ = [
     "TLSConfigError",
     "check_tls",
     "close_owned",
+    "connect",
     "quiet_interrupts",
     "probe",
+    "start_cluster",
 ]
 
 #: Dask settings of the embedded cluster, read when its scheduler and nannies start (a nanny
@@ -215,7 +221,32 @@ def start_cluster(
     security: Any,
     dashboard_address: str | None,
 ) -> EmbeddedCluster:
-    """Start the embedded cluster on free ports (see the module docstring)."""
+    """Start the embedded cluster on free ports (see the module docstring).
+
+    Raises
+    ------
+    spawn_guard.UnguardedMainError
+        If worker processes could not start because the script that starts the cluster has
+        no ``if __name__ == "__main__":`` guard (it re-runs in every spawned worker).
+    """
+    if processes:
+        spawn_guard.refuse_in_bootstrap()
+    try:
+        return _start(n_workers, threads_per_worker, processes, security, dashboard_address)
+    except Exception as exc:
+        better = spawn_guard.explain(exc) if processes else None
+        if better is None:
+            raise
+        raise better from None
+
+
+def _start(
+    n_workers: int,
+    threads_per_worker: int,
+    processes: bool,
+    security: Any,
+    dashboard_address: str | None,
+) -> EmbeddedCluster:
     kwargs: dict[str, Any] = {}
     config = dict(EMBEDDED_CONFIG)
     if dashboard_address is None:  # Dask would still serve pages, on 0.0.0.0:8787
@@ -246,6 +277,35 @@ def start_cluster(
         raise
     cluster.scratch = scratch
     return cluster
+
+
+def connect(address: str, cluster: Any, security: Any, timeout: float) -> distributed.Client:
+    """A client of the embedded ``cluster``, or else of the scheduler at ``address`` (probed
+    first); an embedded cluster is closed when its client cannot be made.
+
+    Raises
+    ------
+    SchedulerUnreachableError
+        If the scheduler cannot be reached within ``timeout`` (naming the address).
+    """
+    try:
+        if cluster is None:
+            probe(address, timeout)
+        return distributed.Client(
+            cluster if cluster is not None else address,
+            timeout=timeout,
+            security=security,
+            set_as_default=False,
+        )
+    except (OSError, SchedulerUnreachableError) as exc:
+        if cluster is not None:
+            cluster.close()
+        if isinstance(exc, SchedulerUnreachableError):
+            raise
+        why = os_reason(exc)
+        if isinstance(exc, TimeoutError) or "Timed out" in str(exc):
+            why = f"no answer within {timeout:g} s ({type(exc).__name__}: {exc})"
+        raise unreachable(address, why) from exc
 
 
 def _loopback(address: str) -> str:

@@ -29,8 +29,8 @@ from typing import Any
 
 import distributed
 
-from ..errors import NodeError, _rebuild_node_error
-from .dask_connect import SchedulerUnreachableError
+from ...errors import NodeError
+from .connect import SchedulerUnreachableError
 
 __all__ = [
     "KILLS_ALLOWED",
@@ -109,7 +109,7 @@ def killed_error(exc: Exception, plan: Any) -> NodeError:
 
 def _crash_error(task: str, nodes: tuple[str, ...], why: str) -> NodeError:
     where = f"node '{nodes[0]}'" if len(nodes) == 1 else f"task '{task}' (nodes {list(nodes)})"
-    return _rebuild_node_error(
+    return NodeError.from_message(
         nodes[0],
         task,
         f"{where} failed: {why}. Its process crashed while running it (a segfault, os._exit, "
@@ -123,7 +123,7 @@ class ClusterErrors:
 
     Once the client has lost its scheduler every later call raises the same error at once:
     the scheduler's state (weights, placements) is gone with it; make a new executor.
-    ``state`` is the executor's `dask_calls.Session` (its ``client``, ``address``, ``lost``).
+    ``state`` is the executor's `calls.Session` (its ``client``, ``address``, ``lost``).
     """
 
     def __init__(self, state: Any):

@@ -6,14 +6,14 @@ What it decides
   ``WORKERS_TTL`` seconds (one round trip; calls in between reuse it), so a call may be placed
   on a worker that has just died. That costs a re-run, never a hang nor an error: its jobs
   read copies that died with it, so they are cancelled, and a scatter to it fails; either way
-  the executor calls `Placer.settle` and places the call again (`dask_faults`). `settle` asks
+  the executor calls `Placer.settle` and places the call again (`faults`). `settle` asks
   the scheduler for its list and then asks every listed worker to answer (one broadcast
   through the scheduler, which must reach the workers anyway); a worker that does not answer
   is left out until the scheduler drops it, or for ``SUSPECT_FOR`` seconds (a worker that
   comes back under the same address is used again).
 * **No worker listed** (a nanny restarting them all) waits up to the executor's ``timeout``
   for one to come back, then raises `PlacementError`.
-* **Per call.** `Placer.place` maps each job to one worker (`dask_placement.spread` over the
+* **Per call.** `Placer.place` maps each job to one worker (`placement.spread` over the
   workers that hold its nodes) and asks the `WeightStore` for the copies there, sending the
   missing ones. A sharded plan's `Shards` are placed once and repaired when workers die.
 
@@ -30,10 +30,10 @@ from typing import Any
 
 import distributed
 
-from ..plans import Plan
-from .base import IdCache
-from .dask_jobs import _Job, _make_jobs, _whole_job, state_nbytes
-from .dask_placement import (
+from ...plans import Plan
+from ..base import IdCache
+from .jobs import Job, make_jobs, state_nbytes, whole_job
+from .placement import (
     PlacementError,
     Shards,
     WeightStore,
@@ -70,8 +70,8 @@ class Placer:
         self.pinned = dict(placement) if isinstance(placement, Mapping) else None
         self.copies = copies
         self.store = WeightStore(client)
-        self.jobs = IdCache(_make_jobs)
-        self.whole = IdCache(_whole_job)
+        self.jobs = IdCache(make_jobs)
+        self.whole = IdCache(whole_job)
         self._shards: IdCache[Plan, Shards] = IdCache(lambda plan: Shards())
         self._fits: IdCache[Plan, set] = IdCache(lambda plan: set())
         self._lock = threading.Lock()
@@ -162,7 +162,7 @@ class Placer:
 
     def place(
         self, plan: Plan, whole: bool
-    ) -> tuple[Mapping[str, _Job], dict[str, str], dict[tuple[str, str], Any], dict[str, Worker]]:
+    ) -> tuple[Mapping[str, Job], dict[str, str], dict[tuple[str, str], Any], dict[str, Worker]]:
         """Jobs of one call, job -> worker, the futures of the nodes' copies, live workers."""
         workers = self.live()
         split = self.jobs(plan)

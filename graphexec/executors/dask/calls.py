@@ -8,9 +8,9 @@ What it decides
 * **Futures held.** Only output jobs and sinks are waited on (an error upstream reaches
   them); the others' futures are dropped once submitted, so Dask frees each intermediate at
   its last consumer. Scattered and shared graph inputs are held until the call ends.
-* **Pinned jobs.** Every job runs on the worker `dask_placement` chose (``workers=[w]``,
+* **Pinned jobs.** Every job runs on the worker `placement` chose (``workers=[w]``,
   strict) and reads the copies of its nodes there; ``retries=0``, so Dask re-runs a job only
-  for a lost worker, never because a node raised (see `dask_jobs`).
+  for a lost worker, never because a node raised (see `jobs`).
 * **Graph inputs.** Views are compacted first (a view pickles its whole storage). Up to
   ``EMBED_BELOW`` bytes an input is embedded in each job that reads it; read by several jobs
   it becomes a task of its own (sent once, without blocking, so ``map`` keeps inputs in
@@ -18,10 +18,10 @@ What it decides
   warns about task graphs over 10 MB) and counted in ``sent_bytes``.
 * **One gather.** The client waits on a call with a single ``gather`` of its waited jobs (it
   stops at the first error): no separate wait, so a call costs one round trip to collect.
-* **Errors.** The first error releases the call's futures (`_Call.cancel`), then is raised: a
+* **Errors.** The first error releases the call's futures (`Call.cancel`), then is raised: a
   `NodeError` naming the node, with the remote traceback; a lost worker (a cancelled input or
   weight copy, a scatter to a worker just gone) is answered by `run_call`: settle the worker
-  list, place again, re-run, up to the executor's ``retries`` (`dask_faults`). `map` submits
+  list, place again, re-run, up to the executor's ``retries`` (`faults`). `map` submits
   with `start_call` and finishes with `finish_started`, which re-run the same way.
 * **Dask's bookkeeping stays (nearly) flat.** The scheduler keeps a task group per key
   prefix (a job's name) while any of its keys lives, and a *span* (a record of groups,
@@ -39,12 +39,10 @@ What it decides
 from __future__ import annotations
 
 import contextlib
-import itertools
-import math
 import os
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,36 +50,34 @@ import dask
 import distributed
 from distributed.scheduler import KilledWorker
 
-from ..graph import Graph
-from ..plans import Plan
-from ..profile import TaskEvent
-from .base import Modes, bind_inputs
-from .dask_faults import ClusterErrors, blame, gave_up, killed_error, lost_worker
-from .dask_jobs import (
-    _Job,
-    _JobEnv,
-    _pop_events,
-    _RemoteNodeError,
-    _run_job,
-    _value,
+from ...plans import Plan
+from ...profile import TaskEvent
+from ..base import Modes, capture_modes
+from .faults import ClusterErrors, blame, gave_up, killed_error, lost_worker
+from .jobs import (
+    Job,
+    JobEnv,
+    RemoteNodeError,
     compact,
-    reject_cuda,
+    input_task,
+    nbytes,
+    pop_events,
+    run_job,
 )
-from .dask_jobs import nbytes as _nbytes
-from .dask_placement import Worker, check_input_fits
-from .dask_placer import Placer
+from .placement import Worker, check_input_fits
+from .placer import Placer
 
 __all__ = [
-    "CHUNK_WORK",
     "EMBED_BELOW",
-    "MAX_CHUNK",
     "SCATTER_ABOVE",
+    "Call",
     "CallOptions",
     "Session",
-    "auto_chunk",
-    "chunks",
+    "call_modes",
     "finish_call",
     "finish_started",
+    "job_envs",
+    "on_the_loop",
     "run_call",
     "start_call",
     "submit_call",
@@ -91,12 +87,6 @@ __all__ = [
 SCATTER_ABOVE = 8 << 20
 #: Graph inputs up to this size are embedded in every job that reads them.
 EMBED_BELOW = 16 << 10
-#: `map` puts about this many seconds of the plan's estimated work into one Dask task. Dask's
-#: own cost per task (client, scheduler and worker CPU together) measured 20-25 ms on a
-#: 2-core VM (benchmarks/results/dask.md): under a tenth of a chunk.
-CHUNK_WORK = 0.25
-#: ... and at most this many inputs (a chunk's inputs are held until it is done).
-MAX_CHUNK = 8
 
 
 @dataclass
@@ -115,13 +105,13 @@ class Session:
     keepers: dict[str, distributed.Future] = field(default_factory=dict)  # job -> its keeper
 
 
-class _Call:
+class Call:
     """The futures of one call: jobs by name, and which of them the client waits on."""
 
     def __init__(self, client: distributed.Client, token: str, plan: Plan, jobs):
         self.client = client
         self.token = token
-        self.jobs: Mapping[str, _Job] = jobs
+        self.jobs: Mapping[str, Job] = jobs
         self.futures: dict[str, distributed.Future] = {}
         self.inputs: list[distributed.Future] = []  # graph inputs sent apart, held for the call
         self.wanted = {r.node for r in plan.graph.output_refs()} - set(plan.graph.inputs)
@@ -153,32 +143,6 @@ async def on_the_loop() -> None:
     """Nothing, on the client's event loop: what was queued there before it has run."""
 
 
-def auto_chunk(plan: Plan, threads: int, window: int | None, length: int | None) -> int:
-    """Inputs per Dask task for `map`: `CHUNK_WORK` seconds of estimated work, at most
-    `MAX_CHUNK`, and small enough to leave two chunks per worker thread of ``window`` and of
-    ``length`` inputs (when known), so every worker keeps a chunk queued behind its current one.
-    """
-    work = sum(t.cost for t in plan.tasks.values())
-    size = math.ceil(CHUNK_WORK / work) if work > 0 else MAX_CHUNK
-    per_thread = max(2, 2 * threads)
-    for bound in (window, length):
-        if bound is not None:
-            size = min(size, bound // per_thread)
-    return max(1, min(MAX_CHUNK, size))
-
-
-def chunks(graph: Graph, inputs: Iterable[Any], size: int) -> Iterator[list[dict[str, Any]]]:
-    """Bound graph inputs, ``size`` items at a time, pulled from ``inputs`` only when asked."""
-    it = iter(inputs)
-    while batch := list(itertools.islice(it, size)):
-        envs = []
-        for item in batch:
-            env = bind_inputs(graph, item if isinstance(item, tuple) else (item,), {})
-            reject_cuda("a graph input", env)
-            envs.append(env)
-        yield envs
-
-
 @dataclass(frozen=True)
 class CallOptions:
     """How a call runs: profiled or not, its schedule, whole-plan jobs (`map`), torch modes."""
@@ -189,9 +153,16 @@ class CallOptions:
     modes: Modes
 
 
+def call_modes() -> Modes:
+    """The calling thread's inference mode and autocast, grad off: what jobs run under
+    (autograd does not cross processes)."""
+    modes = capture_modes()
+    return Modes(False, modes.inference, modes.autocast)
+
+
 def submit_call(
     s: Session, plan: Plan, envs: Sequence[Mapping[str, Any]], opts: CallOptions
-) -> _Call:
+) -> Call:
     """Place the call's jobs (`Placer.place`) and submit each on its worker, over ``envs``.
 
     See the module docstring.
@@ -199,7 +170,7 @@ def submit_call(
     jobs, where, nodes, workers = s.placer.place(plan, opts.whole)
     _keep_groups(s, jobs)
     profile, schedule, modes = opts.profile, opts.schedule, opts.modes
-    call = _Call(s.client, uuid.uuid4().hex[:12], plan, jobs)
+    call = Call(s.client, uuid.uuid4().hex[:12], plan, jobs)
     graph_inputs = set(plan.graph.inputs)
     try:
         given_all = [
@@ -210,7 +181,7 @@ def submit_call(
         call.cancel()
         raise
     producer = {n: j.name for j in jobs.values() for n in j.outputs}
-    job_envs = _job_envs(s, workers, call.token if profile else None, modes)
+    per_worker = job_envs(s, workers, call.token if profile else None, modes)
     levels: dict[int, list[str]] = {}
     for name, job in jobs.items():
         levels.setdefault(job.level, []).append(name)
@@ -220,12 +191,12 @@ def submit_call(
                 job, w = jobs[name], where[name]
                 produced = {v: call.futures[producer[v]] for v in job.inputs if v in producer}
                 call.futures[name] = s.client.submit(
-                    _run_job,
+                    run_job,
                     job.tasks,
                     [nodes[(n, w)] for n in job.nodes],
                     [{v: g[v] for v in job.inputs if v in graph_inputs} for g in given_all],
                     produced,
-                    job_envs[w],
+                    per_worker[w],
                     job.outputs,
                     *(call.futures[a] for a in job.after),
                     key=f"{name}-{call.token}",
@@ -251,7 +222,7 @@ def _in_span(s: Session) -> contextlib.AbstractContextManager:
     return dask.annotate(span=s.span)
 
 
-def _keep_groups(s: Session, jobs: Mapping[str, _Job]) -> None:
+def _keep_groups(s: Session, jobs: Mapping[str, Job]) -> None:
     """Hold a keeper (``None`` under a key in the job's task group) for each job, so the
     scheduler keeps the group, and its span, from call to call (see the module docstring)."""
     missing = [j for j in jobs if (f := s.keepers.get(j)) is None or f.status != "finished"]
@@ -261,18 +232,20 @@ def _keep_groups(s: Session, jobs: Mapping[str, _Job]) -> None:
         s.keepers.update({j: sent[f"{j}-{token}"] for j in missing})
 
 
-def _job_envs(s: Session, workers: Mapping[str, Worker], token, modes) -> dict:
+def job_envs(s: Session, workers: Mapping[str, Worker], token, modes) -> dict[str, JobEnv]:
+    """Worker address -> how its jobs run: ``modes``, the profiling ``token`` (None: not
+    profiled), the torch threads of the session, the task threads on the worker's host."""
     per_host = Counter()
     for w in workers.values():
         per_host[w.host] += w.nthreads
     pid = os.getpid()
     return {
-        a: _JobEnv(modes, token, s.torch_threads, per_host[w.host], pid) for a, w in workers.items()
+        a: JobEnv(modes, token, s.torch_threads, per_host[w.host], pid) for a, w in workers.items()
     }
 
 
 def _send_inputs(
-    s: Session, call: _Call, env: Mapping[str, Any], graph_inputs: set[str], placed, token
+    s: Session, call: Call, env: Mapping[str, Any], graph_inputs: set[str], placed, token
 ) -> dict[str, Any]:
     """Each graph input a job reads: the value itself, or the future of its copy sent apart.
 
@@ -293,13 +266,13 @@ def _send_inputs(
     scatter: dict[str, list] = {}  # first reader's worker -> [(name, value)]
     for v, names in readers.items():
         value = compact(env[v])
-        size = _nbytes(value)
+        size = nbytes(value)
         check_input_fits(v, size, [workers[where[n]] for n in names])
         if size > SCATTER_ABOVE:
             scatter.setdefault(where[names[0]], []).append((v, value, size))
         elif len(names) > 1 and size > EMBED_BELOW:
             key = f"{v}-{token}"
-            given[v] = s.client.submit(_value, value, key=key, retries=0, pure=False)
+            given[v] = s.client.submit(input_task, value, key=key, retries=0, pure=False)
             call.inputs.append(given[v])
         else:
             given[v] = value
@@ -314,7 +287,7 @@ def _send_inputs(
     return given
 
 
-def _wait(call: _Call, futures: list[distributed.Future]) -> None:
+def _wait(call: Call, futures: list[distributed.Future]) -> None:
     """Wait for ``futures``; on the first error cancel the call and raise it, node named."""
     try:
         if not futures:
@@ -324,7 +297,7 @@ def _wait(call: _Call, futures: list[distributed.Future]) -> None:
             if fut.status == "error":  # the first error; the rest are cancelled below
                 done.clear()
                 exc = fut.exception()
-                if isinstance(exc, _RemoteNodeError):
+                if isinstance(exc, RemoteNodeError):
                     raise exc.to_node_error() from exc.cause
                 raise exc
             if fut.status == "cancelled":  # it read an input or weights that were lost
@@ -336,7 +309,7 @@ def _wait(call: _Call, futures: list[distributed.Future]) -> None:
 
 
 def finish_call(
-    s: Session, call: _Call, envs: Sequence[dict[str, Any]], events: list[TaskEvent] | None
+    s: Session, call: Call, envs: Sequence[dict[str, Any]], events: list[TaskEvent] | None
 ) -> None:
     """Wait for a submitted call, put input *i*'s outputs into ``envs[i]``, events into ``events``.
 
@@ -345,7 +318,7 @@ def finish_call(
     """
     try:
         results = s.client.gather([call.futures[n] for n in call.waited])
-    except _RemoteNodeError as exc:
+    except RemoteNodeError as exc:
         call.cancel()
         raise exc.to_node_error() from exc.cause
     except BaseException:
@@ -356,7 +329,7 @@ def finish_call(
         for env, values in zip(envs, rows, strict=True):
             env.update({v: values[v] for v in outputs})
     if events is not None:
-        for evs in s.client.run(_pop_events, call.token).values():
+        for evs in s.client.run(pop_events, call.token).values():
             events.extend(evs)
     call.release()
 
@@ -369,7 +342,7 @@ class _Attempts:
         self.runs = 0
         self.deaths: Counter = Counter()
 
-    def again(self, exc: BaseException, call: _Call | None) -> bool:
+    def again(self, exc: BaseException, call: Call | None) -> bool:
         """True to re-run after ``exc`` (workers settled); False to raise ``exc`` as it is.
 
         Raises `NodeError` for a job blamed for its workers' deaths, and `WorkerLostError`
@@ -404,7 +377,7 @@ def start_call(s: Session, plan: Plan, envs, opts: CallOptions, tries: _Attempts
 
 
 def run_call(s: Session, plan: Plan, envs, events, opts: CallOptions, tries=None,
-             started: _Call | None = None) -> None:  # fmt: skip
+             started: Call | None = None) -> None:  # fmt: skip
     """Submit and finish one call (``started``: one `start_call` already submitted); place
     and run it again after a lost worker (see above)."""
     tries = tries or _Attempts(s, plan)
@@ -424,17 +397,6 @@ def run_call(s: Session, plan: Plan, envs, events, opts: CallOptions, tries=None
             call = None
 
 
-def finish_started(s: Session, plan: Plan, call: _Call, envs, opts: CallOptions) -> None:
+def finish_started(s: Session, plan: Plan, call: Call, envs, opts: CallOptions) -> None:
     """`finish_call` of a call `start_call` submitted; run it again if a worker was lost."""
     run_call(s, plan, envs, None, opts, started=call)
-
-
-def _progress(inputs: Any, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is optional
-        return None
-    total = len(inputs) if hasattr(inputs, "__len__") else None
-    return tqdm(total=total, desc="graphexec dask map", unit=" input")

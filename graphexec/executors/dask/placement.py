@@ -49,10 +49,10 @@ from typing import Any
 import distributed
 import torch
 
-from ..graph import Graph, Node, state_tensors
-from ..plans import Plan
-from .dask_jobs import _Job, fingerprint, reject_cuda, state_nbytes
-from .dask_wire import NodeCopy
+from ...graph import Graph, Node, state_tensors
+from ...plans import Plan
+from .jobs import Job, fingerprint, reject_cuda, state_nbytes
+from .wire import NodeCopy
 
 __all__ = [
     "FIT",
@@ -166,11 +166,11 @@ def check_input_fits(name: str, size: int, readers: Sequence[Worker]) -> None:
 
 
 def spread(
-    jobs: Mapping[str, _Job], candidates: Mapping[str, Sequence[str]], turn: int
+    jobs: Mapping[str, Job], candidates: Mapping[str, Sequence[str]], turn: int
 ) -> dict[str, str]:
     """Pick one worker per job for one call: per level, heaviest first, least loaded."""
     chosen: dict[str, str] = {}
-    by_level: dict[int, list[_Job]] = {}
+    by_level: dict[int, list[Job]] = {}
     for job in jobs.values():
         by_level.setdefault(job.level, []).append(job)
     for level in sorted(by_level):
@@ -194,7 +194,7 @@ class Shards:
 
 def shard(
     plan: Plan,
-    jobs: Mapping[str, _Job],
+    jobs: Mapping[str, Job],
     workers: Sequence[Worker],
     copies: int,
     shards: Shards,
@@ -245,7 +245,7 @@ def _least_loaded(live, load, size: int, taken: set[str], level_used: set[str], 
 
 
 def pin(
-    plan: Plan, jobs: Mapping[str, _Job], mapping: Mapping[str, str], workers: Sequence[Worker]
+    plan: Plan, jobs: Mapping[str, Job], mapping: Mapping[str, str], workers: Sequence[Worker]
 ) -> dict[str, str]:
     """Jobs -> the worker their nodes are pinned to; raise `PlacementError` on a bad mapping."""
     known = {w.address for w in workers}

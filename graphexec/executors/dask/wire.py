@@ -41,8 +41,8 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.utils._pytree as pytree
 
-from ..exported import InputGuards, guards_class, unwrapped_check
-from ..graph import Node, state_tensors
+from ...exported import InputGuards, guards_class, unwrapped_check
+from ...graph import Node, state_tensors
 
 __all__ = ["NodeCopy", "ShippedFx", "UnsendableNodeError", "pack", "unpack"]
 
