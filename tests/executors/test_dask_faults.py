@@ -403,9 +403,16 @@ def test_a_module_the_workers_lack_is_named_with_the_ways_out(tmp_path, monkeypa
 
 @pytest.mark.timeout(60)  # were x sent, a worker over its memory limit could pause: a hang
 def test_an_input_bigger_than_a_worker_fails_before_it_is_sent():
-    cluster = distributed.LocalCluster(
-        n_workers=1, processes=False, memory_limit="64MiB", dashboard_address="127.0.0.1:0"
-    )
+    # An in-process worker measures this whole process (hundreds of MiB) against its 64 MiB:
+    # left on, its memory monitor paused it within 100 ms, and on a busy machine the call's
+    # first scatter (before any input is placed) found no worker and hung.
+    import dask
+
+    unmanaged = {f"distributed.worker.memory.{k}": False for k in ("target", "spill", "pause")}
+    with dask.config.set(unmanaged):
+        cluster = distributed.LocalCluster(
+            n_workers=1, processes=False, memory_limit="64MiB", dashboard_address="127.0.0.1:0"
+        )
     client = distributed.Client(cluster, set_as_default=False)
     x = torch.zeros(16 << 20)  # 64 MiB: more than 80% of the worker's memory_limit
     try:
