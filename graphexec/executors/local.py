@@ -6,7 +6,7 @@
       (ready tasks start critical path first: highest ``Task.bottom``)
       -> *_start(fn)          how a task is started (pool.submit, or run here)
       -> run_task             one task (its generated program), events recorded
-      -> _RunState.finish     store outputs, drop values whose last consumer is done
+      -> RunState.finish     store outputs, drop values whose last consumer is done
 
 The loop runs on the calling thread and is the only code that touches the run's value table
 and reference counts, so they need no lock; tasks get their input values as a fresh dict.
@@ -24,7 +24,7 @@ from ..profile import TaskEvent
 from .base import Executor, Modes, capture_modes, run_task
 from .schedule import Schedule
 
-__all__ = ["LocalExecutor"]
+__all__ = ["LocalExecutor", "RunState"]
 
 
 class LocalExecutor(Executor):
@@ -41,20 +41,20 @@ class LocalExecutor(Executor):
         raise NotImplementedError
 
     def _execute(self, plan: Plan, env: dict[str, Any], events: list[TaskEvent] | None) -> None:
-        state = _RunState(self._schedules(plan), env, events, capture_modes())
+        state = RunState(self._schedules(plan), env, events, capture_modes())
         if self.schedule == "levels":
             self._run_levels(state)
         else:
             self._run_dataflow(state)
 
-    def _run_here(self, state: _RunState, name: str) -> None:
+    def _run_here(self, state: RunState, name: str) -> None:
         state.finish(name, state.run(name))
 
-    def _submit(self, state: _RunState, name: str) -> Future:
+    def _submit(self, state: RunState, name: str) -> Future:
         inputs = state.inputs_of(name)
         return self._start(lambda: state.run(name, inputs, on_worker=True))
 
-    def _run_levels(self, state: _RunState) -> None:
+    def _run_levels(self, state: RunState) -> None:
         for level in state.plan.levels:
             here = [t for t in level if state.plan.tasks[t].inline]
             away = [t for t in level if not state.plan.tasks[t].inline]
@@ -70,7 +70,7 @@ class LocalExecutor(Executor):
             for fut in running:  # deterministic: the first failing task in level order
                 state.finish(running[fut], fut.result())
 
-    def _run_dataflow(self, state: _RunState) -> None:
+    def _run_dataflow(self, state: RunState) -> None:
         ready = deque(t for t in state.plan.tasks if state.waiting[t] == 0)
         running: dict[Future, str] = {}
         try:
@@ -96,11 +96,11 @@ class LocalExecutor(Executor):
             wait(running)  # nothing of this call may still run when it raises
             raise
 
-    def _finish_here(self, state: _RunState, name: str) -> list[str]:
+    def _finish_here(self, state: RunState, name: str) -> list[str]:
         return state.finish(name, state.run(name))
 
 
-class _RunState:
+class RunState:
     """Per-call state of the local loop. Mutated only by the calling thread."""
 
     def __init__(

@@ -12,7 +12,7 @@ from typing import Any
 from ..plans import Plan
 from ..profile import TaskEvent
 from .base import Executor
-from .local import _RunState
+from .local import RunState
 
 __all__ = ["SequentialExecutor"]
 
@@ -36,7 +36,7 @@ class SequentialExecutor(Executor):
         return plan.compiled is None
 
     def _execute(self, plan: Plan, env: dict[str, Any], events: list[TaskEvent] | None) -> None:
-        state = _RunState(self._schedules(plan), env, events, modes=None)
+        state = RunState(self._schedules(plan), env, events, modes=None)
         if self.schedule == "levels":
             order = [t for level in plan.levels for t in level]
         else:

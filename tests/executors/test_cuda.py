@@ -26,11 +26,11 @@ from graphexec.executors.cuda import (
     CudaUnavailableError,
     StreamOp,
     StreamProgram,
-    _check_capturable,
     capture_key,
     run_program,
     stream_program,
 )
+from graphexec.executors.cuda.capture import check_capturable
 from tests import test_conformance as conformance
 
 CUDA = torch.cuda.is_available()
@@ -258,7 +258,7 @@ def test_the_checker_imports_nothing_of_the_module_it_checks():
     import ast
     import inspect
 
-    from graphexec.executors import stream_check
+    from graphexec.executors.cuda import stream_check
 
     tree = ast.parse(inspect.getsource(stream_check))
     imported = [(n.module or "") for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
@@ -447,9 +447,9 @@ def test_capture_refuses_cpu_inputs_and_writes_to_graph_inputs():
     g.output(g.node("add_", lambda t: t.add_(1), x, mutates=[0]))
     p = gx.plan(g)
     with pytest.raises(ValueError, match="graph input 'x' is on cpu, not cuda:0"):
-        _check_capturable(p, {"x": torch.ones(2)}, torch.device("cuda", 0))
+        check_capturable(p, {"x": torch.ones(2)}, torch.device("cuda", 0))
     with pytest.raises(ValueError, match="node 'add_' writes graph input 'x' in place"):
-        _check_capturable(p, {"x": torch.ones(2)}, torch.device("cpu"))
+        check_capturable(p, {"x": torch.ones(2)}, torch.device("cpu"))
 
 
 # -- without CUDA: clear errors, and "auto" picks threads ---------------------------------------

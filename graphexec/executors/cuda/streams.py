@@ -4,7 +4,7 @@ What it decides
 ---------------
 Everything the host does when `CudaStreamExecutor` runs a plan is decided here ahead, as plain
 data, without a GPU: `stream_program` turns a `Plan` into a frozen, printable `StreamProgram`,
-and the runner (`graphexec.executors.cuda.run_program`) only enqueues what it says.
+and the runner (`graphexec.executors.cuda.executor.run_program`) only enqueues what it says.
 `StreamProgram.check` simulates stream order and events on the CPU, independently of how the
 program was built; the GPU tests run the same program on a device.
 
@@ -29,7 +29,7 @@ program was built; the GPU tests run the same program on a device.
 * **Memory marks.** A value made on one stream and read on another is listed for
   ``record_stream(reader)`` once per (value, reader stream), at its first reader there; graph
   outputs made on a side stream are listed for stream 0 (`StreamProgram.to_caller`). Why that
-  is enough to free values at their last use is the runner's business (see ``cuda``).
+  is enough to free values at their last use is the runner's business (see ``executor``).
 
 The pieces::
 
@@ -49,8 +49,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from ..plans import Plan
-from .base import SCHEDULES
+from ...plans import Plan
+from ..base import SCHEDULES
 from .stream_check import find_problems
 
 __all__ = ["StreamOp", "StreamProgram", "stream_program", "INPUTS"]
@@ -185,7 +185,7 @@ def stream_program(plan: Plan, streams: int = 4, schedule: str = "dataflow") -> 
     Examples
     --------
     >>> import torch.nn as nn, graphexec as gx
-    >>> from graphexec.executors.streams import stream_program
+    >>> from graphexec.executors.cuda.streams import stream_program
     >>> g = gx.Graph("diamond")
     >>> x = g.input("x")
     >>> a = g.node("a", nn.Linear(512, 512), x)

@@ -41,11 +41,19 @@ from typing import Any
 import torch
 import torch.utils._pytree as pytree
 
-from ..graph import Graph
-from ..plans import Plan
-from .base import Modes, capture_modes
+from ...graph import Graph
+from ...plans import Plan
+from ..base import Modes, capture_modes
 
-__all__ = ["CaptureWarning", "capture_key", "captured_for", "capture", "replay"]
+__all__ = [
+    "CaptureWarning",
+    "Captured",
+    "capture",
+    "capture_key",
+    "captured_for",
+    "check_capturable",
+    "replay",
+]
 
 
 class CaptureWarning(UserWarning):
@@ -53,7 +61,7 @@ class CaptureWarning(UserWarning):
 
 
 @dataclass
-class _Captured:
+class Captured:
     """One captured CUDA graph: its static input buffers and the static outputs it writes."""
 
     plan: Plan  # kept alive so that id(plan) in the cache key stays unique
@@ -102,11 +110,11 @@ def capture_key(plan: Plan, env: Mapping[str, Any], modes: Modes) -> tuple:
 
 
 def captured_for(
-    graphs: dict[tuple, _Captured],
+    graphs: dict[tuple, Captured],
     plan: Plan,
     env: Mapping[str, Any],
-    make: Callable[[], _Captured],
-) -> _Captured:
+    make: Callable[[], Captured],
+) -> Captured:
     """The graph captured for this call's signature; ``make()`` captures one on a miss.
 
     Mutates ``graphs`` (the executor's cache): the caller holds the executor's lock.
@@ -132,7 +140,7 @@ def capture(
     stream: Any,
     warmup: int,
     run: Callable[[dict[str, Any]], None],
-) -> _Captured:
+) -> Captured:
     """Warm up and record ``run`` (the program on streams forking from ``stream``) as a graph.
 
     ``run(env)`` enqueues the whole program on the current stream, filling ``env``.
@@ -142,7 +150,7 @@ def capture(
     ValueError
         If an input is not on ``device``, or a node writes a graph input in place.
     """
-    _check_capturable(plan, env, device)
+    check_capturable(plan, env, device)
     static = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in env.items()}
     stream.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(stream):
@@ -154,10 +162,10 @@ def capture(
         run(run_env)
     outputs = {v: run_env[v] for v in _output_values(plan) if v in plan.task_of}
     inputs = {k: v for k, v in static.items() if isinstance(v, torch.Tensor)}
-    return _Captured(plan, graph, inputs, outputs, torch.cuda.Event())
+    return Captured(plan, graph, inputs, outputs, torch.cuda.Event())
 
 
-def replay(cap: _Captured, env: dict[str, Any], device: torch.device) -> None:
+def replay(cap: Captured, env: dict[str, Any], device: torch.device) -> None:
     """Copy ``env``'s inputs into the static buffers, replay, and put clones of the outputs
     into ``env``; all enqueued on the current stream of ``device``."""
     caller = torch.cuda.current_stream(device)
@@ -176,7 +184,7 @@ def _output_values(plan: Plan) -> list[str]:
     return list(dict.fromkeys(r.node for r in plan.graph.output_refs()))
 
 
-def _check_capturable(plan: Plan, env: Mapping[str, Any], device: torch.device) -> None:
+def check_capturable(plan: Plan, env: Mapping[str, Any], device: torch.device) -> None:
     for name in plan.graph.inputs:
         v = env[name]
         if isinstance(v, torch.Tensor) and v.device != device:

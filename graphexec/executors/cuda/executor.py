@@ -3,9 +3,9 @@
 What it decides
 ---------------
 Which stream runs each task, which events order them and which values are marked for which
-stream is decided ahead, as data, by `graphexec.executors.streams` (`stream_program`, checked
-on the CPU by `StreamProgram.check`). This module only enqueues what a program says, and owns
-what needs a device: streams, events, the allocator, CUDA graphs.
+stream is decided ahead, as data, by `graphexec.executors.cuda.streams` (`stream_program`,
+checked on the CPU by `StreamProgram.check`). This module only enqueues what a program says,
+and owns what needs a device: streams, events, the allocator, CUDA graphs.
 
 * **Host order.** One host thread enqueues every task, in program order (a topological
   order); kernels launch asynchronously, so the caller's grad mode, inference mode and
@@ -23,7 +23,7 @@ what needs a device: streams, events, the allocator, CUDA graphs.
   stream: what was enqueued before still runs, but the caller's later work cannot race it.
 * **Capture.** ``capture=True`` records the whole multi-stream program into one
   ``torch.cuda.CUDAGraph`` per input signature and replays it; how it is keyed, checked,
-  warmed up and replayed is decided in `graphexec.executors.capture`.
+  warmed up and replayed is decided in `graphexec.executors.cuda.capture`.
 * **Choice.** `auto_choice` picks this executor for a graph whose parameters are on a GPU.
 
 The call tree::
@@ -47,22 +47,21 @@ from typing import Any
 import torch
 import torch.utils._pytree as pytree
 
-from ..graph import Graph, state_tensors
-from ..plans import Plan
-from ..policy import DEFAULT
-from ..profile import TaskEvent
-from .base import Executor, IdCache
+from ...graph import Graph, state_tensors
+from ...plans import Plan
+from ...policy import DEFAULT
+from ...profile import TaskEvent
+from ..base import Executor, IdCache
+from ..local import RunState
+from ..schedule import Schedule
 from .capture import (
+    Captured,
     CaptureWarning,
-    _Captured,
-    _check_capturable,  # noqa: F401  (importable from here, as the tests do)
     capture,
     capture_key,
     captured_for,
     replay,
 )
-from .local import _RunState
-from .schedule import Schedule
 from .streams import INPUTS, StreamOp, StreamProgram, stream_program
 
 __all__ = [
@@ -126,7 +125,7 @@ def run_program(
     clock = _Clock(cuda, caller) if events is not None else None
     if program.fork:
         marks[INPUTS] = _record(cuda, caller)
-    state = _RunState(schedule or Schedule(plan), env, None, None)  # one thread runs every task
+    state = RunState(schedule or Schedule(plan), env, None, None)  # one thread runs every task
     try:
         for op in program.ops:
             stream = streams[op.stream]
@@ -290,7 +289,7 @@ class CudaStreamExecutor(Executor):
         self._shard_lanes: list[Any] = []  # data parallelism: one caller stream per shard
         self._capture_stream: Any = None
         self._programs = IdCache(lambda plan: stream_program(plan, self.streams, self.schedule))
-        self._graphs: dict[tuple, _Captured] = {}
+        self._graphs: dict[tuple, Captured] = {}
         self._said_grad = False
 
     def program(self, plan: Plan) -> StreamProgram:
@@ -373,7 +372,7 @@ class CudaStreamExecutor(Executor):
         cap = captured_for(self._graphs, plan, env, lambda: self._capture(plan, program, env))
         replay(cap, env, self.device)
 
-    def _capture(self, plan: Plan, program: StreamProgram, env: dict[str, Any]) -> _Captured:
+    def _capture(self, plan: Plan, program: StreamProgram, env: dict[str, Any]) -> Captured:
         if self._capture_stream is None:
             self._capture_stream = torch.cuda.Stream(self.device)
         streams = self._streams(self._capture_stream)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import networkx as nx
 
 if TYPE_CHECKING:
-    from ..plans import Plan
+    from ...plans import Plan
 
 __all__ = ["find_problems"]
 
@@ -35,7 +35,7 @@ class _Op(Protocol):
 
 
 class _Program(Protocol):
-    """What the checker reads of a `graphexec.executors.streams.StreamProgram`.
+    """What the checker reads of a `graphexec.executors.cuda.streams.StreamProgram`.
 
     Spelled out here so that the checker needs nothing of the module it checks: streams.py
     imports this one, never the other way round (not even for type hints).
