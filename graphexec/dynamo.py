@@ -50,7 +50,6 @@ arguments of `graphexec.plan`.
 from __future__ import annotations
 
 import contextlib
-import functools
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -66,7 +65,7 @@ from .fx_import import trace
 from .graph import Graph
 from .plans import Plan
 from .policy import DEFAULT
-from .tune import plan as make_plan
+from .tuner import Tuner
 
 __all__ = ["Backend", "CompiledGraph", "PlanFallbackWarning", "backend", "compile_backend"]
 
@@ -164,7 +163,7 @@ class CompiledGraph:
     def __init__(self, gm: fx.GraphModule, name: str, backend: Backend):
         self.gm, self.name, self._backend = gm, name, backend
         self.graph: Graph | None = None
-        self.plan: Plan | None = None
+        self.tuner: Tuner | None = None  # the plan's owner once planned (`graphexec.tuner`)
         self.fallback: str | None = None  # why the graph could not be planned
         self.handed_back: str | None = None  # why it runs as Dynamo gave it
         self._executor: Executor | None = None
@@ -177,14 +176,20 @@ class CompiledGraph:
         try:
             self.graph = trace(self.gm, name=self.name)
             executor = self._executor = self._backend.executor_for(example_inputs)
-            policy = self._backend.plan_kwargs.get("policy") or DEFAULT
+            kwargs = dict(self._backend.plan_kwargs)
+            policy = kwargs.pop("policy", None) or DEFAULT
             kwargs = {"source_margin": policy.gain, **getattr(executor, "plan_defaults", {}),
-                      **self._backend.plan_kwargs}  # fmt: skip
+                      **kwargs}  # fmt: skip
+            # planning and re-checks run the graph: on copies of the inputs (in-place writes,
+            # BatchNorm's running statistics), and leave the random state as it was
+            tuner = Tuner(self.graph, policy=policy, local=executor.honours_budget,
+                          plan_kwargs=kwargs,
+                          measuring=lambda: _quiet_rng(example_inputs))  # fmt: skip
             if isinstance(executor, CudaStreamExecutor):  # host timings: launches, not kernels
-                self.plan = make_plan(self.graph, **kwargs)  # as GraphModule plans for streams
+                tuner.replan()  # as GraphModule plans for streams
             else:
-                with _quiet_rng(example_inputs):
-                    self.plan = make_plan(self.graph, _copies(example_inputs), **kwargs)
+                tuner.replan(_copies(example_inputs))
+            self.tuner = tuner
         except Exception as exc:  # noqa: BLE001 - any failure: run Dynamo's graph instead
             node = getattr(exc, "node", None)
             where = f"node '{node}'" if node else "it"
@@ -199,9 +204,20 @@ class CompiledGraph:
             return
         self.handed_back = _why_as_is(self.plan, self.graph, executor)
         if self.handed_back is None:
-            self._run = functools.partial(self._executor.run, self.plan)
+            self._run = self._planned
         else:
             self._run = self.forward
+
+    @property
+    def plan(self) -> Plan | None:
+        """The plan this graph runs (None before the first call or when it failed)."""
+        return self.tuner.plan if self.tuner is not None else None
+
+    def _planned(self, *args: Any) -> Any:
+        """The plan, run by the executor, watched and re-checked by the tuner (on copies of
+        this call's inputs)."""
+        run = self._executor.run
+        return self.tuner.call(lambda p: run(p, *args), lambda: _copies(args))
 
     @property
     def forward(self) -> Callable[..., Any]:

@@ -32,7 +32,7 @@ One synchronization per run, none per node.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -78,13 +78,15 @@ def time_nodes_cuda(
     repeats: int,
     threads: int | None = None,
     policy: Policy = DEFAULT,
+    keep: Callable[[Mapping[str, Any]], None] | None = None,
 ) -> TimesCuda:
     """GPU seconds of each node over ``repeats`` held ``no_grad`` runs, after a warm-up run.
 
     Same arguments and result as `graphexec.interpret.time_nodes` (``threads`` is accepted
     and ignored: kernels do not use the host's intra-op threads). Each run is tried up to
     ``policy.hold_tries`` times behind a spin of ``policy.hold_margin`` times the host's
-    enqueue time, doubled at each try.
+    enqueue time, doubled at each try. ``keep`` is called with every value of the warm-up
+    run (`graphexec.tuning.Sample`).
 
     Raises
     ------
@@ -104,6 +106,8 @@ def time_nodes_cuda(
         env = bind_inputs(graph, example_inputs, {})  # warm-up: lazy handles, autotuning
         run_nodes(graph.nodes, names, env, protect=True, strict=True)
         check_none(graph.nodes, None, env, graph.output_refs())
+        if keep is not None:
+            keep(env)
         env = bind_inputs(graph, example_inputs, {})
         torch.cuda.synchronize()
         t0 = time.perf_counter()

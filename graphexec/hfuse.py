@@ -46,10 +46,12 @@ from .hgroup import HorizontalGroup, member, restack
 from .interpret import program_values
 from .merge import add, mean, stack
 from .policy import DEFAULT
+from .tuning import value_shapes
 from .units import format_seconds
 
 __all__ = [
     "HorizontalGroup",
+    "candidate_reads",
     "describe_group",
     "has_candidates",
     "horizontal_fuse",
@@ -99,6 +101,9 @@ def should_fuse(
     ----------
     member_costs : sequence of float
         Measured (or estimated) seconds of each member.
+    shapes : mapping, optional
+        Each referenced value's shape and dtype (`graphexec.tuning.Sample.shapes`), in place
+        of running the graph on ``example_inputs`` to learn them.
     member_below : float
         Fuse when the mean member cost is below this (the policy's ``fuse_member_below``,
         200 µs). Small members are dominated by per-call
@@ -120,6 +125,7 @@ def horizontal_fuse(
     costs: dict[str, float] | None = None,
     notes: list[Decision] | None = None,
     member_below: float = DEFAULT.fuse_member_below,
+    shapes: Mapping[Ref, Any] | None = None,
 ) -> Graph:
     """Return a new graph where groups of identical same-level modules run as one call.
 
@@ -161,20 +167,10 @@ def horizontal_fuse(
     True
     """
     graph.validate()
-    shapes = _value_shapes(graph, example_inputs) if example_inputs is not None else None
+    if shapes is None and example_inputs is not None:
+        shapes = value_shapes(graph, program_values(graph, example_inputs))
     groups = _find_groups(graph, shapes, min_group, costs, notes, member_below)
     return _rewrite(graph, groups)
-
-
-def _value_shapes(graph: Graph, example_inputs: Sequence[Any]) -> dict[Ref, Any]:
-    """Shape/dtype of every referenced value, from one sequential no-grad run."""
-    env = program_values(graph, example_inputs)
-    out: dict[Ref, Any] = {}
-    for node in graph:
-        for r in node.inputs:
-            v = r.resolve(env[r.node])
-            out[r] = (tuple(v.shape), v.dtype) if isinstance(v, torch.Tensor) else None
-    return out
 
 
 def _fusable(node: Node) -> bool:
@@ -189,7 +185,7 @@ def _fusable(node: Node) -> bool:
 
 def _find_groups(
     graph: Graph,
-    shapes: dict[Ref, Any] | None,
+    shapes: Mapping[Ref, Any] | None,
     min_group: int,
     costs: dict[str, float] | None,
     notes: list[Decision] | None,
@@ -251,15 +247,27 @@ def describe_group(graph: Graph, members: Sequence[str], costs: Mapping[str, flo
 def has_candidates(graph: Graph, min_group: int = 2) -> bool:
     """True when some depth level holds ``min_group`` fusable modules of one structure
     (whatever their inputs): a quick check that runs nothing."""
+    return bool(_candidates(graph, min_group))
+
+
+def candidate_reads(graph: Graph, min_group: int = 2) -> set[str]:
+    """The nodes whose values the possible groups read (a fused call's inputs): what a run
+    of the example inputs keeps for the fused calls' check (`graphexec.tuning.Sample`)."""
+    return {r.node for name in _candidates(graph, min_group) for r in graph.nodes[name].inputs}
+
+
+def _candidates(graph: Graph, min_group: int) -> list[str]:
+    """Fusable modules that share their structure with ``min_group - 1`` others of their
+    level (whatever their inputs)."""
+    found: list[str] = []
     for level in nx.topological_generations(graph.nx):
-        seen: dict[Any, int] = {}
+        by_sig: dict[Any, list[str]] = {}
         for name in level:
             node = graph.nodes[name]
             if _fusable(node) and (sig := module_signature(node.fn)) is not None:
-                seen[sig] = seen.get(sig, 0) + 1
-                if seen[sig] >= min_group:
-                    return True
-    return False
+                by_sig.setdefault(sig, []).append(name)
+        found += [n for names in by_sig.values() if len(names) >= min_group for n in names]
+    return found
 
 
 def _merge_of_group(

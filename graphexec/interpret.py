@@ -179,10 +179,12 @@ def time_nodes(
     example_inputs: Sequence[Any],
     repeats: int,
     threads: int | None = None,
+    keep: Callable[[Mapping[str, Any]], None] | None = None,
 ) -> dict[str, list[float]]:
     """Seconds of each node over ``repeats`` sequential ``no_grad`` runs, after a warm-up run.
 
     With ``threads``, the calling thread runs with that many intra-op threads meanwhile.
+    ``keep`` is called with every value of the warm-up run (`graphexec.tuning.Sample`).
     """
     before = torch.get_num_threads()
     samples: dict[str, list[float]] = {n: [] for n in names}
@@ -197,6 +199,8 @@ def time_nodes(
                           protect=True, strict=not rep)  # fmt: skip
                 if not rep:
                     check_none(graph.nodes, None, env, graph.output_refs())
+                    if keep is not None:
+                        keep(env)
     finally:
         torch.set_num_threads(before)
     return samples
@@ -209,6 +213,7 @@ def time_nodes_beside(
     repeats: int,
     elsewhere: Callable[[Callable[[], Any]], Any],
     drop: float = DEFAULT.drop,
+    keep: Callable[[Mapping[str, Any]], None] | None = None,
 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Seconds of each node here and through ``elsewhere`` (which runs a function on another
     thread, e.g. a pool thread at 1 intra-op thread), interleaved run by run so both see the
@@ -218,21 +223,25 @@ def time_nodes_beside(
     (torch's threads collapsing under load), they stop: the samples so far say enough.
 
     Returns ``(here, there)``: node name -> up to ``repeats`` samples each (one at least).
+    ``keep`` is called with every value of the first run here (`graphexec.tuning.Sample`).
     """
     here: dict[str, list[float]] = {n: [] for n in names}
     there: dict[str, list[float]] = {n: [] for n in names}
     discard: dict[str, list[float]] = {n: [] for n in names}
 
-    def one(samples: dict[str, list[float]], strict: bool) -> float:
+    def one(samples: dict[str, list[float]], strict: bool, kept: Any = None) -> float:
         start = time.perf_counter()
         with torch.no_grad():
             env = bind_inputs(graph, example_inputs, {})
             run_nodes(graph.nodes, names, env, samples=samples, protect=True, strict=strict)
             if strict:
                 check_none(graph.nodes, None, env, graph.output_refs())
-        return time.perf_counter() - start
+        took = time.perf_counter() - start
+        if kept is not None:
+            kept(env)
+        return took
 
-    slow = one(discard, strict=True) > drop * elsewhere(lambda: one(discard, strict=False))
+    slow = one(discard, True, keep) > drop * elsewhere(lambda: one(discard, strict=False))
     stop = False
     for _ in range(repeats):
         took = 0.0 if stop else one(here, strict=False)

@@ -45,7 +45,6 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .budget import recheck
 from .drift import Watch
 from .errors import GraphError
 from .executors import Executor, make_executor
@@ -53,8 +52,8 @@ from .executors.cuda import auto_choice
 from .graph import Graph, expect_graph
 from .interpret import bind_inputs
 from .plans import Plan
-from .policy import DEFAULT, Policy
-from .tune import plan as make_plan
+from .policy import Policy
+from .tuner import Tuner
 
 __all__ = ["GraphModule"]
 
@@ -120,60 +119,47 @@ class GraphModule(nn.Module):
         self.nodes = nn.ModuleDict(_registered(graph))
         self._owns_executor = not isinstance(executor, Executor)
         self._auto = auto_choice(graph) if executor == "auto" else None
+        self._switch = threading.Lock()  # executor="auto": one switch at a time
         self.executor = make_executor(executor, graph=graph)
-        self.policy = DEFAULT if policy is None else policy
-        self._plan_kwargs = {"policy": self.policy, **plan_kwargs}
-        self._plan: Plan | None = None
-        self._measure = measure
-        watch = Watch(policy=self.policy) if adapt is True else adapt or None
-        self._watch = watch
-        self._lock = threading.Lock()  # several threads may make the first call at once
+        # Measured plans are of this process's threads: executors that run elsewhere (CUDA
+        # streams: kernels the host clock cannot see; Dask: other processes, where the plan's
+        # thread budget and "as it is" do not apply) plan from estimates (module docstring).
+        self._tuner = Tuner(
+            graph, policy=policy, measure=measure, local=self.executor.honours_budget,
+            watch=adapt, plan_kwargs={**getattr(self.executor, "plan_defaults", {}),
+                                      **plan_kwargs},
+            measuring=self._timing_mode,
+        )  # fmt: skip
         if example_inputs is not None:
             self.replan(example_inputs=example_inputs)
 
     @property
     def plan(self) -> Plan:
         """The plan this module runs (made on first use)."""
-        if self._plan is None:
-            self._plan = make_plan(self.graph, **self._planning())
-        return self._plan
+        return self._tuner.plan
+
+    @property
+    def policy(self) -> Policy:
+        """The rules this module's plan is made and re-checked by."""
+        return self._tuner.policy
+
+    @property
+    def tuner(self) -> Tuner:
+        """The owner of this module's plan and its re-checks (`graphexec.tuner.Tuner`)."""
+        return self._tuner
 
     def replan(self, example_inputs: Sequence[Any] | None = None, **plan_kwargs: Any) -> Plan:
         """Plan again, e.g. with costs measured on ``example_inputs``."""
-        self._plan_kwargs.update(plan_kwargs)
-        if example_inputs is not None:  # a traced module's own call, too
-            example_inputs = self.graph.graph_call(tuple(example_inputs), {})[0]
-        self._plan = make_plan(self.graph, example_inputs, **self._planning())
-        if self._watch is not None:
-            self._watch.start(self._plan)
-        return self._plan
-
-    def _planning(self) -> dict[str, Any]:
-        return {**getattr(self.executor, "plan_defaults", {}), **self._plan_kwargs}
+        return self._tuner.replan(example_inputs, **plan_kwargs)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         args, kwargs = self.graph.graph_call(args, kwargs)  # a traced module's own call, too
         if self._auto is not None:
             self._follow_parameters()
-        # Measured plans are of this process's threads: executors that run elsewhere (CUDA
-        # streams: kernels the host clock cannot see; Dask: other processes, where the plan's
-        # thread budget and "as it is" do not apply) plan from estimates (module docstring).
-        measure = self._measure and self.executor.honours_budget
-        if self._plan is None and measure:
-            with self._lock:
-                if self._plan is None:
-                    self._measured_plan(self._inputs(args, kwargs))
         if not self.executor.keeps_autograd and torch.is_grad_enabled():
             self._refuse_training()
-        p, watch = self.plan, self._watch
-        if watch is None or not p.measured or not self.executor.honours_budget:
-            return self.executor.run(p, *args, **kwargs)
-        start = watch.clock()
-        out = self.executor.run(p, *args, **kwargs)
-        why = watch.observe(watch.clock() - start, start)  # races between callers cost a sample
-        if why is not None:
-            self._recheck(args, kwargs, why)
-        return out
+        return self._tuner.call(lambda p: self.executor.run(p, *args, **kwargs),
+                                lambda: self._inputs(args, kwargs))  # fmt: skip
 
     def _refuse_training(self) -> None:
         """Outputs of an executor that keeps no autograd history (Dask) would train nothing:
@@ -191,37 +177,17 @@ class GraphModule(nn.Module):
         env = bind_inputs(self.graph, args, kwargs)
         return [env[n] for n in self.graph.inputs]
 
-    def _recheck(self, args: tuple[Any, ...], kwargs: dict[str, Any], why: str) -> None:
-        """Try the plan's load-dependent decisions again on this call's inputs; another
-        caller already doing so is not waited for."""
-        if self._plan is None or self._watch is None or not self._lock.acquire(blocking=False):
-            return
-        try:
-            watch = self._watch
-            start = watch.clock()
-            with self._timing_mode():
-                new, _ = recheck(self._plan, self._inputs(args, kwargs), why, watch.calls,
-                                 watch.gap, self.policy)  # fmt: skip
-            self._plan = new
-            watch.start(new, from_calls=True)
-            watch.spent(watch.clock() - start)
-        finally:
-            self._lock.release()
-
     def _follow_parameters(self) -> None:
         """``executor="auto"``: switch executors when the parameters moved to or from a GPU."""
         choice = auto_choice(self.graph)
         if choice == self._auto:
             return
-        with self._lock:
+        with self._switch:
             if choice != self._auto:
                 old, self.executor = self.executor, make_executor(choice[0], **choice[1])
-                self._auto, self._plan = choice, None
+                self._auto = choice
+                self._tuner.reset(local=self.executor.honours_budget)
                 old.close()
-
-    def _measured_plan(self, example_inputs: Sequence[Any]) -> None:
-        with self._timing_mode():
-            self.replan(example_inputs=example_inputs)
 
     @contextlib.contextmanager
     def _timing_mode(self) -> Iterator[None]:
@@ -236,11 +202,11 @@ class GraphModule(nn.Module):
                 m.training = training
 
     def __getstate__(self) -> dict[str, Any]:  # copy.deepcopy / pickle: locks do not copy
-        return {**self.__dict__, "_lock": None}
+        return {**self.__dict__, "_switch": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._lock = threading.Lock()
+        self._switch = threading.Lock()
 
     def close(self) -> None:
         """Close the executor if this module made it."""

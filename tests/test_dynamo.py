@@ -71,7 +71,7 @@ MODES = {"measured": {"repeats": 2}, "overlapped": {"check": False, "inline_belo
 @pytest.mark.parametrize("seed", [0, 1])
 def test_random_branches_equal_eager_outputs_and_gradients(seed, graph_break, mode, monkeypatch):
     if mode == "overlapped":
-        monkeypatch.setattr(gx.tune, "_concurrency_pays", lambda *args: None)
+        monkeypatch.setattr(gx.steps, "_concurrency_pays", lambda *args: None)
     model = Branches(seed, graph_break)
     twin = copy.deepcopy(model)
     backend = gx.compile_backend(executor="threads", **MODES[mode])
@@ -89,6 +89,25 @@ def test_random_branches_equal_eager_outputs_and_gradients(seed, graph_break, mo
     assert {"branches.0.0", "branches.1.0"} <= set(first.plan.graph.nodes)  # module-sized tasks
     if mode == "overlapped":  # the branches' graph runs on graphexec's threads
         assert first.plan.parallel and first.handed_back is None, first
+    backend.close()
+
+
+def test_a_kept_plan_is_watched_and_re_checked_by_its_tuner(monkeypatch):
+    """The compile backend's graphs have the owner `GraphModule` has (`graphexec.tuner`): the
+    backend's policy, and a watch that counts the calls the plan runs (it re-checks them
+    when they drift: `tests/test_budget.py` drives that through `GraphModule`)."""
+    monkeypatch.setattr(gx.steps, "_concurrency_pays", lambda *args: None)
+    strict = gx.Policy(drift=2.0)
+    backend = gx.compile_backend(executor="threads", policy=strict, **MODES["overlapped"])
+    compiled = torch.compile(Branches(0, False), backend=backend)
+    with torch.no_grad():
+        for _ in range(3):
+            compiled(torch.randn(8, 16))
+    graph = backend.graphs[0]
+    assert graph.handed_back is None and graph.tuner.policy is strict
+    assert graph.tuner.watch is not None and graph.tuner.watch.factor == 2.0
+    assert graph.plan is graph.tuner.plan and graph.plan.measured
+    assert graph.tuner.watch.calls == 3  # every call the plan ran, the first (which planned) too
     backend.close()
 
 
@@ -282,7 +301,7 @@ def test_an_autocast_region_is_one_task_and_the_rest_is_planned(autocast, monkey
     """Dynamo writes the region as ``_enter_autocast`` ... ``_exit_autocast`` (thread-local
     state): kept whole in one node, never split across threads; the branches after it are
     planned and run on graphexec's threads, under the caller's autocast."""
-    monkeypatch.setattr(gx.tune, "_concurrency_pays", lambda *args: None)
+    monkeypatch.setattr(gx.steps, "_concurrency_pays", lambda *args: None)
     model, x = RotaryTowers(), torch.randn(4, 8)
     twin = copy.deepcopy(model)
     backend = gx.compile_backend(executor="threads", check=False, inline_below=0.0)

@@ -58,6 +58,8 @@ def test_a_graph_module_plans_and_watches_by_its_policy():
     strict = gx.Policy(drift=3.0, window=4)
     with gx.GraphModule(g, policy=strict) as gm:
         gm(torch.randn(4, 8))
-        assert gm._watch.policy is strict and (gm._watch.factor, gm._watch.window) == (3.0, 4)
+        watch = gm.tuner.watch
+        assert watch.policy is strict and (watch.factor, watch.window) == (3.0, 4)
+        assert gm.plan.measured and gm.policy is strict
     watch = gx.Watch(policy=strict, window=2)  # an argument overrides one rule
     assert (watch.factor, watch.window) == (3.0, 2)

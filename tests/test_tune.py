@@ -17,7 +17,7 @@ import torch.nn as nn
 from hypothesis import HealthCheck, given, settings
 
 import graphexec as gx
-from graphexec import interpret, trials, tune
+from graphexec import interpret, steps, trials
 from graphexec.codegen import plan_program
 from graphexec.decisions import BUDGET, COMPILED
 from graphexec.interpret import program_values
@@ -40,7 +40,7 @@ def test_every_decision_either_way_equals_eager(monkeypatch, gain, backend):
     policy = gx.Policy(gain=gain)
     # measured on a steady clock (tests.clocks): every member a tick, below the size rule's
     # bound, so the groups are fusion candidates on a busy machine too, and the margins decide
-    steady_clock(monkeypatch, trials, interpret, tune)
+    steady_clock(monkeypatch, trials, interpret, steps)
     g = _small_branches()
     x = torch.randn(4, 16)
     with torch.no_grad():
@@ -84,9 +84,9 @@ def test_fusion_no_group_gains_from_is_dropped_without_a_plan_trial(monkeypatch,
     models) is skipped, and the plan says it was measured call by call."""
     monkeypatch.setenv("GRAPHEXEC_CACHE", "0")
     steady_clock(monkeypatch, interpret)  # the node timer: members small enough to be fused
-    monkeypatch.setattr(tune, "time", types.SimpleNamespace(perf_counter=lambda: _CLOCK["now"]))
+    monkeypatch.setattr(steps, "time", types.SimpleNamespace(perf_counter=lambda: _CLOCK["now"]))
     ran = []
-    monkeypatch.setattr(tune, "trial_twice", lambda runs, c, **_: ran.append(c) or (1.0, 1.0))
+    monkeypatch.setattr(steps, "trial_twice", lambda runs, c, **_: ran.append(c) or (1.0, 1.0))
     g = gx.Graph("clocked")
     x = g.input("x")
     g.output(g.node("sum", gx.add(), *(g.node(f"m{i}", _Clocked(1.0, fused), x)
@@ -324,13 +324,13 @@ def test_a_plan_must_beat_its_module_within_what_overlap_can_do(monkeypatch, pla
         return fn
 
     monkeypatch.setattr(trials, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
-    monkeypatch.setattr(tune, "lanes", lambda: 2)
+    monkeypatch.setattr(steps, "lanes", lambda: 2)
     g = gx.Graph("same_ops")
     g.output(g.node("n", costs(plan_cost), g.input("x")))
     x = torch.ones(2)
     # a thread budget is a lever: the plan is tried (one without runs the module untried)
     budgeted = dataclasses.replace(gx.plan(g), thread_budget=1)
-    p = tune._source_step(budgeted, g, costs(1.0), (x,), margin=gx.Policy().gain)
+    p = steps._source_step(budgeted, g, costs(1.0), (x,), margin=gx.Policy().gain)
     assert (p.as_is is None) == kept, p.decisions
     if not kept:
         assert "disturbed measurement" in str(p.decisions[-1])
@@ -345,7 +345,7 @@ def test_the_module_as_it_is_is_tried_at_the_callers_threads_too(monkeypatch):
     g = gx.Graph("budgeted")
     g.output(g.node("n", costs(2.0, 2.0), g.input("x")))
     budgeted = dataclasses.replace(gx.plan(g), thread_budget=1)
-    p = tune._source_step(budgeted, g, costs(3.0, 1.0), (torch.ones(2),),
+    p = steps._source_step(budgeted, g, costs(3.0, 1.0), (torch.ones(2),),
                           gx.Policy().source_margin)  # fmt: skip
     assert p.as_is is not None and p.thread_budget is None, p.decisions
     assert "the module ran best at the caller's threads" in str(p.decisions[-1])
@@ -364,7 +364,7 @@ def test_an_exported_graphs_module_is_tried_at_one_thread_when_the_node_times_al
     g = gx.Graph("exported")
     g.output(g.node("n", costs(2.0, 2.0), g.input("x")))
     g.imported_by = "torch.export: torch.fx could not trace it (a test)"
-    p = tune._source_step(gx.plan(g), g, costs(1.0, 3.0), (torch.ones(2),),
+    p = steps._source_step(gx.plan(g), g, costs(1.0, 3.0), (torch.ones(2),),
                           gx.Policy().source_margin, try_one=try_one)  # fmt: skip
     assert p.as_is is not None, p.decisions
     assert (p.thread_budget == 1) == try_one, p.decisions
@@ -387,7 +387,7 @@ def test_an_exported_graph_whose_estimate_cannot_beat_its_module_is_not_tried(
     times (4 s), is 1.25x its module's measured time or more, is not tried in any way: the
     module runs as it is, and the plan says what was estimated and measured. Where it may
     beat the module (10 s), its ways are tried."""
-    costs = thread_clock(monkeypatch, trials, interpret, tune)  # trials, node timer, module runs
+    costs = thread_clock(monkeypatch, trials, interpret, steps)  # trials, node timer, module runs
     g = gx.Graph("exported")
     g.output(g.node("b", costs(2.0, 2.0), g.node("a", costs(2.0, 2.0), g.input("x"))))
     g.imported_by = "torch.export: torch.fx could not trace it (a test)"
@@ -418,7 +418,8 @@ def test_a_plan_with_no_lever_runs_its_module_untried(monkeypatch):
     g = gx.Graph("unlevered")
     g.output(g.node("n", counted, g.input("x")))
     measured = dataclasses.replace(gx.plan(g), call_seconds=0.25)  # as the shape trial says
-    p = tune._source_step(measured, g, lambda x: x + 1, (torch.ones(2),), gx.Policy().source_margin)
+    p = steps._source_step(measured, g, lambda x: x + 1, (torch.ones(2),),
+                           gx.Policy().source_margin)  # fmt: skip
     assert p.as_is is not None and p.thread_budget is None
     assert calls["plan"] == 1, "the plan ran once, to compare outputs, and was not timed"
     assert "not tried against it" in str(p.decisions[-1]) and "x " not in str(p.decisions[-1])
