@@ -85,17 +85,16 @@ What it decides
   results: the span from the first push to its matching pop (and the
   ``lazy_load_decompositions`` before a vmap) is kept whole and becomes one partition, run on
   one thread like any partition; the rest of the graph is planned as usual.
+
+The import is three modules, each importing only those after it: this one (`trace`:
+partitions, hazards, regions), `graphexec.fx_routes` (the route: fx and the arguments it
+fixes, else torch.export) and `graphexec.fx_errors` (`UntraceableError` and its words);
+`graphexec.fx_partition` and `graphexec.exported` do the work below them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-import io
-import operator
-import re
-import sys
-import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -103,37 +102,25 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from .calls import spelled
 from .errors import GraphError
-from .exported import (
-    BATCH,
-    as_called,
-    constant_inputs,
-    export,
-    input_checks,
-    is_check,
-    own_guards,
-)
+from .exported import BATCH, constant_inputs, input_checks, is_check
+from .fx_errors import UntraceableError, kind_of
 from .fx_partition import (
     Leaves,
     build_graph,
-    closure,
-    concrete_size,
     hazard_pairs,
     leaf_calls,
     live_nodes,
     partition,
     partition_order,
     qualname,
-    symbolic_size,
 )
+from .fx_routes import PLAIN, defaults, example_call, forward_of, import_module, traced_here
 from .graph import Graph
 
 __all__ = ["UntraceableError", "trace"]
 
 
-#: What fx writes for a specialised argument (``concrete_args``): dropped with it.
-_SPECIALISED = {operator.eq, torch._assert, fx._symbolic_trace._assert_is_none}
 #: Calls that switch thread-local state between nodes: such a graph cannot be split up.
 _THREAD_STATE = {torch._C._set_grad_enabled}
 
@@ -152,22 +139,15 @@ _LEVEL_PUSH = {
     *_functorch("_vmap_increment_nesting", "_jvp_increment_nesting", "_enter_dual_level"),
     torch.amp.autocast_mode._enter_autocast,
 }
+
+
 _LEVEL_POP = {
     *_functorch("_vmap_decrement_nesting", "_jvp_decrement_nesting", "_exit_dual_level"),
     torch.amp.autocast_mode._exit_autocast,
 }
+
+
 _LEVEL_PREPARE = _functorch("lazy_load_decompositions")
-
-
-class UntraceableError(GraphError, fx.proxy.TraceError):
-    """The module could not be imported: ``torch.fx`` stopped (data-dependent control flow, a
-    library raising on a proxy) and, with ``example_inputs``, ``torch.export`` too. ``node``
-    names the submodule where tracing stopped, if any; ``reason`` is the library's own
-    message (``TypeError: ...``); the message also says the ways out."""
-
-    def __init__(self, message: str, node: str | None = None, reason: str = ""):
-        super().__init__(message, node)
-        self.reason = reason
 
 
 def trace(
@@ -260,9 +240,9 @@ def trace(
     ('torch.export', ('x', 'mask'), True)
     """
     leaf = Leaves(leaves)
-    example = _example(example_inputs, example_kwargs)
-    gm, source, how = _import(module, leaf, concrete_args, example, dynamic_shapes)
-    graph_name = name or _root_name(gm) or _kind(module).strip("<>")
+    example = example_call(example_inputs, example_kwargs)
+    gm, source, how = import_module(module, leaf, concrete_args, example, dynamic_shapes)
+    graph_name = name or _root_name(gm) or kind_of(module).strip("<>")
     for n in gm.graph.nodes:
         if n.op == "call_function" and n.target in _THREAD_STATE:
             raise GraphError(
@@ -289,9 +269,9 @@ def trace(
                     constant_inputs(gm))  # fmt: skip
     g.source = source  # what `graphexec.plan` measures its plans against
     g.imported_by = how
-    if not isinstance(module, fx.GraphModule) and _traced_here(module):
+    if not isinstance(module, fx.GraphModule) and traced_here(module):
         fx_route = how == "torch.fx"
-        _accept_module_call(g, module, _defaults(module, concrete_args if fx_route else None,
+        _accept_module_call(g, module, defaults(module, concrete_args if fx_route else None,
                                                  example))  # fmt: skip
     return g
 
@@ -299,11 +279,11 @@ def trace(
 def _accept_module_call(g: Graph, module: Any, fixed: dict[str, Any]) -> None:
     """Let ``g`` take the module's own call too, with the plain arguments the trace fixed
     (module docstring: the module's own call)."""
-    fixed = {k: v for k, v in fixed.items() if isinstance(v, _PLAIN) and k not in g.inputs}
+    fixed = {k: v for k, v in fixed.items() if isinstance(v, PLAIN) and k not in g.inputs}
     if not fixed:
         return
     try:
-        params = inspect.signature(_forward(module)).parameters.values()
+        params = inspect.signature(forward_of(module)).parameters.values()
     except (TypeError, ValueError):
         return
     positional = []
@@ -317,328 +297,6 @@ def _accept_module_call(g: Graph, module: Any, fixed: dict[str, Any]) -> None:
     if inputs != list(g.inputs[: len(inputs)]):  # the inputs are named otherwise (export)
         positional = []
     g.accept_call(positional, fixed)
-
-
-_Example = tuple[tuple[Any, ...], dict[str, Any]]
-
-
-def _example(args: Any, kwargs: dict[str, Any] | None) -> _Example | None:
-    """``(args, kwargs)`` of the example call, or None without one."""
-    if args is None and kwargs is None:
-        return None
-    if args is None:
-        args = ()
-    elif not isinstance(args, tuple | list):
-        args = (args,)  # one tensor: one argument, as torch.export takes ``(x,)``
-    return tuple(args), dict(kwargs or {})
-
-
-class _Tracer(fx.Tracer):
-    def __init__(self, leaves: Leaves):
-        super().__init__()
-        self._leaves = leaves
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return (
-            qualname in self._leaves.names
-            or (bool(self._leaves.types) and isinstance(m, self._leaves.types))
-            or super().is_leaf_module(m, qualname)
-        )
-
-
-_PROGRAM_NOTE = (
-    "torch.export (an ExportedProgram): the module as it is is the program's module(); "
-    "gx.trace(model, example_inputs=args) keeps your own model as it is"
-)
-
-
-def _import(
-    module: Any, leaves: Leaves, concrete_args: Any, example: _Example | None,
-    dynamic_shapes: Any = BATCH,
-) -> tuple[fx.GraphModule, Any, str]:  # fmt: skip
-    """The fx graph to partition, the callable it came from (`Graph.source`), and which
-    route made it and why (`Graph.imported_by`)."""
-    exported = sys.modules.get("torch.export")
-    if exported is not None and isinstance(module, exported.ExportedProgram):
-        gm = own_guards(module.module())
-        return gm, as_called(gm, gm), _PROGRAM_NOTE
-    if isinstance(module, fx.GraphModule):
-        return module, _sized(module, as_called(module, module)), "an fx GraphModule, as it is"
-    if not _traced_here(module):
-        raise TypeError(_not_traceable(module))
-    try:
-        gm, source = _fx_trace(module, leaves, concrete_args, example)
-    except UntraceableError as fx_error:
-        if example is None or not isinstance(module, nn.Module):
-            raise
-        return _export_route(module, example, fx_error, dynamic_shapes)
-    return gm, source, "torch.fx"
-
-
-def _traced_here(module: Any) -> bool:
-    """A module instance or a plain Python function: what `trace` traces itself."""
-    return isinstance(module, nn.Module) or inspect.isfunction(module)
-
-
-def _forward(module: Any) -> Any:
-    """What a call runs: a module's ``forward``, or the function itself."""
-    return module.forward if isinstance(module, nn.Module) else module
-
-
-def _kind(module: Any) -> str:
-    """The class name of a module, or a function's name (``<lambda>``)."""
-    return module.__name__ if inspect.isfunction(module) else type(module).__name__
-
-
-def _not_traceable(obj: Any) -> str:
-    """Why ``gx.trace(obj)`` cannot take ``obj``, and what to pass instead."""
-    takes = ("gx.trace takes an nn.Module instance, a torch.fx.GraphModule, a "
-             "torch.export.ExportedProgram or a Python function")  # fmt: skip
-    if isinstance(obj, type):
-        name = spelled(obj)
-        if issubclass(obj, nn.Module):
-            return f"{takes}; got the class {name}: pass an instance, gx.trace({name}(...))"
-        return f"{takes}; got the class {name}"
-    if callable(obj):
-        what = getattr(obj, "__name__", None) or type(obj).__name__
-        return (f"{takes}; got {what} ({type(obj).__name__}), which fx cannot trace: call it "
-                f"from a Python function and trace that (def f(x): return {what}(x))")  # fmt: skip
-    return f"{takes}; got {type(obj).__name__}"
-
-
-def _sized(gm: fx.GraphModule, source: Any) -> Any:
-    """``source`` taking Dynamo's symbolic sizes as their example ints (`concrete_size`)."""
-    sizes = [i for i, n in enumerate(n for n in gm.graph.nodes if n.op == "placeholder")
-             if symbolic_size(n)]  # fmt: skip
-    if not sizes:
-        return source
-
-    def call(*args: Any) -> Any:
-        return source(*(concrete_size(a) if i in sizes else a for i, a in enumerate(args)))
-
-    call.__wrapped__ = source  # type: ignore[attr-defined]
-    return call
-
-
-def _fx_trace(
-    module: nn.Module | Any, leaves: Leaves, concrete_args: Any, example: _Example | None
-) -> tuple[fx.GraphModule, Any]:
-    """``torch.fx`` with every argument not given fixed (`_defaults`); any exception raised
-    while tracing becomes an `UntraceableError` naming where it stopped."""
-    concrete = _defaults(module, concrete_args, example)
-    tracer = _Tracer(leaves)
-    printed = io.StringIO()
-    try:
-        with _TRACING, contextlib.redirect_stderr(printed):
-            graph = tracer.trace(module, concrete or None)
-    except Exception as exc:  # noqa: BLE001 - a library raising on a proxy stops fx too
-        rest, generated = _fx_printed(printed.getvalue())
-        sys.stderr.write(rest)
-        where = _where(module, exc.__traceback__)
-        message, reason = _untraceable(module, exc, where, concrete, example, generated)
-        raise UntraceableError(message, (where and where[0]) or None, reason) from exc
-    sys.stderr.write(printed.getvalue())  # fx caught what it printed about: pass it on
-    gm = fx.GraphModule(tracer.root, graph, _kind(module).strip("<>"))
-    if not concrete:
-        return gm, module
-    _drop_specialised(gm, module, concrete)
-    inputs = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
-    if _called_plainly(module, inputs, concrete):
-        return gm, module
-
-    def source(*args: Any) -> Any:  # the module called as the graph is: the rest fixed
-        return module(**dict(zip(inputs, args, strict=False)), **concrete)
-
-    source.__wrapped__ = module  # type: ignore[attr-defined]
-    return gm, source
-
-
-#: fx patches torch's globals while it traces, and a process has one stderr: one trace at a time.
-_TRACING = threading.Lock()
-#: What fx prints (`torch.fx.graph_module._WrappedCall`) when generated code raises.
-_FX_PRINTED = re.compile(
-    r"Call using an FX-traced Module, line (?P<line>\d+) of the traced Module's generated "
-    r"forward function:\n(?:.*\n)*?(?P<code>.*\S.*)\n+~+ <--- HERE\n(?:.*\n\n?){0,2}\n?"
-)
-
-
-def _fx_printed(text: str) -> tuple[str, tuple[int, str] | None]:
-    """``text`` printed while tracing without fx's own traceback, and the line of generated
-    code it pointed at (number, code), if fx printed one."""
-    found = _FX_PRINTED.search(text)
-    if found is None:
-        return text, None
-    start = text.rfind("Traceback (most recent call last):", 0, found.start())
-    start = found.start() if start < 0 else start
-    code = found["code"].split(";")[0].strip()  # fx's "x = None" frees, not the failing call
-    return text[:start] + text[found.end():], (int(found["line"]), code)
-
-
-def _export_route(
-    module: nn.Module, example: _Example, fx_error: UntraceableError, dynamic_shapes: Any
-) -> tuple[fx.GraphModule, Any, str]:
-    """``torch.export`` with the example call, where fx stopped; the user's module stays the
-    one the graph is measured against (`graphexec.exported`)."""
-    kind = type(module).__name__
-    try:
-        gm, shapes = export(module, *example, dynamic_shapes)
-    except Exception as exc:  # noqa: BLE001 - whatever export raises, say both
-        reason = _first_line(exc)
-        raise UntraceableError(
-            f"gx.trace({kind}): torch.fx cannot trace it ({fx_error.reason}) and "
-            f"torch.export cannot export it with the example inputs ({reason}). "
-            f"{_unknown_output(module, exc, example)}{fx_error}",
-            fx_error.node,
-            reason,
-        ) from exc
-    how = f"torch.export ({shapes}): torch.fx could not trace {kind} ({fx_error.reason})"
-    return gm, as_called(gm, module), how
-
-
-_UNKNOWN_OUTPUT = re.compile(r"Found <class '([^']+)'> in output")
-
-
-def _unknown_output(module: nn.Module, exc: BaseException, example: _Example) -> str:
-    """The way out when export stopped at an output object it does not know (a library's
-    cache, say), or ""."""
-    found = _UNKNOWN_OUTPUT.search(str(exc))
-    if found is None:
-        return ""
-    what = f"The model's output holds a {found[1]}, which is no tensor and no type torch.export "
-    what += "knows; "
-    try:
-        params = inspect.signature(module.forward).parameters
-    except (TypeError, ValueError):
-        params = {}
-    off = [p for p in ("use_cache", "return_legacy_cache") if p in params
-           and p not in example[1]]  # fmt: skip
-    if off:
-        return (f"{what}pass example_kwargs={{'{off[0]}': False}} to leave it out of the "
-                "output, or register the type with torch.utils._pytree.register_pytree_node. ")
-    return f"{what}register it with torch.utils._pytree.register_pytree_node. "
-
-
-def _first_line(exc: BaseException, most: int = 300) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
-    return text if len(text) <= most else text[: most - 3] + "..."
-
-
-_PLAIN = (type(None), bool, int, float, str)  # fixed; tensors and containers: left as inputs
-
-
-def _defaults(
-    module: nn.Module, concrete_args: dict[str, Any] | None, example: _Example | None = None
-) -> dict[str, Any]:
-    """``concrete_args`` with every plain default of ``forward`` it does not name; with an
-    example call, only the defaults of arguments it does not give, and the plain values it
-    gives (``None``, numbers: export fixes them too)."""
-    given_args = dict(concrete_args or {})
-    try:
-        params = list(inspect.signature(_forward(module)).parameters.values())
-    except (TypeError, ValueError):
-        return given_args
-    named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    called: dict[str, Any] = {}
-    if example is not None:
-        positional = [p.name for p in params if p.kind == p.POSITIONAL_OR_KEYWORD]
-        called = {**dict(zip(positional, example[0], strict=False)), **example[1]}
-    fixed = {p.name: p.default for p in named
-             if p.name not in called and isinstance(p.default, _PLAIN)
-             and p.default is not p.empty}  # fmt: skip
-    fixed.update((k, v) for k, v in called.items() if isinstance(v, _PLAIN))
-    return {k: v for k, v in {**fixed, **given_args}.items() if v is not fx.PH}
-
-
-def _called_plainly(module: nn.Module, inputs: list[str], concrete: dict[str, Any]) -> bool:
-    """True when ``module(*inputs)`` is the call the graph makes: the inputs are its leading
-    positional arguments, and every fixed one is fixed to its own default (so the module
-    itself is the graph's source, with nothing between a call and it)."""
-    try:
-        params = inspect.signature(_forward(module)).parameters
-    except (TypeError, ValueError):
-        return False
-    positional = [p.name for p in params.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]  # fmt: skip
-    return inputs == positional[: len(inputs)] and all(
-        k in params and type(v) is type(params[k].default) and v == params[k].default
-        for k, v in concrete.items()
-    )
-
-
-def _drop_specialised(gm: fx.GraphModule, module: nn.Module, concrete: dict[str, Any]) -> None:
-    """Remove the placeholders of fixed arguments and the asserts fx wrote for them."""
-    params = list(inspect.signature(_forward(module)).parameters)
-    holders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    if len(params) != len(holders):  # *args or pytree concrete_args: leave them
-        return
-    index = {n: i for i, n in enumerate(gm.graph.nodes)}
-    for param, holder in zip(params, holders, strict=True):
-        below = closure([holder], lambda n: n.users)
-        if param in concrete and all(n.target in _SPECIALISED for n in below):
-            for n in sorted(below, key=index.__getitem__, reverse=True):
-                gm.graph.erase_node(n)
-            gm.graph.erase_node(holder)
-    gm.recompile()
-
-
-def _where(module: nn.Module | Any, tb: Any) -> tuple[str, str, int] | None:
-    """The innermost submodule (qualified name, file, line) a traceback ran ``forward`` of;
-    for a function, ``""`` and the line of the function where it stopped."""
-    names = ({id(m): n for n, m in module.named_modules()} if isinstance(module, nn.Module)
-             else {})  # fmt: skip
-    where = None
-    while tb is not None:
-        owner = tb.tb_frame.f_locals.get("self")
-        if isinstance(owner, nn.Module) and id(owner) in names:
-            where = (names[id(owner)], tb.tb_frame.f_code.co_filename, tb.tb_lineno)
-        elif tb.tb_frame.f_code is getattr(module, "__code__", None):
-            where = ("", tb.tb_frame.f_code.co_filename, tb.tb_lineno)
-        tb = tb.tb_next
-    return where
-
-
-def _untraceable(
-    module: nn.Module | Any,
-    exc: Exception,
-    where: tuple[str, str, int] | None,
-    concrete: dict[str, Any],
-    example: _Example | None,
-    generated: tuple[int, str] | None = None,
-) -> tuple[str, str]:
-    """The error's message (where, the library's words, the ways out) and its reason;
-    ``generated``: the line of an fx GraphModule's generated code where it stopped."""
-    kind = _kind(module)
-    at = f" ({where[1]}:{where[2]})" if where else ""
-    if generated is not None:  # ``where`` is torch's own file then
-        at = f" (line {generated[0]} of its generated forward: {generated[1]})"
-    function = not isinstance(module, nn.Module)
-    branch = isinstance(exc, fx.proxy.TraceError)  # control flow on a proxy, not a library
-    reason = str(exc) if branch else _first_line(exc)
-    ways = []
-    if where and where[0]:
-        place = f"in submodule '{where[0]}'{at}"
-        ways.append(f"name it in leaves=['{where[0]}'] to run it as one node")
-    else:
-        place = f"in {kind}{at}" if function else f"in {kind}.forward{at}"
-        if branch and not function:
-            ways.append("move the branch into a submodule and name it in leaves=")
-    fixed = ", ".join(f"{k}={v!r}" for k, v in concrete.items())
-    note = ""
-    if function:  # torch.export takes modules only
-        ways.append("make it the forward of an nn.Module and trace that with example_inputs=, "
-                    "which imports it through torch.export where fx cannot")  # fmt: skip
-    elif example is None:
-        if fixed:
-            note = (f" (gx.trace fixed every argument with a default to it: {fixed}; "
-                    "example_inputs= says which ones a call gives)")  # fmt: skip
-        ways.insert(0 if not branch else 1, "gx.trace(model, example_inputs=args), which "
-                    "imports it through torch.export where fx cannot")  # fmt: skip
-    elif branch:
-        ways.append("write the branch with torch.cond (export takes it)")
-    what, it = ("fn", "it") if function else ("model", "the model")
-    ways.append(f'torch.compile({what}, backend="graphexec"), which splits {it} there')
-    return (f"gx.trace({kind}): torch.fx cannot trace {place}: {reason}{note}. To import it, "
-            + "; or ".join(ways), reason)  # fmt: skip
 
 
 def _root_name(gm: fx.GraphModule) -> str | None:

@@ -17,9 +17,9 @@ What it decides
 * ``after=`` adds ordering-only dependencies (no data flows); `graphexec.fx_import` uses it for
   the in-place hazards it finds in traced models.
 * A graph traced from a module whose call had arguments the trace fixed (Whisper's
-  ``attention_mask=None`` between two tensors) takes the module's own call too
-  (`Graph.accept_call`, `ModuleCall`): a fixed argument given as it was fixed, by position or
-  by name, is dropped before the inputs are bound; given another value, `ArityError` says so.
+  ``attention_mask=None`` between two tensors) takes the module's own call too: a fixed
+  argument given as it was fixed is dropped before the inputs are bound; given another
+  value, `ArityError` says so (`Graph.accept_call`, `graphexec.module_call`).
 
 The graph is backed by a ``networkx.DiGraph`` (``graph.nx``) whose nodes are the node and
 input names, with an edge for every data or ordering dependency.
@@ -41,13 +41,13 @@ import torch.utils._pytree as pytree
 from .calls import Packed, check_arity, check_in_place, check_instance, fn_name
 from .dag import lexicographic_order
 from .errors import (
-    ArityError,
     CycleError,
     DuplicateNameError,
     GraphError,
     UnknownNodeError,
     UnreachableOutputError,
 )
+from .module_call import ModuleCall
 
 __all__ = ["Graph", "ModuleCall", "Node", "Packed", "Ref", "expect_graph", "state_tensors"]
 
@@ -113,31 +113,6 @@ class Node:
 
     def __call__(self, *args: Any) -> Any:
         return self.fn(*args, **self.kwargs)
-
-
-@dataclass(frozen=True)
-class ModuleCall:
-    """How the module a graph was traced from is called, where the trace fixed some of its
-    arguments: ``parameters`` are its leading positional parameters (graph inputs and fixed
-    arguments, in order), ``fixed`` every fixed argument's value (`Graph.accept_call`)."""
-
-    parameters: tuple[str, ...]
-    fixed: Mapping[str, Any]
-
-
-def _same(value: Any, fixed: Any) -> bool:
-    """``value`` is the plain value a trace fixed (``None``, a bool, number or string)."""
-    if value is fixed:
-        return True
-    if isinstance(value, torch.Tensor):
-        return False
-    numbers = isinstance(value, int | float) and isinstance(fixed, int | float)
-    if type(value) is not type(fixed) and not (numbers and bool not in (type(value), type(fixed))):
-        return False
-    try:
-        return bool(value == fixed)
-    except Exception:  # noqa: BLE001 - a value that cannot be compared is not the fixed one
-        return False
 
 
 def _graph_input() -> None:  # marker callable of graph-input nodes; never called
@@ -322,15 +297,7 @@ class Graph:
         >>> g.graph_call((one,), {"attention_mask": None, "decoder_ids": one})[1].keys()
         dict_keys(['decoder_ids'])
         """
-        fixed = dict(fixed)
-        inputs = [p for p in parameters if p not in fixed]
-        clash = sorted(set(fixed) & set(self._inputs))
-        if clash or inputs != self._inputs[: len(inputs)]:
-            raise GraphError(
-                f"graph '{self.name}': the call ({', '.join(parameters)}; fixed "
-                f"{', '.join(fixed)}) does not fit the inputs ({', '.join(self._inputs)})"
-            )
-        self.call = ModuleCall(tuple(parameters), fixed)  # a plain dict: graphs are pickled
+        self.call = ModuleCall.of(self.name, self._inputs, parameters, fixed)
 
     def graph_call(
         self, args: tuple[Any, ...], kwargs: Mapping[str, Any]
@@ -347,38 +314,9 @@ class Graph:
         ArityError
             If a fixed argument is given another value than the one it was fixed to.
         """
-        call = self.call
-        if call is None:
+        if self.call is None:
             return args, dict(kwargs)
-        kwargs = dict(kwargs)
-        for name in [k for k in kwargs if k in call.fixed]:
-            self._check_fixed(name, kwargs.pop(name))
-        n = len(self._inputs)
-        if len(args) > len(call.parameters) or (
-            len(args) <= n and not set(kwargs) & set(self._inputs[: len(args)])
-        ):
-            return args, kwargs
-        kept = []
-        for name, value in zip(call.parameters, args, strict=False):
-            if name in call.fixed:
-                self._check_fixed(name, value)
-            else:
-                kept.append(value)
-        return tuple(kept), kwargs
-
-    def _check_fixed(self, name: str, value: Any) -> None:
-        fixed = self.call.fixed[name] if self.call is not None else None
-        if _same(value, fixed):
-            return
-        given = (f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor)
-                 else repr(value)[:80])  # fmt: skip
-        raise ArityError(
-            f"graph '{self.name}': {name} is {given}, but the trace fixed {name}={fixed!r} "
-            f"(the graph has no input '{name}'): pass {fixed!r} or leave it out, or import "
-            "the module again with gx.trace giving it (a tensor in example_inputs; another "
-            "value in concrete_args)",
-            name,
-        )
+        return self.call.bind(self.name, self._inputs, args, kwargs)
 
     # -- reading ----------------------------------------------------------------------------
     @property

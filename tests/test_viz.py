@@ -228,10 +228,10 @@ def test_no_level_colour_reads_as_the_critical_path_red():
 
     from matplotlib.colors import to_rgb
 
-    from graphexec.viz._style import _CRITICAL, _LEVEL_COLOURS
+    from graphexec.viz._style import CRITICAL, LEVEL_COLOURS
 
-    red_hue = colorsys.rgb_to_hsv(*to_rgb(_CRITICAL))[0]
-    for colour in _LEVEL_COLOURS:
+    red_hue = colorsys.rgb_to_hsv(*to_rgb(CRITICAL))[0]
+    for colour in LEVEL_COLOURS:
         hue, saturation, _ = colorsys.rgb_to_hsv(*to_rgb(colour))
         distance = min(abs(hue - red_hue), 1 - abs(hue - red_hue)) * 360
         assert distance > 30 or saturation < 0.3, colour

@@ -1,4 +1,18 @@
-"""Executors: one protocol (`Executor.run`), several backends. See `base` for the loop."""
+"""Executors: one protocol (`Executor.run`), several backends.
+
+Each module imports only modules listed below it::
+
+    dask/        Dask distributed (a package; imported only when asked for: `DaskExecutor`)
+    cuda/        CUDA streams and CUDA graphs (a package: `CudaStreamExecutor`)
+    threads      the local loop, tasks on a thread pool (`ThreadExecutor`)
+    sequential   the local loop, never concurrent: the reference (`SequentialExecutor`)
+    local        the one loop of in-process backends (`LocalExecutor`, `RunState`)
+    base         the protocol and its call tree (`Executor`), `run_task`, `BudgetLanes`
+    shards       a split plan's batch: inputs cut into shards, outputs merged
+    schedule     what every run of one plan shares (counts, programs), made once per plan
+    lanes        pool threads at a thread budget of their own
+    own_threads  the calling thread's intra-op threads, set for one call
+"""
 
 from __future__ import annotations
 

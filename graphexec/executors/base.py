@@ -1,22 +1,24 @@
-"""What every executor shares: binding inputs, running one task, freeing values, the loops.
+"""What every executor shares: the run protocol, running one task, binding and collecting.
 
 The call tree (override points marked ``*``)::
 
     Executor.run(plan, *args, profile=False)
-      -> shards.run_split            a plan that splits the batch (``plan.split``): shards,
-                                     then *_run_shards(whole plan, shards, events): each
-                                     shard by _shard -> _budgeted (what follows), merged
-      -> BudgetLanes.call            with ``plan.thread_budget`` (local executors): the rest
-                                     of the call runs at that many intra-op threads, on the
-                                     calling thread (its own count put back after the call;
-                                     `own_threads`) or, where that cannot be, on a pool
-                                     thread of that budget
-      -> *_inline(plan)              runs task after task on this thread? then call the
-                                     plan's straight-line program (`schedule.Schedule`,
+      -> _run_split                  a plan that splits the batch (``plan.split``): the
+                                     inputs cut (`shards.shard_inputs`), then
+                                     *_run_shards(whole plan, shards, events): each shard by
+                                     _shard -> _budgeted (what follows), merged
+                                     (`shards.merge_outputs`)
+      -> _budgeted -> BudgetLanes.call  with ``plan.thread_budget`` (local executors): the
+                                     rest of the call runs at that many intra-op threads, on
+                                     the calling thread (its own count put back after the
+                                     call; `own_threads`) or, where that cannot be, on a pool
+                                     thread of that budget (a lane: `lanes`)
+      -> *_one_by_one(plan)          runs one task after another on this thread? then call
+                                     the plan's straight-line program (`schedule.Schedule`,
                                      `graphexec.codegen`) or ``plan.as_is``, and return
       -> bind_inputs                 arity check, env = {input name: value} (`interpret`)
       -> *_execute(plan, env, rec)   the backend: fill env with every output value
-           LocalExecutor._execute    the shared loop for in-process backends (`local`)
+           LocalExecutor._execute    the one loop of in-process backends (`local`)
              -> run_task             one task (its generated program), events recorded
       -> collect_outputs             env -> the graph's output structure
 
@@ -33,7 +35,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar
@@ -47,9 +49,10 @@ from ..interpret import bind_inputs, check_input, check_none, run_nodes
 from ..planner import arrange
 from ..plans import Plan, Task
 from ..profile import TaskEvent, Timeline
+from .lanes import enter_lane, lane_pool, process_default, started
 from .own_threads import at_threads
 from .schedule import Schedule
-from .shards import run_split
+from .shards import merge_outputs, shard_inputs
 
 __all__ = [
     "BudgetLanes",
@@ -59,12 +62,10 @@ __all__ = [
     "bind_inputs",
     "capture_modes",
     "collect_outputs",
-    "enter_lane",
-    "process_default",
-    "started",
     "run_task",
     "SCHEDULES",
 ]
+__all__ += ["enter_lane", "process_default", "started"]  # `lanes`' own, still importable here
 
 SCHEDULES = ("levels", "dataflow")
 
@@ -101,47 +102,6 @@ def capture_modes() -> Modes:
 
 
 # -- thread budgets ------------------------------------------------------------------------------
-_lane = threading.local()  # .threads: the budget of the lane this thread is, if it is one
-
-
-def process_default() -> int:
-    """The intra-op thread count a thread started now would get (torch's process default;
-    read on a new thread, because the calling thread may be a lane with its own count)."""
-    got: list[int] = []
-    reader = threading.Thread(target=lambda: got.append(torch.get_num_threads()))
-    reader.start()
-    reader.join()
-    return got[0]
-
-
-def enter_lane(threads: int, keep: int) -> None:
-    """Set this (pool) thread to ``threads`` intra-op threads and leave the process default,
-    which threads made later start from, at ``keep``.
-
-    With torch's OpenMP backend the count is per OS thread, but ``torch.set_num_threads`` also
-    stores a process default that a thread reads on its first parallel op (measured on torch
-    2.13: after a pool thread set 1, a thread started later ran at 1). So the lane fixes its
-    own count first (reading it pins it), then a short-lived thread sets the default back.
-    """
-    torch.set_num_threads(threads)
-    torch.get_num_threads()  # pins this thread's count before the default is put back
-    _lane.threads = threads
-    if keep != threads:
-        putback = threading.Thread(target=torch.set_num_threads, args=(keep,))
-        putback.start()
-        putback.join()
-
-
-def started(pool: ThreadPoolExecutor, workers: int) -> ThreadPoolExecutor:
-    """``pool`` with every worker started and through its initializer (`enter_lane`), so no
-    worker is still setting its thread count (and putting the process default back) after
-    the call that made the pool returns: a thread started then would read the wrong default.
-    """
-    barrier = threading.Barrier(workers, timeout=30)
-    wait([pool.submit(barrier.wait) for _ in range(workers)])
-    return pool
-
-
 class BudgetLanes:
     """Run a call at a thread budget: on the calling thread, its own count set for the call
     and put back (`call`), or on pool threads of that budget, several at once (`submit`).
@@ -187,10 +147,8 @@ class BudgetLanes:
                 pool = self._pools.get(threads)
                 if pool is None:
                     workers = max(1, (os.cpu_count() or 1) // threads)
-                    pool = self._pools[threads] = started(ThreadPoolExecutor(
-                        workers, thread_name_prefix=f"graphexec-budget{threads}",
-                        initializer=enter_lane, initargs=(threads, process_default()),
-                    ), workers)  # fmt: skip
+                    pool = lane_pool(workers, threads, f"graphexec-budget{threads}")
+                    self._pools[threads] = pool
         modes = capture_modes()
 
         def on_lane() -> Any:
@@ -383,8 +341,23 @@ class Executor:
         p = self._as_plan(plan)
         args, kwargs = p.graph.graph_call(args, kwargs)  # a traced module's own call, too
         if p.split is not None:  # data parallelism: shards, _run_shards, merge
-            return run_split(self, p, args, kwargs, profile)
+            return self._run_split(p, args, kwargs, profile)
         return self._budgeted(p, args, kwargs, profile)
+
+    def _run_split(self, p: Plan, args: tuple[Any, ...], kwargs: dict[str, Any], profile: bool
+                   ) -> Any:  # fmt: skip
+        """A split plan: the batch cut into shards, `_run_shards` on the plan without its
+        split (made once per plan), the shards' outputs merged (`graphexec.executors.shards`).
+        """
+        assert p.split is not None
+        shards = shard_inputs(p.graph, p.split, args, kwargs)
+        whole = self._unsplit(p)
+        events: list[TaskEvent] | None = [] if profile else None
+        start = time.time()
+        outputs = self._run_shards(whole, shards, events)
+        end = time.time()
+        out = merge_outputs(p.split, outputs)
+        return (out, self._timeline(whole, events, start, end)) if profile else out
 
     def _budgeted(self, p: Plan, args: tuple[Any, ...], kwargs: dict[str, Any], profile: bool
                   ) -> Any:  # fmt: skip
@@ -409,7 +382,7 @@ class Executor:
         return out
 
     def _run(self, p: Plan, args: tuple[Any, ...], kwargs: dict[str, Any], profile: bool) -> Any:
-        if not profile and self._inline(p):  # one generated function, one call per node
+        if not profile and self._one_by_one(p):  # one generated function, one call per node
             program = p.as_is or self._schedules(p).straight
             if kwargs or len(args) != len(p.graph.inputs):
                 env = bind_inputs(p.graph, args, kwargs)
@@ -424,12 +397,13 @@ class Executor:
         self._execute(p, env, events)
         end = time.time()
         out = collect_outputs(p.graph, env)
-        if not profile:
-            return out
-        trace = Timeline(
-            p, self.name, self.schedule, tuple(sorted(events, key=lambda e: e.start)), start, end
-        )
-        return out, trace
+        return (out, self._timeline(p, events, start, end)) if profile else out
+
+    def _timeline(self, plan: Plan, events: list[TaskEvent] | None, start: float, end: float
+                  ) -> Timeline:  # fmt: skip
+        """The record of a profiled call: its task events by start time."""
+        ordered = tuple(sorted(events or (), key=lambda e: e.start))
+        return Timeline(plan, self.name, self.schedule, ordered, start, end)
 
     def map(self, plan: Plan | Graph, inputs: Any, **kwargs: Any) -> Any:
         """Run over an iterable of inputs (each a tuple of graph inputs, or one value)."""
@@ -446,9 +420,9 @@ class Executor:
         expect_graph(plan, f"{type(self).__name__}.run")
         return self._plans(plan)
 
-    def _inline(self, plan: Plan) -> bool:
-        """True when this executor would run ``plan`` task after task on the calling thread:
-        `run` then calls the plan's straight-line program instead of the task loop."""
+    def _one_by_one(self, plan: Plan) -> bool:
+        """True when this executor would run ``plan`` one task after another on the calling
+        thread: `run` then calls the plan's straight-line program instead of the task loop."""
         return False
 
     def _execute(self, plan: Plan, env: dict[str, Any], events: list[TaskEvent] | None) -> None:

@@ -1,15 +1,22 @@
-"""The shared loop of in-process executors (sequential, threads, CUDA streams' host side).
+"""The one loop of in-process executors (sequential, threads; the CUDA streams' host side
+reuses its `RunState`).
 
     LocalExecutor._execute(plan, env, events)
+      *_concurrent(plan) False:  every task on the calling thread, in order: level by level
+                                 (``schedule="levels"``) or in plan (program) order
       levels:   for each level: start its tasks, wait for all of them
       dataflow: start tasks as their deps finish (concurrent.futures.wait)
-      (ready tasks start critical path first: highest ``Task.bottom``)
-      -> *_start(fn)          how a task is started (pool.submit, or run here)
-      -> run_task             one task (its generated program), events recorded
-      -> RunState.finish     store outputs, drop values whose last consumer is done
+      (ready tasks start critical path first: highest ``Task.bottom``; a task that is the only
+      one able to run, or an inline one, runs on the calling thread)
+      -> *_start(fn)          how a task is started elsewhere (pool.submit)
+      -> RunState.run         one task (its generated program) through `run_task`, events
+      -> RunState.finish      store outputs, drop values whose last consumer is done
 
-The loop runs on the calling thread and is the only code that touches the run's value table
-and reference counts, so they need no lock; tasks get their input values as a fresh dict.
+A backend says whether a plan's tasks overlap (`_concurrent`) and how a task is started
+(`_start`); walking the plan, freeing values, wrapping errors and recording timings happen
+here and in `run_task`, once. The loop runs on the calling thread and is the only code that
+touches the run's value table and reference counts, so they need no lock; tasks get their
+input values as a fresh dict.
 """
 
 from __future__ import annotations
@@ -28,7 +35,8 @@ __all__ = ["LocalExecutor", "RunState"]
 
 
 class LocalExecutor(Executor):
-    """The shared loop of in-process executors; a backend supplies ``_start``.
+    """The shared loop of in-process executors; a backend supplies ``_start`` and, where it
+    differs, ``_concurrent``.
 
     ``_start(fn)`` returns a ``concurrent.futures.Future`` of ``fn()``. The loop runs on the
     calling thread and is the only code that touches ``env`` and the reference counts, so
@@ -37,22 +45,42 @@ class LocalExecutor(Executor):
 
     honours_budget = True
 
+    def _concurrent(self, plan: Plan) -> bool:
+        """Whether ``plan``'s tasks may run at once here (else: one after another, on the
+        calling thread, in order). Default: when two dispatchable tasks share a level."""
+        return plan.parallel
+
     def _start(self, fn: Callable[[], dict[str, Any]]) -> Future:
         raise NotImplementedError
 
+    def _one_by_one(self, plan: Plan) -> bool:
+        return not self._concurrent(plan) and plan.compiled is None
+
     def _execute(self, plan: Plan, env: dict[str, Any], events: list[TaskEvent] | None) -> None:
-        state = RunState(self._schedules(plan), env, events, capture_modes())
-        if self.schedule == "levels":
+        concurrent = self._concurrent(plan)
+        modes = capture_modes() if concurrent else None  # re-entered on the threads tasks run on
+        state = RunState(self._schedules(plan), env, events, modes)
+        if not concurrent:  # nothing to overlap: a hand-off could only cost time
+            self._run_one_by_one(state)
+        elif self.schedule == "levels":
             self._run_levels(state)
         else:
             self._run_dataflow(state)
 
-    def _run_here(self, state: RunState, name: str) -> None:
-        state.finish(name, state.run(name))
+    def _run_here(self, state: RunState, name: str) -> list[str]:
+        """Run a task on the calling thread; the tasks it made ready."""
+        return state.finish(name, state.run(name))
 
     def _submit(self, state: RunState, name: str) -> Future:
         inputs = state.inputs_of(name)
         return self._start(lambda: state.run(name, inputs, on_worker=True))
+
+    def _run_one_by_one(self, state: RunState) -> None:
+        """Both orders are topological orders of the task DAG, so both give the same result."""
+        plan = state.plan
+        levels = self.schedule == "levels"
+        for name in [t for level in plan.levels for t in level] if levels else plan.tasks:
+            self._run_here(state, name)
 
     def _run_levels(self, state: RunState) -> None:
         for level in state.plan.levels:
@@ -79,10 +107,10 @@ class LocalExecutor(Executor):
                 if inline:
                     ready = deque(t for t in ready if not state.plan.tasks[t].inline)
                     for t in inline:
-                        ready.extend(self._finish_here(state, t))
+                        ready.extend(self._run_here(state, t))
                     continue
                 if len(ready) == 1 and not running:  # a lone task runs on the caller
-                    ready.extend(self._finish_here(state, ready.popleft()))
+                    ready.extend(self._run_here(state, ready.popleft()))
                     continue
                 for t in sorted(ready, key=state.priority):  # critical path first
                     running[self._submit(state, t)] = t
@@ -95,9 +123,6 @@ class LocalExecutor(Executor):
                 fut.cancel()
             wait(running)  # nothing of this call may still run when it raises
             raise
-
-    def _finish_here(self, state: RunState, name: str) -> list[str]:
-        return state.finish(name, state.run(name))
 
 
 class RunState:

@@ -19,7 +19,7 @@ __all__ = ["Schedule"]
 class Schedule:
     """What every run of one plan shares, made once per plan: the dependency counts, the
     critical-path priorities, the freeing counts and the generated programs (task by task,
-    and `straight`: the whole plan as one function, for plans that run inline)."""
+    and `straight`: the whole plan as one function, for plans run one by one)."""
 
     def __init__(self, plan: Plan):
         self.plan = plan

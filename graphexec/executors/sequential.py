@@ -2,22 +2,19 @@
 
 This is the specification the other executors are tested against. ``schedule="levels"`` runs
 level by level; ``"dataflow"`` runs in plan (program) order. Both are valid topological
-orders of the task DAG, so both give the same result.
+orders of the task DAG, so both give the same result. It is `LocalExecutor`'s loop with
+nothing ever run at once (`LocalExecutor._run_one_by_one`).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..plans import Plan
-from ..profile import TaskEvent
-from .base import Executor
-from .local import RunState
+from .local import LocalExecutor
 
 __all__ = ["SequentialExecutor"]
 
 
-class SequentialExecutor(Executor):
+class SequentialExecutor(LocalExecutor):
     """Run every task in order on the calling thread (the reference).
 
     Examples
@@ -30,16 +27,6 @@ class SequentialExecutor(Executor):
     """
 
     name = "sequential"
-    honours_budget = True
 
-    def _inline(self, plan: Plan) -> bool:
-        return plan.compiled is None
-
-    def _execute(self, plan: Plan, env: dict[str, Any], events: list[TaskEvent] | None) -> None:
-        state = RunState(self._schedules(plan), env, events, modes=None)
-        if self.schedule == "levels":
-            order = [t for level in plan.levels for t in level]
-        else:
-            order = list(plan.tasks)
-        for name in order:
-            state.finish(name, state.run(name))
+    def _concurrent(self, plan: Plan) -> bool:
+        return False

@@ -1,10 +1,10 @@
-"""Running a split plan: cut each call's batch into shards, run the plan on each, merge.
+"""A split plan's batch: cut each call's inputs into shards, and merge the shards' outputs.
 
 A plan with ``plan.split`` (data parallelism, decided by `graphexec.split`) is run by every
-executor through one path::
+executor through one path, `Executor.run` (`graphexec.executors.base`)::
 
     Executor.run(plan, *args)
-      -> run_split(executor, plan, args, kwargs, profile)
+      -> Executor._run_split(plan, args, kwargs, profile)
            shard_inputs        bind, check the batch sizes agree, torch.tensor_split each
                                batched input along its axis (uneven shards are fine)
            executor._run_shards(whole, shards, events)     * the backend's override point
@@ -13,6 +13,8 @@ executor through one path::
              CudaStreamExecutor  shards on side streams, joined on the caller's stream
              DaskExecutor      each shard's whole plan as one job, on different workers
            merge_outputs       torch.cat each output leaf along its batch axis
+
+This module is plain functions over tensors: it knows nothing of executors.
 
 ``whole`` is the plan without its split (made once per plan by the executor). Shards are
 views of the caller's tensors and outputs are concatenated with ``torch.cat``, so autograd
@@ -26,22 +28,17 @@ them, before anything runs.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.utils._pytree as pytree
 
 from ..graph import Graph
 from ..interpret import bind_inputs
-from ..plans import Plan, Split
-from ..profile import TaskEvent, Timeline
+from ..plans import Split
 
-if TYPE_CHECKING:
-    from .base import Executor
-
-__all__ = ["merge_outputs", "run_split", "shard_inputs"]
+__all__ = ["merge_outputs", "shard_inputs"]
 
 
 def shard_inputs(
@@ -104,22 +101,3 @@ def merge_outputs(split: Split, outputs: Sequence[Any]) -> Any:
         merged.append(parts[0] if axis is None else torch.cat(parts, dim=axis))
     return pytree.tree_unflatten(merged, spec)
 
-
-def run_split(
-    executor: Executor, plan: Plan, args: Sequence[Any], kwargs: dict[str, Any], profile: bool
-) -> Any:
-    """Run a split plan on ``executor``: shards, the backend's ``_run_shards``, merge."""
-    split = plan.split
-    if split is None:
-        raise ValueError(f"plan of graph '{plan.graph.name}' does not split the batch")
-    shards = shard_inputs(plan.graph, split, args, kwargs)
-    whole = executor._unsplit(plan)
-    events: list[TaskEvent] | None = [] if profile else None
-    start = time.time()
-    outputs = executor._run_shards(whole, shards, events)
-    end = time.time()
-    out = merge_outputs(split, outputs)
-    if not profile:
-        return out
-    ordered = tuple(sorted(events, key=lambda e: e.start))
-    return out, Timeline(whole, executor.name, executor.schedule, ordered, start, end)

@@ -12,16 +12,18 @@ as eager PyTorch would, with every core. A plan with no two dispatchable tasks a
 level (``plan.parallel`` is False) never touches the pool.
 
 A plan's measured ``thread_budget`` (`graphexec.tune`) is honoured as every local executor
-honours it: the call (the loop that dispatches the lanes, or the inline program) runs at that
-many intra-op threads on the calling thread, its own count set for the call and put back
+honours it: the call (the loop that dispatches the lanes, or the straight-line program) runs at
+that many intra-op threads on the calling thread, its own count set for the call and put back
 (`graphexec.executors.base.BudgetLanes`).
 
 Caveat (measured on torch 2.13, OpenMP): after a worker calls ``torch.set_num_threads``,
-threads created later start with that count too; `graphexec.executors.base.enter_lane` puts
+threads created later start with that count too; `graphexec.executors.lanes.enter_lane` puts
 the process default back, so neither the calling thread nor threads made later are affected.
 
-Where state crosses threads: tasks receive their inputs as a fresh dict and return their
-outputs; only the calling thread touches the run's value table (see `LocalExecutor`).
+The loop is `LocalExecutor`'s: this backend only says how a task is started (on the pool)
+and that a plan's tasks overlap when ``plan.parallel`` says some can. Where state crosses
+threads: tasks receive their inputs as a fresh dict and return their outputs; only the calling
+thread touches the run's value table.
 """
 
 from __future__ import annotations
@@ -36,9 +38,9 @@ import torch
 
 from ..plans import Plan
 from ..profile import TaskEvent
-from .base import IdCache, _lane, enter_lane, process_default, started
+from .base import IdCache
+from .lanes import lane_pool, lane_threads
 from .local import LocalExecutor
-from .sequential import SequentialExecutor
 
 __all__ = ["ThreadExecutor"]
 
@@ -89,23 +91,9 @@ class ThreadExecutor(LocalExecutor):
         if pool is None:
             with self._lock:  # several callers may share one executor
                 if self._pool is None:
-                    self._pool = started(ThreadPoolExecutor(
-                        self.workers,
-                        thread_name_prefix="graphexec",
-                        initializer=enter_lane,
-                        initargs=(self.intra_op_threads, process_default()),
-                    ), self.workers)  # fmt: skip
+                    self._pool = lane_pool(self.workers, self.intra_op_threads, "graphexec")
                 pool = self._pool
         return pool.submit(fn)
-
-    def _inline(self, plan: Plan) -> bool:
-        return not plan.parallel and plan.compiled is None
-
-    def _execute(self, plan: Plan, env: dict[str, Any], events: list[TaskEvent] | None) -> None:
-        if not plan.parallel:  # nothing to overlap: a hand-off could only cost time
-            SequentialExecutor._execute(self, plan, env, events)
-            return
-        super()._execute(plan, env, events)
 
     def _run_shards(self, plan: Plan, shards: list[tuple[Any, ...]],
                     events: list[TaskEvent] | None) -> list[Any]:  # fmt: skip
@@ -118,7 +106,7 @@ class ThreadExecutor(LocalExecutor):
         error (in shard order) is raised.
         """
         budget = max(1, torch.get_num_threads() // len(shards))
-        if len(shards) == 1 or getattr(_lane, "threads", None) == budget:
+        if len(shards) == 1 or lane_threads() == budget:
             return super()._run_shards(plan, shards, events)  # already on such a lane
         here = self._on_lane(plan)
         futures = [self._budget.submit(budget, self._shard, here, s, events) for s in shards]

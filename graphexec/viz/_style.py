@@ -2,14 +2,14 @@
 
 * **No global backend state.** Figures are made with ``matplotlib.figure.Figure`` on an Agg
   canvas, never through ``pyplot``: nothing is shown, no backend is switched under a user's
-  notebook, and nothing leaks between calls. matplotlib is imported inside `_matplotlib`, so
+  notebook, and nothing leaks between calls. matplotlib is imported inside `load_matplotlib`, so
   ``import graphexec.viz`` costs nothing; without it a drawing function raises
   ``ImportError`` saying ``pip install graphexec[viz]``.
-* **Writing a file is one explicit call**, `_save`, made only when a ``path=`` was given;
+* **Writing a file is one explicit call**, `save`, made only when a ``path=`` was given;
   the suffix picks the format (PNG, SVG, anything matplotlib knows).
 * **Labels are the names, measured.** A label is the task's one name (`Task.name`), shortened
   by `graphexec.units.fit_name` only as far as the renderer says the space requires
-  (`_text_fits` measures the real text extent; a character count would cut "stem.0" to
+  (`text_fits` measures the real text extent; a character count would cut "stem.0" to
   "s…0" on a bar with room for it). Cuts keep both ends: module paths differ at their start
   (``encoder`` / ``decoder``) and at their end (``q_proj`` / ``k_proj``).
 """
@@ -26,11 +26,27 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["short_label"]
+__all__ = [
+    "CRITICAL",
+    "CRIT_FILL",
+    "EDGE",
+    "INPUT_FILL",
+    "LEVEL_COLOURS",
+    "TASK_FILL",
+    "TASK_LINE",
+    "common_prefix",
+    "load_matplotlib",
+    "make_parent",
+    "px_width",
+    "save",
+    "short_label",
+    "text_fits",
+    "text_width",
+]
 
 #: Pastel colours (ColorBrewer Set3) for levels: black text stays readable on all of them.
 #: Set3's salmon red is replaced by Pastel1's beige: red marks the critical path only.
-_LEVEL_COLOURS = (
+LEVEL_COLOURS = (
     "#8dd3c7",
     "#ffffb3",
     "#bebada",
@@ -44,15 +60,15 @@ _LEVEL_COLOURS = (
     "#ccebc5",
     "#ffed6f",
 )
-_CRITICAL = "#d62728"
-_EDGE = "#7f7f7f"
-_TASK_FILL = "#e8f1fa"
-_TASK_LINE = "#1f4e79"
-_CRIT_FILL = "#fde3e1"
-_INPUT_FILL = "#eeeeee"
+CRITICAL = "#d62728"
+EDGE = "#7f7f7f"
+TASK_FILL = "#e8f1fa"
+TASK_LINE = "#1f4e79"
+CRIT_FILL = "#fde3e1"
+INPUT_FILL = "#eeeeee"
 
 
-def _matplotlib() -> Any:
+def load_matplotlib() -> Any:
     """Import matplotlib (Agg, no pyplot) or say what to install."""
     try:
         import matplotlib
@@ -69,19 +85,19 @@ def _matplotlib() -> Any:
     return matplotlib, new_figure
 
 
-def _make_parent(path: str | os.PathLike[str]) -> None:
+def make_parent(path: str | os.PathLike[str]) -> None:
     """Create the folder ``path`` will be written in."""
     os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
 
 
-def _save(fig: Figure, path: str | os.PathLike[str] | None, dpi: float) -> None:
+def save(fig: Figure, path: str | os.PathLike[str] | None, dpi: float) -> None:
     if path is not None:
-        _make_parent(path)
+        make_parent(path)
         fig.savefig(path, dpi=dpi, bbox_inches="tight")
 
 
 # -- labels -----------------------------------------------------------------------------------
-def _text_width(fig: Figure, **font: Any) -> Callable[[str], float]:
+def text_width(fig: Figure, **font: Any) -> Callable[[str], float]:
     """The width in display pixels of a text drawn in ``font`` (``size``, ``weight``,
     ``style``) on ``fig``'s renderer: the same measure ``ax.text`` is drawn with."""
     from matplotlib.font_manager import FontProperties
@@ -95,23 +111,23 @@ def _text_width(fig: Figure, **font: Any) -> Callable[[str], float]:
     return width
 
 
-def _text_fits(fig: Figure, room_px: float, **font: Any) -> Callable[[str], bool]:
+def text_fits(fig: Figure, room_px: float, **font: Any) -> Callable[[str], bool]:
     """A ``fits(text)`` test for `graphexec.units.fit_name`: whether ``text`` in ``font`` is
-    at most ``room_px`` display pixels wide (`_text_width`)."""
-    width = _text_width(fig, **font)
+    at most ``room_px`` display pixels wide (`text_width`)."""
+    width = text_width(fig, **font)
     return lambda text: width(text) <= room_px
 
 
-def _px_width(ax: Axes, x0: float, x1: float) -> float:
+def px_width(ax: Axes, x0: float, x1: float) -> float:
     """Display pixels between two x positions in ``ax``'s data coordinates."""
     (a, _), (b, _) = ax.transData.transform([(x0, 0.0), (x1, 0.0)])
     return abs(b - a)
 
 
-def _common_prefix(names: Sequence[str]) -> str:
+def common_prefix(names: Sequence[str]) -> str:
     """The longest common dotted prefix of ``names`` ('' when none).
 
-    >>> _common_prefix(["blocks.3.a.conv", "blocks.3.a.relu"]), _common_prefix(["a.b", "a.b"])
+    >>> common_prefix(["blocks.3.a.conv", "blocks.3.a.relu"]), common_prefix(["a.b", "a.b"])
     ('blocks.3.a', 'a')
     """
     parts = [n.split(".") for n in names]

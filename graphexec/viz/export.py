@@ -19,7 +19,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from ..units import format_seconds, lane_label
-from ._style import _CRITICAL, _EDGE, _INPUT_FILL, _TASK_FILL, _TASK_LINE, _make_parent
+from ._style import CRITICAL, EDGE, INPUT_FILL, TASK_FILL, TASK_LINE, make_parent
 
 if TYPE_CHECKING:
     from ..plans import Plan, Task
@@ -62,12 +62,12 @@ def plan_to_dot(plan: Plan) -> str:
     lines = [
         f"digraph {_q(plan.graph.name)} {{",
         "  rankdir=TB;",
-        f'  node [shape=box, style="rounded,filled", fillcolor="{_TASK_FILL}", '
+        f'  node [shape=box, style="rounded,filled", fillcolor="{TASK_FILL}", '
         'fontname="Helvetica", fontsize=10];',
-        f'  edge [color="{_EDGE}"];',
+        f'  edge [color="{EDGE}"];',
     ]
     for name in plan.graph.inputs:
-        lines.append(f'  {_q(name)} [shape=ellipse, fillcolor="{_INPUT_FILL}"];')
+        lines.append(f'  {_q(name)} [shape=ellipse, fillcolor="{INPUT_FILL}"];')
     for i, (name, task) in enumerate(plan.tasks.items()):
         lines += _dot_cluster(plan, i, name, task, hot=name in critical)
     lines += _dot_edges(plan)
@@ -83,7 +83,7 @@ def _dot_cluster(plan: Plan, i: int, name: str, task: Task, hot: bool) -> list[s
     lines = [
         f"  subgraph cluster_{i} {{",
         f"    label={_q(label)}; style={'dashed' if task.inline else 'rounded'}; "
-        f'color="{_CRITICAL if hot else _TASK_LINE}"; penwidth={2 if hot else 1};',
+        f'color="{CRITICAL if hot else TASK_LINE}"; penwidth={2 if hot else 1};',
     ]
     for node in task.nodes:
         cost = plan.node_costs.get(node, 0.0)
@@ -101,7 +101,7 @@ def _dot_edges(plan: Plan) -> list[str]:
     for u, v in plan.graph.nx.edges:
         if u in live and v in live:
             hot = u in crit_nodes and v in crit_nodes
-            style = f' [color="{_CRITICAL}", penwidth=2]' if hot else ""
+            style = f' [color="{CRITICAL}", penwidth=2]' if hot else ""
             lines.append(f"  {_q(u)} -> {_q(v)}{style};")
     return lines
 
@@ -156,7 +156,7 @@ def to_chrome(trace: Timeline, path: str | os.PathLike[str] | None = None) -> di
         },
     }
     if path is not None:
-        _make_parent(path)
+        make_parent(path)
         with open(path, "w", encoding="utf-8") as f:
             json.dump(doc, f, indent=1)
     return doc

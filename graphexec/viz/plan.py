@@ -27,18 +27,18 @@ from typing import TYPE_CHECKING, Any
 
 from ..units import compact_name, fit_name, format_seconds, input_name
 from ._style import (
-    _CRIT_FILL,
-    _CRITICAL,
-    _EDGE,
-    _INPUT_FILL,
-    _TASK_FILL,
-    _TASK_LINE,
-    _common_prefix,
-    _matplotlib,
-    _px_width,
-    _save,
-    _text_fits,
-    _text_width,
+    CRIT_FILL,
+    CRITICAL,
+    EDGE,
+    INPUT_FILL,
+    TASK_FILL,
+    TASK_LINE,
+    common_prefix,
+    load_matplotlib,
+    px_width,
+    save,
+    text_fits,
+    text_width,
 )
 
 if TYPE_CHECKING:
@@ -227,7 +227,7 @@ def draw_plan(
     >>> fig.axes[0].get_title(loc="left")[:15]
     "Plan 'diamond':"
     """
-    _, new_figure = _matplotlib()
+    _, new_figure = load_matplotlib()
     sheet = _measure(plan, max_node_lines, label_chars)
     fig = new_figure(*sheet.figsize)
     ax = fig.add_subplot()
@@ -244,7 +244,7 @@ def draw_plan(
             _draw_input(ax, name, sheet)
     ax.set_title(title or _plan_title(plan), fontsize=10, loc="left")
     _draw_legend(ax)
-    _save(fig, path, dpi)
+    save(fig, path, dpi)
     return fig
 
 
@@ -253,14 +253,14 @@ def _widen_for_names(ax: Axes, plan: Plan, sheet: _Sheet) -> None:
     once) and node line fits its box, up to `_MAX_WIDEN` times and 40 inches: only names
     longer still are cut."""
     fig = ax.figure
-    bold = _text_width(fig, size=sheet.font, weight="bold")
-    small = _text_width(fig, size=sheet.font - 1.5)
+    bold = text_width(fig, size=sheet.font, weight="bold")
+    small = text_width(fig, size=sheet.font - 1.5)
     titles = [bold(compact_name(name)) for name in plan.tasks]
     lines = [small(_node_line(plan, task, node)[0] + _node_line(plan, task, node)[1])
              for task in plan.tasks.values() if len(task.nodes) > 1
              for node in task.nodes[: sheet.max_node_lines]]  # fmt: skip
     needed = max([*titles, *lines], default=0.0) + _PAD_PX
-    have = _px_width(ax, 0, _BOX_W - 0.12)
+    have = px_width(ax, 0, _BOX_W - 0.12)
     if needed > have:
         width, height = fig.get_size_inches()
         grow = min((needed + 1) / have, _MAX_WIDEN)  # +1 px: rounding must not cut a name
@@ -277,10 +277,10 @@ def _draw_legend(ax: Axes) -> None:
 
     ax.legend(
         handles=[
-            Patch(fc=_CRIT_FILL, ec=_CRITICAL, lw=2, label="critical path"),
-            Patch(fc=_TASK_FILL, ec=_TASK_LINE, label="task (one dispatch)"),
-            Patch(fc="white", ec=_TASK_LINE, lw=0.6, label="node of a fused task"),
-            Patch(fc="white", ec=_EDGE, ls="--", label="inline (too cheap to dispatch)"),
+            Patch(fc=CRIT_FILL, ec=CRITICAL, lw=2, label="critical path"),
+            Patch(fc=TASK_FILL, ec=TASK_LINE, label="task (one dispatch)"),
+            Patch(fc="white", ec=TASK_LINE, lw=0.6, label="node of a fused task"),
+            Patch(fc="white", ec=EDGE, ls="--", label="inline (too cheap to dispatch)"),
         ],
         loc="upper center",
         fontsize=7,
@@ -320,7 +320,7 @@ def _draw_edges(ax: Axes, plan: Plan, sheet: _Sheet) -> None:
                 (tx, tt),
                 arrowstyle="-|>",
                 mutation_scale=9,
-                color=_CRITICAL if hot else _EDGE,
+                color=CRITICAL if hot else EDGE,
                 lw=2.0 if hot else 0.8,
                 alpha=1.0 if hot else 0.6,
                 shrinkA=1,
@@ -346,7 +346,7 @@ def _centred_text(ax: Axes, x: float, y: float, text: str, **style: Any) -> None
 def _draw_input(ax: Axes, name: str, sheet: _Sheet) -> None:
     cx, top, bottom = sheet.boxes[name]
     left, height = cx - _BOX_W / 2, top - bottom
-    _add_box(ax, left, bottom, _BOX_W, height, 0.15, fc=_INPUT_FILL, ec="#555555", zorder=3)
+    _add_box(ax, left, bottom, _BOX_W, height, 0.15, fc=INPUT_FILL, ec="#555555", zorder=3)
     font = {"size": sheet.font, "style": "italic"}
     label = _fit(ax, input_name(name), _BOX_W, sheet, font) or ""
     _centred_text(ax, cx, (top + bottom) / 2, label, fontsize=sheet.font, style="italic", zorder=4)
@@ -365,8 +365,8 @@ def _draw_task(ax: Axes, plan: Plan, name: str, sheet: _Sheet) -> None:
         _BOX_W,
         top - bottom,
         0.08,
-        fc=_CRIT_FILL if hot else ("white" if task.inline else _TASK_FILL),
-        ec=_CRITICAL if hot else (_EDGE if task.inline else _TASK_LINE),
+        fc=CRIT_FILL if hot else ("white" if task.inline else TASK_FILL),
+        ec=CRITICAL if hot else (EDGE if task.inline else TASK_LINE),
         lw=2.0 if hot else 0.9,
         ls="--" if task.inline else "-",
         zorder=3,
@@ -384,14 +384,14 @@ def _draw_task(ax: Axes, plan: Plan, name: str, sheet: _Sheet) -> None:
 
 def _fit(ax: Axes, name: str, room: float, sheet: _Sheet, font: dict[str, Any]) -> str | None:
     """``name`` (or a shorter form of it) as it fits ``room`` data units, in ``font``."""
-    fits = _text_fits(ax.figure, _px_width(ax, 0, room) - _PAD_PX, **font)
+    fits = text_fits(ax.figure, px_width(ax, 0, room) - _PAD_PX, **font)
     cap = sheet.label_chars
     return fit_name(name, lambda text: (cap is None or len(text) <= cap) and fits(text))
 
 
 def _fit_before(ax: Axes, text: str, tail: str, room: float, font: dict[str, Any]) -> str:
     """``text + tail`` in ``room`` data units: ``text`` is shortened, ``tail`` (a cost) kept."""
-    fits = _text_fits(ax.figure, _px_width(ax, 0, room) - _PAD_PX, **font)
+    fits = text_fits(ax.figure, px_width(ax, 0, room) - _PAD_PX, **font)
     head = fit_name(text, lambda form: fits(form + tail), min_chars=2)
     if head is not None:
         return head + tail
@@ -409,7 +409,7 @@ def _task_info(plan: Plan, task: Task) -> tuple[str, str]:
 def _node_line(plan: Plan, task: Task, node: str) -> tuple[str, str]:
     """A node's line in its fused task's box, as (name past the common prefix and kind, which
     may be shortened; cost, which may not)."""
-    prefix = _common_prefix(task.nodes)
+    prefix = common_prefix(task.nodes)
     name_part = "." + node[len(prefix) + 1 :] if prefix else node
     cost = format_seconds(plan.node_costs.get(node, 0.0))
     return f"{name_part} {_kind(plan.graph.nodes[node].fn)}", f"  {cost}"
@@ -433,7 +433,7 @@ def _draw_node_lines(
             _LINE_H - 0.08,
             0.04,
             fc="white",
-            ec=_TASK_LINE,
+            ec=TASK_LINE,
             lw=0.5,
             zorder=4,
         )

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..units import fit_name, format_seconds, lane_label, speed_words
 from ._routes import HALF, Bar, route
-from ._style import _CRITICAL, _LEVEL_COLOURS, _matplotlib, _px_width, _save, _text_fits
+from ._style import CRITICAL, LEVEL_COLOURS, load_matplotlib, px_width, save, text_fits
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -102,14 +102,14 @@ def _draw_bars(
             (bar.x0, bar.row - HALF),
             bar.x1 - bar.x0,
             2 * HALF,
-            fc=_LEVEL_COLOURS[e.level % len(_LEVEL_COLOURS)],
-            ec=_CRITICAL if hot else "#333333",
+            fc=LEVEL_COLOURS[e.level % len(LEVEL_COLOURS)],
+            ec=CRITICAL if hot else "#333333",
             lw=2.0 if hot else 0.5,
             zorder=2 + hot,
         )
         ax.add_patch(rect)
-        room = _px_width(ax, bar.x0, bar.x1) - _LABEL_PAD_PX
-        label = _bar_label(e.task, _text_fits(ax.figure, room, size=_LABEL_PT), label_chars)
+        room = px_width(ax, bar.x0, bar.x1) - _LABEL_PAD_PX
+        label = _bar_label(e.task, text_fits(ax.figure, room, size=_LABEL_PT), label_chars)
         if label is not None:
             style = {"fontsize": _LABEL_PT, "zorder": 4, "clip_on": True}
             ax.text((bar.x0 + bar.x1) / 2, bar.row, label, ha="center", va="center", **style)
@@ -140,7 +140,7 @@ def _draw_path_arrows(
 
     for points in _critical_routes(bars, path, inset):
         arrow = FancyArrowPatch(
-            path=Path(points), arrowstyle="->", mutation_scale=8, color=_CRITICAL, lw=1.2, zorder=5
+            path=Path(points), arrowstyle="->", mutation_scale=8, color=CRITICAL, lw=1.2, zorder=5
         )
         ax.add_patch(arrow)
 
@@ -220,14 +220,14 @@ def gantt(
     >>> len(gantt(trace).axes[0].patches) >= len(trace.events)
     True
     """
-    _, new_figure = _matplotlib()
+    _, new_figure = load_matplotlib()
     fig = new_figure(width, 1.6 + 0.55 * max(len(trace.lanes), 1))
     ax = fig.add_subplot()
     _draw_lanes(ax, trace, label_chars)
     ax.set_xlabel("ms since the run started")
     ax.set_title(title or _gantt_title(trace), fontsize=9, loc="left")
     _draw_level_legend(ax, trace)
-    _save(fig, path, dpi)
+    save(fig, path, dpi)
     return fig
 
 
@@ -254,10 +254,10 @@ def _draw_level_legend(ax: Axes, trace: Timeline) -> None:
 
     levels = sorted({e.level for e in trace.events})
     handles: list[Any] = [
-        Patch(fc=_LEVEL_COLOURS[lv % len(_LEVEL_COLOURS)], ec="#333333", label=f"level {lv}")
-        for lv in levels[: len(_LEVEL_COLOURS)]
+        Patch(fc=LEVEL_COLOURS[lv % len(LEVEL_COLOURS)], ec="#333333", label=f"level {lv}")
+        for lv in levels[: len(LEVEL_COLOURS)]
     ]
-    handles.append(Line2D([], [], color=_CRITICAL, lw=2, label="critical path"))
+    handles.append(Line2D([], [], color=CRITICAL, lw=2, label="critical path"))
     handles.append(Patch(fc=_IDLE, label="idle"))
     ax.legend(
         handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False
@@ -330,7 +330,7 @@ def compare(
         raise ValueError(f"baseline {base!r} is not one of {labels}")
     if speedups is not None and (missing := [k for k in labels if k not in speedups]):
         raise ValueError(f"speedups has no timed rounds for {missing}")
-    _, new_figure = _matplotlib()
+    _, new_figure = load_matplotlib()
     heights = [max(len(t.lanes), 1) + 0.9 for t in runs.values()]
     fig = new_figure(width, 1.0 + 0.5 * sum(heights))
     grid = fig.add_gridspec(
@@ -348,7 +348,7 @@ def compare(
         x=0.02,
         ha="left",
     )
-    _save(fig, path, dpi)
+    save(fig, path, dpi)
     return fig
 
 

@@ -674,12 +674,12 @@ def test_a_program_on_the_callers_stream_runs_straight_unless_captured():
     chain, split = gx.plan(g, inline_below=0, fuse_chains=False), gx.plan(wide, inline_below=0)
     x = torch.randn(2, 32, device="cuda")
     with gx.CudaStreamExecutor(streams=4) as ex, torch.no_grad():
-        assert ex._inline(chain) and not ex._inline(split)
+        assert ex._one_by_one(chain) and not ex._one_by_one(split)
         torch.testing.assert_close(ex.run(chain, x), gx.SequentialExecutor().run(chain, x))
         _, trace = ex.run(chain, x, profile=True)  # profiling takes the stream loop
         assert {e.lane for e in trace.events} == {"stream 0"}
     with gx.CudaStreamExecutor(streams=4, capture=True) as ex:
-        assert not ex._inline(chain)
+        assert not ex._one_by_one(chain)
 
 
 @gpu

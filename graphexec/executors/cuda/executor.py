@@ -341,7 +341,7 @@ class CudaStreamExecutor(Executor):
             made.extend(torch.cuda.Stream(self.device) for _ in range(n - len(made)))
             return made[:n]
 
-    def _inline(self, plan: Plan) -> bool:
+    def _one_by_one(self, plan: Plan) -> bool:
         """A program all on the caller's stream, not captured, runs as the plan's straight-line
         program (`Executor.run`): the same kernels in the same order, without the per-task
         loop (a chain costs what eager costs)."""
