@@ -13,7 +13,7 @@ What it decides, and why:
   ``<!-- /pictures:KEY -->`` and is rewritten here, so the numbers always match the picture.
 * **Plans are made as the docs' code makes them** (``gx.plan(graph, example_inputs)``): what
   the planner decides on the machine that runs this script is what the pictures show, and the
-  captions say what it decided (for instance that a plan runs inline).
+  captions say what it decided (for instance that a plan runs one by one).
 * The models are the example scripts' (``examples/``), imported, so the pictures and the
   examples cannot drift apart; the README's picture is the demo's `CatalogSearch`, the model
   built for a measured win on a CPU (two top-k searches, one core each).

@@ -182,7 +182,7 @@ def compile_plan(
             ) from exc
     values = _example_values(plan, example_inputs)
     cores = torch.get_num_threads()
-    # A plan that runs inline (nothing to overlap, or overlap measured not to pay) runs one
+    # A plan that runs one by one (nothing to overlap, or overlap measured not to pay) runs one
     # task at a time: each gets every core. Otherwise cores are split across a level's tasks.
     width = {t: sum(not plan.tasks[u].inline for u in lv) if plan.parallel else 1
              for lv in plan.levels for t in lv}  # fmt: skip

@@ -77,13 +77,13 @@ def threads_words(n: int | None = None) -> str:
 def shapes(p: Plan, costs_1: Mapping[str, float] | None = None) -> list[Shape]:
     """The shapes ``p`` can run in, simplest first (estimated when ``costs_1`` is given)."""
     n = torch.get_num_threads()
-    inline = dataclasses.replace(p, one_by_one=True, thread_budget=None)
-    found = [Shape(ONE_BY_ONE, f"one by one on the calling thread ({threads_words(n)})", inline)]
+    serial = dataclasses.replace(p, one_by_one=True, thread_budget=None)
+    found = [Shape(ONE_BY_ONE, f"one by one on the calling thread ({threads_words(n)})", serial)]
     can_overlap = p.max_width > 1 and p.as_is is None and p.compiled is None
     overlap = dataclasses.replace(p, one_by_one=False, thread_budget=None)
     if n > 1:
         found.append(Shape(AT_ONE, "one by one at 1 intra-op thread",
-                           dataclasses.replace(inline, thread_budget=1)))  # fmt: skip
+                           dataclasses.replace(serial, thread_budget=1)))  # fmt: skip
     if can_overlap:
         found.append(Shape(OVERLAP, f"overlapped on {lanes()} one-thread lanes", overlap))
         if n > 1:
@@ -155,10 +155,10 @@ def _ran(ratio: float, than: str) -> str:
     return speed_words(ratio, 1.0, than)
 
 
-def _runs(found: Sequence[Shape], inputs: Sequence[Any], inline: SequentialExecutor,
+def _runs(found: Sequence[Shape], inputs: Sequence[Any], one_by_one: SequentialExecutor,
           overlapped: ThreadExecutor) -> dict[str, Callable[[], Any]]:  # fmt: skip
     def run(s: Shape) -> Callable[[], Any]:
-        ex = overlapped if s.overlaps else inline
+        ex = overlapped if s.overlaps else one_by_one
         return lambda: ex.run(s.plan, *inputs)
 
     return {s.name: run(s) for s in found}
@@ -179,12 +179,12 @@ def _floors(found: Sequence[Shape], policy: Policy) -> dict[str, tuple[str, floa
 
 def _measure(found: Sequence[Shape], inputs: Sequence[Any], pause: float, policy: Policy
              ) -> trials.Outcome:  # fmt: skip
-    with SequentialExecutor() as inline, ThreadExecutor() as overlapped:
+    with SequentialExecutor() as one_by_one, ThreadExecutor() as overlapped:
         # mean seconds: the caller's threads collapsing now and then under load is what the
         # calls would pay, not noise to filter out
         # warm-up for the overlapped shapes alone: their pool is new, while the one-by-one
         # shapes run the ops the node timing ran moments ago, at the same thread counts
-        return trials.decide(_runs(found, inputs, inline, overlapped),
+        return trials.decide(_runs(found, inputs, one_by_one, overlapped),
                              floors=_floors(found, policy),
                              words={s.name: s.words for s in found}, mean=True,
                              warm={s.name for s in found if s.overlaps}, pause=pause,

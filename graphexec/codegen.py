@@ -22,7 +22,7 @@ What it decides
   says which node it was, and a `NodeError` names it, as the node loop does.
 * **Two shapes.** ``task`` programs take and return value tables (what executors pass
   between tasks); ``plan`` programs take the graph inputs by position and build the graph's
-  output structure directly, so a plan that runs inline costs one Python call per node.
+  output structure directly, so a plan that runs one by one costs one Python call per node.
 """
 
 from __future__ import annotations

@@ -13,18 +13,18 @@ core is taken: measured here, 2-23x slower). `GraphModule` times each call with 
 * **Probe.** A plan that kept a load-dependent choice (a thread budget of its own, or overlap)
   runs about as fast when the load leaves (a one-thread lane does not get faster when the
   other core frees up), so its calls cannot show that the choice went stale: it is
-  re-checked anyway, whenever the budget below allows.
+  re-checked anyway, whenever the allowance below permits.
 * **Slow probe.** A plan that kept the caller's threads (more than one) was judged in one
   trial, under the load of that moment; with one core busy, a trial in a calm moment can keep
   threads that collapse right after (measured: a BERT-like model planned that way ran 2.3x
   slower than at one thread, and its calls stayed inside the drift factor of the trial's
-  time). It is re-checked too, at a tenth of the budget (``slow_share``, 0.3%).
+  time). It is re-checked too, at a tenth of the allowance (``slow_share``, 0.3%).
 * **Idle gaps.** The watch also keeps the idle time between calls (`Watch.gap`): a re-check
   pauses that long (up to the policy's ``gap_max``) before each run of its trial, so it
   measures the calls
   as they come. On this 2-core VM, after 50-100 ms idle torch's 2 intra-op threads ran a 1 ms
   BERT-like model in 12-13 ms and 1 thread in 2.3 ms; back-to-back runs show neither.
-* **Budget.** A re-check runs the candidates side by side (`graphexec.budget.recheck`). It is
+* **Allowance.** A re-check runs the candidates side by side (`graphexec.budget.recheck`). It is
   allowed only once the calls watched since the last one add up to the last re-check's cost
   divided by ``share`` (3%): the watching costs a few percent of the time watched, at most.
 

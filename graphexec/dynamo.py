@@ -17,7 +17,7 @@ What it decides
   ``nn_module_stack`` Dynamo records (parameters and buffers arrive as graph inputs), and
   `graphexec.plan` measures them and tries every decision end to end.
 * **Handed back unless it wins.** A plan is kept only when it may beat Dynamo's graph and did:
-  it overlaps branches, fuses modules or compiles tasks (an inline plan of the same ops, cut
+  it overlaps branches, fuses modules or compiles tasks (a one-by-one plan of the same ops, cut
   into partition calls, can only add calls), and it ran in at most the policy's ``gain``
   (95%) of the graph's time side by side, in two trials in a row and by no more than overlap
   alone could (``source_margin=gain`` of `graphexec.plan`: one trial can be fooled by a burst

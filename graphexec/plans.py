@@ -218,7 +218,7 @@ class Plan:
 
     def totals(self) -> str:
         """Work and span, then what bounds a run: the Amdahl bound when tasks overlap, or
-        that the plan runs inline (one task after another) and why in a few words."""
+        that the plan runs one by one (one task after another) and why in a few words."""
         line = f"work {format_seconds(self.work)}, span {format_seconds(self.span)}"
         if self.parallel:
             return (

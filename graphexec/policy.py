@@ -45,7 +45,7 @@ class Policy:
         ``gain`` (0.95): a change is kept when the plan with it takes below this share of
         the plan without it, side by side (5% beats hand-off costs and noise).
         ``trial_rounds`` (3) rounds at least; then until the answer is clear, or
-        ``trial_passes`` (12) runs of the candidates, ``trial_budget`` (0.5) seconds or
+        ``trial_passes`` (12) runs of the candidates, ``trial_seconds`` (0.5) seconds or
         ``trial_max`` (41) rounds. A challenger ``lost`` (1.3) times slower than the fastest
         twice in a row stops running (median trials); the reference, and every candidate of
         a mean trial (thread counts), only at ``drop`` (3.0), which is also how much slower
@@ -87,7 +87,7 @@ class Policy:
     gain: float = 0.95
     trial_rounds: int = 3
     trial_max: int = 41
-    trial_budget: float = 0.5
+    trial_seconds: float = 0.5
     trial_passes: int = 12
     lost: float = 1.3
     drop: float = 3.0

@@ -390,8 +390,8 @@ def _trial(p: Plan, split: Plan, inputs: Sequence[Any], policy: Policy) -> Plan:
     words = {"whole": "the plan on the whole batch", ONE: "the whole batch at 1 intra-op thread",
              "split": f"{k} shards on one-thread lanes"}  # fmt: skip
     at_one = dataclasses.replace(p, thread_budget=1)
-    with ThreadExecutor() as threads, SequentialExecutor() as inline:
-        whole_runner = threads if p.parallel else inline
+    with ThreadExecutor() as threads, SequentialExecutor() as one_by_one:
+        whole_runner = threads if p.parallel else one_by_one
         runs = {"whole": lambda: whole_runner.run(p, *inputs)}
         if p.thread_budget is None and torch.get_num_threads() > 1:
             runs[ONE] = lambda: whole_runner.run(at_one, *inputs)

@@ -83,14 +83,14 @@ def node_costs(
     return _median(here), _median(there)
 
 
-def _inline_run(p: Plan, example_inputs: Sequence[Any]) -> Callable[[], Any]:
+def _one_by_one_run(p: Plan, example_inputs: Sequence[Any]) -> Callable[[], Any]:
     ex = SequentialExecutor()
     return lambda: ex.run(p, *example_inputs)
 
 
 def fusion_step(p: Plan, ctx: Context) -> Plan:
     """Horizontal fusion (`graphexec.hfuse`), kept only when the fused plan runs faster than
-    the plain one. Both run inline in the trial, where costs do not matter: the fused graph's
+    the plain one. Both run one by one in the trial, where costs do not matter: the fused graph's
     nodes are timed only once it is kept. Shapes and the groups' inputs come from the sample
     (one run of the example inputs); once decided, the sample's values are released."""
     if ctx.opts.hfuse is False or not has_candidates(p.graph):
@@ -210,10 +210,11 @@ def compile_step(p: Plan, ctx: Context) -> Plan:
 
 
 def _compile(
-    p: Plan, as_is: Plan, backend: str, example_inputs: Sequence[Any], check: bool,
+    p: Plan, eager: Plan, backend: str, example_inputs: Sequence[Any], check: bool,
     policy: Policy = DEFAULT,
 ) -> Plan:  # fmt: skip
-    """Compiled tasks, kept only when they beat the plan as it is (run inline, eagerly)."""
+    """Compiled tasks, kept only when they beat ``eager``, the plan with its tasks run eagerly
+    one by one."""
     compiled = compile_plan(p, backend, example_inputs)
     said = f"{backend}: {len(compiled.tasks)} tasks compiled"
     if compiled.fallbacks:
@@ -229,7 +230,7 @@ def _compile(
         return dataclasses.replace(candidate, decisions=(*p.decisions, line))
     runner = ThreadExecutor() if candidate.parallel else SequentialExecutor()
     with runner:
-        ratio, base = trial_twice({"as is": _inline_run(as_is, example_inputs),
+        ratio, base = trial_twice({"eager": _one_by_one_run(eager, example_inputs),
                                 "compiled": lambda: runner.run(candidate, *example_inputs)},
                                "compiled", policy=policy)  # fmt: skip
     weighed = (Candidate("eager", base), Candidate("compiled", base * ratio))
@@ -332,7 +333,7 @@ def _source_step(
         modules[_AT_BUDGET] = dataclasses.replace(module, thread_budget=p.thread_budget or 1)
     if not lever and not policy.try_unlevered and not _exported(graph):
         modules = {"module": module}  # the plan's own thread trial holds for the same ops
-    with runner, SequentialExecutor() as inline, torch.no_grad():
+    with runner, SequentialExecutor() as one_by_one, torch.no_grad():
         ran = outputs is _RUN  # the plan ran just now, and warmed up: else only the module
         try:
             same = _same(source(*example_inputs),
@@ -346,7 +347,7 @@ def _source_step(
             return _unlevered(p, module, None, hopeless)
         gain = margin if margin < 1 else 1 / margin if lever and not untried else policy.gain
         runs = {"plan": lambda: runner.run(p, *example_inputs),
-                **{k: functools.partial(inline.run, m, *example_inputs)
+                **{k: functools.partial(one_by_one.run, m, *example_inputs)
                    for k, m in modules.items()}}  # fmt: skip
         if untried:
             runs.pop("plan")
@@ -380,9 +381,9 @@ def _cannot_beat(
     times to be kept. Measured: exported aten plans of the zoo's transformers ran 1.26-3.3x
     of eager, and their shape trials were ~45% of a first call."""
     best = min(s.estimate for s in shapes(p, costs_1))
-    with SequentialExecutor() as inline, torch.no_grad():
+    with SequentialExecutor() as one_by_one, torch.no_grad():
         try:
-            plan_out = inline.run(p, *example_inputs) if outputs is _RUN else outputs
+            plan_out = one_by_one.run(p, *example_inputs) if outputs is _RUN else outputs
             if not _same(source(*example_inputs), plan_out):
                 return None
         except Exception:  # noqa: BLE001 - a source that cannot take the graph's inputs

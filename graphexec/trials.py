@@ -11,7 +11,7 @@ At least ``trial_rounds`` rounds (every number here is a rule of the `graphexec.
 a trial is given). Then it stops as soon as its answer is clear (every round on its own picks
 the same winner, by `choose`, or the last ``trial_rounds`` rounds each pick what the medians
 of all rounds pick), and otherwise at ``trial_passes`` runs of the candidates,
-``trial_budget`` seconds or ``trial_max`` rounds, whichever comes first: on a real model a
+``trial_seconds`` seconds or ``trial_max`` rounds, whichever comes first: on a real model a
 trial costs a handful of forward passes, not half a second of them.
 
 How a winner is picked
@@ -207,7 +207,7 @@ def _done(
         overall = decide(ratios)
         if all(decide({n: r[n] for n in live}) == overall for r in rounds[-last:]):
             return True
-    return (len(rounds) >= policy.trial_max or elapsed >= policy.trial_budget
+    return (len(rounds) >= policy.trial_max or elapsed >= policy.trial_seconds
             or len(rounds) * width >= policy.trial_passes)  # fmt: skip
 
 

@@ -8,6 +8,7 @@ most) and keep their private names to themselves.
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -197,3 +198,30 @@ def test_the_private_name_check_finds_what_it_should():
     assert _private_home("graphexec._version") == "graphexec"
     assert _private_home("graphexec.executors.dask.jobs") is None
     assert _private("_run_job") and not _private("__version__") and not _private("run_job")
+
+
+def _module_map() -> str:
+    """The module map of docs/concepts.md (its ``text`` block under "How the package is
+    layered")."""
+    page = (ROOT.parent / "docs" / "concepts.md").read_text()
+    section = page.split("## How the package is layered", 1)[1]
+    return section.split("```text\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_module_map_names_every_module():
+    """docs/concepts.md's map names every module of the package and of executors/, and each
+    subpackage below them (``cuda/``), by its file name or, within a list, its stem; a module
+    added without a place on the map fails here."""
+    words = {w.removesuffix(".py") for w in re.findall(r"[A-Za-z_][A-Za-z_0-9.]*", _module_map())}
+    missing = []
+    for name in _modules():
+        parts = name.split(".")[1:]
+        if not parts or parts[-1] in ("__main__", "_version"):
+            continue
+        if parts[0] in ("viz",) or (parts[0] == "executors" and len(parts) > 2):
+            wanted = parts[1] if parts[0] == "executors" else "viz"  # a subpackage: its name
+        else:
+            wanted = parts[-1]
+        if wanted.lstrip("_") not in words:
+            missing.append(name)
+    assert not missing, f"not on the module map of docs/concepts.md: {missing}"

@@ -242,7 +242,7 @@ def test_a_trial_stops_once_its_last_rounds_agree_with_the_medians(monkeypatch):
         clock["calls"] += 1
         cost(2.0 if clock["calls"] == 2 else 0.5)  # its first round: a hiccup
 
-    policy = gx.Policy(trial_budget=math.inf)  # rounds, not seconds, decide here
+    policy = gx.Policy(trial_seconds=math.inf)  # rounds, not seconds, decide here
     monkeypatch.setattr(trials, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
     ratios, _ = trials.trial({"base": lambda: cost(1.0), "fast": fast}, policy=policy)
     assert ratios["fast"] == 0.5
@@ -250,7 +250,7 @@ def test_a_trial_stops_once_its_last_rounds_agree_with_the_medians(monkeypatch):
 
 
 #: Rounds, not seconds, decide the trials of `_every_third`.
-ROUNDS = gx.Policy(trial_budget=math.inf)
+ROUNDS = gx.Policy(trial_seconds=math.inf)
 
 
 def _every_third(monkeypatch, slow: float):
