@@ -7,6 +7,7 @@ share. Items are strings; ``pred[t]`` lists the items ``t`` waits for.
 from __future__ import annotations
 
 import heapq
+import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 __all__ = ["generations", "lexicographic_order", "longest_path", "bottom_levels"]
@@ -24,11 +25,18 @@ def lexicographic_order(
     ['a', 'c', 'b']
     """
     ranked = list(items)
-    if any(key[a] > key[b] for a, b in zip(ranked, ranked[1:], strict=False)):
+    keys = list(map(key.__getitem__, ranked))
+    if not all(map(operator.le, keys, keys[1:])):
         ranked.sort(key=key.__getitem__)
-    rank = {t: i for i, t in enumerate(ranked)}
-    if all(rank[p] < rank[t] for t in ranked for p in pred[t]):
-        return ranked  # the common case: ordered by key is already topological
+    seen: set[str] = set()
+    for t in ranked:  # the common case: ordered by key is already topological
+        if not seen.issuperset(pred[t]):
+            break
+        seen.add(t)
+    else:
+        return ranked
+    if len(set(keys)) == len(keys):
+        return _by_rank(ranked, pred)
     waiting = {t: len(pred[t]) for t in items}
     users: dict[str, list[str]] = {t: [] for t in items}
     for t in items:
@@ -47,12 +55,37 @@ def lexicographic_order(
     return out
 
 
+def _by_rank(ranked: list[str], pred: Mapping[str, Sequence[str]]) -> list[str]:
+    """`lexicographic_order` for distinct keys, ``ranked`` sorted by them: Kahn's walk over
+    rank numbers (a heap of ints, not of (key, name) pairs)."""
+    rank = {t: i for i, t in enumerate(ranked)}
+    waiting = [0] * len(ranked)
+    users: list[list[int]] = [[] for _ in ranked]
+    for i, t in enumerate(ranked):
+        ps = pred[t]
+        waiting[i] = len(ps)
+        for p in ps:
+            users[rank[p]].append(i)
+    ready = [i for i, w in enumerate(waiting) if w == 0]  # ascending: already a heap
+    out: list[str] = []
+    while ready:
+        i = heapq.heappop(ready)
+        out.append(ranked[i])
+        for u in users[i]:
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                heapq.heappush(ready, u)
+    return out
+
+
 def generations(order: Sequence[str], pred: Mapping[str, Sequence[str]]) -> list[list[str]]:
     """Depth levels (``networkx.topological_generations``) of items in a topological order."""
     depth: dict[str, int] = {}
     levels: list[list[str]] = []
+    at = depth.__getitem__
     for t in order:
-        d = max((depth[p] + 1 for p in pred[t]), default=0)
+        ps = pred[t]
+        d = (at(ps[0]) if len(ps) == 1 else max(map(at, ps))) + 1 if ps else 0
         depth[t] = d
         if d == len(levels):
             levels.append([])
@@ -73,8 +106,13 @@ def longest_path(
     """
     finish: dict[str, float] = {}
     prev: dict[str, str | None] = {}
+
+    def start(d: str) -> float:
+        return finish.get(d, 0.0)
+
     for t in order:
-        best = max(pred(t), key=lambda d: finish.get(d, 0.0), default=None)
+        ps = pred(t)
+        best = (ps[0] if len(ps) == 1 else max(ps, key=start)) if ps else None
         finish[t] = cost(t) + (finish.get(best, 0.0) if best is not None else 0.0)
         prev[t] = best if best in finish else None
     if not finish:

@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 import torch.utils._pytree as pytree
 
-from .calls import Packed, check_arity, check_in_place, check_instance, fn_name
+from .calls import Arity, Packed, check_in_place, check_instance, fn_name
 from .dag import lexicographic_order
 from .errors import (
     CycleError,
@@ -115,6 +115,13 @@ class Node:
         return self.fn(*args, **self.kwargs)
 
 
+def _waits_for(node: Node) -> tuple[str, ...]:
+    """The nodes ``node`` waits for, each once: its inputs' nodes, then ``after=``."""
+    if len(node.inputs) == 1 and not node.after:  # most nodes: not worth a dict
+        return (node.inputs[0].node,)
+    return tuple(dict.fromkeys([*(r.node for r in node.inputs), *node.after]))
+
+
 def _graph_input() -> None:  # marker callable of graph-input nodes; never called
     raise AssertionError("graph inputs are bound, not called")
 
@@ -150,6 +157,7 @@ class Graph:
         self._nx: nx.DiGraph | None = None  # built on first use of .nx
         self._order: list[str] | None = None  # program order, once computed
         self._deps: Mapping[str, tuple[str, ...]] | None = None
+        self._arity = Arity()  # signatures read once per kind of callable, not per node
         #: The module this graph was traced from (`graphexec.trace`), called with the graph's
         #: inputs: `graphexec.plan` tries it as "the module as it is" against its plans.
         self.source: Callable[..., Any] | None = None
@@ -215,26 +223,25 @@ class Graph:
         if not callable(fn):
             raise GraphError(f"node '{name}': fn must be callable, got {type(fn).__name__}", name)
         check_instance(name, fn)
-        clash = set(fn_kwargs) & set(kwargs or {})
-        if clash:
+        if kwargs and fn_kwargs and (clash := fn_kwargs.keys() & kwargs.keys()):
             raise GraphError(f"node '{name}': {', '.join(sorted(clash))} given twice", name)
-        kwargs = {**(kwargs or {}), **fn_kwargs}
+        kwargs = {**kwargs, **fn_kwargs} if kwargs else fn_kwargs  # **fn_kwargs is a new dict
         n_args = len(inputs)
-        if any(isinstance(r, list | tuple) for r in inputs):
+        if any(isinstance(r, (list, tuple)) for r in inputs):  # faster than list | tuple
             if mutates:
                 raise GraphError(f"node '{name}': mutates= with list inputs is not supported", name)
             fn, inputs = Packed.wrap(fn, inputs)
-        refs = tuple(self._as_ref(name, r) for r in inputs)
-        mut = tuple(sorted(set(mutates)))
+        refs = tuple(  # a Ref of this graph is taken as it is: the common case, kept fast
+            r if type(r) is Ref and r.graph_id == self.id else self._as_ref(name, r) for r in inputs
+        )
+        mut = tuple(sorted(set(mutates))) if mutates else ()
         bad = [i for i in mut if not 0 <= i < len(refs)]
         if bad:
             raise GraphError(f"node '{name}': mutates={bad} but it has {len(refs)} inputs", name)
-        order_deps = tuple(self._as_ref(name, r).node for r in after)
-        check_arity(name, getattr(fn, "fn", fn) if isinstance(fn, Packed) else fn, n_args,
-                     kwargs)  # fmt: skip
+        order_deps = tuple(self._as_ref(name, r).node for r in after) if after else ()
+        self._arity.check(name, fn.fn if isinstance(fn, Packed) else fn, n_args, kwargs)
         check_in_place(name, fn, mut)
-        node = Node(name, fn, refs, dict(kwargs or {}), mut, order_deps, order=len(self._nodes))
-        self._add(node)
+        self._add(Node(name, fn, refs, kwargs, mut, order_deps, order=len(self._nodes)))
         return Ref(name, None, self.id)
 
     def output(self, *refs: Any, **named: Any) -> None:
@@ -352,10 +359,7 @@ class Graph:
     def deps(self) -> Mapping[str, tuple[str, ...]]:
         """Node name -> the nodes it waits for (its inputs' nodes, then ``after=``), each once."""
         if self._deps is None:
-            self._deps = MappingProxyType({
-                n.name: tuple(dict.fromkeys([*(r.node for r in n.inputs), *n.after]))
-                for n in self._nodes.values()
-            })  # fmt: skip
+            self._deps = MappingProxyType({n.name: _waits_for(n) for n in self._nodes.values()})
         return self._deps
 
     def program_order(self) -> list[str]:
@@ -373,11 +377,9 @@ class Graph:
         return list(self._order)
 
     def _topological_order(self) -> list[str]:
-        nodes = self._nodes
-        order = lexicographic_order(
-            list(nodes), self.deps(), {n: v.order for n, v in nodes.items()}
-        )
-        if len(order) < len(nodes):
+        ns = self._nodes
+        order = lexicographic_order(list(ns), self.deps(), {n: v.order for n, v in ns.items()})
+        if len(order) < len(ns):
             cycle = nx.find_cycle(self.nx)
             names = [u for u, _ in cycle] + [cycle[0][0]]
             raise CycleError(f"graph '{self.name}' has a cycle: {' -> '.join(names)}", names)
@@ -449,12 +451,11 @@ class Graph:
 
     # -- helpers ----------------------------------------------------------------------------
     def _check_refs(self) -> None:
-        for node in self._nodes.values():
-            for src in [r.node for r in node.inputs] + list(node.after):
+        for name, srcs in self.deps().items():  # inputs, then after=, in order: the first missing
+            for src in srcs:
                 if src not in self._nodes:
                     raise UnknownNodeError(
-                        f"node '{node.name}': input '{src}' is not a node of graph '{self.name}'",
-                        node.name,
+                        f"node '{name}': input '{src}' is not a node of graph '{self.name}'", name
                     )
 
     def _add(self, node: Node) -> None:

@@ -38,8 +38,9 @@ The plan holds names only (plus the graph); executors look callables up in ``pla
 from __future__ import annotations
 
 import dataclasses
+import operator
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 
 import networkx as nx
@@ -120,18 +121,19 @@ def arrange(
             DeadNodeWarning,
             stacklevel=3,
         )
-    nodes = graph.nodes
-    compute = [n for n in order if n in live and not nodes[n].is_input]
+    inputs = set(graph.inputs)
+    compute = [n for n in order if n in live and n not in inputs]
     dag = _Dag(compute, pred)
     measured = costs is not None
     if costs is None:
-        costs = {n: estimate(graph.nodes[n]) for n in compute}
+        costs = _estimates(graph, compute)
     position = {n: i for i, n in enumerate(order)}
     groups = _fuse_chains(dag) if fuse_chains else [[n] for n in compute]
     groups = _fold_cheap(dag, groups, costs, inline_below, position)
     groups = _isolate_mutations(graph, dag, groups, position)
     p = _assemble(graph, dag, groups, costs, position, inline_below, measured)
     return dataclasses.replace(p, hazard_edges=tuple(hazards), dead=dead)
+
 
 # -- steps ------------------------------------------------------------------------------------
 class _Dag:
@@ -143,11 +145,16 @@ class _Dag:
     def __init__(self, nodes: list[str], pred: Mapping[str, Sequence[str]]):
         self.nodes = nodes
         inside = set(nodes)
-        self.pred = {n: [p for p in pred[n] if p in inside] for n in nodes}
+        self.pred: dict[str, Sequence[str]] = {}
         self.succ: dict[str, list[str]] = {n: [] for n in nodes}
+        succ = self.succ
         for n in nodes:
-            for p in self.pred[n]:
-                self.succ[p].append(n)
+            ps = pred[n]
+            if not inside.issuperset(ps):  # a graph input, or a node no output needs
+                ps = [p for p in ps if p in inside]
+            self.pred[n] = ps
+            for p in ps:
+                succ[p].append(n)
 
     def edges(self) -> Iterator[tuple[str, str]]:
         return ((p, n) for n in self.nodes for p in self.pred[n])
@@ -163,7 +170,8 @@ def _alias_root(graph: Graph, ref: Ref) -> str:
 
 
 def _hazard_edges(graph: Graph, order: list[str]) -> list[tuple[str, str]]:
-    mutators = [graph.nodes[n] for n in order if graph.nodes[n].mutates]
+    nodes = graph.nodes
+    mutators = [nodes[n] for n in order if nodes[n].mutates]
     if not mutators:
         return []
     position = {n: i for i, n in enumerate(order)}
@@ -198,11 +206,15 @@ def _live_nodes(graph: Graph, deps: Mapping[str, list[str]]) -> tuple[set[str], 
 def _fuse_chains(dag: _Dag) -> list[list[str]]:
     head: dict[str, str] = {}
     groups: dict[str, list[str]] = {}
+    pred, succ = dag.pred, dag.succ
     for n in dag.nodes:  # program order
-        preds = dag.pred[n]
-        h = head[preds[0]] if len(preds) == 1 and len(dag.succ[preds[0]]) == 1 else n
-        head[n] = h
-        groups.setdefault(h, []).append(n)
+        preds = pred[n]
+        if len(preds) == 1 and len(succ[preds[0]]) == 1:
+            h = head[n] = head[preds[0]]
+            groups[h].append(n)
+        else:
+            head[n] = n
+            groups[n] = [n]
     return list(groups.values())
 
 
@@ -220,16 +232,27 @@ def _fold_cheap(
     groups (merge -> reshape -> ...) cascade into the consumer.
     """
     owner = {n: i for i, g in enumerate(groups) for n in g}
-    members = {i: list(g) for i, g in enumerate(groups)}
-    for i in sorted(members, key=lambda i: -position[groups[i][0]]):
+    members = dict(enumerate(groups))  # lists replaced when they grow, never changed in place
+    heads = [position[g[0]] for g in groups]
+    if all(map(operator.lt, heads, heads[1:])):  # as chain fusion leaves them
+        backwards: Iterable[int] = range(len(groups) - 1, -1, -1)
+    else:
+        backwards = sorted(range(len(groups)), key=lambda i: -heads[i])
+    succ = dag.succ
+    for i in backwards:
         g = members[i]
-        if sum(costs[n] for n in g) >= inline_below:
+        if (costs[g[0]] if len(g) == 1 else sum(costs[n] for n in g)) >= inline_below:
             continue
-        targets = {owner[s] for n in g for s in dag.succ[n]} - {i}
+        targets = {owner[s] for n in g for s in succ[n]}
+        targets.discard(i)
         if len(targets) != 1:
             continue
-        (j,) = targets
-        members[j] = sorted(members[j] + g, key=position.__getitem__)
+        j = targets.pop()
+        into = members[j]
+        if position[g[-1]] < position[into[0]]:
+            members[j] = g + into  # what sorting them would give, without the sort
+        else:
+            members[j] = sorted(into + g, key=position.__getitem__)
         for n in g:
             owner[n] = j
         del members[i]
@@ -248,8 +271,9 @@ def _isolate_mutations(
     nodes run in program order: exactly what eager PyTorch does.
     """
     touched: dict[str, set[str]] = {}
+    declared = graph.nodes
     for n in dag.nodes:
-        node = graph.nodes[n]
+        node = declared[n]
         for i in node.mutates:
             touched.setdefault(_alias_root(graph, node.inputs[i]), set())
     if not touched:
@@ -303,7 +327,11 @@ def _assemble(
     first = {name: position[g[0]] for name, g in zip(names, groups, strict=True)}
     # Program order of tasks: topological, ties broken by where each task starts.
     order = lexicographic_order(names, tpred, first)
-    levels = tuple(tuple(sorted(gen, key=first.__getitem__)) for gen in generations(order, tpred))
+    by_first = first.__getitem__
+    levels = tuple(
+        tuple(sorted(gen, key=by_first) if len(gen) > 1 else gen)
+        for gen in generations(order, tpred)
+    )
     level_of = {t: i for i, lv in enumerate(levels) for t in lv}
     out_values = {r.node for r in graph.output_refs()}
     task_cost = {
@@ -311,10 +339,17 @@ def _assemble(
         for name, g in zip(names, groups, strict=True)
     }
     bottom = bottom_levels(order, tpred, task_cost)
+    nodes = graph.nodes
     tasks: dict[str, Task] = {}
     for name, g in zip(names, groups, strict=True):
         cost = task_cost[name]
-        outputs = [n for n in g if n in out_values or n in readers]
+        if len(g) == 1:
+            n = g[0]
+            outputs = (n,) if n in out_values or n in readers else ()
+            release = ((),) if outputs else ((n,),)  # nobody reads it: it dies here
+        else:
+            outputs = tuple(n for n in g if n in out_values or n in readers)
+            release = _releases(nodes, g, outputs)
         tp = tpred[name]
         tasks[name] = Task(
             name=name,
@@ -322,17 +357,18 @@ def _assemble(
             level=level_of[name],
             cost=cost,
             inline=cost < inline_below,
-            deps=tuple(sorted(tp, key=first.__getitem__) if len(tp) > 1 else tp),
+            deps=tuple(sorted(tp, key=by_first) if len(tp) > 1 else tp),
             inputs=tuple(task_inputs[name]),
-            outputs=tuple(outputs),
-            release=_releases(graph, g, outputs),
+            outputs=outputs,
+            release=release,
             bottom=bottom[name],
         )
     tasks = {t: tasks[t] for t in order}
-    seq_index = {t: i for i, t in enumerate(tasks)}
-    consumers = {v: tuple(sorted(r, key=seq_index.__getitem__)) for v, r in readers.items()}
+    seq_index = {t: i for i, t in enumerate(tasks)}.__getitem__
+    consumers = {v: tuple(sorted(r, key=seq_index) if len(r) > 1 else r)
+                 for v, r in readers.items()}  # fmt: skip
     last_use = {v: c[-1] for v, c in consumers.items() if v not in out_values}
-    span, path = longest_path(tasks, tpred.__getitem__, lambda t: tasks[t].cost)
+    span, path = longest_path(tasks, tpred.__getitem__, task_cost.__getitem__)
     return Plan(
         graph=graph,
         tasks=MappingProxyType(tasks),
@@ -361,35 +397,37 @@ def _task_edges(
 ) -> tuple[dict[str, list[str]], dict[str, list[str]], dict[str, list[str]]]:
     """In one pass over every edge: for each task the tasks it waits for, for each value the
     tasks that read it from outside, and each task's inputs in program order."""
-    nodes = graph.nodes
+    nodes, pred, owner = graph.nodes, dag.pred, task_of.get
     tpred: dict[str, list[str]] = {}
     readers: dict[str, list[str]] = {}
     task_inputs: dict[str, list[str]] = {}
     for name, g in zip(names, groups, strict=True):
         waits: list[str] = []
+        ins: dict[str, None] = {}
         for n in g:
-            for p in dag.pred[n]:
+            for p in pred[n]:
                 t = task_of[p]
                 if t != name and t not in waits:
                     waits.append(t)
-        tpred[name] = waits
-        ins: dict[str, None] = {}
-        for n in g:
             for ref in nodes[n].inputs:
                 v = ref.node
-                if v not in ins and task_of.get(v) != name:  # made elsewhere, or a graph input
+                if v not in ins and owner(v) != name:  # made elsewhere, or a graph input
                     ins[v] = None
-                    readers.setdefault(v, []).append(name)
+                    if v in readers:
+                        readers[v].append(name)
+                    else:
+                        readers[v] = [name]
+        tpred[name] = waits
         task_inputs[name] = sorted(ins, key=position.__getitem__) if len(ins) > 1 else list(ins)
     return tpred, readers, task_inputs
 
 
-def _releases(graph: Graph, group: list[str], outputs: list[str]) -> tuple[tuple[str, ...], ...]:
-    if len(group) == 1:  # the common case, fast: the value dies at once unless someone reads it
-        return ((),) if outputs else (tuple(group),)
+def _releases(
+    nodes: Mapping[str, Node], group: list[str], outputs: tuple[str, ...]
+) -> tuple[tuple[str, ...], ...]:
     last = {n: i for i, n in enumerate(group)}  # a value nobody reads dies where it is made
     for i, n in enumerate(group):
-        for ref in graph.nodes[n].inputs:
+        for ref in nodes[n].inputs:
             if ref.node in last:
                 last[ref.node] = i
     drop: list[list[str]] = [[] for _ in group]
@@ -406,6 +444,21 @@ def _task_name(group: list[str]) -> str:
 
 
 # -- costs ------------------------------------------------------------------------------------
+def _estimates(graph: Graph, names: list[str]) -> dict[str, float]:
+    """`estimate` of each node, made once per callable: a module shared by many nodes (or one
+    merge op) is not walked once per node. The graph holds the callables, so ids stay theirs."""
+    nodes = graph.nodes
+    by_fn: dict[int, float] = {}
+    costs: dict[str, float] = {}
+    for n in names:
+        node = nodes[n]
+        cost = by_fn.get(id(node.fn))
+        if cost is None:
+            cost = by_fn[id(node.fn)] = estimate(node)
+        costs[n] = cost
+    return costs
+
+
 def estimate(node: Node) -> float:
     if is_cheap(node.fn):
         return _EST_CHEAP
