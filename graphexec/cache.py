@@ -46,10 +46,11 @@ __all__ = ["FORMAT", "CacheWarning", "directory", "key", "load", "store"]
 #: The layout of a cache file: a file of another format is ignored (with a warning), and a
 #: new format means new keys (2: the module untried against a plan with no lever; thread
 #: counts tried on mean seconds; 3: a budget on the caller's thread, means only where a run
-#: collapsed, exported graphs that cannot win untried; 4: decisions stored as records). The
+#: collapsed, exported graphs that cannot win untried; 4: decisions stored as records; 5: node
+#: times at one thread too, for fusion's rule and a one-thread plan's costs). The
 #: rules a decision was made by are in the key as the policy's digest (`graphexec.policy`):
 #: a changed rule needs no new format.
-FORMAT = 4
+FORMAT = 5
 
 
 class CacheWarning(UserWarning):

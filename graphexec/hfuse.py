@@ -148,9 +148,10 @@ def horizontal_fuse(
     Returns
     -------
     Graph
-        Named ``graph.name``; fused nodes are ``hfuse:<first member>``; a merge of all members
-        reads the group through a `restack`, and a member read elsewhere keeps its name as a
-        `member` of the group, so references keep working.
+        ``graph`` itself when no group is fused; else a new graph named ``graph.name``, where
+        fused nodes are ``hfuse:<first member>``, a merge of all members reads the group
+        through a `restack`, and a member read elsewhere keeps its name as a `member` of the
+        group, so references keep working.
 
     Examples
     --------
@@ -170,7 +171,7 @@ def horizontal_fuse(
     if shapes is None and example_inputs is not None:
         shapes = value_shapes(graph, program_values(graph, example_inputs))
     groups = _find_groups(graph, shapes, min_group, costs, notes, member_below)
-    return _rewrite(graph, groups)
+    return _rewrite(graph, groups) if groups else graph  # nothing fused: nothing to try
 
 
 def _fusable(node: Node) -> bool:

@@ -25,11 +25,13 @@ never overlap. The summary says why they ran one after another instead (`one_lan
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .dag import longest_path
+from .timing import Speedup
 from .units import format_seconds, lane_label, speed_words
 
 if TYPE_CHECKING:
@@ -108,16 +110,19 @@ class Timeline:
             return "no two tasks could run at once"
         return f"{self.executor} ran every task on one lane"
 
-    def summary(self, slowest: int = 5, *, eager: float | None = None) -> str:
+    def summary(self, slowest: int = 5, *, eager: float | Speedup | None = None) -> str:
         """A text report: wall, busy, speedup, bound, idle share, lanes, slowest tasks.
 
         Parameters
         ----------
         slowest : int
             How many of the slowest tasks to list.
-        eager : float, optional
+        eager : float or graphexec.timing.Speedup, optional
             Seconds the same inputs took in eager PyTorch (the model called as it is),
-            measured by the caller: adds a line saying how much faster or slower this run was.
+            measured by the caller: adds a line saying how much faster or slower this run
+            was. Given the paired rounds of this plan against eager instead (a ``Speedup``),
+            the line gives their verdict, as the caller's table does: one verdict per
+            measurement, not a second one from this single run.
 
         Returns
         -------
@@ -130,7 +135,15 @@ class Timeline:
             f"  wall            {_ms(self.wall)}",
             f"  sum of tasks    {_ms(self.busy)}",
         ]
-        if eager is not None:
+        if isinstance(eager, Speedup):
+            low, high = eager.middle_half
+            rows.append(
+                f"  vs eager        {eager.median:.2f}x ({low:.2f}x-{high:.2f}x) "
+                f"{eager.verdict}: the median of {len(eager.ratios)} paired rounds against "
+                f"eager PyTorch ({format_seconds(statistics.median(eager.reference))}), not "
+                "this one run"
+            )
+        elif eager is not None:
             rows.append(
                 f"  vs eager        {speed_words(self.wall, eager, 'eager PyTorch')} "
                 f"({format_seconds(eager)})"

@@ -29,58 +29,28 @@ import torch
 
 from . import split, trials
 from .backends import compile_plan
-from .budget import concurrency_pays, lanes, shape_step, shapes
+from .budget import concurrency_pays, favoured, lanes, shape_step, shapes
 from .decisions import COMPILED, FUSION, MODULE, Candidate, Decision, candidates
-from .executors.base import BudgetLanes
 from .executors.sequential import SequentialExecutor
 from .executors.threads import ThreadExecutor
-from .gputime import time_nodes_cuda, uses_cuda
 from .graph import Graph, Ref
 from .hfuse import describe_group, has_candidates, horizontal_fuse
 from .hgroup import HorizontalGroup
-from .interpret import compute_order, program_values, time_nodes, time_nodes_beside
+from .interpret import program_values
 from .planner import arrange
 from .plans import Plan
 from .policy import DEFAULT, Policy
 from .trials import trial_twice
-from .tuning import Context
+from .tuning import Context, node_costs
 from .units import format_seconds, speed_words
 
 __all__ = ["STEPS", "Step", "budget_step", "compile_step", "fuse_horizontally", "fusion_step",
-           "hopeless_step", "module_step", "node_costs", "parallel_step"]  # fmt: skip
+           "hopeless_step", "module_step", "parallel_step"]  # fmt: skip
 
 #: A step of a measured plan (module docstring).
 Step = Callable[[Plan, Context], Plan]
 
 _concurrency_pays = concurrency_pays  # looked up at each plan: tests make it say yes
-
-
-def _median(samples: Mapping[str, list[float]]) -> dict[str, float]:
-    return {n: statistics.median(s) for n, s in samples.items()}
-
-
-def node_costs(
-    graph: Graph, inputs: Sequence[Any], repeats: int, policy: Policy = DEFAULT,
-    keep: Callable[[Mapping[str, Any]], None] | None = None,
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Each node's median seconds at the caller's intra-op threads and at one thread (on a
-    budget, interleaved run by run: the caller's count is put back after each); ``keep`` is
-    given every value of the first run (`graphexec.tuning.Sample`)."""
-    names = compute_order(graph)
-    if uses_cuda(graph, inputs):  # kernel time from CUDA events: host clocks see launches
-        costs = _median(time_nodes_cuda(graph, names, inputs, repeats, policy=policy, keep=keep))
-        return costs, costs
-    if torch.get_num_threads() == 1:
-        costs = _median(time_nodes(graph, names, inputs, repeats, keep=keep))
-        return costs, costs
-    lane = BudgetLanes()
-    try:
-        here, there = time_nodes_beside(graph, names, inputs, repeats,
-                                        lambda fn: lane.call(1, fn), policy.drop,
-                                        keep)  # fmt: skip
-    finally:
-        lane.close()
-    return _median(here), _median(there)
 
 
 def _one_by_one_run(p: Plan, example_inputs: Sequence[Any]) -> Callable[[], Any]:
@@ -108,7 +78,10 @@ def _fusion(p: Plan, ctx: Context) -> tuple[Plan, dict[str, float]]:
     notes: list[Decision] = []
     gain, below = opts.policy.gain, opts.policy.fuse_member_below
     shapes = ctx.sample.shapes if ctx.sample.taken else None
-    fused_graph = fuse_horizontally(p.graph, example_inputs, p.node_costs, notes, opts.policy,
+    # at the thread count the node times favour: under load the caller's threads collapse
+    # (a run 50x slower), and members timed there would look too big to fuse
+    rule_costs = favoured(p.node_costs, costs_1)
+    fused_graph = fuse_horizontally(p.graph, example_inputs, rule_costs, notes, opts.policy,
                                      shapes)  # fmt: skip
     if fused_graph is p.graph:
         return dataclasses.replace(p, fusion=tuple(notes)), costs_1
@@ -123,9 +96,9 @@ def _fusion(p: Plan, ctx: Context) -> tuple[Plan, dict[str, float]]:
                 "by one (measured call by call; the plan was not tried); fusion must save "
                 f"{1 - gain:.0%}", margin=gain, detail={"call_ratios": calls})  # fmt: skip
             return dataclasses.replace(p, fusion=(*_dropped(p.graph, notes, below), line)), costs_1
-        # at the thread count the node times favour: under load the caller's threads collapse
-        # (a run 50x slower), which would cost the trial more than the whole rest of planning
-        budget = 1 if sum(costs_1.values()) < sum(p.node_costs.values()) else None
+        # at that thread count too: collapsing threads would cost the trial more than the
+        # whole rest of planning
+        budget = 1 if rule_costs is costs_1 else None
         plain = dataclasses.replace(p, thread_budget=budget)
         raw = arrange(fused_graph, warn_dead=False, **opts.arranging)
         raw = dataclasses.replace(raw, thread_budget=budget)
@@ -436,11 +409,16 @@ def _source_written(
     p: Plan, modules: Mapping[str, Plan], source: Callable[..., Any], outcome: trials.Outcome,
     gain: float,
 ) -> Plan:  # fmt: skip
-    ref = "module" if outcome.pick == "plan" else outcome.pick
+    # the plan against the better measured way of running the module (a ratio against the
+    # module at the caller's threads, when it ran faster at one, would overstate the gain)
+    best = min((k for k in modules if k in outcome.ratios), key=outcome.ratios.__getitem__)
+    ref = best if outcome.pick == "plan" else outcome.pick
     ratio = outcome.ratios["plan"] / outcome.ratios[ref]
     aside = outcome.aside.get("plan") or outcome.aside.get(ref)
     if outcome.pick == "plan":
-        line = f"the plan ran {_ran(ratio, 'the traced module as it is')} (measured): kept"
+        than = ("the traced module at 1 intra-op thread, its better way" if ref == _AT_BUDGET
+                else "the traced module as it is")  # fmt: skip
+        line = f"the plan ran {_ran(ratio, than)} (measured): kept"
         if aside:
             line += f" ({aside})"
         record = Decision(MODULE, "plan", line, candidates(outcome.seconds), gain)

@@ -40,6 +40,7 @@ from .executors.cuda import auto_choice
 from .fx_import import trace as fx_trace
 from .graph import Graph
 from .profile import Timeline
+from .timing import Speedup
 
 __all__ = [
     "CLIError",
@@ -281,9 +282,10 @@ def check_outputs(got: Any, expected: Any) -> str:
     return "outputs match eager PyTorch"
 
 
-def save_trace(trace: Timeline, out: Path, tag: str, eager: float | None = None) -> list[Path]:
-    """Write a run's Gantt chart, Chrome trace and summary (compared with ``eager`` seconds,
-    when known) into ``out``; return the files."""
+def save_trace(trace: Timeline, out: Path, tag: str, eager: float | Speedup | None = None
+               ) -> list[Path]:  # fmt: skip
+    """Write a run's Gantt chart, Chrome trace and summary (compared with ``eager``: its
+    seconds, or the paired rounds' `Speedup`, when known) into ``out``; return the files."""
     out.mkdir(parents=True, exist_ok=True)
     files = [out / f"gantt_{tag}.png", out / f"trace_{tag}.json", out / f"summary_{tag}.txt"]
     trace.gantt(files[0])

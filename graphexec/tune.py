@@ -58,7 +58,7 @@ from typing import Any
 import torch
 
 from . import cache, split
-from .budget import one_thread_may_pay, recheck
+from .budget import at_thread_budget, favoured, one_thread_may_pay, recheck
 from .decisions import CACHE, Decision
 from .graph import Graph, expect_graph
 from .hfuse import candidate_reads
@@ -66,9 +66,9 @@ from .interpret import bind_inputs, compute_order
 from .planner import arrange
 from .plans import Plan
 from .policy import DEFAULT, Policy
-from .steps import STEPS, fuse_horizontally, node_costs
+from .steps import STEPS, fuse_horizontally
 from .trials import trial, trial_twice
-from .tuning import Context, Options, Progress, Sample
+from .tuning import Context, Options, Progress, Sample, node_costs
 
 __all__ = ["plan", "recheck", "trial", "trial_twice"]
 
@@ -227,10 +227,11 @@ def _cached_or_measured(graph: Graph, inputs: tuple[Any, ...], opts: Options) ->
         if restored is not None:
             return restored
         cache.ignored(digest, "its node names or decisions do not fit this graph")
-    p, costs = _measured(graph, inputs, opts, Progress(graph.name, opts.policy.slow_planning))
+    p, costs, costs_1, final_1 = _measured(graph, inputs, opts,
+                                           Progress(graph.name, opts.policy.slow_planning))
     if digest:
-        cache.store(digest, _record(graph, p, costs))
-    return p
+        cache.store(digest, _record(graph, p, costs, costs_1, final_1))
+    return at_thread_budget(p, final_1)
 
 
 def _cache_key(graph: Graph, inputs: tuple[Any, ...], opts: Options) -> str | None:
@@ -243,9 +244,10 @@ def _cache_key(graph: Graph, inputs: tuple[Any, ...], opts: Options) -> str | No
 
 def _measured(
     graph: Graph, inputs: tuple[Any, ...], opts: Options, progress: Progress
-) -> tuple[Plan, dict[str, float]]:
+) -> tuple[Plan, dict[str, float], dict[str, float], dict[str, float]]:
     """Measure (one run's sample kept on the way), arrange, then run the steps in order; the
-    plan and the node costs."""
+    plan (arranged by the node times at the caller's threads), those times, the times at one
+    thread, and those of the plan's graph (fused, or the same) at one thread."""
     progress.step(f"each node at {torch.get_num_threads()} and at 1 intra-op thread")
     sample = Sample()
     wanted = candidate_reads(graph) if opts.hfuse is not False else set()
@@ -256,16 +258,20 @@ def _measured(
                   one_thread_may_pay(costs, costs_1, opts.policy))  # fmt: skip
     for step in STEPS:
         p = step(p, ctx)
-    return p, costs
+    return p, costs, costs_1, ctx.costs_1
 
 
 # -- the cache: what a measured plan is, as plain data ------------------------------------------
-def _record(graph: Graph, p: Plan, costs: Mapping[str, float]) -> dict[str, Any]:
+def _record(graph: Graph, p: Plan, costs: Mapping[str, float], costs_1: Mapping[str, float],
+            final_1: Mapping[str, float]) -> dict[str, Any]:  # fmt: skip
+    fused = p.graph is not graph
     return {
         "graph": graph.name,
         "made": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "costs": dict(costs),
-        "fused_costs": dict(p.node_costs) if p.graph is not graph else None,
+        "costs_1": dict(costs_1),
+        "fused_costs": dict(p.node_costs) if fused else None,
+        "fused_costs_1": dict(final_1) if fused else None,
         "fusion": [d.to_json() for d in p.fusion],
         "one_by_one": p.one_by_one,
         "decisions": [d.to_json() for d in p.decisions],
@@ -281,20 +287,22 @@ def _restore(
 ) -> Plan | None:
     """The plan a cache record describes, or None when it does not fit ``graph``."""
     try:
-        costs = {str(k): float(v) for k, v in record["costs"].items()}
-        if set(costs) != set(compute_order(graph)):
+        costs, costs_1 = _seconds(record["costs"]), _seconds(record["costs_1"])
+        if not set(costs) == set(costs_1) == set(compute_order(graph)):
             return None
-        p = arrange(graph, costs, **opts.arranging)
+        p, final_1 = arrange(graph, costs, **opts.arranging), costs_1
         if record["fused_costs"] is not None:
-            fused_graph = fuse_horizontally(graph, inputs, costs, [], opts.policy)
-            fused = {str(k): float(v) for k, v in record["fused_costs"].items()}
-            if fused_graph is graph or set(fused) != set(compute_order(fused_graph)):
+            fused_graph = fuse_horizontally(graph, inputs, favoured(costs, costs_1), [],
+                                            opts.policy)  # fmt: skip
+            fused, final_1 = _seconds(record["fused_costs"]), _seconds(record["fused_costs_1"])
+            if fused_graph is graph or not set(fused) == set(final_1) == set(
+                    compute_order(fused_graph)):  # fmt: skip
                 return None
             p = arrange(fused_graph, fused, warn_dead=False, **opts.arranging)
         budget, seconds = record["thread_budget"], record["call_seconds"]
         if record["as_is"] and graph.source is None:
             return None
-        return dataclasses.replace(
+        return at_thread_budget(dataclasses.replace(
             p, fusion=tuple(map(Decision.from_json, record["fusion"])),
             one_by_one=bool(record["one_by_one"]),
             decisions=(*map(Decision.from_json, record["decisions"]),
@@ -304,6 +312,10 @@ def _restore(
             as_is=graph.source if record["as_is"] else None,
             call_seconds=None if seconds is None else float(seconds),
             split=split.restored(record.get("split")),
-        )  # fmt: skip
+        ), final_1)  # fmt: skip
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
+
+
+def _seconds(stored: Mapping[Any, Any]) -> dict[str, float]:
+    return {str(k): float(v) for k, v in stored.items()}

@@ -22,19 +22,22 @@ What it decides
 from __future__ import annotations
 
 import logging
+import statistics
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from .executors.base import collect_outputs
+from .executors.base import BudgetLanes, collect_outputs
+from .gputime import time_nodes_cuda, uses_cuda
 from .graph import Graph, Ref
+from .interpret import compute_order, time_nodes, time_nodes_beside
 from .plans import Plan
 from .policy import DEFAULT, Policy
 
-__all__ = ["Context", "Options", "Progress", "Sample"]
+__all__ = ["Context", "Options", "Progress", "Sample", "node_costs"]
 
 
 @dataclass
@@ -139,3 +142,31 @@ class Context:
     @property
     def policy(self) -> Policy:
         return self.opts.policy
+
+
+def _median(samples: Mapping[str, list[float]]) -> dict[str, float]:
+    return {n: statistics.median(s) for n, s in samples.items()}
+
+
+def node_costs(
+    graph: Graph, inputs: Sequence[Any], repeats: int, policy: Policy = DEFAULT,
+    keep: Callable[[Mapping[str, Any]], None] | None = None,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Each node's median seconds at the caller's intra-op threads and at one thread (on a
+    budget, interleaved run by run: the caller's count is put back after each); ``keep`` is
+    given every value of the first run (`graphexec.tuning.Sample`)."""
+    names = compute_order(graph)
+    if uses_cuda(graph, inputs):  # kernel time from CUDA events: host clocks see launches
+        costs = _median(time_nodes_cuda(graph, names, inputs, repeats, policy=policy, keep=keep))
+        return costs, costs
+    if torch.get_num_threads() == 1:
+        costs = _median(time_nodes(graph, names, inputs, repeats, keep=keep))
+        return costs, costs
+    lane = BudgetLanes()
+    try:
+        here, there = time_nodes_beside(graph, names, inputs, repeats,
+                                        lambda fn: lane.call(1, fn), policy.drop,
+                                        keep)  # fmt: skip
+    finally:
+        lane.close()
+    return _median(here), _median(there)

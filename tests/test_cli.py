@@ -72,6 +72,14 @@ def test_run_traced_module_with_profile(tmp_path):
     assert "costs measured on the inputs" in r.stdout and "first call" in r.stdout
     assert "eager PyTorch beside it" in r.stdout and "(middle half of 3 rounds)" in r.stdout
     assert "speedup" in r.stdout  # the summary
+    # one verdict per run: the summary (printed and saved) gives the table's, from the same
+    # paired rounds, not a second one from the single profiled call
+    row = next(line for line in r.stdout.splitlines() if "(middle half of" not in line
+               and line.strip().startswith("threads") and "ms" in line)  # fmt: skip
+    verdict = row.split(")")[-1].strip()
+    said = next(line for line in r.stdout.splitlines() if "vs eager" in line)
+    assert f") {verdict}: the median of 3 paired rounds" in said, (row, said)
+    assert said.strip() in (tmp_path / "summary_threads.txt").read_text()
     Image.open(tmp_path / "gantt_threads.png").verify()
     doc = json.loads((tmp_path / "trace_threads.json").read_text())
     assert any(e["ph"] == "X" for e in doc["traceEvents"])

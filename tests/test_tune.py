@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 import graphexec as gx
 from graphexec import interpret, steps, trials
 from graphexec.codegen import plan_program
-from graphexec.decisions import BUDGET, COMPILED
+from graphexec.decisions import BUDGET, CACHE, COMPILED
 from graphexec.interpret import program_values
 from tests.clocks import steady_clock, thread_clock
 from tests.test_conformance import D, assert_same, build_random, random_dags
@@ -96,6 +96,76 @@ def test_fusion_no_group_gains_from_is_dropped_without_a_plan_trial(monkeypatch,
     if not tried:
         assert str(p.fusion[-1]).startswith("dropped: the fused calls took 1.50x"), p.fusion
         assert "measured call by call" in str(p.fusion[-1]) and p.graph is g
+
+
+def test_no_fusion_trial_when_the_rule_fuses_nothing(monkeypatch):
+    """Groups found but none fused by the size rule (members above the policy's
+    ``fuse_member_below``): the graph stays as it is and no fused-against-unfused trial runs
+    (before, a rewritten copy with nothing fused was tried, and its 'dropped: the fused plan
+    ran ...' line followed the one saying nothing was fused)."""
+    monkeypatch.setenv("GRAPHEXEC_CACHE", "0")
+    steady_clock(monkeypatch, trials, interpret, steps)  # every member one tick: 15 µs
+    tried = []
+    real = steps.trial_twice
+    monkeypatch.setattr(steps, "trial_twice",
+                        lambda runs, c, **kw: tried.append(c) or real(runs, c, **kw))  # fmt: skip
+    p = gx.plan(_small_branches(), example_inputs=(torch.randn(4, 16),),
+                policy=gx.Policy(fuse_member_below=1e-6))  # fmt: skip
+    assert p.graph.nodes.keys() == _small_branches().nodes.keys()
+    assert "fused" not in tried, p.fusion
+    assert [r.choice for r in p.fusion] == ["not fused"], p.fusion
+    assert "not overhead-bound" in str(p.fusion[0])
+
+
+class _Threaded(nn.Module):
+    """A module whose calls advance a `thread_clock` by its seconds at the thread count they
+    run at (``at``: a node of `tests.clocks.thread_clock`)."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(4))
+        self.at = at
+
+    def forward(self, x):
+        self.at(x)
+        return x * self.w
+
+
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs two intra-op threads")
+def test_a_plan_at_one_thread_is_costed_at_one_thread(monkeypatch, tmp_path):
+    """The caller's threads collapsed while the nodes were timed (50 ms a node there, 1 ms at
+    one thread): the plan keeps one thread, and its costs, work and span are the one-thread
+    times its calls run at, not the collapsed ones (before, print(plan) showed 50 ms nodes
+    for a plan that runs them in 1 ms); reused from the cache, the same."""
+    monkeypatch.setenv("GRAPHEXEC_CACHE", str(tmp_path))
+    costs = thread_clock(monkeypatch, trials, interpret, steps)
+    g = gx.Graph("collapsed")
+    g.output(g.node("b", costs(1e-3, 50e-3), g.node("a", costs(1e-3, 50e-3), g.input("x"))))
+    for _ in range(2):  # measured, then from the cache
+        p = gx.plan(g, example_inputs=(torch.ones(2),))
+        assert p.thread_budget == 1, p.decisions
+        assert dict(p.node_costs) == pytest.approx({"a": 1e-3, "b": 1e-3})
+        assert p.work == pytest.approx(2e-3) and p.span == pytest.approx(2e-3)
+        assert "50.00 ms" not in str(p) and "2.00 ms" in str(p)
+    assert any(d.step == CACHE for d in p.decisions), p.decisions
+
+
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs two intra-op threads")
+def test_fusions_size_rule_reads_the_node_times_at_the_favoured_thread_count(monkeypatch):
+    """Members timed at 1 ms at the caller's collapsed threads and 10 µs at one: the size
+    rule (fuse below 200 µs a member) reads the one-thread times, which the node times favour,
+    and fuses; before, it read the collapsed ones and called the members too big."""
+    monkeypatch.setenv("GRAPHEXEC_CACHE", "0")
+    costs = thread_clock(monkeypatch, trials, interpret, steps)
+    g = gx.Graph("fan")
+    x = g.input("x")
+    g.output(g.node("sum", gx.add(), *(g.node(f"m{i}", _Threaded(costs(1e-5, 1e-3)), x)
+                                       for i in range(3))))  # fmt: skip
+    p = gx.plan(g, example_inputs=(torch.ones(4),))
+    group = p.fusion[0]
+    assert group.detail["rule"] is True, p.fusion
+    assert [c.seconds for c in group.candidates] == pytest.approx([1e-5] * 3)
+    assert "10.0 µs per member < 200.0 µs" in str(group)
 
 
 def test_the_plan_as_it_is_equals_eager_and_says_so(monkeypatch):
@@ -349,6 +419,25 @@ def test_the_module_as_it_is_is_tried_at_the_callers_threads_too(monkeypatch):
                           gx.Policy().source_margin)  # fmt: skip
     assert p.as_is is not None and p.thread_budget is None, p.decisions
     assert "the module ran best at the caller's threads" in str(p.decisions[-1])
+
+
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs two intra-op threads")
+def test_a_kept_plan_is_compared_with_the_better_way_of_running_its_module(monkeypatch):
+    """The plan's margin is said against the module's better measured way: here the module
+    at one thread (1 s), not at the caller's threads, where it collapsed (5 s). Before, the
+    line said '5.56x faster than the traced module as it is' for a plan 1.11x faster than the
+    best the module did."""
+    costs = thread_clock(monkeypatch)
+    g = gx.Graph("budgeted")
+    g.output(g.node("n", costs(0.9, 0.9), g.input("x")))
+    budgeted = dataclasses.replace(gx.plan(g), thread_budget=1)
+    p = steps._source_step(budgeted, g, costs(1.0, 5.0), (torch.ones(2),),
+                          gx.Policy().source_margin)  # fmt: skip
+    assert p.as_is is None, p.decisions
+    line = str(p.decisions[-1])
+    assert line.startswith("the plan ran 1.11x faster than the traced module at 1 intra-op "
+                           "thread, its better way (measured): kept"), line  # fmt: skip
+    assert "5.56x" not in line
 
 
 @pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs two intra-op threads")
