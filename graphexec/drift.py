@@ -24,13 +24,18 @@ core is taken: measured here, 2-23x slower). `GraphModule` times each call with 
   measures the calls
   as they come. On this 2-core VM, after 50-100 ms idle torch's 2 intra-op threads ran a 1 ms
   BERT-like model in 12-13 ms and 1 thread in 2.3 ms; back-to-back runs show neither.
+* **From the cache.** A plan reused from the decision cache was decided under the load of
+  another moment (measured: GoogLeNet planned on a quiet machine and reused with one core
+  busy ran 2.3x slower than eager at one thread for 70 calls, inside the allowance below).
+  Its first window of calls is compared with the seconds the cache measured, and when the
+  median is ``cache_drift`` (1.15) times away either way, it is re-checked at once, once.
 * **Allowance.** A re-check runs the candidates side by side (`graphexec.budget.recheck`). It is
   allowed only once the calls watched since the last one add up to the last re-check's cost
   divided by ``share`` (3%): the watching costs a few percent of the time watched, at most.
 
 Every threshold is a rule of the `graphexec.policy.Policy` the watch is given (``drift``,
-``window``, ``share``, ``slow_share``, ``gap_max``, ``gap_min``, ``recheck_calls``), and the
-clock is injectable too, so a test can force a drift without sleeping or loading the machine.
+``window``, ``share``, ``slow_share``, ``gap_max``, ``gap_min``, ``recheck_calls``,
+``cache_drift``), and the clock is injectable too, so a test can force a drift without sleeping or loading the machine.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from collections.abc import Callable
 
 import torch
 
+from .decisions import CACHE
 from .plans import Plan
 from .policy import DEFAULT, Policy
 from .units import format_seconds
@@ -111,6 +117,9 @@ class Watch:
         or (``from_calls``, after a re-check) the median of the next window of calls: a
         trial runs under ``no_grad``, and calls that train take longer for that alone."""
         self.baseline = plan.call_seconds if plan is not None and not from_calls else None
+        # reused from the cache: the first window is checked against what the cache measured
+        self.verify = (self.baseline is not None and plan is not None
+                       and plan.decision(CACHE) is not None)  # fmt: skip
         self.probe = plan is not None and _load_dependent(plan)
         self.slow_probe = plan is not None and not self.probe and _threads_kept(plan)
         self.recent: deque[float] = deque(maxlen=self.window)
@@ -143,6 +152,10 @@ class Watch:
         self.recent.append(seconds)
         if len(self.recent) < self.window:
             return None
+        if self.verify:
+            self.verify = False
+            if why := self._from_cache(statistics.median(self.recent)):
+                return why
         if self.cost is not None and self.watched * self.share < self.cost:
             return None  # before the median: this runs on every call
         now = statistics.median(self.recent)
@@ -172,6 +185,21 @@ class Watch:
                 f"after {format_seconds(self.watched)} of calls"
             )
         return None
+
+
+    def _from_cache(self, now: float) -> str | None:
+        """Why a plan reused from the cache is re-checked now (its first window of calls ran
+        ``cache_drift`` away from what the cache measured), or None."""
+        assert self.baseline is not None
+        ratio = now / self.baseline if self.baseline > 0 else 1.0
+        if 1 / self.policy.cache_drift <= ratio <= self.policy.cache_drift:
+            return None
+        how, times = ("slower", ratio) if ratio > 1 else ("faster", 1 / ratio)
+        return (
+            f"reused from the cache, the first {self.window} calls took {format_seconds(now)} "
+            f"each, {times:.2f}x {how} than the {format_seconds(self.baseline)} the cache "
+            "measured: decided under another load"
+        )
 
 
 def _threads_kept(plan: Plan) -> bool:

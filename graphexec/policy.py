@@ -22,7 +22,8 @@ Where each rule is used: the trials (`graphexec.trials`: ``gain``, ``trial_*``, 
 `graphexec.budget`, `graphexec.hfuse`, `graphexec.split`: ``source_margin``, ``hopeless``,
 ``try_unlevered``, ``budget_slack``, ``disagree``, ``fuse_member_below``,
 ``fused_call_rounds``, ``slow_planning``), the drift watch (`graphexec.drift`: ``drift``,
-``window``, ``share``, ``slow_share``, ``gap_max``, ``gap_min``, ``recheck_calls``) and the
+``window``, ``share``, ``slow_share``, ``gap_max``, ``gap_min``, ``recheck_calls``,
+``cache_drift``) and the
 GPU (`graphexec.executors.cuda`: ``gpu_inline_below``; `graphexec.gputime`: ``hold_tries``,
 ``hold_margin``).
 """
@@ -75,7 +76,10 @@ class Policy:
         of the time watched since the last one (``slow_share``, 0.3%, for a plan that kept
         the caller's threads). A re-check pauses the median idle time between calls before
         each run, at most ``gap_max`` (0.1 s), none below ``gap_min`` (1 ms). Before one
-        was measured, a re-check is guessed to cost ``recheck_calls`` (12) calls.
+        was measured, a re-check is guessed to cost ``recheck_calls`` (12) calls. A plan
+        reused from the decision cache is re-checked once, at once, when the median of its
+        first ``window`` calls is ``cache_drift`` (1.15) times slower or faster than the
+        seconds the cache measured: it was decided under another load.
     GPU
         ``gpu_inline_below`` (2 µs): the inline threshold of plans for CUDA streams (a
         kernel launch, not a thread hand-off, is what dispatching costs there). Node times on
@@ -110,13 +114,15 @@ class Policy:
     gap_max: float = 0.1
     gap_min: float = 0.001
     recheck_calls: int = 12
+    cache_drift: float = 1.15
     gpu_inline_below: float = 2e-6
     hold_tries: int = 4
     hold_margin: float = 2.0
 
     def __post_init__(self) -> None:
         bad = [f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
-               if f.name in ("lost", "drop", "collapse", "drift", "disagree", "budget_slack")
+               if f.name in ("lost", "drop", "collapse", "drift", "disagree", "budget_slack",
+                             "cache_drift")
                and not getattr(self, f.name) > 1]  # fmt: skip
         bad += [f"{n}={getattr(self, n)!r}" for n in ("trial_rounds", "trial_max", "window")
                 if getattr(self, n) < 1]  # fmt: skip
@@ -126,7 +132,8 @@ class Policy:
             bad.append(f"share={self.share!r}")
         if bad:
             raise ValueError(
-                "Policy: lost, drop, collapse, drift, disagree and budget_slack take > 1, "
+                "Policy: lost, drop, collapse, drift, disagree, budget_slack and cache_drift "
+                "take > 1, "
                 "trial_rounds, trial_max and window >= 1, share > 0, gain, floor, slow_share "
                 f"and the thresholds >= 0; got {', '.join(bad)}"
             )

@@ -20,7 +20,7 @@ import torch.nn as nn
 import graphexec as gx
 from graphexec import budget, interpret, trials
 from graphexec.budget import AT_ONE
-from graphexec.decisions import BUDGET, CHECK, RECHECK, last
+from graphexec.decisions import BUDGET, CACHE, CHECK, RECHECK, last
 from graphexec.drift import Watch
 from tests.clocks import counted
 from tests.records import one_by_one
@@ -254,6 +254,41 @@ def test_drift_re_checks_the_budget_both_ways_and_says_when(monkeypatch, kind):
             gm(x)
         assert gm.plan.thread_budget is None, gm.plan.decisions
         assert "periodic re-check" in str(gm.plan.decisions[-1])
+
+
+@needs_threads
+@pytest.mark.parametrize("loaded", [True, False], ids=["busier", "as-measured"])
+def test_a_plan_from_the_cache_is_re_checked_when_its_first_calls_differ(
+    monkeypatch, tmp_path, loaded
+):
+    """Planned on a quiet machine (the caller's threads: 0.6 s a call) and stored; a second
+    module reuses the decision with the machine loaded (5 s a call at two threads, 1 s at
+    one). Its first window of calls is compared with what the cache measured and the plan is
+    re-checked at once, switching to one thread: before, the re-check allowance (3% of the
+    time watched) held it back for 48 calls. Calls that run as the cache measured are not
+    re-checked."""
+    monkeypatch.setenv("GRAPHEXEC_CACHE", str(tmp_path))
+    machine = _Machine()
+    machine.patch(monkeypatch)
+    g = _work_graph(machine)
+    x = torch.ones(3)
+    with gx.GraphModule(g, "sequential") as gm:
+        gm(x)
+        assert gm.plan.thread_budget is None and gm.plan.call_seconds == pytest.approx(0.6)
+    machine.loaded = loaded
+    with gx.GraphModule(g, "sequential", adapt=Watch(window=3, clock=machine.clock)) as gm:
+        for _ in range(5):
+            torch.testing.assert_close(gm(x), x * 2)
+        assert gm.plan.decision(CACHE) is not None, gm.plan.decisions
+        if loaded:
+            assert gm.plan.thread_budget == 1, gm.plan.decisions
+            said = str(gm.plan.decisions[-1])
+            assert gm.plan.decisions[-1].step == RECHECK, gm.plan.decisions
+            assert ("reused from the cache, the first 3 calls took 5.00 s each, 8.33x slower "
+                    "than the 600.00 ms the cache measured") in said, said
+        else:
+            assert gm.plan.thread_budget is None
+            assert not any(d.step == RECHECK for d in gm.plan.decisions)
 
 
 @needs_threads
