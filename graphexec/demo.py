@@ -14,6 +14,11 @@ models and lets the measurements speak:
 * `DemoNet`: three MLP towers of wide layers. Each large matrix product already keeps every
   core busy, so two towers at once divide the same cores: here overlap usually does not pay,
   and the plan runs the towers one after another (``print(plan)`` says what it measured).
+* `TaskHeads`: one shared trunk and 128 small heads of one shape (one score per task, as in
+  multi-label tagging), each head traced whole. Eager PyTorch calls the heads' 384 small
+  layers one by one, each call mostly Python and dispatch; the plan may run the 128 heads as
+  one batched call (horizontal fusion) and at one intra-op thread, each kept only where its
+  trial wins: the model built to win on a small CPU, and the line says whether it did.
 
 For each model, `run_demo` traces it, plans it with costs measured on one batch (the plan
 tries overlap side by side and keeps it only if it wins), draws the plan, then runs it on
@@ -26,9 +31,15 @@ failing executor is reported and the other rows and pictures are still made.
 
 The answer comes last, one line per model (`helped_line`): the threads row (what
 `GraphModule` runs by default) against eager, with its verdict, and why, read from the plan's
-measured decisions, never from what the model was built to show: the win the first model is
-built for can be lost on a busy machine or another core count, and then the line says what the
-plan decided and that the rounds did not confirm it, with the load average of both moments.
+measured decisions, never from what the model was built to show: the win a model is built for
+can be lost on a busy machine or another core count, and then the line says what the plan
+decided and that the rounds did not confirm it, with the load average of both moments.
+
+One verdict per run: the table, the comparison's bars, each executor's ``summary_*.txt`` and
+the closing line all read the same paired rounds (`speed_words`); a profiled run, slower by
+its own bookkeeping and run at another moment, is never set against eager. A plan that runs
+the traced module as it is runs the module in its timed calls; its profiled run records the
+graph's tasks one by one, and its summary says so.
 
 The steps::
 
@@ -43,7 +54,6 @@ The steps::
 from __future__ import annotations
 
 import os
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -53,98 +63,23 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .decisions import MODULE, OVERLAP, last
+from .decisions import BUDGET, MODULE, OVERLAP, Decision, last
+from .demo_models import Catalog, CatalogSearch, DemoNet, TaskHeads, demo_graph
 from .executors import make_executor
 from .executors.base import Executor
 from .fx_import import trace as fx_trace
-from .graph import Graph
 from .plans import Plan
 from .profile import Timeline, median_run
-from .targets import check_outputs, save_trace
+from .targets import check_outputs
 from .timing import Speedup, paired, speedup_table
 from .tune import plan as make_plan
 
-__all__ = ["CatalogSearch", "DemoNet", "demo_graph", "helped_line", "run_demo"]
+__all__ = ["helped_line", "run_demo", "run_summary", "speed_words"]
+# the models live in `graphexec.demo_models`; docs, tests and the CLI import them from here too
+__all__ += ["Catalog", "CatalogSearch", "DemoNet", "TaskHeads", "demo_graph"]
 
 #: The executor row the one-line answer reads: `GraphModule`'s default.
 DEFAULT_ROW = "threads (dataflow)"
-
-
-def _mlp(*widths: int) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for a, b in zip(widths, widths[1:], strict=False):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    return nn.Sequential(*layers[:-1])
-
-
-class DemoNet(nn.Module):
-    """A multi-branch model of wide layers: a shared stem, three towers, a head.
-
-    ::
-
-        x -> stem -> tower_a (deep)   -\
-                  -> tower_b (wide)   --> cat -> head
-                  -> tower_c (small)  -/
-    """
-
-    def __init__(self, width: int = 512):
-        super().__init__()
-        self.stem = _mlp(width, width)
-        self.tower_a = _mlp(width, 1024, 1024, 1024, 256)
-        self.tower_b = _mlp(width, 2048, 256)
-        self.tower_c = _mlp(width, 512, 256)
-        self.head = nn.Linear(3 * 256, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.relu(self.stem(x))
-        return self.head(torch.cat([self.tower_a(h), self.tower_b(h), self.tower_c(h)], dim=1))
-
-
-class Catalog(nn.Module):
-    """Item embeddings of one catalog; ``forward(q)`` scores every item, keeps the top ``k``."""
-
-    def __init__(self, items: int, dim: int, k: int = 100):
-        super().__init__()
-        self.items = nn.Parameter(torch.randn(items, dim) / dim**0.5)
-        self.k = k
-
-    def forward(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        scores, index = torch.topk(q @ self.items.T, self.k, dim=-1)
-        return scores, index
-
-
-class CatalogSearch(nn.Module):
-    """One query embedded once, searched in two catalogs (``x``: queries, features).
-
-    ::
-
-        x -> query -> products (score 200k items, top 100) -\
-                   -> videos   (score 200k items, top 100) --> cat -> (scores, ids)
-    """
-
-    def __init__(self, dim: int = 32, items: int = 200_000, k: int = 100):
-        super().__init__()
-        self.query = nn.Linear(dim, dim)
-        self.products = Catalog(items, dim, k)
-        self.videos = Catalog(items, dim, k)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        q = self.query(x)
-        (ps, pi), (vs, vi) = self.products(q), self.videos(q)
-        return torch.cat([ps, vs], dim=-1), torch.cat([pi, vi], dim=-1)
-
-
-def demo_graph() -> Graph:
-    """The demo's wide multi-branch model (`DemoNet`) traced into a graph.
-
-    Examples
-    --------
-    >>> g = demo_graph()
-    >>> g.inputs
-    ('x',)
-    """
-    torch.manual_seed(0)
-    return fx_trace(DemoNet().eval(), name="demo")
 
 
 @dataclass
@@ -172,6 +107,8 @@ def _cases(batch: int) -> list[_Case]:
               torch.randn(1, 32), leaves=(Catalog,)),
         _Case("DemoNet", "three towers of wide layers", DemoNet().eval(),
               torch.randn(batch, 512)),
+        _Case("TaskHeads", "one trunk, 128 small heads of one shape", TaskHeads().eval(),
+              torch.randn(16, 64), leaves=(nn.Sequential,)),
     ]  # fmt: skip
 
 
@@ -344,42 +281,87 @@ def helped_line(
     """
     if plan is None or speedup is None:
         return f"{name}: not timed (see the error above)"
+    return f"{name}: {speed_words(speedup)}: {_why(plan, speedup.verdict, lanes, loads)}"
+
+
+def speed_words(speedup: Speedup, than: str = "eager") -> str:
+    """The rounds' verdict in words, with the median and the middle half of the rounds: the one
+    phrase the closing line and each summary file say of a run.
+
+    Examples
+    --------
+    >>> speed_words(Speedup((1.0, 1.0, 1.0), (1.5, 1.4, 1.6)))
+    '1.50x faster than eager (middle half 1.45x-1.55x of 3 rounds)'
+    >>> speed_words(Speedup((1.0, 1.0, 1.0), (1.0, 1.1, 0.9)))
+    'no faster than eager (1.00x, within noise: middle half 0.95x-1.05x of 3 rounds)'
+    """
     low, high = speedup.middle_half
-    spread = f"middle half {low:.2f}x-{high:.2f}x of {len(speedup.ratios)} rounds"
+    n = len(speedup.ratios)
     if speedup.verdict == "faster":
-        speed = f"{speedup.median:.2f}x faster than eager ({spread})"
-    elif speedup.verdict == "slower":  # the spread in the same words as the headline
-        spread = (f"middle half {1 / high:.2f}x-{1 / low:.2f}x slower, "
-                  f"of {len(speedup.ratios)} rounds")  # fmt: skip
-        speed = f"{1 / speedup.median:.2f}x slower than eager ({spread})"
-    else:
-        speed = f"no faster than eager ({speedup.median:.2f}x, within noise: {spread})"
-    return f"{name}: {speed}: {_why(plan, speedup.verdict == 'faster', lanes, loads)}"
+        return (f"{speedup.median:.2f}x faster than {than} (middle half {low:.2f}x-{high:.2f}x "
+                f"of {n} rounds)")  # fmt: skip
+    if speedup.verdict == "slower":  # the spread in the same words as the headline
+        return (f"{1 / speedup.median:.2f}x slower than {than} (middle half "
+                f"{1 / high:.2f}x-{1 / low:.2f}x slower, of {n} rounds)")  # fmt: skip
+    return (f"no faster than {than} ({speedup.median:.2f}x, within noise: middle half "
+            f"{low:.2f}x-{high:.2f}x of {n} rounds)")  # fmt: skip
 
 
-def _why(plan: Plan, faster: bool, lanes: str, loads: tuple[float, float] | None) -> str:
+def _why(plan: Plan, verdict: str, lanes: str, loads: tuple[float, float] | None) -> str:
     """The plan's measured decisions behind the speed, in one clause."""
+    faster = verdict == "faster"
     compiled = "; compiled tasks kept" if plan.compiled else ""
+    seen = ""
+    if loads is not None:
+        seen = f" (load average {loads[0]:.1f} while planning, {loads[1]:.1f} while timing)"
+    levers = "; ".join(_levers(plan))
     if plan.parallel:
         ran = f"the plan ran {plan.max_width} branches at once" + (f" on {lanes}" if lanes else "")
+        ran += f"; {levers}" if levers else ""
         kept = last(plan.decisions, OVERLAP)
         trial = kept.detail["why"] if kept is not None else "overlap was kept"
         if faster:
             return f"{ran} (its trial: {trial}){compiled}"
-        seen = ""
-        if loads is not None:
-            seen = f" (load average {loads[0]:.1f} while planning, {loads[1]:.1f} while timing)"
         return f"{ran}, which its trial found faster ({trial}), but these rounds did not{seen}"
     if plan.as_is is not None:
         said = last(plan.decisions, MODULE)
         why = plan.one_by_one_why or "no plan beat it (measured)"
         return f"graphexec {said}" if said else f"graphexec runs the traced module as it is: {why}"
+    if levers:  # what the plan changed, each kept by a trial of its own
+        if faster:
+            return f"{levers}{compiled}"
+        return f"{levers}{compiled}; its trials found that faster, but these rounds did not{seen}"
     if plan.one_by_one_why:
         verb = "so graphexec runs them one after another" + (
             ", with every core for each task, as eager does" if not faster else ""
         )
         return f"branches could overlap, but {plan.one_by_one_why}; {verb}{compiled}"
     return f"no two tasks can run at once, so the plan runs them one after another{compiled}"
+
+
+def _levers(plan: Plan) -> list[str]:
+    """What a kept measured decision changed in how the plan runs the graph's ops, in words
+    and with the decision's own sentence: layers batched into one call (horizontal fusion),
+    a thread budget of its own. Read from the records, never from what a model was built for.
+    """
+    said: list[str] = []
+    groups = [d for d in plan.fusion if d.choice == "fused" and d.detail.get("members")]
+    trial = next((d for d in reversed(plan.fusion) if not d.detail.get("members")), None)
+    if groups and (trial is None or trial.choice == "fused"):
+        sizes = "/".join(str(n) for n in sorted({len(d.detail["members"]) for d in groups}))
+        many = len(groups) != 1
+        what = (f"{len(groups)} group{'s' * many} of {sizes} identical modules ran as one "
+                f"batched call{' each' * many}")  # fmt: skip
+        said.append(what + (f" (horizontal fusion {_sentence(trial)})" if trial else ""))
+    budget = last(plan.decisions, BUDGET)
+    if plan.thread_budget is not None and budget is not None:
+        k = plan.thread_budget
+        said.append(f"it ran at {k} intra-op thread{'s' * (k != 1)} (its {_sentence(budget)})")
+    return said
+
+
+def _sentence(record: Decision) -> str:
+    return str(record).rstrip(".")
 
 
 def _load() -> float:
@@ -399,11 +381,48 @@ def _write_pictures(cases: list[_Case], out: Path) -> list[Path]:
     for case in cases:
         folder = out / case.name
         files += [folder / "plan.png", folder / "plan.dot"]
-        eager = {label: statistics.median(s.reference) for label, s in case.rows}
+        rows = dict(case.rows)
         for label, trace in case.traces.items():
             tag = label.split()[0] + ("_levels" if "levels" in label else "")
-            files += save_trace(trace, folder, tag, eager=eager.get(label))
+            files += _save_run(trace, folder, tag, rows.get(label))
         if case.traces:  # the bars are the table's rounds: same reference, same verdicts
             compare(case.traces, folder / "compare.png", speedups=dict(case.rows))
             files.append(folder / "compare.png")
     return files
+
+
+def _save_run(trace: Timeline, out: Path, tag: str, speedup: Speedup | None) -> list[Path]:
+    """One executor's Gantt chart, Chrome trace and summary; the summary's line against eager
+    is the table's (`run_summary`)."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / f"gantt_{tag}.png", out / f"trace_{tag}.json", out / f"summary_{tag}.txt"]
+    trace.gantt(files[0])
+    trace.to_chrome(files[1])
+    files[2].write_text(run_summary(trace, speedup) + "\n", encoding="utf-8")
+    return files
+
+
+def run_summary(trace: Timeline, speedup: Speedup | None) -> str:
+    r"""A profiled run's summary, and against eager the verdict of the timed rounds: the same
+    words as the table and the closing line (`speed_words`), never this run's wall against
+    eager's median, which would be a second measurement with a verdict of its own.
+
+    Examples
+    --------
+    >>> import torch.nn as nn, graphexec as gx
+    >>> g = gx.Graph("one")
+    >>> g.output(g.node("lin", nn.Linear(2, 2), g.input("x")))
+    >>> _, trace = gx.SequentialExecutor().run(gx.plan(g), torch.randn(1, 2), profile=True)
+    >>> last = run_summary(trace, Speedup((1.0, 1.0, 1.0), (1.0, 1.1, 0.9))).splitlines()[-1]
+    >>> print(*last.split(": "), sep=":\n")
+      vs eager        no faster than eager (1.00x, within noise:
+    middle half 0.95x-1.05x of 3 rounds), from the timed rounds (not this profiled run)
+    """
+    rows = [trace.summary()]
+    if speedup is not None:
+        if trace.plan.as_is is not None:
+            rows.append("  timed calls     ran the traced module as it is; this profiled run "
+                        "recorded its graph's tasks one by one instead")  # fmt: skip
+        rows.append(f"  vs eager        {speed_words(speedup)}, from the timed rounds "
+                    "(not this profiled run)")  # fmt: skip
+    return "\n".join(rows)

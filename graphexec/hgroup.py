@@ -69,13 +69,21 @@ class HorizontalGroup(nn.Module):
         self.members = nn.ModuleList(members)
         self.shared = tuple(shared)
         self._names = [n for n, _ in members[0].named_parameters()]
+        self._paths = {n: _path(n) for n in self._names}
         self._direct = _direct_layers(members[0]) if len(self.shared) == 1 else None
 
     def _live(self, name: str) -> list[torch.Tensor]:
-        """Parameter ``name`` of every member, read now (an optimizer step or a reassigned
-        parameter is seen)."""
-        owner, _, leaf = name.rpartition(".")
-        return [(m.get_submodule(owner) if owner else m)._parameters[leaf] for m in self.members]
+        """Parameter ``name`` of every member, read now (an optimizer step, a reassigned
+        parameter or a replaced submodule is seen). Walked through ``_modules`` by the path
+        split once: ``get_submodule`` took about half of a fused call of 128 two-layer heads
+        (4 parameters x 128 members; 2026-12, 2-core CPU)."""
+        owners, leaf = self._paths[name]
+        found = []
+        for m in self.members:
+            for part in owners:
+                m = m._modules[part]
+            found.append(m._parameters[leaf])
+        return found
 
     def forward(self, *xs: Any) -> Any:
         if self._direct is not None:
@@ -180,6 +188,12 @@ _VMAP_LOCK = threading.Lock()
 
 #: Parameter-free layers that act elementwise: applied to the stacked tensor as they are.
 _ELEMENTWISE = (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.Identity)
+
+
+def _path(name: str) -> tuple[tuple[str, ...], str]:
+    """``"net.0.weight"`` -> ``(("net", "0"), "weight")``: the submodules to walk, the leaf."""
+    owner, _, leaf = name.rpartition(".")
+    return (tuple(owner.split(".")) if owner else ()), leaf
 
 
 def _direct_layers(template: nn.Module) -> list[tuple[str, nn.Module]] | None:

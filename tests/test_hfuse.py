@@ -110,6 +110,20 @@ def test_training_step_is_seen_by_the_fused_graph():
     gm.close()
 
 
+def test_a_fused_call_reads_each_members_parameters_and_submodules_as_they_are_now():
+    """The fused call walks to each member's parameters at every call (graphexec.hgroup): a
+    reassigned parameter and a replaced submodule are seen, as the loop would see them."""
+    from graphexec.hgroup import HorizontalGroup
+
+    torch.manual_seed(0)
+    heads = [nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 1)) for _ in range(5)]
+    group, x = HorizontalGroup(heads, shared=[True]), torch.randn(2, 4)
+    heads[1][0].weight = nn.Parameter(torch.ones(3, 4))
+    heads[3][2] = nn.Linear(3, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(group(x), torch.stack([h(x) for h in heads]))
+
+
 def test_tiny_workload_equals_eager_under_inference_mode():
     from benchmarks.workloads import build
 
