@@ -182,16 +182,16 @@ def plan(
         raise ValueError(f"hfuse must be True, False or 'auto', got {hfuse!r}")
     if backend != "eager" and example_inputs is None:
         raise ValueError(f"backend={backend!r} compiles tasks for example_inputs: give them")
-    graph.validate()
-    if example_inputs is not None:
-        bind_inputs(graph, example_inputs, {})  # arity, before anything runs
-    split.validate(data_parallel, batch_axis, graph, example_inputs)
     policy = DEFAULT if policy is None else policy
     margin = policy.source_margin if source_margin is None else source_margin
     below = policy.inline_below if inline_below is None else inline_below
     opts = Options(below, fuse_chains, repeats, hfuse, backend, check, margin,
                     data_parallel, batch_axis, policy)  # fmt: skip
-    with _no_gc():
+    with _no_gc():  # the graph's checks walk every node too
+        graph.validate()
+        if example_inputs is not None:
+            bind_inputs(graph, example_inputs, {})  # arity, before anything runs
+        split.validate(data_parallel, batch_axis, graph, example_inputs)
         if example_inputs is None:
             return _estimated(graph, opts)
         return _cached_or_measured(graph, tuple(example_inputs), opts)
