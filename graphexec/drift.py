@@ -35,7 +35,8 @@ core is taken: measured here, 2-23x slower). `GraphModule` times each call with 
 
 Every threshold is a rule of the `graphexec.policy.Policy` the watch is given (``drift``,
 ``window``, ``share``, ``slow_share``, ``gap_max``, ``gap_min``, ``recheck_calls``,
-``cache_drift``), and the clock is injectable too, so a test can force a drift without sleeping or loading the machine.
+``cache_drift``), and the clock is injectable too, so a test can force a drift without
+sleeping or loading the machine.
 """
 
 from __future__ import annotations
