@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
         return 0
     rows = run(args.models, args.calls, args.rounds)
-    write(rows, "python -m benchmarks.bench_cache_busy " + " ".join(argv or sys.argv[1:]),
+    write(rows, " ".join(["python -m benchmarks.bench_cache_busy", *(argv or sys.argv[1:])]),
           args.calls, args.rounds)  # fmt: skip
     print(f"wrote {OUT}")
     return 0
