@@ -58,24 +58,12 @@ from .capture import (
     Captured,
     CaptureWarning,
     capture,
-    capture_key,
     captured_for,
     replay,
 )
 from .streams import INPUTS, StreamOp, StreamProgram, stream_program
 
-__all__ = [
-    "CudaStreamExecutor",
-    "CudaUnavailableError",
-    "CaptureWarning",
-    "StreamOp",
-    "StreamProgram",
-    "stream_program",
-    "run_program",
-    "auto_choice",
-    "capture_key",
-    "INPUTS",
-]
+__all__ = ["CudaStreamExecutor", "CudaUnavailableError", "auto_choice", "run_program"]
 
 
 class CudaUnavailableError(RuntimeError):
