@@ -28,22 +28,21 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
-from types import MappingProxyType
 from typing import Any
 
 import torch
 
 from . import trials
-from .dag import bottom_levels, longest_path
 from .decisions import BUDGET, CHECK, RECHECK, Candidate, Decision
 from .decisions import OVERLAP as OVERLAP_STEP
 from .executors.sequential import SequentialExecutor
 from .executors.threads import ThreadExecutor
+from .planner import recost
 from .plans import Plan
 from .policy import DEFAULT, Policy
 from .units import format_seconds, speed_words
 
-__all__ = ["Shape", "at_costs", "at_thread_budget", "concurrency_pays", "favoured",
+__all__ = ["Shape", "at_thread_budget", "concurrency_pays", "favoured",
            "one_thread_may_pay", "recheck", "shape_step", "shapes"]  # fmt: skip
 
 ONE_BY_ONE, AT_ONE, OVERLAP, OVERLAP_AT_ONE = (
@@ -202,21 +201,6 @@ def favoured(costs: Mapping[str, float], costs_1: Mapping[str, float]) -> Mappin
     return costs_1 if sum(costs_1.values()) < sum(costs.values()) else costs
 
 
-def at_costs(p: Plan, costs: Mapping[str, float]) -> Plan:
-    """``p`` with the same tasks, levels and inline marks, costed by ``costs``: each task's
-    cost, its bottom level, the work, the span and the critical path."""
-    task_cost = {name: sum(costs[n] for n in t.nodes) for name, t in p.tasks.items()}
-    pred = {name: t.deps for name, t in p.tasks.items()}
-    order = list(p.tasks)  # program order: topological
-    bottom = bottom_levels(order, pred, task_cost)
-    span, path = longest_path(order, pred.__getitem__, task_cost.__getitem__)
-    tasks = {name: dataclasses.replace(t, cost=task_cost[name], bottom=bottom[name])
-             for name, t in p.tasks.items()}  # fmt: skip
-    return dataclasses.replace(p, tasks=MappingProxyType(tasks), work=sum(task_cost.values()),
-                               span=span, critical_path=path,
-                               node_costs=MappingProxyType(dict(costs)))  # fmt: skip
-
-
 def at_thread_budget(p: Plan, costs_1: Mapping[str, float] | None) -> Plan:
     """A measured plan that runs at one intra-op thread, costed at one thread (``costs_1``,
     its graph's node times there): ``print(plan)``, its pictures and the order ready tasks
@@ -224,7 +208,7 @@ def at_thread_budget(p: Plan, costs_1: Mapping[str, float] | None) -> Plan:
     under load: measured 2-23x slower)."""
     if p.thread_budget != 1 or not costs_1 or set(costs_1) != set(p.node_costs):
         return p
-    return at_costs(p, costs_1)
+    return recost(p, costs_1)
 
 
 def shape_step(

@@ -53,7 +53,7 @@ from .merge import is_cheap
 from .plans import Plan, Task
 from .policy import DEFAULT
 
-__all__ = ["Plan", "Task", "arrange", "estimate"]
+__all__ = ["Plan", "Task", "arrange", "estimate", "recost"]
 
 #: Assumed throughput of the cost estimate: 64 rows at 20 GFLOP/s, 2 FLOPs per parameter.
 _EST_ROWS, _EST_FLOPS = 64, 20e9
@@ -385,6 +385,22 @@ def _assemble(
         inline_below=inline_below,
         task_of=MappingProxyType(task_of),
     )
+
+
+def recost(p: Plan, costs: Mapping[str, float]) -> Plan:
+    """``p`` with the same tasks, levels and inline marks, costed by ``costs`` (node name ->
+    seconds): each task's cost and bottom level, the work, the span and the critical path, as
+    `arrange` computes them (a plan measured at one thread, say, shown at its own times)."""
+    task_cost = {name: sum(costs[n] for n in t.nodes) for name, t in p.tasks.items()}
+    pred = {name: t.deps for name, t in p.tasks.items()}
+    order = list(p.tasks)  # program order: topological
+    bottom = bottom_levels(order, pred, task_cost)
+    span, path = longest_path(order, pred.__getitem__, task_cost.__getitem__)
+    tasks = {name: dataclasses.replace(t, cost=task_cost[name], bottom=bottom[name])
+             for name, t in p.tasks.items()}  # fmt: skip
+    return dataclasses.replace(p, tasks=MappingProxyType(tasks), work=sum(task_cost.values()),
+                               span=span, critical_path=path,
+                               node_costs=MappingProxyType(dict(costs)))  # fmt: skip
 
 
 def _task_edges(
